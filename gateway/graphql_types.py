@@ -1,0 +1,328 @@
+"""The GraphQL types of the public schema (CONTRACT.md): enums, inputs and output objects.
+
+Output objects are plain strawberry dataclasses built by ``translation``; the connection
+resolves its nodes, edges and page info lazily, so a field nobody selected costs nothing.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol
+
+import strawberry
+
+
+@strawberry.enum(description="Whether a phone number is in service.")
+class NumberState(Enum):
+    ACTIVE = strawberry.enum_value("ACTIVE", description="The number is active and routable.")
+    INACTIVE = strawberry.enum_value(
+        "INACTIVE", description="The number is provisioned but not yet active."
+    )
+    UNKNOWN = strawberry.enum_value(
+        "UNKNOWN",
+        description="The upstream sent a state this gateway does not know yet. "
+        "Never valid as a filter value.",
+    )
+
+
+@strawberry.enum(description="How a phone number is used at its location.")
+class PhoneNumberType(Enum):
+    PRIMARY = strawberry.enum_value("PRIMARY", description="The owner's primary number.")
+    ALTERNATE = strawberry.enum_value("ALTERNATE", description="An alternate number of the owner.")
+    FAX = strawberry.enum_value("FAX", description="A fax number.")
+    DNIS = strawberry.enum_value(
+        "DNIS", description="A dialed-number identification service number."
+    )
+    UNKNOWN = strawberry.enum_value(
+        "UNKNOWN",
+        description="The upstream sent a type this gateway does not know yet. "
+        "Never valid as a filter value.",
+    )
+
+
+@strawberry.enum(description="Whether an entry has a phone number or is an extension only.")
+class NumberType(Enum):
+    NUMBER = strawberry.enum_value("NUMBER", description="Entries that have a phone number.")
+    EXTENSION = strawberry.enum_value(
+        "EXTENSION",
+        description="Extension-only entries. Cannot be combined with `available` or `state`.",
+    )
+
+
+@strawberry.enum(description="The telephony network a number belongs to.")
+class TelephonyType(Enum):
+    PSTN_NUMBER = strawberry.enum_value(
+        "PSTN_NUMBER", description="A public switched telephone network number."
+    )
+    MOBILE_NUMBER = strawberry.enum_value("MOBILE_NUMBER", description="A mobile number.")
+    UNKNOWN = strawberry.enum_value(
+        "UNKNOWN",
+        description="The upstream sent a type this gateway does not know yet. "
+        "Never valid as a filter value.",
+    )
+
+
+@strawberry.enum(description="What kind of entity a number or extension is assigned to.")
+class OwnerType(Enum):
+    PEOPLE = strawberry.enum_value("PEOPLE", description="A person.")
+    PLACE = strawberry.enum_value("PLACE", description="A workspace.")
+    VIRTUAL_LINE = strawberry.enum_value("VIRTUAL_LINE", description="A virtual line.")
+    AUTO_ATTENDANT = strawberry.enum_value("AUTO_ATTENDANT", description="An auto attendant.")
+    CALL_QUEUE = strawberry.enum_value("CALL_QUEUE", description="A call queue.")
+    GROUP_PAGING = strawberry.enum_value(
+        "GROUP_PAGING", description="A paging group (older upstream spelling)."
+    )
+    PAGING_GROUP = strawberry.enum_value("PAGING_GROUP", description="A paging group.")
+    HUNT_GROUP = strawberry.enum_value("HUNT_GROUP", description="A hunt group.")
+    VOICE_MESSAGING = strawberry.enum_value("VOICE_MESSAGING", description="Voice messaging.")
+    OFFICE_ANYWHERE = strawberry.enum_value(
+        "OFFICE_ANYWHERE", description="Office Anywhere (single number reach)."
+    )
+    BROADWORKS_ANYWHERE = strawberry.enum_value(
+        "BROADWORKS_ANYWHERE", description="BroadWorks Anywhere (single number reach)."
+    )
+    CONTACT_CENTER_LINK = strawberry.enum_value(
+        "CONTACT_CENTER_LINK", description="A Contact Center link."
+    )
+    CONTACT_CENTER_ADAPTER = strawberry.enum_value(
+        "CONTACT_CENTER_ADAPTER", description="A Contact Center adapter."
+    )
+    ROUTE_LIST = strawberry.enum_value("ROUTE_LIST", description="A route list.")
+    VOICEMAIL_GROUP = strawberry.enum_value("VOICEMAIL_GROUP", description="A voicemail group.")
+    COLLABORATE_BRIDGE = strawberry.enum_value(
+        "COLLABORATE_BRIDGE", description="A collaborate bridge."
+    )
+    AI_RECEPTIONIST = strawberry.enum_value("AI_RECEPTIONIST", description="An AI receptionist.")
+    UNKNOWN = strawberry.enum_value(
+        "UNKNOWN",
+        description="The upstream sent an owner type this gateway does not know yet. "
+        "Never valid as a filter value.",
+    )
+
+
+@strawberry.enum(description="What to sort phone numbers by.")
+class PhoneNumberSortField(Enum):
+    LAST_NAME = strawberry.enum_value("LAST_NAME", description="The owner's last name.")
+    DN = strawberry.enum_value("DN", description="The directory number (the phone number).")
+    EXTENSION = strawberry.enum_value("EXTENSION", description="The extension.")
+
+
+@strawberry.enum(description="Sort direction.")
+class SortDirection(Enum):
+    ASC = strawberry.enum_value("ASC", description="Ascending.")
+    DESC = strawberry.enum_value("DESC", description="Descending.")
+
+
+@strawberry.input(
+    description="Narrows the list. Every field is optional; unset fields do not filter. "
+    "Each maps to the upstream query parameter of the same name."
+)
+class PhoneNumberFilter:
+    location_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Only numbers of this location."
+    )
+    phone_number: str | None = strawberry.field(
+        default=None, description="Search for this phone number."
+    )
+    available: bool | None = strawberry.field(
+        default=None,
+        description="Only available (unassigned) numbers. `true` cannot be combined with "
+        "`ownerType`; cannot be combined with `reservedNumber` or `numberType: EXTENSION`.",
+    )
+    owner_name: str | None = strawberry.field(
+        default=None, description="Only numbers whose owner has this name (at most 255 characters)."
+    )
+    owner_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="Only entries assigned to the person, workspace or feature with this id "
+        "(UUID or broadsoftId).",
+    )
+    owner_type: OwnerType | None = strawberry.field(
+        default=None, description="Only numbers whose owner is of this type."
+    )
+    extension: str | None = strawberry.field(
+        default=None, description="Only entries with exactly this extension."
+    )
+    number_type: NumberType | None = strawberry.field(
+        default=None, description="Only numbers, or only extension-only entries."
+    )
+    phone_number_type: PhoneNumberType | None = strawberry.field(
+        default=None,
+        description="Only numbers of this type; excludes extension-only entries.",
+    )
+    state: NumberState | None = strawberry.field(
+        default=None,
+        description="Only numbers in this state; excludes extension-only entries. "
+        "Cannot be combined with `numberType: EXTENSION`.",
+    )
+    toll_free_numbers: bool | None = strawberry.field(
+        default=None, description="Only toll-free numbers."
+    )
+    restricted_non_geo_numbers: bool | None = strawberry.field(
+        default=None, description="Only restricted non-geographical numbers."
+    )
+    included_telephony_types: list[TelephonyType] | None = strawberry.field(
+        default=None,
+        description="Only numbers of these telephony types; unset means both PSTN and mobile. "
+        "Must not be empty.",
+    )
+    service_number: bool | None = strawberry.field(
+        default=None, description="Only service (high-concurrency) numbers."
+    )
+    reserved_number: bool | None = strawberry.field(
+        default=None,
+        description="`true`: only reserved numbers; `false`: only non-reserved numbers. "
+        "Cannot be combined with `available`.",
+    )
+
+
+@strawberry.input(description="The order of the list; without it, by number then extension.")
+class PhoneNumberOrder:
+    by: PhoneNumberSortField = strawberry.field(description="What to sort by.")
+    direction: SortDirection = strawberry.field(
+        default=SortDirection.ASC, description="Ascending (default) or descending."
+    )
+
+
+@strawberry.input(
+    description="Which slice of the list to return. Use `after` (cursor paging) or `offset`, "
+    "not both."
+)
+class PageInput:
+    first: int | None = strawberry.field(
+        default=None,
+        description="How many entries to return: 1 up to the gateway's maximum page size "
+        "(2000 unless configured); default 100.",
+    )
+    after: str | None = strawberry.field(
+        default=None,
+        description="Return entries after this opaque cursor (from `pageInfo.endCursor` or an "
+        "edge). A cursor is only valid with the same org, filter and order.",
+    )
+    offset: int | None = strawberry.field(
+        default=None,
+        description="Zero-based position to start at. Cannot be combined with `after`.",
+    )
+
+
+@strawberry.type(description="A location of the organization.")
+class Location:
+    id: strawberry.ID = strawberry.field(description="The location's id.")
+    name: str | None = strawberry.field(description="The location's name.")
+
+
+@strawberry.type(description="The person, workspace or feature a number is assigned to.")
+class NumberOwner:
+    id: strawberry.ID = strawberry.field(description="The owner's id.")
+    type: OwnerType = strawberry.field(description="What kind of owner this is.")
+    first_name: str | None = strawberry.field(
+        description="First name; only people and virtual lines have one."
+    )
+    last_name: str | None = strawberry.field(
+        description="Last name; only people and virtual lines have one."
+    )
+
+
+@strawberry.type(
+    description="A phone number or extension of the organization, with its status and owner."
+)
+class PhoneNumber:
+    phone_number: str | None = strawberry.field(
+        description="The phone number in E.164 form; null for extension-only entries."
+    )
+    extension: str | None = strawberry.field(description="The extension, if any.")
+    routing_prefix: str | None = strawberry.field(description="The location's routing prefix.")
+    esn: str | None = strawberry.field(
+        description="Enterprise significant number: routing prefix plus extension."
+    )
+    state: NumberState | None = strawberry.field(
+        description="Whether the number is active; null for extension-only entries."
+    )
+    phone_number_type: PhoneNumberType | None = strawberry.field(
+        description="How the number is used."
+    )
+    main_number: bool = strawberry.field(
+        description="True when this number is the location's caller ID (main number)."
+    )
+    included_telephony_types: TelephonyType | None = strawberry.field(
+        description="The number's telephony type (a single value despite the plural name)."
+    )
+    mobile_network: str | None = strawberry.field(
+        description="The mobile network; mobile numbers only."
+    )
+    routing_profile: str | None = strawberry.field(
+        description="The routing profile; mobile numbers only."
+    )
+    toll_free_number: bool = strawberry.field(description="True for a toll-free number.")
+    is_service_number: bool = strawberry.field(
+        description="True for a service (high-concurrency) number; false for a standard one."
+    )
+    is_reserved_number: bool | None = strawberry.field(
+        description="True when the number is reserved; null when the upstream does not say."
+    )
+    location: Location = strawberry.field(description="The location the number belongs to.")
+    owner: NumberOwner | None = strawberry.field(
+        description="Who the number is assigned to; null when unassigned."
+    )
+
+
+@strawberry.type(description="A phone number with the cursor of its position.")
+class PhoneNumberEdge:
+    cursor: str = strawberry.field(description="Opaque cursor; pass it as `page.after`.")
+    node: PhoneNumber = strawberry.field(description="The phone number.")
+
+
+@strawberry.type(description="Where this page sits in the whole list.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="More entries follow this page.")
+    has_previous_page: bool = strawberry.field(description="Entries precede this page.")
+    start_cursor: str | None = strawberry.field(
+        description="Cursor of the first entry; null on an empty page."
+    )
+    end_cursor: str | None = strawberry.field(
+        description="Cursor of the last entry; pass it as `page.after` for the next page."
+    )
+
+
+@strawberry.type(description="Counts over every entry the filter matches, not only one page.")
+class NumberCounts:
+    assigned: int | None = strawberry.field(description="Numbers assigned to an owner.")
+    un_assigned: int | None = strawberry.field(description="Numbers not assigned to anyone.")
+    in_active: int | None = strawberry.field(description="Inactive numbers.")
+    extension_only: int | None = strawberry.field(description="Extensions without a phone number.")
+    toll_free_numbers: int | None = strawberry.field(description="Toll-free numbers.")
+    total: int | None = strawberry.field(description="All matched numbers and extensions.")
+    mobile_number: int | None = strawberry.field(description="Mobile numbers.")
+    service_number: int | None = strawberry.field(description="PSTN service numbers.")
+    reserved_number: int | None = strawberry.field(description="Reserved numbers.")
+    available: int | None = strawberry.field(description="Numbers available for assignment.")
+
+
+class PageSource(Protocol):
+    """What a connection reads its fields from (``translation.PageResult``)."""
+
+    def nodes(self) -> list[PhoneNumber]: ...
+    def edges(self) -> list[PhoneNumberEdge]: ...
+    def page_info(self) -> PageInfo: ...
+    def total_count(self) -> int: ...
+
+
+@strawberry.type(description="One page of phone numbers, Relay-style.")
+class PhoneNumberConnection:
+    result: strawberry.Private[PageSource]
+
+    @strawberry.field(description="The page's phone numbers, in the upstream's order.")
+    def nodes(self) -> list[PhoneNumber]:
+        return self.result.nodes()
+
+    @strawberry.field(description="The page's phone numbers with their cursors.")
+    def edges(self) -> list[PhoneNumberEdge]:
+        return self.result.edges()
+
+    @strawberry.field(description="Where this page sits in the whole list.")
+    def page_info(self) -> PageInfo:
+        return self.result.page_info()
+
+    @strawberry.field(description="How many entries the filter matches in all (every page).")
+    def total_count(self) -> int:
+        return self.result.total_count()

@@ -1,0 +1,106 @@
+"""The executable schema: the root type, its extensions, and how errors reach the caller.
+
+Every error leaves with a contract code: ``GatewayError``s keep their message and extensions;
+parse, validation and argument-coercion errors are ``BAD_USER_INPUT``; anything else is a bug,
+logged here with its traceback and shown only as a masked ``INTERNAL_SERVER_ERROR``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import strawberry
+import structlog
+from graphql import GraphQLError
+from strawberry.extensions import DisableIntrospection, SchemaExtension
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types.execution import ExecutionContext
+
+from gateway.context import RequestContext
+from gateway.errors import ErrorCode, GatewayError
+from gateway.resolvers import Query
+
+log = structlog.get_logger("gateway.graphql")
+
+INTERNAL_ERROR_MESSAGE = "Internal server error."
+
+
+def to_contract_error(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, GatewayError):
+        return GraphQLError(
+            original.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            original_error=original,
+            extensions=original.extensions,
+        )
+    code = (error.extensions or {}).get("code")
+    if original is None and code in ErrorCode.__members__:
+        return error  # already a contract error
+    if original is None and error.path is None:
+        # Parse, validation and variable-coercion errors: the document or its inputs.
+        return GraphQLError(
+            error.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+        )
+    log.error(
+        "graphql_internal_error",
+        path=error.path,
+        error=error.message,
+        exc_info=original if isinstance(original, BaseException) else None,
+    )
+    return GraphQLError(
+        INTERNAL_ERROR_MESSAGE,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": ErrorCode.INTERNAL_SERVER_ERROR.value},
+    )
+
+
+class ContractErrors(SchemaExtension):
+    """Rewrites the result's errors into contract errors and counts them by code."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is None or not result.errors:
+            return
+        result.errors = [to_contract_error(error) for error in result.errors]
+        context = self.execution_context.context
+        if isinstance(context, RequestContext):
+            for error in result.errors:
+                code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR)
+                context.metrics.graphql_errors.labels(code=str(code)).inc()
+
+
+class GatewaySchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # ContractErrors logs what is unexpected; expected errors are not log noise.
+        return
+
+
+def build_schema(*, production: bool = False) -> strawberry.Schema:
+    extensions: list[Any] = [ContractErrors]
+    if production:
+        extensions.append(DisableIntrospection)
+    return GatewaySchema(
+        query=Query,
+        extensions=extensions,
+        config=StrawberryConfig(disable_field_suggestions=production),
+    )
+
+
+def export_sdl() -> str:
+    """The public schema as SDL, as committed in ``schema/numbers.graphql``."""
+    return build_schema().as_str() + "\n"

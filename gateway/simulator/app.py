@@ -1,0 +1,196 @@
+"""The simulator's HTTP surface: a Webex-compatible ``GET /v1/telephony/config/numbers``.
+
+Acts out the upstream as UPSTREAM.md describes: bearer tokens and their rights, every query
+parameter and conflict, ``Link: <absolute URL>; rel="next"`` paging under a server page cap,
+``details=true`` counts, Webex error bodies with a ``TrackingID`` header, and faults on demand
+(``/_simulator/faults``). It is the embedded default upstream, the demo, and the test bed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.simulator.dataset import SimulatorWorld, TokenGrant
+from gateway.simulator.faults import FaultOutcome, FaultPlan, FaultRule, FaultSpecError
+from gateway.simulator.search import (
+    DEFAULT_MAX,
+    OrgIndex,
+    WebexBadRequest,
+    count_details,
+    parse_search,
+)
+
+NUMBERS_PATH = "/v1/telephony/config/numbers"
+
+_STATUS_MESSAGES = {
+    400: "The request was invalid or cannot be otherwise served.",
+    401: "The request requires a valid access token set in the Authorization request header.",
+    403: "The request is understood, but it has been refused or access is not allowed.",
+    404: "The requested resource could not be found.",
+    423: "The requested resource is temporarily unavailable.",
+    429: "Too many requests have been sent in a given amount of time.",
+    500: "Something went wrong on the server.",
+    502: "The server received an invalid response from an upstream server.",
+    503: "Server is overloaded with requests. Try again later.",
+    504: "An upstream server failed to respond on time.",
+}
+
+
+def _tracking_id() -> str:
+    return f"ROUTER_{uuid.uuid4()}"
+
+
+def webex_error(
+    status: int, description: str | None = None, error_code: int | None = None
+) -> Response:
+    """An error as Webex sends it: JSON body with message/errors/trackingId, and the header."""
+    tracking_id = _tracking_id()
+    message = _STATUS_MESSAGES.get(status, "Request failed.")
+    body: dict[str, Any] = {"message": description or message, "trackingId": tracking_id}
+    if description is not None:
+        body["errors"] = [{"description": description, "errorCode": error_code or status}]
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers={"TrackingID": tracking_id},
+    )
+
+
+def _fault_response(outcome: FaultOutcome) -> Response:
+    assert outcome.status is not None
+    tracking_id = _tracking_id()
+    headers = {"TrackingID": tracking_id}
+    if outcome.retry_after is not None:
+        headers["Retry-After"] = outcome.retry_after
+    if outcome.body == "html":
+        return Response(
+            f"<html><body><h1>{outcome.status} Error</h1></body></html>",
+            status_code=outcome.status,
+            media_type="text/html",
+            headers=headers,
+        )
+    if outcome.body == "empty":
+        return Response(b"", status_code=outcome.status, headers=headers)
+    if outcome.body == "truncated":
+        return Response(
+            b'{"phoneNumbers": [{"phoneNumber": "+1',
+            status_code=outcome.status,
+            media_type="application/json",
+            headers=headers,
+        )
+    response = webex_error(outcome.status, None)
+    response.headers.update(headers)
+    return response
+
+
+class Simulator:
+    """The simulator's state: the world, its indexes, the fault plan and a request counter."""
+
+    def __init__(
+        self, world: SimulatorWorld, *, page_cap: int = DEFAULT_MAX, faults: FaultPlan | None = None
+    ) -> None:
+        self.world = world
+        self.page_cap = page_cap
+        self.faults = faults or FaultPlan()
+        self.indexes = {org_id: OrgIndex(org) for org_id, org in world.orgs.items()}
+        self.request_count = 0
+
+    def _grant(self, request: Request) -> TokenGrant | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self.world.tokens.get(token.strip())
+
+    async def list_numbers(self, request: Request) -> Response:
+        self.request_count += 1
+        outcome = self.faults.next_outcome()
+        if outcome.latency:
+            await asyncio.sleep(outcome.latency)
+        if outcome.status is not None and not (outcome.status == 200 and outcome.body == "webex"):
+            return _fault_response(outcome)
+
+        grant = self._grant(request)
+        if grant is None:
+            return webex_error(401)
+        if not grant.has_read_scope:
+            return webex_error(
+                403, "The token lacks the scope spark-admin:telephony_config_read.", 403
+            )
+        try:
+            search = parse_search(request.query_params.multi_items())
+        except WebexBadRequest as exc:
+            return webex_error(400, exc.description, exc.error_code)
+        org_id = search.org_id or grant.own_org_id
+        if not grant.may_read(org_id) or org_id not in self.indexes:
+            return webex_error(403, f"Not authorized to read numbers of organization {org_id}.")
+
+        matched = self.indexes[org_id].matching(search, grant.location_ids)
+        page_size = min(search.max, self.page_cap)
+        page = matched[search.start : search.start + page_size]
+        body: dict[str, Any] = {"phoneNumbers": [entry.payload for entry in page]}
+        if search.details:
+            body["count"] = count_details(matched)
+        headers = {"TrackingID": _tracking_id()}
+        following = search.start + len(page)
+        if page and following < len(matched):
+            params = [(k, v) for k, v in request.query_params.multi_items() if k != "start"]
+            params.append(("start", str(following)))
+            next_url = request.url.replace(query=urlencode(params))
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+    async def faults_endpoint(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.faults.replace([])
+        elif request.method == "POST":
+            try:
+                data = orjson.loads(await request.body())
+                rules = [FaultRule.from_json(rule) for rule in data["rules"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError, FaultSpecError) as exc:
+                return Response(
+                    orjson.dumps({"message": f'expected {{"rules": [...]}}: {exc}'}),
+                    status_code=400,
+                    media_type="application/json",
+                )
+            self.faults.replace(rules)
+        return Response(
+            orjson.dumps({"rules": [rule.to_json() for rule in self.faults.rules]}),
+            media_type="application/json",
+        )
+
+    async def stats(self, request: Request) -> Response:
+        return Response(
+            orjson.dumps({"requests": self.request_count}), media_type="application/json"
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+def create_simulator_app(
+    world: SimulatorWorld, *, page_cap: int = DEFAULT_MAX, faults: FaultPlan | None = None
+) -> Starlette:
+    """A Starlette app serving ``world``; ``app.state.simulator`` exposes it to tests."""
+    simulator = Simulator(world, page_cap=page_cap, faults=faults)
+    app = Starlette(
+        routes=[
+            Route(NUMBERS_PATH, simulator.list_numbers, methods=["GET"]),
+            Route(
+                "/_simulator/faults", simulator.faults_endpoint, methods=["GET", "POST", "DELETE"]
+            ),
+            Route("/_simulator/stats", simulator.stats, methods=["GET"]),
+            Route("/healthz", simulator.healthz, methods=["GET"]),
+        ]
+    )
+    app.state.simulator = simulator
+    return app

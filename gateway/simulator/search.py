@@ -1,0 +1,272 @@
+"""How the simulator answers a query: parameter parsing, the upstream's conflicts, filtering,
+ordering and the ``details=true`` counts. Pure functions over a ``SimulatorWorld``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gateway.simulator.dataset import OWNER_TYPES, NumberEntry, Organization
+
+DEFAULT_MAX = 2000
+OWNER_NAME_MAX_LENGTH = 255
+
+NUMBER_TYPES = frozenset({"NUMBER", "EXTENSION"})
+PHONE_NUMBER_TYPES = frozenset({"PRIMARY", "ALTERNATE", "FAX", "DNIS"})
+STATES = frozenset({"ACTIVE", "INACTIVE"})
+TELEPHONY_TYPES = frozenset({"PSTN_NUMBER", "MOBILE_NUMBER"})
+ORDER_KEYS = ("lastName", "dn", "extension")
+
+# Webex puts a numeric code beside each description; these are the simulator's own.
+ERROR_CODE_INVALID_VALUE = 25008
+ERROR_CODE_CONFLICT = 25009
+
+EntryFilter = Callable[[NumberEntry], bool]
+_T = TypeVar("_T")
+
+
+class WebexBadRequest(Exception):
+    """A 400 the upstream would send, with the description it would carry."""
+
+    def __init__(self, description: str, error_code: int = ERROR_CODE_INVALID_VALUE) -> None:
+        super().__init__(description)
+        self.description = description
+        self.error_code = error_code
+
+
+@dataclass(frozen=True, slots=True)
+class NumbersSearch:
+    org_id: str | None
+    start: int
+    max: int
+    details: bool
+    order_key: str | None
+    descending: bool
+    filters: tuple[EntryFilter, ...]
+
+
+def _boolean(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise WebexBadRequest(f"Invalid value '{value}' for {name}: expected true or false.")
+    return lowered == "true"
+
+
+def _non_negative_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise WebexBadRequest(f"Invalid value '{value}' for {name}: expected an integer.") from None
+    if number < 0:
+        raise WebexBadRequest(f"Invalid value '{value}' for {name}: must not be negative.")
+    return number
+
+
+def _enum(name: str, value: str, allowed: frozenset[str] | tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise WebexBadRequest(
+            f"Invalid value '{value}' for {name}. Possible values: {', '.join(sorted(allowed))}."
+        )
+    return value
+
+
+def _parse_order(value: str) -> tuple[str, bool]:
+    key, _, direction = value.partition("-")
+    if key not in ORDER_KEYS or direction not in ("", "asc", "desc"):
+        raise WebexBadRequest(
+            f"Invalid value '{value}' for order: use lastName, dn or extension, "
+            "optionally suffixed -asc or -desc."
+        )
+    return key, direction == "desc"
+
+
+def parse_search(params: Sequence[tuple[str, str]]) -> NumbersSearch:
+    """Read the query string as the upstream does; raise ``WebexBadRequest`` as it would."""
+    single: dict[str, str] = {}
+    telephony_types: list[str] = []
+    for name, value in params:
+        if name == "includedTelephonyType":
+            raise WebexBadRequest(
+                "Unknown parameter includedTelephonyType: did you mean includedTelephonyTypes?"
+            )
+        if name == "includedTelephonyTypes":
+            telephony_types.extend(part for part in value.split(",") if part)
+        else:
+            single[name] = value
+
+    filters: list[EntryFilter] = []
+    available = _maybe(single, "available", _boolean)
+    owner_type = single.get("ownerType")
+    number_type = single.get("numberType")
+    state = single.get("state")
+    reserved = _maybe(single, "reservedNumber", _boolean)
+
+    if available is True and owner_type is not None:
+        raise WebexBadRequest(
+            "available cannot be used along with ownerType when set to true.", ERROR_CODE_CONFLICT
+        )
+    if number_type == "EXTENSION" and (available is not None or state is not None):
+        raise WebexBadRequest(
+            "numberType EXTENSION cannot be used along with available or state.",
+            ERROR_CODE_CONFLICT,
+        )
+    if reserved is not None and available is not None:
+        raise WebexBadRequest(
+            "reservedNumber cannot be used along with available.", ERROR_CODE_CONFLICT
+        )
+
+    if (location_id := single.get("locationId")) is not None:
+        filters.append(lambda entry: entry.location_id == location_id)
+    if (phone_number := single.get("phoneNumber")) is not None:
+        wanted = phone_number.strip()
+        filters.append(
+            lambda entry: entry.phone_number is not None and wanted in entry.phone_number
+        )
+    if available is not None:
+        filters.append(lambda entry: entry.available is available)
+    if (owner_name := single.get("ownerName")) is not None:
+        if len(owner_name) > OWNER_NAME_MAX_LENGTH:
+            raise WebexBadRequest(
+                f"ownerName is {len(owner_name)} characters long; "
+                f"the maximum is {OWNER_NAME_MAX_LENGTH}."
+            )
+        needle = owner_name.lower()
+        filters.append(lambda entry: needle in entry.owner_name)
+    if (owner_id := single.get("ownerId")) is not None:
+        filters.append(lambda entry: entry.owner_id == owner_id)
+    if owner_type is not None:
+        _enum("ownerType", owner_type, OWNER_TYPES)
+        filters.append(lambda entry: entry.owner_type == owner_type)
+    if (extension := single.get("extension")) is not None:
+        filters.append(lambda entry: entry.extension == extension)
+    if number_type is not None:
+        _enum("numberType", number_type, NUMBER_TYPES)
+        wants_numbers = number_type == "NUMBER"
+        filters.append(lambda entry: (entry.phone_number is not None) is wants_numbers)
+    if (phone_number_type := single.get("phoneNumberType")) is not None:
+        _enum("phoneNumberType", phone_number_type, PHONE_NUMBER_TYPES)
+        filters.append(lambda entry: entry.phone_number_type == phone_number_type)
+    if state is not None:
+        _enum("state", state, STATES)
+        filters.append(lambda entry: entry.phone_number is not None and entry.state == state)
+    if _maybe(single, "tollFreeNumbers", _boolean):
+        filters.append(lambda entry: entry.toll_free)
+    if _maybe(single, "restrictedNonGeoNumbers", _boolean):
+        filters.append(lambda entry: entry.restricted_non_geo)
+    if _maybe(single, "serviceNumber", _boolean):
+        filters.append(lambda entry: entry.service)
+    if reserved is not None:
+        filters.append(lambda entry: entry.phone_number is not None and entry.reserved is reserved)
+    if telephony_types:
+        kinds = frozenset(
+            _enum("includedTelephonyTypes", t, TELEPHONY_TYPES) for t in telephony_types
+        )
+        if kinds != TELEPHONY_TYPES:
+            filters.append(lambda entry: entry.telephony_type in kinds)
+
+    order_key, descending = None, False
+    if (order := single.get("order")) is not None:
+        order_key, descending = _parse_order(order)
+    details = bool(_maybe(single, "details", _boolean))
+    start = _maybe(single, "start", _non_negative_int) or 0
+    maximum = _maybe(single, "max", _non_negative_int)
+    if maximum == 0:
+        raise WebexBadRequest("Invalid value '0' for max: must be at least 1.")
+    return NumbersSearch(
+        org_id=single.get("orgId"),
+        start=start,
+        max=DEFAULT_MAX if maximum is None else maximum,
+        details=details,
+        order_key=order_key,
+        descending=descending,
+        filters=tuple(filters),
+    )
+
+
+def _maybe(single: dict[str, str], name: str, parse: Callable[[str, str], _T]) -> _T | None:
+    value = single.get(name)
+    return None if value is None else parse(name, value)
+
+
+def _natural(text: str | None) -> tuple[int, str]:
+    """Numeric strings sort by value (100 before 1000), others after them as text."""
+    if text is None:
+        return (1 << 62, "")
+    return (int(text), "") if text.isdigit() else (1 << 61, text)
+
+
+def _default_key(entry: NumberEntry) -> tuple[bool, str, tuple[int, str]]:
+    # The upstream's default: by number, then extension, ascending; extension-only entries last.
+    return (entry.phone_number is None, entry.phone_number or "", _natural(entry.extension))
+
+
+_ORDER_VALUE: dict[str, Callable[[NumberEntry], Any]] = {
+    "lastName": lambda entry: entry.last_name.lower() if entry.last_name else None,
+    "dn": lambda entry: entry.phone_number,
+    "extension": lambda entry: _natural(entry.extension) if entry.extension else None,
+}
+
+
+class OrgIndex:
+    """An org's entries pre-sorted once for every order the upstream offers."""
+
+    def __init__(self, org: Organization) -> None:
+        self.org = org
+        by_default = sorted(org.entries, key=_default_key)
+        self.orderings: dict[tuple[str | None, bool], list[NumberEntry]] = {
+            (None, False): by_default,
+            (None, True): by_default,  # a direction without a key changes nothing
+        }
+        for key, value_of in _ORDER_VALUE.items():
+            present = [entry for entry in by_default if value_of(entry) is not None]
+            missing = [entry for entry in by_default if value_of(entry) is None]
+            for descending in (False, True):
+                # sorted() is stable, so ties keep the default order in both directions;
+                # entries lacking the key come last either way.
+                ranked = sorted(present, key=value_of, reverse=descending)
+                self.orderings[(key, descending)] = ranked + missing
+
+    def matching(
+        self, search: NumbersSearch, visible_locations: frozenset[str] | None
+    ) -> list[NumberEntry]:
+        ordered = self.orderings[(search.order_key, search.descending)]
+        filters = list(search.filters)
+        if visible_locations is not None:
+            filters.insert(0, lambda entry: entry.location_id in visible_locations)
+        if not filters:
+            return ordered
+        return [entry for entry in ordered if all(check(entry) for check in filters)]
+
+
+def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:
+    """The ``count`` object over every matched entry, not only the page."""
+    assigned = unassigned = inactive = extension_only = toll_free = mobile = 0
+    service = reserved = available = 0
+    for entry in entries:
+        if entry.phone_number is None:
+            extension_only += 1
+            continue
+        if entry.owner_id is None:
+            unassigned += 1
+        else:
+            assigned += 1
+        inactive += entry.state == "INACTIVE"
+        toll_free += entry.toll_free
+        mobile += entry.telephony_type == "MOBILE_NUMBER"
+        service += entry.service and entry.telephony_type == "PSTN_NUMBER"
+        reserved += entry.reserved
+        available += entry.available
+    return {
+        "assigned": assigned,
+        "unAssigned": unassigned,
+        "inActive": inactive,
+        "extensionOnly": extension_only,
+        "tollFreeNumbers": toll_free,
+        "total": len(entries),
+        "mobileNumber": mobile,
+        "serviceNumber": service,
+        "reservedNumber": reserved,
+        "available": available,
+    }

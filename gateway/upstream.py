@@ -1,0 +1,276 @@
+"""The upstream client: one ``Fetch`` in, one completed ``UpstreamPage`` out.
+
+Wraps the app's shared ``httpx.AsyncClient`` (its transport is the seam: the embedded
+simulator and the tests plug in there). It forwards the caller's ``Authorization`` and no
+other header, walks ``Link: rel="next"`` until the window is full, bounds the whole exchange
+(retries included) by one deadline, retries what is worth retrying, and turns every upstream
+failure into an ``UpstreamError`` carrying the status and tracking id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from gateway.errors import (
+    RateLimited,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    code_for_upstream_status,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.translation import Fetch, UpstreamPage, read_numbers_body
+
+NUMBERS_PATH = "/telephony/config/numbers"
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+RATE_LIMIT_STATUSES = frozenset({423, 429})
+DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
+_MESSAGE_LIMIT = 300
+
+log = structlog.get_logger("gateway.upstream")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try: attempts per upstream request, and full-jitter backoff bounds."""
+
+    max_attempts: int = 3
+    backoff_base: float = 0.2
+    backoff_cap: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        # Full jitter (AWS architecture blog): spreads retries of many clients apart.
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; None if unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _tracking_id(response: httpx.Response, body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("trackingId"), str):
+        return str(body["trackingId"])
+    header = response.headers.get("trackingid")
+    return str(header) if header is not None else None
+
+
+def _upstream_message(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        description = errors[0].get("description")
+        if isinstance(description, str) and description:
+            return description[:_MESSAGE_LIMIT]
+    message = body.get("message")
+    return message[:_MESSAGE_LIMIT] if isinstance(message, str) and message else None
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+_STATUS_HINTS = {
+    400: "The upstream rejected the query",
+    401: "The upstream did not accept the caller's credentials",
+    403: "The caller's token may not read these numbers",
+    404: "The upstream did not find this resource",
+}
+
+
+def error_for_response(response: httpx.Response) -> UpstreamError:
+    """The contract error for a non-2xx answer (rate limits handled by the retry loop)."""
+    body = _json_or_none(response)
+    status = response.status_code
+    tracking_id = _tracking_id(response, body)
+    detail = _upstream_message(body)
+    hint = _STATUS_HINTS.get(status, f"The upstream answered {status}")
+    message = f"{hint}: {detail}" if detail else f"{hint}."
+    code = code_for_upstream_status(status)
+    if status in RATE_LIMIT_STATUSES:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimited(
+            f"The upstream is rate limiting this caller ({status}); retry later.",
+            retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
+            upstream_status=status,
+            tracking_id=tracking_id,
+        )
+    kind = UpstreamRejected if 400 <= status < 500 else UpstreamUnavailable
+    return kind(message, code=code, upstream_status=status, tracking_id=tracking_id)
+
+
+class UpstreamClient:
+    """Fetches pages of ``GET {base}/telephony/config/numbers`` for one caller at a time."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        deadline: float,
+        concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        metrics: GatewayMetrics | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.http = http
+        self.base = httpx.URL(base_url.rstrip("/") + "/")
+        self.numbers_url = httpx.URL(base_url.rstrip("/") + NUMBERS_PATH)
+        self.deadline = deadline
+        self.retry = retry or RetryPolicy()
+        self.metrics = metrics
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def fetch(self, fetch: Fetch, authorization: str) -> UpstreamPage:
+        """Run one fetch to completion within the deadline, or raise an ``UpstreamError``."""
+        try:
+            async with asyncio.timeout(self.deadline) as scope:
+                return await self._walk(fetch, authorization, scope)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The upstream did not answer within {self.deadline:g} s."
+            ) from None
+
+    async def _walk(self, fetch: Fetch, authorization: str, scope: asyncio.Timeout) -> UpstreamPage:
+        wanted = fetch.window.size if fetch.window is not None else 1
+        url = self.numbers_url
+        params: list[tuple[str, str]] | None = fetch.upstream_params()
+        items: list[dict[str, Any]] = []
+        count: dict[str, Any] | None = None
+        while True:
+            body, next_url = await self._get(url, params, authorization, scope)
+            page_items, page_count = read_numbers_body(body)
+            count = count if count is not None else page_count
+            items.extend(page_items)
+            if fetch.window is None or len(items) >= wanted or not page_items or not next_url:
+                break
+            url, params = self._next_request(next_url, fetch, len(items))
+        has_more = len(items) > wanted or (bool(next_url) and bool(page_items))
+        return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
+
+    def _next_request(
+        self, next_url: str, fetch: Fetch, collected: int
+    ) -> tuple[httpx.URL, list[tuple[str, str]] | None]:
+        """Follow the upstream's ``next`` link exactly, unless it is unsafe or malformed.
+
+        The caller's token must never leave for another origin, so a link to anywhere but
+        the configured upstream's numbers endpoint is not followed; nor is one carrying the
+        upstream's past ``max=null`` defect. Then we ask for the rest ourselves.
+        """
+        try:
+            url = httpx.URL(next_url)
+            safe = (
+                url.scheme == self.base.scheme
+                and url.host == self.base.host
+                and url.port == self.base.port
+                and url.path == self.numbers_url.path
+                and url.params.get("max") not in ("null", "")
+            )
+        except (httpx.InvalidURL, ValueError):
+            safe = False
+        if safe:
+            return url, None
+        log.warning("upstream_next_link_ignored", reason="unsafe or malformed next link")
+        assert fetch.window is not None
+        rest = Fetch(
+            query=fetch.query,
+            window=type(fetch.window)(
+                start=fetch.window.start + collected, size=fetch.window.size - collected
+            ),
+            details=False,
+        )
+        return self.numbers_url, rest.upstream_params()
+
+    async def _get(
+        self,
+        url: httpx.URL,
+        params: list[tuple[str, str]] | None,
+        authorization: str,
+        scope: asyncio.Timeout,
+    ) -> tuple[Any, str | None]:
+        """One upstream request with retries; returns the JSON body and the next link."""
+        attempt = 0
+        while True:
+            attempt += 1
+            failure: UpstreamError
+            try:
+                response = await self._send(url, params, authorization)
+            except httpx.TimeoutException:
+                failure = UpstreamTimeout("The upstream did not answer in time.")
+                wait = self.retry.backoff(attempt)
+            except httpx.TransportError as exc:
+                failure = UpstreamUnavailable(
+                    f"Could not reach the upstream ({type(exc).__name__})."
+                )
+                wait = self.retry.backoff(attempt)
+            else:
+                if response.status_code == 200:
+                    body = _json_or_none(response)
+                    if body is None:
+                        raise UpstreamUnavailable(
+                            "The upstream answered 200 with a body that is not JSON.",
+                            upstream_status=200,
+                            tracking_id=response.headers.get("trackingid"),
+                        )
+                    return body, response.links.get("next", {}).get("url")
+                failure = error_for_response(response)
+                if isinstance(failure, RateLimited):
+                    wait = failure.retry_after
+                elif response.status_code in RETRYABLE_STATUSES:
+                    wait = self.retry.backoff(attempt)
+                else:
+                    raise failure
+            if attempt >= self.retry.max_attempts or not self._fits(wait, scope):
+                raise failure
+            await self._sleep(wait)
+
+    @staticmethod
+    def _fits(wait: float, scope: asyncio.Timeout) -> bool:
+        when = scope.when()
+        return when is None or asyncio.get_running_loop().time() + wait < when
+
+    async def _send(
+        self, url: httpx.URL, params: list[tuple[str, str]] | None, authorization: str
+    ) -> httpx.Response:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with self._slots:
+                # Only the caller's credentials travel upstream; no other caller header does.
+                response = await self.http.get(
+                    url,
+                    params=tuple(params) if params is not None else None,
+                    headers={"Authorization": authorization},
+                )
+            outcome = str(response.status_code)
+            return response
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_upstream(outcome, time.perf_counter() - started)
