@@ -9,6 +9,7 @@ from ``--fault SPEC`` flags or from ``POST /_simulator/faults``; the spec syntax
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -61,7 +62,9 @@ class FaultRule:
             "count": ("count", int),
             "fraction": ("fraction", float),
         }
-        for part in filter(None, (piece.strip() for piece in spec.split(","))):
+        # Split only before a known key, so an HTTP-date's own comma stays in its value.
+        pieces = re.split(r",(?=\s*(?:status|retry-after|latency|body|count|fraction)=)", spec)
+        for part in filter(None, (piece.strip() for piece in pieces)):
             key, sep, value = part.partition("=")
             if not sep or key not in converters:
                 raise FaultSpecError(f"unknown fault setting {part!r} in {spec!r}")

@@ -1,0 +1,120 @@
+"""Shared fixtures: the simulator, a recording transport, and gateways built around them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+from gateway.simulator import build_demo_world, create_simulator_app
+from gateway.simulator.dataset import SimulatorWorld
+
+UPSTREAM_BASE = "http://webex.test/v1"
+GATEWAY_BASE = "http://gateway.test"
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Passes requests to ``inner`` (or a handler) and keeps each one for assertions."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport | None = None,
+        handler: Callable[[httpx.Request], httpx.Response] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.handler = handler
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.handler is not None:
+            return self.handler(request)
+        assert self.inner is not None
+        return await self.inner.handle_async_request(request)
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    def params(self, index: int = -1) -> list[tuple[str, str]]:
+        return list(self.requests[index].url.params.multi_items())
+
+
+@pytest.fixture(scope="session")
+def world() -> SimulatorWorld:
+    return build_demo_world(size=1000, seed=7)
+
+
+@pytest.fixture
+def simulator_app(world: SimulatorWorld) -> Starlette:
+    return create_simulator_app(world)
+
+
+@pytest.fixture
+def recorder(simulator_app: Starlette) -> RecordingTransport:
+    return RecordingTransport(httpx.ASGITransport(app=simulator_app))
+
+
+@pytest.fixture
+async def simulator(simulator_app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the simulator alone, as a Webex SDK would talk to it."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=simulator_app),
+        base_url="http://webex.test/v1",
+        headers={"Authorization": "Bearer demo-admin"},
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def running_gateway(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, upstream_transport=transport)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url=GATEWAY_BASE
+        ) as client,
+    ):
+        yield client
+
+
+def live_settings(**overrides: Any) -> Settings:
+    """Settings for a gateway with a 'live' upstream (served by the transport under test)."""
+    return load_settings(upstream_url=UPSTREAM_BASE, **overrides)
+
+
+@pytest.fixture
+async def gateway(recorder: RecordingTransport) -> AsyncIterator[httpx.AsyncClient]:
+    """A live-mode gateway whose upstream is the simulator behind a recording transport."""
+    async with running_gateway(live_settings(), recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        yield client
+
+
+async def graphql(
+    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
+    response = await client.post("/graphql", json={"query": query, "variables": variables}, **kw)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never read the developer's own GATEWAY_* settings."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+    yield
