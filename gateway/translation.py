@@ -248,7 +248,7 @@ def decode_cursor(query: NumbersQuery, cursor: str) -> int:
 def page_window(query: NumbersQuery, page: PageInput | None, max_page_size: int) -> PageWindow:
     """Validate ``first``/``after``/``offset`` and turn them into a start and a size."""
     page = page or PageInput()
-    size = DEFAULT_PAGE_SIZE if page.first is None else page.first
+    size = min(DEFAULT_PAGE_SIZE, max_page_size) if page.first is None else page.first
     if not 1 <= size <= max_page_size:
         raise BadUserInput(f"page.first must be between 1 and {max_page_size}, got {size}.")
     if page.after is not None and page.offset is not None:
@@ -256,7 +256,7 @@ def page_window(query: NumbersQuery, page: PageInput | None, max_page_size: int)
     if page.offset is not None:
         if page.offset < 0:
             raise BadUserInput(f"page.offset must be zero or more, got {page.offset}.")
-        return PageWindow(start=page.offset, size=min(size, max_page_size))
+        return PageWindow(start=page.offset, size=size)
     if page.after is not None:
         return PageWindow(start=decode_cursor(query, page.after) + 1, size=size)
     return PageWindow(start=0, size=size)

@@ -134,8 +134,10 @@ class Simulator:
         if not grant.may_read(org_id) or org_id not in self.indexes:
             return webex_error(403, f"Not authorized to read numbers of organization {org_id}.")
 
-        matched = self.indexes[org_id].matching(search, grant.location_ids)
         page_size = min(search.max, self.page_cap)
+        # Without counts, one entry past the page is enough to know whether more remain.
+        limit = None if search.details else search.start + page_size + 1
+        matched = self.indexes[org_id].matching(search, grant.location_ids, limit)
         page = matched[search.start : search.start + page_size]
         body: dict[str, Any] = {"phoneNumbers": [entry.payload for entry in page]}
         if search.details:

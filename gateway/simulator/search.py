@@ -4,8 +4,9 @@ ordering and the ``details=true`` counts. Pure functions over a ``SimulatorWorld
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TypeVar
 
 from gateway.simulator.dataset import OWNER_TYPES, NumberEntry, Organization
@@ -229,15 +230,24 @@ class OrgIndex:
                 self.orderings[(key, descending)] = ranked + missing
 
     def matching(
-        self, search: NumbersSearch, visible_locations: frozenset[str] | None
+        self,
+        search: NumbersSearch,
+        visible_locations: frozenset[str] | None,
+        limit: int | None = None,
     ) -> list[NumberEntry]:
+        """Matched entries in order; with ``limit``, only the first ``limit`` of them, so a
+        page without counts stops scanning once it has what it needs."""
         ordered = self.orderings[(search.order_key, search.descending)]
         filters = list(search.filters)
         if visible_locations is not None:
             filters.insert(0, lambda entry: entry.location_id in visible_locations)
         if not filters:
-            return ordered
-        return [entry for entry in ordered if all(check(entry) for check in filters)]
+            return ordered if limit is None else ordered[:limit]
+        if len(filters) == 1:
+            matches: Iterable[NumberEntry] = filter(filters[0], ordered)
+        else:
+            matches = (entry for entry in ordered if all(check(entry) for check in filters))
+        return list(islice(matches, limit))
 
 
 def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:

@@ -1,0 +1,89 @@
+"""The committed SDL matches the code, and every part of the public schema is described."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from graphql import (
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLObjectType,
+    build_schema,
+)
+
+from gateway.schema import export_sdl
+
+SDL_PATH = Path(__file__).resolve().parents[1] / "schema" / "numbers.graphql"
+
+
+def test_committed_sdl_matches_the_code() -> None:
+    assert SDL_PATH.read_text(encoding="utf-8") == export_sdl(), (
+        "schema/numbers.graphql is stale: run 'make schema' and commit it"
+    )
+
+
+def test_export_schema_command_prints_the_sdl() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "export-schema"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout == export_sdl()
+
+
+def test_every_type_field_argument_and_enum_value_is_described() -> None:
+    schema = build_schema(export_sdl())
+    missing: list[str] = []
+    for name, named_type in schema.type_map.items():
+        if name.startswith("__") or name in {"String", "Int", "Boolean", "ID", "Float"}:
+            continue
+        if not named_type.description:
+            missing.append(name)
+        if isinstance(named_type, GraphQLObjectType):
+            for field_name, field in named_type.fields.items():
+                if not field.description:
+                    missing.append(f"{name}.{field_name}")
+                missing.extend(
+                    f"{name}.{field_name}({arg})"
+                    for arg, argument in field.args.items()
+                    if not argument.description
+                )
+        if isinstance(named_type, GraphQLInputObjectType):
+            missing.extend(
+                f"{name}.{field_name}"
+                for field_name, field in named_type.fields.items()
+                if not field.description
+            )
+        if isinstance(named_type, GraphQLEnumType):
+            missing.extend(
+                f"{name}.{value}"
+                for value, enum in named_type.values.items()
+                if not enum.description
+            )
+    assert missing == []
+
+
+def test_contract_surface() -> None:
+    schema = build_schema(export_sdl())
+    query = schema.query_type
+    assert query is not None
+    phone_numbers = query.fields["phoneNumbers"]
+    assert set(phone_numbers.args) == {"orgId", "filter", "order", "page"}
+    assert str(phone_numbers.type) == "PhoneNumberConnection", "nullable on purpose"
+    assert set(query.fields["numberCounts"].args) == {"orgId", "filter"}
+    assert str(query.fields["numberCounts"].type) == "NumberCounts"
+    connection = schema.get_type("PhoneNumberConnection")
+    assert isinstance(connection, GraphQLObjectType)
+    assert {name: str(f.type) for name, f in connection.fields.items()} == {
+        "nodes": "[PhoneNumber!]!",
+        "edges": "[PhoneNumberEdge!]!",
+        "pageInfo": "PageInfo!",
+        "totalCount": "Int!",
+    }
+    owner_type = schema.get_type("OwnerType")
+    assert isinstance(owner_type, GraphQLEnumType)
+    assert len(owner_type.values) == 18
+    assert "direction: SortDirection! = ASC" in export_sdl()

@@ -1,0 +1,76 @@
+"""Settings: environment variables with the GATEWAY_ prefix, one clear line when invalid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gateway.settings import Environment, SettingsError, load_settings
+
+
+def test_defaults_serve_the_embedded_simulator() -> None:
+    settings = load_settings()
+    assert settings.embedded_simulator
+    assert settings.cache_ttl == 60
+    assert settings.max_page_size == 2000
+    assert settings.env is Environment.DEVELOPMENT
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_UPSTREAM_URL", "https://webexapis.com/v1")
+    monkeypatch.setenv("GATEWAY_CACHE_TTL", "0")
+    monkeypatch.setenv("GATEWAY_ENV", "production")
+    settings = load_settings()
+    assert str(settings.upstream_url) == "https://webexapis.com/v1"
+    assert settings.cache_ttl == 0
+    assert settings.production
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEWAY_CACHE_TTL", "-1"),
+        ("GATEWAY_CACHE_TTL", "soon"),
+        ("GATEWAY_MAX_PAGE_SIZE", "0"),
+        ("GATEWAY_UPSTREAM_TIMEOUT", "0"),
+        ("GATEWAY_UPSTREAM_URL", "not a url"),
+        ("GATEWAY_ENV", "staging"),
+        ("GATEWAY_REDIS_URL", "http://nope"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(variable + ":")
+    assert "\n" not in message
+
+
+def test_redis_needs_a_key_secret_and_never_echoes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_REDIS_URL", "redis://:hunter2@localhost:6379/0")
+    with pytest.raises(SettingsError, match="GATEWAY_CACHE_KEY_SECRET") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_serve_stops_with_one_line_on_a_bad_setting() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_MAX_PAGE_SIZE"] = "lots"
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "GATEWAY_MAX_PAGE_SIZE" in lines[0]

@@ -1,0 +1,213 @@
+"""Pure translation: filters to parameters, validation, cursors, and the tolerant reader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import strawberry
+
+from gateway.errors import BadUserInput, UpstreamUnavailable
+from gateway.graphql_types import (
+    NumberState,
+    NumberType,
+    OwnerType,
+    PageInput,
+    PhoneNumberFilter,
+    PhoneNumberOrder,
+    PhoneNumberSortField,
+    PhoneNumberType,
+    SortDirection,
+    TelephonyType,
+)
+from gateway.translation import (
+    Fetch,
+    PageResult,
+    PageWindow,
+    UpstreamPage,
+    decode_cursor,
+    encode_cursor,
+    numbers_query,
+    page_window,
+    read_numbers_body,
+    to_number_counts,
+    to_phone_number,
+)
+
+
+def test_unset_filter_fields_send_nothing() -> None:
+    assert numbers_query(None, PhoneNumberFilter(), None).params == ()
+    assert numbers_query(None, None, None).params == ()
+
+
+def test_equal_filters_make_equal_queries_whatever_the_list_order() -> None:
+    a = PhoneNumberFilter(
+        included_telephony_types=[TelephonyType.MOBILE_NUMBER], owner_type=OwnerType.PEOPLE
+    )
+    b = PhoneNumberFilter(
+        owner_type=OwnerType.PEOPLE, included_telephony_types=[TelephonyType.MOBILE_NUMBER]
+    )
+    assert numbers_query("org", a, None) == numbers_query("org", b, None)
+    assert hash(numbers_query("org", a, None)) == hash(numbers_query("org", b, None))
+
+
+@pytest.mark.parametrize(
+    ("by", "direction", "wire"),
+    [
+        (PhoneNumberSortField.LAST_NAME, SortDirection.ASC, "lastName-asc"),
+        (PhoneNumberSortField.LAST_NAME, SortDirection.DESC, "lastName-desc"),
+        (PhoneNumberSortField.DN, SortDirection.ASC, "dn-asc"),
+        (PhoneNumberSortField.EXTENSION, SortDirection.DESC, "extension-desc"),
+    ],
+)
+def test_order(by: PhoneNumberSortField, direction: SortDirection, wire: str) -> None:
+    query = numbers_query(None, None, PhoneNumberOrder(by=by, direction=direction))
+    assert query.params == (("order", wire),)
+
+
+def test_fetch_parameters_in_a_stable_order() -> None:
+    query = numbers_query(
+        "ORG", PhoneNumberFilter(available=False, location_id=strawberry.ID("L")), None
+    )
+    fetch = Fetch(query, PageWindow(start=20, size=10), details=True)
+    assert fetch.upstream_params() == [
+        ("orgId", "ORG"),
+        ("locationId", "L"),
+        ("available", "false"),
+        ("start", "20"),
+        ("max", "10"),
+        ("details", "true"),
+    ]
+    assert Fetch(query, None, details=True).upstream_params()[-2:] == [
+        ("max", "1"),
+        ("details", "true"),
+    ]
+    assert ("start", "0") not in Fetch(query, PageWindow(0, 5), False).upstream_params()
+
+
+@pytest.mark.parametrize(
+    ("flt", "fragment"),
+    [
+        (PhoneNumberFilter(available=True, owner_type=OwnerType.PEOPLE), "ownerType"),
+        (PhoneNumberFilter(number_type=NumberType.EXTENSION, available=False), "EXTENSION"),
+        (PhoneNumberFilter(number_type=NumberType.EXTENSION, state=NumberState.ACTIVE), "state"),
+        (PhoneNumberFilter(reserved_number=False, available=True), "reservedNumber"),
+        (PhoneNumberFilter(owner_name="x" * 256), "256"),
+        (PhoneNumberFilter(owner_type=OwnerType.UNKNOWN), "UNKNOWN"),
+        (PhoneNumberFilter(state=NumberState.UNKNOWN), "UNKNOWN"),
+        (PhoneNumberFilter(phone_number_type=PhoneNumberType.UNKNOWN), "UNKNOWN"),
+        (PhoneNumberFilter(included_telephony_types=[TelephonyType.UNKNOWN]), "UNKNOWN"),
+        (PhoneNumberFilter(included_telephony_types=[]), "must not be empty"),
+        (PhoneNumberFilter(owner_name="  "), "must not be empty"),
+    ],
+)
+def test_invalid_filters(flt: PhoneNumberFilter, fragment: str) -> None:
+    with pytest.raises(BadUserInput, match=fragment):
+        numbers_query(None, flt, None)
+
+
+def test_allowed_neighbours_of_the_conflicts() -> None:
+    numbers_query(None, PhoneNumberFilter(available=False, owner_type=OwnerType.PEOPLE), None)
+    numbers_query(None, PhoneNumberFilter(number_type=NumberType.NUMBER, available=True), None)
+    numbers_query(None, PhoneNumberFilter(owner_name="x" * 255), None)
+
+
+def test_page_window_rules() -> None:
+    query = numbers_query(None, None, None)
+    assert page_window(query, None, 2000) == PageWindow(0, 100)
+    assert page_window(query, PageInput(first=2000, offset=7), 2000) == PageWindow(7, 2000)
+    cursor = encode_cursor(query, 41)
+    assert page_window(query, PageInput(first=3, after=cursor), 2000) == PageWindow(42, 3)
+    for bad, fragment in [
+        (PageInput(first=0), "between 1 and 50"),
+        (PageInput(first=51), "between 1 and 50"),
+        (PageInput(offset=-1), "zero or more"),
+        (PageInput(offset=1, after=cursor), "cannot be combined"),
+        (PageInput(after="garbage!"), "not a cursor"),
+        (PageInput(after=""), "not a cursor"),
+    ]:
+        with pytest.raises(BadUserInput, match=fragment):
+            page_window(query, bad, 50)
+
+
+def test_cursor_is_bound_to_org_filter_and_order() -> None:
+    base = numbers_query("A", PhoneNumberFilter(owner_type=OwnerType.PEOPLE), None)
+    cursor = encode_cursor(base, 9)
+    assert decode_cursor(base, cursor) == 9
+    others = [
+        numbers_query("B", PhoneNumberFilter(owner_type=OwnerType.PEOPLE), None),
+        numbers_query("A", PhoneNumberFilter(owner_type=OwnerType.PLACE), None),
+        numbers_query(
+            "A",
+            PhoneNumberFilter(owner_type=OwnerType.PEOPLE),
+            PhoneNumberOrder(by=PhoneNumberSortField.DN),
+        ),
+    ]
+    for other in others:
+        with pytest.raises(BadUserInput, match="different orgId, filter or order"):
+            decode_cursor(other, cursor)
+
+
+def test_reader_tolerates_odd_items() -> None:
+    item: dict[str, Any] = {
+        "phoneNumber": "",
+        "state": "PORTING",
+        "phoneNumberType": "VANITY",
+        "includedTelephonyTypes": "SATELLITE",
+        "owner": {"id": "o1", "type": "HOLOGRAM", "lastName": "Doe"},
+        "location": {"id": "L1"},
+        "brandNewKey": {"nested": True},
+        "mainNumber": "true",
+    }
+    number = to_phone_number(item)
+    assert number.phone_number is None
+    assert number.state is NumberState.UNKNOWN
+    assert number.phone_number_type is PhoneNumberType.UNKNOWN
+    assert number.included_telephony_types is TelephonyType.UNKNOWN
+    assert number.owner is not None
+    assert number.owner.type is OwnerType.UNKNOWN
+    assert number.owner.first_name is None
+    assert number.location.name is None
+    assert number.main_number is True
+    assert number.toll_free_number is False
+    assert number.is_reserved_number is None
+    bare = to_phone_number({})
+    assert bare.owner is None
+    assert bare.location.id == ""
+    assert to_phone_number({"owner": {"type": "PEOPLE"}}).owner is None
+
+
+def test_reader_of_page_bodies() -> None:
+    assert read_numbers_body({}) == ([], None)
+    assert read_numbers_body({"phoneNumbers": None, "count": "x"}) == ([], None)
+    assert read_numbers_body({"phoneNumbers": [1, {"a": 1}, "s"]}) == ([{"a": 1}], None)
+    with pytest.raises(UpstreamUnavailable):
+        read_numbers_body([{"phoneNumber": "+1"}])
+
+
+def test_counts_ignore_non_integers() -> None:
+    counts = to_number_counts({"total": 5, "assigned": "3", "available": True, "elin": 4})
+    assert counts.total == 5
+    assert counts.assigned is None
+    assert counts.available is None
+    assert to_number_counts(None).total is None
+
+
+def test_page_info_and_total_from_the_upstream() -> None:
+    query = numbers_query(None, None, None)
+    items = [{"phoneNumber": f"+1{i}"} for i in range(3)]
+    with_count = PageResult(query, PageWindow(5, 3), UpstreamPage(items, {"total": 8}, True))
+    info = with_count.page_info()
+    assert (info.has_next_page, info.has_previous_page) == (False, True)
+    assert decode_cursor(query, info.start_cursor or "") == 5
+    assert decode_cursor(query, info.end_cursor or "") == 7
+    assert [decode_cursor(query, edge.cursor) for edge in with_count.edges()] == [5, 6, 7]
+    assert with_count.total_count() == 8
+    walked_to_end = PageResult(query, PageWindow(5, 10), UpstreamPage(items, None, False))
+    assert walked_to_end.total_count() == 8
+    more = PageResult(query, PageWindow(0, 3), UpstreamPage(items, None, True))
+    assert more.page_info().has_next_page is True
+    with pytest.raises(UpstreamUnavailable):
+        more.total_count()
+    empty = PageResult(query, PageWindow(0, 3), UpstreamPage([], None, False)).page_info()
+    assert (empty.start_cursor, empty.end_cursor, empty.has_next_page) == (None, None, False)
