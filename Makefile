@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run simulator test lint typecheck schema schema-check pytest bench clean
+.PHONY: run simulator test lint typecheck schema schema-check pytest test-services bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,23 @@ schema-check: $(INSTALLED)
 	$(BIN)/numbers-gateway export-schema | diff -u schema/numbers.graphql - \
 	  || (echo "schema/numbers.graphql is stale: run 'make schema' and commit it" && exit 1)
 
-pytest: $(INSTALLED)
+# The cache tests need a real redis-server; the tests start it themselves on a free port.
+# Where it is missing, install Debian's package if we can; otherwise those tests are skipped
+# (pytest prints the reason).
+test-services:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (Debian package) for the cache tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq redis-server >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null 2>&1; } \
+	    || echo "could not install redis-server: the Redis tests will be skipped"; \
+	  else \
+	    echo "redis-server not found: the Redis tests will be skipped"; \
+	  fi; \
+	}
+
+pytest: $(INSTALLED) test-services
 	$(BIN)/python -m pytest
 
 test: lint typecheck schema-check pytest

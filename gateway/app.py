@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
 import httpx
 import orjson
 import structlog
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
+from gateway.cache import REDIS_OPERATION_TIMEOUT, CacheEvent, ResponseCache, cache_key
 from gateway.context import RequestContext
 from gateway.errors import Unauthenticated
 from gateway.loaders import NumbersLoader
@@ -63,6 +65,7 @@ log = structlog.get_logger("gateway.http")
 
 class LifespanState(TypedDict):
     upstream: UpstreamClient
+    cache: ResponseCache
 
 
 class GatewayView(GraphQL[RequestContext, None]):
@@ -98,16 +101,25 @@ class GatewayView(GraphQL[RequestContext, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> RequestContext:
         upstream: UpstreamClient = request.state.upstream
+        cache: ResponseCache = request.state.cache
         authorization = request.headers.get("authorization")
         if authorization is None and self.settings.embedded_simulator:
             authorization = EMBEDDED_DEFAULT_AUTHORIZATION
+        refresh = "no-cache" in request.headers.get("cache-control", "").lower()
+        cache_events: list[CacheEvent] = []
 
         async def fetch_page(fetch: Fetch) -> UpstreamPage:
             if authorization is None:
                 raise Unauthenticated(
                     "Send the caller's Webex token as 'Authorization: Bearer <token>'."
                 )
-            return await upstream.fetch(fetch, authorization)
+            page, event = await cache.get_or_fetch(
+                cache_key(cache.secret, authorization, fetch),
+                lambda: upstream.fetch(fetch, authorization),
+                refresh=refresh,
+            )
+            cache_events.append(event)
+            return page
 
         return RequestContext(
             request=request,
@@ -115,6 +127,7 @@ class GatewayView(GraphQL[RequestContext, None]):
             settings=self.settings,
             metrics=self.metrics,
             numbers=NumbersLoader(fetch_page),
+            cache_events=cache_events,
         )
 
 
@@ -173,10 +186,45 @@ def build_upstream_http(
     )
 
 
+@asynccontextmanager
+async def build_cache(
+    settings: Settings, metrics: GatewayMetrics, clock: Callable[[], float]
+) -> AsyncIterator[ResponseCache]:
+    secret = (
+        settings.cache_key_secret.get_secret_value().encode() if settings.cache_key_secret else None
+    )
+    redis = (
+        Redis.from_url(
+            str(settings.redis_url),
+            socket_timeout=REDIS_OPERATION_TIMEOUT,
+            socket_connect_timeout=REDIS_OPERATION_TIMEOUT,
+        )
+        if settings.redis_url is not None
+        else None
+    )
+    cache = ResponseCache(
+        ttl=settings.cache_ttl,
+        max_entries=settings.cache_max_entries,
+        max_bytes=settings.cache_max_bytes,
+        secret=secret,
+        redis=redis,
+        metrics=metrics,
+        clock=clock,
+    )
+    try:
+        yield cache
+    finally:
+        await cache.close()
+
+
 def create_app(
-    settings: Settings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    cache_clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """Build the gateway. ``upstream_transport`` replaces the network (tests, embedding)."""
+    """Build the gateway. ``upstream_transport`` replaces the network (tests, embedding);
+    ``cache_clock`` replaces the cache's clock (tests of expiry)."""
     metrics = GatewayMetrics()
     simulator_app: Starlette | None = None
     if settings.embedded_simulator:
@@ -190,7 +238,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
-        async with build_upstream_http(settings, upstream_transport) as http:
+        async with (
+            build_upstream_http(settings, upstream_transport) as http,
+            build_cache(settings, metrics, cache_clock) as cache,
+        ):
             upstream = UpstreamClient(
                 http,
                 base_url=upstream_url,
@@ -203,7 +254,7 @@ def create_app(
                 upstream="embedded simulator" if settings.embedded_simulator else upstream_url,
                 env=settings.env.value,
             )
-            yield {"upstream": upstream}
+            yield {"upstream": upstream, "cache": cache}
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

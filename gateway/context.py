@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
+from gateway.cache import CacheEvent
 from gateway.loaders import NumbersLoader
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -20,3 +21,4 @@ class RequestContext:
     settings: Settings
     metrics: GatewayMetrics
     numbers: NumbersLoader
+    cache_events: list[CacheEvent] = field(default_factory=list)

@@ -82,6 +82,30 @@ class ContractErrors(SchemaExtension):
                 context.metrics.graphql_errors.labels(code=str(code)).inc()
 
 
+class CacheReport(SchemaExtension):
+    """``extensions.cache``: what the cache did for this operation's upstream asks.
+
+    Only this caller's own entries can be hits (keys include the token), so nothing here
+    tells one caller about another.
+    """
+
+    def get_results(self) -> dict[str, Any]:
+        context = self.execution_context.context
+        if not isinstance(context, RequestContext) or not context.cache_events:
+            return {}
+        events = context.cache_events
+        return {
+            "cache": {
+                "hits": sum(event.status == "hit" for event in events),
+                "misses": sum(event.status != "hit" for event in events),
+                "calls": [
+                    {"status": event.status, "tier": event.tier, "ageSeconds": round(event.age, 3)}
+                    for event in events
+                ],
+            }
+        }
+
+
 class GatewaySchema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -91,7 +115,7 @@ class GatewaySchema(strawberry.Schema):
 
 
 def build_schema(*, production: bool = False) -> strawberry.Schema:
-    extensions: list[Any] = [ContractErrors]
+    extensions: list[Any] = [ContractErrors, CacheReport]
     if production:
         extensions.append(DisableIntrospection)
     return GatewaySchema(

@@ -1,0 +1,242 @@
+"""The response cache across requests: per-caller keys, a TTL, single flight, and an optional
+shared Redis tier for replicas.
+
+A key is an HMAC-SHA256, under a server secret, of the caller's Authorization value, the org
+(or "own org"), and the exact upstream query; so two tokens never share an entry, even in one
+org (a location admin sees fewer numbers than a full admin), and no key reveals a token. Only
+complete 200 answers are stored (the upstream client raises on anything else, and a partial
+page walk never returns). Concurrent misses of one key share one upstream call; a waiter that
+goes away does not cancel it for the others. With Redis, entries live there too, behind the
+local cache; a Redis that is down or slow is skipped (logged once per outage, counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import structlog
+from cachetools import TTLCache
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.metrics import GatewayMetrics
+from gateway.translation import Fetch, UpstreamPage
+
+log = structlog.get_logger("gateway.cache")
+
+KEY_PREFIX = "numbers-gateway:v1:"
+OWN_ORG = "\x00own-org"
+REDIS_OPERATION_TIMEOUT = 0.25  # a slow shared tier must not slow the gateway down
+
+CacheStatus = Literal["hit", "miss", "refresh", "bypass"]
+CacheTier = Literal["local", "redis", "upstream"]
+
+
+def cache_key(secret: bytes, authorization: str, fetch: Fetch) -> str:
+    """The entry's name: nothing in it can be turned back into the token or the query."""
+    material = orjson.dumps([authorization, fetch.query.org_id or OWN_ORG, fetch.upstream_params()])
+    return KEY_PREFIX + hmac.new(secret, material, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPage:
+    page: UpstreamPage
+    stored_at: float  # the cache clock's time when the upstream answered
+    size: int  # approximate bytes, for the local cache's byte bound
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "items": self.page.items,
+                "count": self.page.count,
+                "has_more": self.page.has_more,
+                "stored_at": self.stored_at,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedPage:
+        data = orjson.loads(raw)
+        page = UpstreamPage(items=data["items"], count=data["count"], has_more=data["has_more"])
+        return cls(page=page, stored_at=float(data["stored_at"]), size=len(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEvent:
+    """What happened to one upstream ask, for the response's ``extensions.cache``."""
+
+    status: CacheStatus
+    tier: CacheTier
+    age: float = 0.0
+
+
+class LocalTier:
+    """An in-process ``TTLCache`` bounded by entries and by approximate bytes."""
+
+    def __init__(
+        self, ttl: float, max_entries: int, max_bytes: int, clock: Callable[[], float]
+    ) -> None:
+        self.max_entries = max_entries
+        self._entries: TTLCache[str, CachedPage] = TTLCache(
+            maxsize=max_bytes, ttl=ttl, timer=clock, getsizeof=lambda entry: entry.size
+        )
+
+    def get(self, key: str) -> CachedPage | None:
+        return self._entries.get(key)
+
+    def set(self, key: str, entry: CachedPage) -> None:
+        if entry.size > self._entries.maxsize:
+            return  # larger than the whole cache: serve it, don't keep it
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.max_entries:
+            self._entries.popitem()
+        self._entries[key] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class RedisTier:
+    """The shared tier. Every failure is swallowed: Redis speeds things up, never breaks them."""
+
+    def __init__(self, client: Redis, ttl: float, metrics: GatewayMetrics | None) -> None:
+        self.client = client
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.metrics = metrics
+        self.down = False
+
+    async def get(self, key: str) -> CachedPage | None:
+        raw = await self._guard(self.client.get(key))
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            return CachedPage.decode(raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None  # an entry we cannot read is a miss, not an error
+
+    async def set(self, key: str, entry: CachedPage) -> None:
+        await self._guard(self.client.set(key, entry.encode(), px=self.ttl_ms))
+
+    async def _guard(self, operation: Awaitable[Any]) -> Any:
+        try:
+            async with asyncio.timeout(REDIS_OPERATION_TIMEOUT):
+                result = await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            if self.metrics is not None:
+                self.metrics.cache_failures.inc()
+            if not self.down:
+                self.down = True
+                log.warning("redis_unavailable", error=type(exc).__name__)
+            return None
+        if self.down:
+            self.down = False
+            log.info("redis_recovered")
+        return result
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ResponseCache:
+    """Looks up, single-flights and stores upstream answers under per-caller keys."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_entries: int = 10_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        secret: bytes | None = None,
+        redis: Redis | None = None,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl = ttl
+        self.secret = secret or secrets.token_bytes(32)
+        self.clock = clock
+        self.metrics = metrics
+        self.local = LocalTier(ttl, max_entries, max_bytes, clock) if ttl > 0 else None
+        self.shared = RedisTier(redis, ttl, metrics) if redis is not None and ttl > 0 else None
+        self._in_flight: dict[str, asyncio.Task[CachedPage]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.local is not None
+
+    async def get_or_fetch(
+        self,
+        key: str,
+        fetch: Callable[[], Awaitable[UpstreamPage]],
+        *,
+        refresh: bool = False,
+    ) -> tuple[UpstreamPage, CacheEvent]:
+        if self.local is not None and not refresh:
+            found = await self._lookup(key)
+            if found is not None:
+                return found
+        entry = await self._single_flight(key, fetch)
+        status: CacheStatus = "bypass" if not self.enabled else "refresh" if refresh else "miss"
+        self._count("upstream", status)
+        return entry.page, CacheEvent(status=status, tier="upstream")
+
+    async def _lookup(self, key: str) -> tuple[UpstreamPage, CacheEvent] | None:
+        assert self.local is not None
+        now = self.clock()
+        entry = self.local.get(key)
+        tier: CacheTier = "local"
+        if entry is None and self.shared is not None:
+            entry = await self.shared.get(key)
+            tier = "redis"
+            if entry is not None and now - entry.stored_at < self.ttl:
+                self.local.set(key, entry)
+        if entry is None or now - entry.stored_at >= self.ttl:
+            return None
+        self._count(tier, "hit")
+        return entry.page, CacheEvent(status="hit", tier=tier, age=max(0.0, now - entry.stored_at))
+
+    async def _single_flight(
+        self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]]
+    ) -> CachedPage:
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, fetch))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # shield: a waiter that is cancelled stops waiting; the call goes on for the others.
+        return await asyncio.shield(task)
+
+    def _forget(self, key: str, task: asyncio.Task[CachedPage]) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a failure nobody awaited is not logged as lost
+
+    async def _fetch_and_store(
+        self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]]
+    ) -> CachedPage:
+        page = await fetch()
+        entry = CachedPage(page=page, stored_at=self.clock(), size=0)
+        if self.local is None:
+            return entry
+        raw = entry.encode()
+        entry = CachedPage(page=page, stored_at=entry.stored_at, size=len(raw))
+        self.local.set(key, entry)
+        if self.shared is not None:
+            await self.shared.set(key, entry)
+        return entry
+
+    def _count(self, tier: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cache_lookups.labels(tier=tier, result=result).inc()
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
