@@ -27,6 +27,7 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.translation import Fetch, UpstreamPage
 
@@ -36,7 +37,7 @@ KEY_PREFIX = "numbers-gateway:v1:"
 OWN_ORG = "\x00own-org"
 REDIS_OPERATION_TIMEOUT = 0.25  # a slow shared tier must not slow the gateway down
 
-CacheStatus = Literal["hit", "miss", "refresh", "bypass"]
+CacheStatus = Literal["hit", "miss", "refresh", "bypass", "stale"]
 CacheTier = Literal["local", "redis", "upstream"]
 
 
@@ -157,14 +158,18 @@ class ResponseCache:
         secret: bytes | None = None,
         redis: Redis | None = None,
         metrics: GatewayMetrics | None = None,
+        stale_if_error: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ttl = ttl
+        self.stale_if_error = stale_if_error if ttl > 0 else 0.0
+        # Entries are kept past their TTL for as long as they may still answer on errors.
+        kept_for = ttl + self.stale_if_error
         self.secret = secret or secrets.token_bytes(32)
         self.clock = clock
         self.metrics = metrics
-        self.local = LocalTier(ttl, max_entries, max_bytes, clock) if ttl > 0 else None
-        self.shared = RedisTier(redis, ttl, metrics) if redis is not None and ttl > 0 else None
+        self.local = LocalTier(kept_for, max_entries, max_bytes, clock) if ttl > 0 else None
+        self.shared = RedisTier(redis, kept_for, metrics) if redis is not None and ttl > 0 else None
         self._in_flight: dict[str, asyncio.Task[CachedPage]] = {}
 
     @property
@@ -179,27 +184,40 @@ class ResponseCache:
         refresh: bool = False,
     ) -> tuple[UpstreamPage, CacheEvent]:
         if self.local is not None and not refresh:
-            found = await self._lookup(key)
+            found = await self._find(key, max_age=self.ttl)
             if found is not None:
+                self._count(found[1].tier, "hit")
                 return found
-        entry = await self._single_flight(key, fetch)
+        try:
+            entry = await self._single_flight(key, fetch)
+        except (UpstreamUnavailable, UpstreamTimeout):
+            # Stale-if-error: the upstream itself failed (never a 401/403, which are the
+            # caller's answer), so this caller's own last good answer may stand in for it.
+            stale = None
+            if self.stale_if_error > 0:
+                stale = await self._find(key, max_age=self.ttl + self.stale_if_error)
+            if stale is None:
+                raise
+            self._count(stale[1].tier, "stale")
+            return stale[0], CacheEvent(status="stale", tier=stale[1].tier, age=stale[1].age)
         status: CacheStatus = "bypass" if not self.enabled else "refresh" if refresh else "miss"
         self._count("upstream", status)
         return entry.page, CacheEvent(status=status, tier="upstream")
 
-    async def _lookup(self, key: str) -> tuple[UpstreamPage, CacheEvent] | None:
-        assert self.local is not None
+    async def _find(self, key: str, *, max_age: float) -> tuple[UpstreamPage, CacheEvent] | None:
+        """This key's entry if it is younger than ``max_age``, from the nearest tier."""
+        if self.local is None:
+            return None
         now = self.clock()
         entry = self.local.get(key)
         tier: CacheTier = "local"
         if entry is None and self.shared is not None:
             entry = await self.shared.get(key)
             tier = "redis"
-            if entry is not None and now - entry.stored_at < self.ttl:
+            if entry is not None:
                 self.local.set(key, entry)
-        if entry is None or now - entry.stored_at >= self.ttl:
+        if entry is None or now - entry.stored_at >= max_age:
             return None
-        self._count(tier, "hit")
         return entry.page, CacheEvent(status="hit", tier=tier, age=max(0.0, now - entry.stored_at))
 
     async def _single_flight(

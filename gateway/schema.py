@@ -8,18 +8,35 @@ logged here with its traceback and shown only as a masked ``INTERNAL_SERVER_ERRO
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import strawberry
 import structlog
-from graphql import GraphQLError
-from strawberry.extensions import DisableIntrospection, SchemaExtension
+from graphql import (
+    FieldNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationRule,
+)
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from gateway.context import RequestContext
 from gateway.errors import ErrorCode, GatewayError
 from gateway.resolvers import Query
+from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.graphql")
 
@@ -94,7 +111,9 @@ class CacheReport(SchemaExtension):
         if not isinstance(context, RequestContext) or not context.cache_events:
             return {}
         events = context.cache_events
+        stale = {"stale": True} if any(event.status == "stale" for event in events) else {}
         return {
+            **stale,
             "cache": {
                 "hits": sum(event.status == "hit" for event in events),
                 "misses": sum(event.status != "hit" for event in events),
@@ -102,7 +121,7 @@ class CacheReport(SchemaExtension):
                     {"status": event.status, "tier": event.tier, "ageSeconds": round(event.age, 3)}
                     for event in events
                 ],
-            }
+            },
         }
 
 
@@ -114,8 +133,52 @@ class GatewaySchema(strawberry.Schema):
         return
 
 
-def build_schema(*, production: bool = False) -> strawberry.Schema:
+def root_field_limit(max_root_fields: int) -> type[ValidationRule]:
+    """A validation rule: at most ``max_root_fields`` root fields per operation, counting
+    those reached through fragments, so a wide operation can't fan out upstream calls."""
+
+    class RootFieldLimit(ValidationRule):
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            count = self._count(node.selection_set, set())
+            if count > max_root_fields:
+                self.report_error(
+                    GraphQLError(
+                        f"The operation selects {count} root fields; at most "
+                        f"{max_root_fields} are allowed. Split it into several operations.",
+                        node,
+                    )
+                )
+
+        def _count(self, selection_set: SelectionSetNode, seen: set[str]) -> int:
+            count = 0
+            for selection in selection_set.selections:
+                if isinstance(selection, FieldNode):
+                    count += 1
+                elif isinstance(selection, InlineFragmentNode):
+                    count += self._count(selection.selection_set, seen)
+                elif isinstance(selection, FragmentSpreadNode):
+                    name = selection.name.value
+                    fragment = self.context.get_fragment(name)
+                    if fragment is not None and name not in seen:
+                        seen.add(name)
+                        count += self._count(fragment.selection_set, seen)
+            return count
+
+    return RootFieldLimit
+
+
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The schema with the limits and production switches of ``settings`` (none if None)."""
     extensions: list[Any] = [ContractErrors, CacheReport]
+    production = settings is not None and settings.production
+    if settings is not None:
+        # Factories, not instances: strawberry builds fresh extensions per operation.
+        extensions += [
+            partial(QueryDepthLimiter, max_depth=settings.max_query_depth),
+            partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
+            partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
+            partial(AddValidationRules, [root_field_limit(settings.max_root_fields)]),
+        ]
     if production:
         extensions.append(DisableIntrospection)
     return GatewaySchema(

@@ -59,6 +59,31 @@ class Settings(BaseSettings):
     upstream_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Upstream requests in flight at once, at most."
     )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive failed upstream exchanges that open the circuit breaker.",
+    )
+    breaker_cooldown: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds the breaker stays open before a probe."
+    )
+    stale_if_error: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="Seconds past its TTL an entry may still answer when the upstream fails "
+        "with a 5xx or a timeout; 0 disables.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
+    )
+    max_query_depth: int = Field(default=10, ge=2, le=100, description="Deepest selection.")
+    max_aliases: int = Field(default=15, ge=0, le=1000, description="Aliases per document.")
+    max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Tokens per document.")
+    max_root_fields: int = Field(
+        default=10, ge=1, le=1000, description="Root fields per operation (fragments included)."
+    )
     env: Environment = Field(
         default=Environment.DEVELOPMENT,
         description="`production` turns off introspection, GraphiQL and field suggestions.",

@@ -21,6 +21,7 @@ import httpx
 import orjson
 import structlog
 
+from gateway.circuit_breaker import CircuitBreaker
 from gateway.errors import (
     RateLimited,
     UpstreamError,
@@ -137,6 +138,7 @@ class UpstreamClient:
         concurrency: int = 16,
         retry: RetryPolicy | None = None,
         metrics: GatewayMetrics | None = None,
+        breaker: CircuitBreaker | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.http = http
@@ -145,18 +147,47 @@ class UpstreamClient:
         self.deadline = deadline
         self.retry = retry or RetryPolicy()
         self.metrics = metrics
+        self.breaker = breaker
         self._sleep = sleep
         self._slots = asyncio.Semaphore(concurrency)
 
     async def fetch(self, fetch: Fetch, authorization: str) -> UpstreamPage:
         """Run one fetch to completion within the deadline, or raise an ``UpstreamError``."""
+        if self.breaker is not None and not self.breaker.allow():
+            raise UpstreamUnavailable(
+                "The upstream is failing; the gateway stopped calling it for a while. "
+                f"Try again in {self.breaker.retry_in():.0f} s."
+            )
         try:
             async with asyncio.timeout(self.deadline) as scope:
-                return await self._walk(fetch, authorization, scope)
+                page = await self._walk(fetch, authorization, scope)
         except TimeoutError:
+            self._record(failed=True)
             raise UpstreamTimeout(
                 f"The upstream did not answer within {self.deadline:g} s."
             ) from None
+        except (UpstreamUnavailable, UpstreamTimeout):
+            self._record(failed=True)
+            raise
+        except (UpstreamRejected, RateLimited):
+            self._record(failed=False)  # the caller's doing: the upstream is alive
+            raise
+        except BaseException:
+            # Cancellation (or a bug) proves nothing either way, but must not keep the
+            # half-open probe slot taken.
+            if self.breaker is not None:
+                self.breaker.release_probe()
+            raise
+        self._record(failed=False)
+        return page
+
+    def _record(self, *, failed: bool) -> None:
+        if self.breaker is None:
+            return
+        if failed:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
 
     async def _walk(self, fetch: Fetch, authorization: str, scope: asyncio.Timeout) -> UpstreamPage:
         wanted = fetch.window.size if fetch.window is not None else 1

@@ -75,9 +75,10 @@ async def simulator(simulator_app: Starlette) -> AsyncIterator[httpx.AsyncClient
 
 @asynccontextmanager
 async def running_gateway(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None, **seams: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, upstream_transport=transport)
+    """The app with its lifespan running, and a client of it. ``seams``: clock, sleep."""
+    app = create_app(settings, upstream_transport=transport, **seams)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -101,10 +102,17 @@ async def gateway(recorder: RecordingTransport) -> AsyncIterator[httpx.AsyncClie
 
 
 async def graphql(
-    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, **kw: Any
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    status: int = 200,
+    **kw: Any,
 ) -> dict[str, Any]:
+    """POST an operation; documents rejected before execution (parse, validation, limits)
+    answer 400, everything that executed answers 200."""
     response = await client.post("/graphql", json={"query": query, "variables": variables}, **kw)
-    assert response.status_code == 200, response.text
+    assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
     return body
 

@@ -127,18 +127,7 @@ async def test_errors_are_not_cached(world: SimulatorWorld) -> None:
 
 async def test_entries_expire_after_the_ttl(recorder: RecordingTransport) -> None:
     clock = FakeClock()
-    app_settings = live_settings(cache_ttl=30)
-    from asgi_lifespan import LifespanManager
-
-    from gateway.app import create_app
-
-    app = create_app(app_settings, upstream_transport=recorder, cache_clock=clock)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway.test"
-        ) as client,
-    ):
+    async with running_gateway(live_settings(cache_ttl=30), recorder, clock=clock) as client:
         await ask(client, COUNTS)
         clock.now += 29
         aged = await ask(client, COUNTS)

@@ -1,0 +1,165 @@
+"""The GraphQL HTTP view: strawberry's ASGI view with the gateway's per-request context, a
+GraphiQL that opens on an example, and contract-shaped answers to malformed requests.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+# strawberry's own HTTP layer (a dependency of strawberry) raises these.
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+
+from gateway.cache import CacheEvent, ResponseCache, cache_key
+from gateway.context import RequestContext
+from gateway.errors import ErrorCode, Unauthenticated
+from gateway.loaders import NumbersLoader
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import send_error
+from gateway.schema import build_schema
+from gateway.settings import Settings
+from gateway.translation import Fetch, UpstreamPage
+from gateway.upstream import UpstreamClient
+
+EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
+
+EXAMPLE_OPERATION = """\
+# numbers-gateway: phone numbers of a Webex Calling organization.
+# With the embedded simulator no token is needed; to act as another demo caller add a
+# header such as {"Authorization": "Bearer demo-location-admin"} below.
+query FirstNumbers {
+  phoneNumbers(page: {first: 5}) {
+    nodes {
+      phoneNumber
+      extension
+      state
+      location { name }
+      owner { type firstName lastName }
+    }
+    pageInfo { hasNextPage endCursor }
+    totalCount
+  }
+  numberCounts { total assigned unAssigned extensionOnly }
+}
+"""
+
+
+class GatewayView(GraphQL[RequestContext, None]):
+    def __init__(self, *, settings: Settings, metrics: GatewayMetrics) -> None:
+        super().__init__(
+            build_schema(settings),
+            graphql_ide=None if settings.production else "graphiql",
+            allow_queries_via_get=True,
+        )
+        self.settings = settings
+        self.metrics = metrics
+        self._ide_html: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send_error(send, 400, "Only HTTP is served here.", ErrorCode.BAD_USER_INPUT)
+            return
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as exc:
+            # Malformed requests get a GraphQL-shaped body with a contract code, not text.
+            await send_error(send, exc.status_code, exc.reason, ErrorCode.BAD_USER_INPUT)
+            return
+        await response(scope, receive, send)
+
+    @property
+    def graphql_ide_html(self) -> str:
+        if self._ide_html is None:
+            example = EXAMPLE_OPERATION.replace("\\", "\\\\").replace("`", "\\`")
+            self._ide_html = re.sub(
+                r"const EXAMPLE_QUERY = `.*?`;",
+                lambda _: f"const EXAMPLE_QUERY = `{example}`;",
+                super().graphql_ide_html,
+                count=1,
+                flags=re.DOTALL,
+            )
+        return self._ide_html
+
+    def encode_json(self, data: object) -> bytes:
+        return orjson.dumps(data)
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """Strawberry's parsing, with every malformed body turned into a 400."""
+        try:
+            data = await super().parse_http_body(request)
+        except HTTPException:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError):
+            # Not UTF-8, not JSON, or JSON of the wrong shape (a number, a string, ...).
+            raise HTTPException(
+                400, "The request body must be a JSON object with a 'query' string."
+            ) from None
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item.operation_name, str | None):
+                raise HTTPException(400, "'operationName' must be a string or null.")
+        return data
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        if isinstance(response_data, dict) and _rejected_before_execution(dict(response_data)):
+            response.status_code = 400
+        return response
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> RequestContext:
+        upstream: UpstreamClient = request.state.upstream
+        cache: ResponseCache = request.state.cache
+        authorization = request.headers.get("authorization")
+        if authorization is None and self.settings.embedded_simulator:
+            authorization = EMBEDDED_DEFAULT_AUTHORIZATION
+        refresh = "no-cache" in request.headers.get("cache-control", "").lower()
+        cache_events: list[CacheEvent] = []
+
+        async def fetch_page(fetch: Fetch) -> UpstreamPage:
+            if authorization is None:
+                raise Unauthenticated(
+                    "Send the caller's Webex token as 'Authorization: Bearer <token>'."
+                )
+            page, event = await cache.get_or_fetch(
+                cache_key(cache.secret, authorization, fetch),
+                lambda: upstream.fetch(fetch, authorization),
+                refresh=refresh,
+            )
+            cache_events.append(event)
+            return page
+
+        return RequestContext(
+            request=request,
+            response=response,
+            settings=self.settings,
+            metrics=self.metrics,
+            numbers=NumbersLoader(fetch_page),
+            cache_events=cache_events,
+        )
+
+
+def _rejected_before_execution(response_data: dict[str, Any]) -> bool:
+    """A document that failed parsing, validation or a limit: no data, only input errors."""
+    errors = response_data.get("errors") or []
+    return (
+        response_data.get("data") is None
+        and bool(errors)
+        and all(
+            "path" not in error
+            and (error.get("extensions") or {}).get("code") == ErrorCode.BAD_USER_INPUT
+            for error in errors
+        )
+    )
