@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run simulator test lint typecheck schema schema-check pytest test-services bench clean
+.PHONY: run simulator test lint typecheck schema schema-check pytest test-services bench soak clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ test: lint typecheck schema-check pytest
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/simulator_scale.py
+
+soak: $(INSTALLED)
+	$(BIN)/python benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

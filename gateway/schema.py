@@ -58,7 +58,7 @@ def to_contract_error(error: GraphQLError) -> GraphQLError:
     code = (error.extensions or {}).get("code")
     if original is None and code in ErrorCode.__members__:
         return error  # already a contract error
-    if original is None and error.path is None:
+    if error.path is None and (original is None or isinstance(original, GraphQLError)):
         # Parse, validation and variable-coercion errors: the document or its inputs.
         return GraphQLError(
             error.message,

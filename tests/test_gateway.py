@@ -245,7 +245,9 @@ async def test_invalid_arguments_fail_before_any_upstream_call(
 ) -> None:
     # Arguments the schema itself rejects fail validation (400); the rest fail in the resolver.
     status = 400 if arguments in INVALID_FOR_THE_SCHEMA else 200
-    body = await graphql(gateway, f"{{ phoneNumbers({arguments}) {{ totalCount }} }}", status=status)
+    body = await graphql(
+        gateway, f"{{ phoneNumbers({arguments}) {{ totalCount }} }}", status=status
+    )
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
     assert body["errors"][0]["message"]
     assert recorder.calls == 0

@@ -1,0 +1,265 @@
+"""GraphQL and HTTP hardening: limits, body size, batching, CSRF, production mode, masking,
+garbage bodies, and tokens kept out of responses and logs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.settings import load_settings
+from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
+
+INTROSPECTION = "{ __schema { queryType { name } } }"
+
+
+async def rejected(client: httpx.AsyncClient, query: str) -> str:
+    body = await graphql(client, query, status=400, headers={"Authorization": "Bearer demo-admin"})
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    message: str = body["errors"][0]["message"]
+    return message
+
+
+@pytest.fixture
+async def strict(recorder: RecordingTransport) -> AsyncIterator[httpx.AsyncClient]:
+    settings = live_settings(max_query_depth=3, max_aliases=3, max_tokens=200, max_root_fields=4)
+    async with running_gateway(settings, recorder) as client:
+        yield client
+
+
+async def test_depth_limit(strict: httpx.AsyncClient, recorder: RecordingTransport) -> None:
+    message = await rejected(strict, "{ phoneNumbers { edges { node { owner { id } } } } }")
+    assert "depth" in message
+    assert recorder.calls == 0
+
+
+async def test_alias_limit_counts_through_fragments(
+    strict: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    query = """
+      { a: numberCounts { total } ...More }
+      fragment More on Query { b: numberCounts { total } c: numberCounts { x: total } d: numberCounts { total } }
+    """
+    assert "aliases" in await rejected(strict, query)
+    assert recorder.calls == 0
+
+
+async def test_token_limit_stops_duplicated_fields(
+    strict: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    query = "{ numberCounts { " + "total " * 300 + "} }"
+    assert "token" in (await rejected(strict, query)).lower()
+    assert recorder.calls == 0
+
+
+async def test_root_field_limit_counts_through_fragments(
+    strict: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    query = """
+      { numberCounts { total } phoneNumbers { totalCount } ...R ... on Query { numberCounts { assigned } } }
+      fragment R on Query { phoneNumbers { edges { cursor } } __typename }
+    """
+    assert "root fields" in await rejected(strict, query)
+    assert recorder.calls == 0
+
+
+async def test_within_the_limits_is_served(
+    strict: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    body = await graphql(
+        strict,
+        "{ a: numberCounts { total } phoneNumbers(page: {first: 1}) { nodes { extension } } }",
+        headers={"Authorization": "Bearer demo-admin"},
+    )
+    assert "errors" not in body
+    assert recorder.calls == 1, "counts ride on the page call of the same filter"
+
+
+async def test_default_limits_are_on(recorder: RecordingTransport) -> None:
+    async with running_gateway(live_settings(), recorder) as client:
+        aliases = " ".join(f"a{i}: numberCounts {{ total }}" for i in range(16))
+        assert "aliases" in await rejected(client, "{ " + aliases + " }")
+    assert recorder.calls == 0
+
+
+async def test_oversized_bodies_get_413_before_parsing(gateway: httpx.AsyncClient) -> None:
+    padding = "#" + "x" * (1024 * 1024)
+    response = await gateway.post(
+        "/graphql", json={"query": padding + "\n{ numberCounts { total } }"}
+    )
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 65536  # no Content-Length: counted as it arrives
+
+    chunked = await gateway.post(
+        "/graphql", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 413
+
+
+async def test_query_batching_is_off(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    response = await gateway.post("/graphql", json=[{"query": "{ numberCounts { total } }"}] * 2)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert recorder.calls == 0
+
+
+# --- CSRF ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
+async def test_simple_requests_need_a_preflight_header(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    blocked = await gateway.post(
+        "/graphql", content=b'{"query": "{ numberCounts { total } }"}', headers=headers
+    )
+    assert blocked.status_code == 400
+    assert "Cross-Site Request Forgery" in blocked.json()["errors"][0]["message"]
+    with_preflight = await gateway.post(
+        "/graphql",
+        content=b'{"query": "{ numberCounts { total } }"}',
+        headers={**headers, "Apollo-Require-Preflight": "true"},
+    )
+    assert "Cross-Site Request Forgery" not in with_preflight.text
+    assert recorder.calls == 0
+
+
+async def test_get_runs_queries_with_a_preflight_header(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    params = {"query": "{ numberCounts { total } }"}
+    blocked = await gateway.get("/graphql", params=params)
+    assert blocked.status_code == 400
+    assert recorder.calls == 0
+    allowed = await gateway.get(
+        "/graphql", params=params, headers={"Apollo-Require-Preflight": "1"}
+    )
+    assert allowed.status_code == 200
+    assert allowed.json()["data"]["numberCounts"]["total"] == 1000
+    json_get = await gateway.get(
+        "/graphql", params=params, headers={"Content-Type": "application/json"}
+    )
+    assert json_get.status_code == 200
+
+
+async def test_graphiql_is_served_in_development(gateway: httpx.AsyncClient) -> None:
+    page = await gateway.get("/graphql", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "FirstNumbers" in page.text
+
+
+# --- production mode ----------------------------------------------------------------------
+
+
+async def test_production_turns_off_introspection_ide_and_suggestions(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(env="production"), recorder) as client:
+        message = await rejected(client, INTROSPECTION)
+        assert "introspection" in message.lower()
+        ide = await client.get("/graphql", headers={"Accept": "text/html"})
+        assert ide.status_code == 404
+        typo = await rejected(client, "{ numberCount { total } }")
+        assert "Did you mean" not in typo
+    async with running_gateway(live_settings(), recorder) as client:
+        development = await graphql(client, INTROSPECTION)
+        assert development["data"]["__schema"]["queryType"]["name"] == "Query"
+        assert "Did you mean" in await rejected(client, "{ numberCount { total } }")
+
+
+# --- masking and secrets ------------------------------------------------------------------
+
+
+async def test_unexpected_exceptions_are_masked() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("database password is hunter2")
+
+    with capture_logs() as logs:
+        async with running_gateway(live_settings(), RecordingTransport(handler=handler)) as client:
+            body = await graphql(
+                client, "{ numberCounts { total } }", headers={"Authorization": "Bearer t"}
+            )
+    error = body["errors"][0]
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    assert error["message"] == "Internal server error."
+    assert "hunter2" not in str(body)
+    assert any(entry["event"] == "graphql_internal_error" for entry in logs)
+
+
+async def test_tokens_appear_in_no_log_line(recorder: RecordingTransport) -> None:
+    token = "Bearer tok-visible-only-upstream-123"
+    with capture_logs() as logs:
+        async with running_gateway(live_settings(), recorder) as client:
+            for query in (
+                "{ numberCounts { total } }",
+                '{ phoneNumbers(orgId: "x") { totalCount } }',
+                "{ bad",
+            ):
+                await client.post(
+                    "/graphql", json={"query": query}, headers={"Authorization": token}
+                )
+    assert logs
+    assert "tok-visible-only-upstream-123" not in repr(logs)
+    assert recorder.requests[0].headers["Authorization"] == token
+
+
+# --- garbage in, no 5xx out ---------------------------------------------------------------
+
+GARBAGE: list[tuple[bytes, str]] = [
+    (b"", "application/json"),
+    (b'{"query": "{ numberCounts { total }', "application/json"),
+    (b"\xff\xfe\x00garbage", "application/json"),
+    (b'{"query": "\xc3\x28"}', "application/json"),
+    (b"5", "application/json"),
+    (b'"just a string"', "application/json"),
+    (b"null", "application/json"),
+    (b"[]", "application/json"),
+    (b"[1, 2]", "application/json"),
+    (b'{"query": 5}', "application/json"),
+    (b'{"query": null}', "application/json"),
+    (b'{"query": "{ numberCounts { total } }", "variables": [1]}', "application/json"),
+    (b'{"query": "{ numberCounts { total } }", "operationName": 5}', "application/json"),
+    (b'{"query": "{ numberCounts { total } }", "extensions": "x"}', "application/json"),
+    (
+        b'{"query": "query($f: PhoneNumberFilter) { numberCounts(filter: $f) { total } }", "variables": {"f": 5}}',
+        "application/json",
+    ),
+    (
+        b'{"query": "query($p: PageInput) { phoneNumbers(page: $p) { totalCount } }", "variables": {"p": {"first": "many"}}}',
+        "application/json",
+    ),
+    (b'{"query": "{ numberCounts { total } }"}', "application/xml"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type"), GARBAGE)
+async def test_garbage_bodies_never_get_a_5xx(
+    gateway: httpx.AsyncClient, body: bytes, content_type: str
+) -> None:
+    response = await gateway.post("/graphql", content=body, headers={"Content-Type": content_type})
+    assert response.status_code < 500, response.text
+    payload: dict[str, Any] = response.json()
+    codes = {error["extensions"]["code"] for error in payload["errors"]}
+    assert codes == {"BAD_USER_INPUT"}, payload
+
+
+async def test_embedded_gateway_rejects_garbage_too() -> None:
+    async with running_gateway(load_settings()) as client:
+        response = await client.post(
+            "/graphql", content=b"\x00\x01", headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 400
