@@ -65,7 +65,7 @@ class GatewayView(GraphQL[RequestContext, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await send_error(send, 400, "Only HTTP is served here.", ErrorCode.BAD_USER_INPUT)
+            await super().__call__(scope, receive, send)
             return
         try:
             response = await self.run(Request(scope=scope, receive=receive))
@@ -122,7 +122,8 @@ class GatewayView(GraphQL[RequestContext, None]):
     ) -> RequestContext:
         upstream: UpstreamClient = request.state.upstream
         cache: ResponseCache = request.state.cache
-        authorization = request.headers.get("authorization")
+        # A blank header is no credentials at all.
+        authorization = request.headers.get("authorization", "").strip() or None
         if authorization is None and self.settings.embedded_simulator:
             authorization = EMBEDDED_DEFAULT_AUTHORIZATION
         refresh = "no-cache" in request.headers.get("cache-control", "").lower()

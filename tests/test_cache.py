@@ -11,6 +11,7 @@ import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
+from structlog.testing import capture_logs
 
 from gateway.cache import CachedPage, LocalTier, ResponseCache, cache_key
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
@@ -266,12 +267,15 @@ async def test_redis_stopped_mid_test_is_served_from_upstream(
     redis_server: RedisServer, recorder: RecordingTransport
 ) -> None:
     settings_ = live_settings(redis_url=redis_server.url, cache_key_secret="s")
-    async with running_gateway(settings_, recorder) as client:
-        warm = await ask(client, COUNTS)
-        redis_server.stop()
-        other = await ask(client, "{ numberCounts(filter: {ownerType: PEOPLE}) { total } }")
-        again = await ask(client, "{ numberCounts(filter: {ownerType: PLACE}) { total } }")
-        metrics = (await client.get("/metrics")).text
+    with capture_logs() as logs:
+        async with running_gateway(settings_, recorder) as client:
+            warm = await ask(client, COUNTS)
+            redis_server.stop()
+            other = await ask(client, "{ numberCounts(filter: {ownerType: PEOPLE}) { total } }")
+            again = await ask(client, "{ numberCounts(filter: {ownerType: PLACE}) { total } }")
+            metrics = (await client.get("/metrics")).text
+    outage_lines = [entry for entry in logs if entry["event"] == "redis_unavailable"]
+    assert len(outage_lines) == 1, "logged once per outage, not once per failure"
     assert all("errors" not in answer for answer in (warm, other, again))
     assert other["data"]["numberCounts"]["total"] > 0
     assert recorder.calls == 3

@@ -477,6 +477,15 @@ async def test_live_mode_without_authorization_is_unauthenticated_with_no_call(
     assert recorder.calls == 0
 
 
+async def test_a_blank_authorization_header_is_no_credentials(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(), recorder) as client:
+        body = await graphql(client, "{ numberCounts { total } }", headers={"Authorization": "  "})
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert recorder.calls == 0
+
+
 async def test_only_authorization_is_forwarded_unchanged(
     gateway: httpx.AsyncClient, recorder: RecordingTransport
 ) -> None:
