@@ -31,7 +31,7 @@ from gateway.errors import (
     code_for_upstream_status,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.translation import Fetch, UpstreamPage, read_numbers_body
+from gateway.translation import Fetch, PageWindow, UpstreamPage, read_numbers_body
 
 NUMBERS_PATH = "/telephony/config/numbers"
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -229,14 +229,9 @@ class UpstreamClient:
         if safe:
             return url, None
         log.warning("upstream_next_link_ignored", reason="unsafe or malformed next link")
-        assert fetch.window is not None
-        rest = Fetch(
-            query=fetch.query,
-            window=type(fetch.window)(
-                start=fetch.window.start + collected, size=fetch.window.size - collected
-            ),
-            details=False,
-        )
+        assert fetch.window is not None  # counts-only fetches never follow links
+        remaining = PageWindow(fetch.window.start + collected, fetch.window.size - collected)
+        rest = Fetch(query=fetch.query, window=remaining, details=False)
         return self.numbers_url, rest.upstream_params()
 
     async def _get(

@@ -211,6 +211,31 @@ async def test_a_next_link_to_another_origin_is_not_followed() -> None:
     assert recorder.params(1) == [("start", "2"), ("max", "2")]
 
 
+async def test_a_next_link_with_the_max_null_defect_is_replaced() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        start = int(request.url.params.get("start", "0"))
+        items = [{"extension": str(start + i), "location": {"id": "L"}} for i in range(3)]
+        link = f'<http://webex.test/v1/telephony/config/numbers?start={start + 3}&max=null>; rel="next"'
+        return httpx.Response(200, json={"phoneNumbers": items}, headers={"Link": link})
+
+    recorder = RecordingTransport(handler=handler)
+    async with running_gateway(live_settings(), recorder) as client:
+        body = await graphql(
+            client,
+            "{ phoneNumbers(page: {first: 5, offset: 1}) { nodes { extension } } }",
+            headers={"Authorization": "Bearer t"},
+        )
+    assert [n["extension"] for n in body["data"]["phoneNumbers"]["nodes"]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
+    assert recorder.params(1) == [("start", "4"), ("max", "2")]
+    assert "null" not in str(recorder.requests[1].url)
+
+
 # --- validation: BAD_USER_INPUT, zero upstream calls --------------------------------------
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
@@ -14,6 +15,8 @@ from graphql import (
 )
 
 from gateway.schema import export_sdl
+from gateway.settings import load_settings
+from tests.conftest import graphql, running_gateway
 
 SDL_PATH = Path(__file__).resolve().parents[1] / "schema" / "numbers.graphql"
 
@@ -87,3 +90,19 @@ def test_contract_surface() -> None:
     assert isinstance(owner_type, GraphQLEnumType)
     assert len(owner_type.values) == 18
     assert "direction: SortDirection! = ASC" in export_sdl()
+
+
+EXAMPLES = sorted((SDL_PATH.parent / "examples").glob("*.graphql"))
+EXAMPLE_TEXT = {path.name: path.read_text(encoding="utf-8") for path in EXAMPLES}
+
+
+def test_there_are_example_operations() -> None:
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_TEXT))
+async def test_example_operations_run_against_the_simulator(name: str) -> None:
+    async with running_gateway(load_settings()) as client:
+        body = await graphql(client, EXAMPLE_TEXT[name])
+    assert "errors" not in body, body
+    assert all(value is not None for value in body["data"].values())
