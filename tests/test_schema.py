@@ -106,3 +106,9 @@ async def test_example_operations_run_against_the_simulator(name: str) -> None:
         body = await graphql(client, EXAMPLE_TEXT[name])
     assert "errors" not in body, body
     assert all(value is not None for value in body["data"].values())
+
+
+def test_graphiql_opens_on_the_first_example() -> None:
+    from gateway.view import EXAMPLE_OPERATION
+
+    assert EXAMPLE_TEXT["first-numbers.graphql"] == EXAMPLE_OPERATION
