@@ -123,8 +123,8 @@ class RedisTier:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None  # an entry we cannot read is a miss, not an error
 
-    async def set(self, key: str, entry: CachedPage) -> None:
-        await self._guard(self.client.set(key, entry.encode(), px=self.ttl_ms))
+    async def set(self, key: str, encoded: bytes) -> None:
+        await self._guard(self.client.set(key, encoded, px=self.ttl_ms))
 
     async def _guard(self, operation: Awaitable[Any]) -> Any:
         try:
@@ -244,11 +244,11 @@ class ResponseCache:
         entry = CachedPage(page=page, stored_at=self.clock(), size=0)
         if self.local is None:
             return entry
-        raw = entry.encode()
-        entry = CachedPage(page=page, stored_at=entry.stored_at, size=len(raw))
+        encoded = entry.encode()  # its length is the entry's size; Redis stores it as is
+        entry = CachedPage(page=page, stored_at=entry.stored_at, size=len(encoded))
         self.local.set(key, entry)
         if self.shared is not None:
-            await self.shared.set(key, entry)
+            await self.shared.set(key, encoded)
         return entry
 
     def _count(self, tier: str, result: str) -> None:
