@@ -53,6 +53,8 @@ query FirstNumbers {
 
 
 class GatewayView(GraphQL[RequestContext, None]):
+    """``/graphql``: one fresh ``RequestContext`` (loader, cache report) per request."""
+
     def __init__(self, *, settings: Settings, metrics: GatewayMetrics) -> None:
         super().__init__(
             build_schema(settings),
@@ -122,8 +124,10 @@ class GatewayView(GraphQL[RequestContext, None]):
     ) -> RequestContext:
         upstream: UpstreamClient = request.state.upstream
         cache: ResponseCache = request.state.cache
-        # A blank header is no credentials at all.
-        authorization = request.headers.get("authorization", "").strip() or None
+        # Forwarded exactly as sent; a blank header is no credentials at all.
+        authorization = request.headers.get("authorization")
+        if authorization is not None and not authorization.strip():
+            authorization = None
         if authorization is None and self.settings.embedded_simulator:
             authorization = EMBEDDED_DEFAULT_AUTHORIZATION
         refresh = "no-cache" in request.headers.get("cache-control", "").lower()
