@@ -11,6 +11,7 @@ import orjson
 
 # strawberry's own HTTP layer (a dependency of strawberry) raises these.
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError, OperationDefinitionNode, parse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -109,6 +110,11 @@ class GatewayView(GraphQL[RequestContext, None]):
         for item in data if isinstance(data, list) else [data]:
             if not isinstance(item.operation_name, str | None):
                 raise HTTPException(400, "'operationName' must be a string or null.")
+            if item.operation_name is None and _operation_count(item.query) > 1:
+                # strawberry would quietly run the first one; the GraphQL spec says no.
+                raise HTTPException(
+                    400, "The document has several operations: name one in 'operationName'."
+                )
         return data
 
     def create_response(
@@ -154,6 +160,16 @@ class GatewayView(GraphQL[RequestContext, None]):
             numbers=NumbersLoader(fetch_page),
             cache_events=cache_events,
         )
+
+
+def _operation_count(query: str | None) -> int:
+    if not query or query.count("{") < 2:
+        return 1  # too small for two operations; parse errors are reported later anyway
+    try:
+        document = parse(query, no_location=True)
+    except GraphQLError:
+        return 1
+    return sum(isinstance(node, OperationDefinitionNode) for node in document.definitions)
 
 
 def _rejected_before_execution(response_data: dict[str, Any]) -> bool:

@@ -243,6 +243,11 @@ GARBAGE: list[tuple[bytes, str]] = [
         "application/json",
     ),
     (b'{"query": "{ numberCounts { total } }"}', "application/xml"),
+    (
+        b'{"query": "query A { numberCounts { total } } query B { numberCounts { total } }"}',
+        "application/json",
+    ),
+    (b'{"query": "query A { numberCounts { total } }", "operationName": "B"}', "application/json"),
 ]
 
 
