@@ -161,7 +161,8 @@ async def test_no_cache_skips_the_read_and_refreshes(world: SimulatorWorld) -> N
 
 
 async def test_concurrent_identical_cold_requests_make_one_call(world: SimulatorWorld) -> None:
-    slow = create_simulator_app(world, faults=FaultPlan([FaultRule(latency=0.3)]))
+    # The one upstream call is held for a second: ample time for all twenty to join it.
+    slow = create_simulator_app(world, faults=FaultPlan([FaultRule(latency=1.0)]))
     recorder = RecordingTransport(httpx.ASGITransport(app=slow))
     async with running_gateway(live_settings(), recorder) as client:
         answers = await asyncio.gather(*(ask(client, PAGE) for _ in range(20)))
