@@ -74,3 +74,13 @@ def test_serve_stops_with_one_line_on_a_bad_setting() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "GATEWAY_MAX_PAGE_SIZE" in lines[0]
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    from gateway.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in Settings.model_fields if f"GATEWAY_{name.upper()}" not in readme]
+    assert missing == []
