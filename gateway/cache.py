@@ -53,13 +53,15 @@ class CachedPage:
     stored_at: float  # the cache clock's time when the upstream answered
     size: int  # approximate bytes, for the local cache's byte bound
 
-    def encode(self) -> bytes:
+    @staticmethod
+    def encode(page: UpstreamPage, stored_at: float) -> bytes:
+        """The entry as Redis stores it."""
         return orjson.dumps(
             {
-                "items": self.page.items,
-                "count": self.page.count,
-                "has_more": self.page.has_more,
-                "stored_at": self.stored_at,
+                "items": page.items,
+                "count": page.count,
+                "has_more": page.has_more,
+                "stored_at": stored_at,
             }
         )
 
@@ -241,11 +243,11 @@ class ResponseCache:
         self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]]
     ) -> CachedPage:
         page = await fetch()
-        entry = CachedPage(page=page, stored_at=self.clock(), size=0)
+        stored_at = self.clock()
         if self.local is None:
-            return entry
-        encoded = entry.encode()  # its length is the entry's size; Redis stores it as is
-        entry = CachedPage(page=page, stored_at=entry.stored_at, size=len(encoded))
+            return CachedPage(page=page, stored_at=stored_at, size=0)
+        encoded = CachedPage.encode(page, stored_at)  # its length is the entry's size
+        entry = CachedPage(page=page, stored_at=stored_at, size=len(encoded))
         self.local.set(key, entry)
         if self.shared is not None:
             await self.shared.set(key, encoded)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -215,7 +215,11 @@ def numbers_query(
 
 
 def encode_cursor(query: NumbersQuery, position: int) -> str:
-    raw = f"{_CURSOR_PREFIX}:{query.fingerprint}:{position}".encode()
+    return _cursor(query.fingerprint, position)
+
+
+def _cursor(fingerprint: str, position: int) -> str:
+    raw = f"{_CURSOR_PREFIX}:{fingerprint}:{position}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -377,12 +381,14 @@ def to_number_counts(count: Mapping[str, Any] | None) -> NumberCounts:
 class PageResult:
     """One page as the connection type reads it; nodes and cursors are built on demand."""
 
-    __slots__ = ("_nodes", "page", "query", "window")
+    __slots__ = ("_fingerprint", "_nodes", "page", "total", "window")
 
     def __init__(self, query: NumbersQuery, window: PageWindow, page: UpstreamPage) -> None:
-        self.query = query
         self.window = window
         self.page = page
+        self.total = _count((page.count or {}).get("total"))
+        # Hashed once per page, not once per cursor: a page may carry 2,000 of them.
+        self._fingerprint = query.fingerprint
         self._nodes: list[PhoneNumber] | None = None
 
     def nodes(self) -> list[PhoneNumber]:
@@ -390,32 +396,28 @@ class PageResult:
             self._nodes = [to_phone_number(item) for item in self.page.items]
         return self._nodes
 
-    def cursors(self) -> Sequence[str]:
-        start = self.window.start
-        return [encode_cursor(self.query, start + i) for i in range(len(self.page.items))]
-
     def edges(self) -> list[PhoneNumberEdge]:
+        start = self.window.start
         return [
-            PhoneNumberEdge(cursor=cursor, node=node)
-            for cursor, node in zip(self.cursors(), self.nodes(), strict=True)
+            PhoneNumberEdge(cursor=_cursor(self._fingerprint, start + offset), node=node)
+            for offset, node in enumerate(self.nodes())
         ]
 
     def page_info(self) -> PageInfo:
         count = len(self.page.items)
         start = self.window.start
-        total = _count((self.page.count or {}).get("total"))
+        total = self.total
         has_next = start + count < total if total is not None else self.page.has_more
         return PageInfo(
             has_next_page=has_next,
             has_previous_page=start > 0,
-            start_cursor=encode_cursor(self.query, start) if count else None,
-            end_cursor=encode_cursor(self.query, start + count - 1) if count else None,
+            start_cursor=_cursor(self._fingerprint, start) if count else None,
+            end_cursor=_cursor(self._fingerprint, start + count - 1) if count else None,
         )
 
     def total_count(self) -> int:
-        total = _count((self.page.count or {}).get("total"))
-        if total is not None:
-            return total
+        if self.total is not None:
+            return self.total
         if not self.page.has_more:
             # The walk reached the end, so the total is known without the upstream's count.
             return self.window.start + len(self.page.items)

@@ -31,6 +31,7 @@ from gateway.translation import Fetch, UpstreamPage
 from gateway.upstream import UpstreamClient
 
 EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
+_OPERATION_KEYWORD = re.compile(r"\b(?:query|mutation|subscription)\b")
 
 EXAMPLE_OPERATION = """\
 # numbers-gateway: phone numbers of a Webex Calling organization.
@@ -163,8 +164,12 @@ class GatewayView(GraphQL[RequestContext, None]):
 
 
 def _operation_count(query: str | None) -> int:
-    if not query or query.count("{") < 2:
-        return 1  # too small for two operations; parse errors are reported later anyway
+    """Operations in the document. Parses only when two operation keywords appear: an
+    anonymous ``{ ... }`` beside another operation already fails validation, so only
+    documents with two ``query``/``mutation``/``subscription`` keywords need the real count;
+    every ordinary request skips this second parse."""
+    if not query or len(_OPERATION_KEYWORD.findall(query)) < 2:
+        return 1
     try:
         document = parse(query, no_location=True)
     except GraphQLError:

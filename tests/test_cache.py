@@ -204,7 +204,8 @@ async def test_single_flight_survives_a_cancelled_waiter_and_shares_failures() -
     )
     assert all(isinstance(result, RuntimeError) for result in results)
     assert calls == 2
-    assert await asyncio.gather(cache.get_or_fetch("bad", failing), return_exceptions=True)
+    with pytest.raises(RuntimeError):
+        await cache.get_or_fetch("bad", failing)
     assert calls == 3, "a failed call was not cached"
 
 

@@ -450,7 +450,7 @@ async def test_fault_kinds(
             json.loads(response.text)
 
 
-async def test_fraction_of_requests_and_latency(world: SimulatorWorld) -> None:
+async def test_fraction_of_requests(world: SimulatorWorld) -> None:
     plan = FaultPlan([FaultRule.parse("status=503,fraction=0.3")], seed=1)
     app = create_simulator_app(world, faults=plan)
     async with httpx.AsyncClient(
@@ -462,7 +462,25 @@ async def test_fraction_of_requests_and_latency(world: SimulatorWorld) -> None:
     failures = statuses.count(503)
     assert 30 <= failures <= 90, failures
     assert statuses.count(200) == 200 - failures
-    assert FaultRule.parse("latency=0.2").latency == 0.2
+
+
+async def test_latency_delays_the_answer(world: SimulatorWorld) -> None:
+    """Latency is what makes the gateway's deadline tests time out; here, that it is applied."""
+    slept: list[float] = []
+    app = create_simulator_app(world, faults=FaultPlan([FaultRule.parse("latency=0.2,count=1")]))
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    app.state.simulator.sleep = record
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://webex.test/v1",
+        headers={"Authorization": "Bearer demo-admin"},
+    ) as client:
+        assert (await client.get(NUMBERS)).status_code == 200
+        assert (await client.get(NUMBERS)).status_code == 200
+    assert slept == [0.2], "the next request only, by the given seconds"
 
 
 def test_fault_specs_are_validated() -> None:

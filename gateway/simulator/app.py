@@ -104,6 +104,7 @@ class Simulator:
         self.faults = faults or FaultPlan()
         self.indexes = {org_id: OrgIndex(org) for org_id, org in world.orgs.items()}
         self.request_count = 0
+        self.sleep = asyncio.sleep  # replaceable, so tests can see latency without waiting
 
     def _grant(self, request: Request) -> TokenGrant | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -115,7 +116,7 @@ class Simulator:
         self.request_count += 1
         outcome = self.faults.next_outcome()
         if outcome.latency:
-            await asyncio.sleep(outcome.latency)
+            await self.sleep(outcome.latency)
         if outcome.status is not None and not (outcome.status == 200 and outcome.body == "webex"):
             return _fault_response(outcome)
 
