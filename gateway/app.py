@@ -1,15 +1,13 @@
 """The app factory: ``create_app(settings)`` wires settings, schema, upstream and routes.
 
 Nothing is built at import time. The lifespan owns the one shared ``httpx.AsyncClient`` and
-the response cache (both closed on shutdown) and hands them to requests through lifespan
-state; the GraphQL view builds a fresh loader per request.
+the response cache (both closed on shutdown), builds the ``NumbersSource`` over them and hands
+it to requests through lifespan state; each request gets its own view of it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
@@ -22,28 +20,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.cache import REDIS_OPERATION_TIMEOUT, ResponseCache
-from gateway.circuit_breaker import CircuitBreaker
-from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
-from gateway.middleware import (
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.http.middleware import (
     BodySizeLimitMiddleware,
     CsrfPreventionMiddleware,
     RequestLogMiddleware,
 )
+from gateway.http.view import GatewayView
+from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from gateway.pipeline.cache import REDIS_OPERATION_TIMEOUT, ResponseCache
+from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings
 from gateway.simulator import build_demo_world, create_simulator_app
-from gateway.upstream import UpstreamClient
-from gateway.view import GatewayView
+from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.client import UpstreamClient
 
 EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
+# With the embedded simulator, a caller who sends no token acts as its demo full admin.
+EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
 USER_AGENT = "numbers-gateway/0.1"
 
 log = structlog.get_logger("gateway.app")
 
 
 class LifespanState(TypedDict):
-    upstream: UpstreamClient
-    cache: ResponseCache
+    numbers: NumbersSource
 
 
 def build_upstream_http(
@@ -64,7 +65,7 @@ def build_upstream_http(
 
 @asynccontextmanager
 async def build_cache(
-    settings: Settings, metrics: GatewayMetrics, clock: Callable[[], float]
+    settings: Settings, metrics: GatewayMetrics, clock: Clock
 ) -> AsyncIterator[ResponseCache]:
     secret = settings.cache_key_secret
     redis = (
@@ -96,22 +97,19 @@ def create_app(
     settings: Settings,
     *,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Starlette:
     """Build the gateway.
 
-    ``upstream_transport`` replaces the network (tests, embedding); ``clock`` and ``sleep``
-    replace time for the cache, the breaker and retry waits (tests).
+    ``upstream_transport`` replaces the network (tests, embedding); ``clock`` replaces time
+    for the cache, the breaker and retry waits (tests).
     """
     metrics = GatewayMetrics()
-    simulator_app: Starlette | None = None
     if settings.embedded_simulator:
         upstream_url = EMBEDDED_UPSTREAM_URL
         if upstream_transport is None:
             world = build_demo_world(size=settings.simulator_size, seed=settings.simulator_seed)
-            simulator_app = create_simulator_app(world)
-            upstream_transport = httpx.ASGITransport(app=simulator_app)
+            upstream_transport = httpx.ASGITransport(app=create_simulator_app(world))
     else:
         upstream_url = str(settings.upstream_url)
 
@@ -130,22 +128,29 @@ def create_app(
                 breaker=CircuitBreaker(
                     failure_threshold=settings.breaker_failures,
                     cooldown=settings.breaker_cooldown,
-                    clock=clock,
+                    clock=clock.monotonic,
                 ),
-                sleep=sleep,
+                clock=clock,
+            )
+            numbers = NumbersSource(
+                upstream,
+                cache,
+                default_authorization=(
+                    EMBEDDED_DEFAULT_AUTHORIZATION if settings.embedded_simulator else None
+                ),
             )
             log.info(
                 "gateway_started",
                 upstream="embedded simulator" if settings.embedded_simulator else upstream_url,
                 env=settings.env.value,
             )
-            yield {"upstream": upstream, "cache": cache}
+            yield {"numbers": numbers}
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        ready = getattr(request.state, "upstream", None) is not None
+        ready = getattr(request.state, "numbers", None) is not None
         return JSONResponse(
             {"status": "ready" if ready else "starting"}, status_code=200 if ready else 503
         )
@@ -154,7 +159,7 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     view: Any = GatewayView(settings=settings, metrics=metrics)
-    app = Starlette(
+    return Starlette(
         routes=[
             Route("/graphql", view, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -168,7 +173,3 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.simulator_app = simulator_app
-    return app

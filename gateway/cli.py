@@ -65,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.logs import configure_logging
+    from gateway.observability.logs import configure_logging
 
     try:
         settings = load_settings(upstream_url=args.upstream_url, env=args.env)
@@ -136,7 +136,7 @@ def _simulator(args: argparse.Namespace) -> int:
 
 
 def _export_schema() -> int:
-    from gateway.schema import export_sdl
+    from gateway.api.schema import export_sdl
 
     sys.stdout.write(export_sdl())
     return 0

@@ -103,6 +103,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _production_needs_a_real_upstream(self) -> Settings:
+        if self.env is Environment.PRODUCTION and self.upstream_url is None:
+            raise ValueError(
+                "GATEWAY_ENV=production needs GATEWAY_UPSTREAM_URL: production never serves "
+                "the embedded simulator's demo data (set GATEWAY_ENV=development to try it)"
+            )
+        return self
+
     @property
     def embedded_simulator(self) -> bool:
         return self.upstream_url is None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,6 +48,96 @@ class RecordingTransport(httpx.AsyncBaseTransport):
         return list(self.requests[index].url.params.multi_items())
 
 
+class GatedTransport(httpx.AsyncBaseTransport):
+    """Holds every upstream request until ``release()``: tests wait for a state (all callers
+    queued, joined or in flight), never for an amount of time. ``answer`` makes the response
+    (default: pass to ``inner``)."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport | None = None,
+        answer: Callable[[httpx.Request], httpx.Response] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.answer = answer
+        self.calls = 0
+        self.held = 0
+        self.peak = 0
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+        try:
+            await self._gate.wait()
+        finally:
+            self.held -= 1
+        if self.answer is not None:
+            return self.answer(request)
+        assert self.inner is not None
+        return await self.inner.handle_async_request(request)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    """Wait until ``condition`` holds; the bound is only a backstop against a hang."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        outcome = condition()
+        if outcome if isinstance(outcome, bool) else await outcome:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        await asyncio.sleep(0.005)
+
+
+async def metric(client: httpx.AsyncClient, name: str) -> float:
+    """One sample of the gateway's ``/metrics`` (0 when absent)."""
+    text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+class FakeClock:
+    """One fake for every clock the gateway reads (``gateway.clock.Clock``).
+
+    ``now`` is the monotonic time; moving it moves wall time by as much, as real time would.
+    ``jump_wall`` moves only the wall clock (NTP, an operator's ``date``). ``sleep`` records
+    the wait and returns at once.
+    """
+
+    def __init__(self, monotonic: float = 1_000.0, wall: float = 1_800_000_000.0) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+        self.waits: list[float] = []
+
+    @property
+    def now(self) -> float:
+        return self._monotonic
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._wall += value - self._monotonic
+        self._monotonic = value
+
+    def jump_wall(self, seconds: float) -> None:
+        self._wall += seconds
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def wall(self) -> float:
+        return self._wall
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
 @pytest.fixture(scope="session")
 def world() -> SimulatorWorld:
     return build_demo_world(size=1000, seed=7)
@@ -77,7 +168,7 @@ async def simulator(simulator_app: Starlette) -> AsyncIterator[httpx.AsyncClient
 async def running_gateway(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None, **seams: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, and a client of it. ``seams``: clock, sleep."""
+    """The app with its lifespan running, and a client of it. ``seams``: ``clock``."""
     app = create_app(settings, upstream_transport=transport, **seams)
     async with (
         LifespanManager(app) as manager,

@@ -13,22 +13,25 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
-from gateway.cache import CachedPage, LocalTier, ResponseCache, cache_key
+from gateway.numbers.arguments import numbers_query
+from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
+from gateway.pipeline.cache import CachedPage, LocalTier, ResponseCache, cache_key
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
-from gateway.translation import Fetch, PageWindow, UpstreamPage, numbers_query
-from tests.conftest import RecordingTransport, RedisServer, graphql, live_settings, running_gateway
+from tests.conftest import (
+    FakeClock,
+    GatedTransport,
+    RecordingTransport,
+    RedisServer,
+    eventually,
+    graphql,
+    live_settings,
+    metric,
+    running_gateway,
+)
 
 COUNTS = "{ numberCounts { total } }"
 PAGE = "{ phoneNumbers(page: {first: 3}) { nodes { extension } totalCount } }"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def ask(
@@ -161,13 +164,23 @@ async def test_no_cache_skips_the_read_and_refreshes(world: SimulatorWorld) -> N
 
 
 async def test_concurrent_identical_cold_requests_make_one_call(world: SimulatorWorld) -> None:
-    # The one upstream call is held for a second: ample time for all twenty to join it.
-    slow = create_simulator_app(world, faults=FaultPlan([FaultRule(latency=1.0)]))
-    recorder = RecordingTransport(httpx.ASGITransport(app=slow))
-    async with running_gateway(live_settings(), recorder) as client:
-        answers = await asyncio.gather(*(ask(client, PAGE) for _ in range(20)))
-    assert recorder.calls == 1
+    # The one upstream call is held until all the others have joined it: no timing involved.
+    gate = GatedTransport(httpx.ASGITransport(app=create_simulator_app(world)))
+    async with running_gateway(live_settings(), gate) as client:
+        asks = [asyncio.create_task(ask(client, PAGE)) for _ in range(100)]
+        await eventually(
+            lambda: _coalesced(client, 99), "99 requests joined the first one's upstream call"
+        )
+        assert gate.calls == 1
+        gate.release()
+        answers = await asyncio.gather(*asks)
+    assert gate.calls == 1
     assert all(answer["data"] == answers[0]["data"] for answer in answers)
+    assert answers[0]["data"]["phoneNumbers"]["nodes"]
+
+
+async def _coalesced(client: httpx.AsyncClient, expected: int) -> bool:
+    return await metric(client, "gateway_single_flight_coalesced_total") >= expected
 
 
 async def test_single_flight_survives_a_cancelled_waiter_and_shares_failures() -> None:
@@ -228,11 +241,11 @@ def test_keys_hide_the_token_and_differ_by_every_input() -> None:
 def test_local_tier_is_bounded_by_entries_and_bytes() -> None:
     clock = FakeClock()
     page = UpstreamPage(items=[], count=None, has_more=False)
-    by_entries = LocalTier(ttl=60, max_entries=3, max_bytes=10_000, clock=clock)
+    by_entries = LocalTier(ttl=60, max_entries=3, max_bytes=10_000, clock=clock.monotonic)
     for i in range(5):
         by_entries.set(f"k{i}", CachedPage(page, clock.now, size=10))
     assert len(by_entries) == 3
-    by_bytes = LocalTier(ttl=60, max_entries=100, max_bytes=100, clock=clock)
+    by_bytes = LocalTier(ttl=60, max_entries=100, max_bytes=100, clock=clock.monotonic)
     for i in range(5):
         by_bytes.set(f"k{i}", CachedPage(page, clock.now, size=40))
     assert len(by_bytes) == 2

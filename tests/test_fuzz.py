@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, queries
 
+from gateway.api.schema import export_sdl
 from gateway.errors import ErrorCode
-from gateway.schema import export_sdl
 from gateway.settings import load_settings
 from tests.conftest import running_gateway
 

@@ -1,22 +1,30 @@
 """Upstream resilience: retries, Retry-After, the deadline, bounded concurrency, the circuit
-breaker and stale-if-error. Time is faked (clock and sleep are seams); calls are counted."""
+breaker and stale-if-error. Time is faked (one clock seam); calls are counted."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway.circuit_breaker import BreakerState, CircuitBreaker
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
-from gateway.upstream import parse_retry_after
-from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
+from gateway.upstream.breaker import BreakerState, CircuitBreaker
+from gateway.upstream.client import parse_retry_after
+from tests.conftest import (
+    FakeClock,
+    GatedTransport,
+    RecordingTransport,
+    eventually,
+    graphql,
+    live_settings,
+    metric,
+    running_gateway,
+)
 
 COUNTS = "{ numberCounts { total } }"
 OK_BODY = {"phoneNumbers": [], "count": {"total": 7}}
@@ -37,24 +45,6 @@ class Script:
         )
 
 
-class Sleeps:
-    """A fake ``asyncio.sleep`` that records how long the gateway chose to wait."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def ask(client: httpx.AsyncClient, query: str = COUNTS, token: str = "t") -> dict[str, Any]:
     return await graphql(client, query, headers={"Authorization": f"Bearer {token}"})
 
@@ -62,59 +52,60 @@ async def ask(client: httpx.AsyncClient, query: str = COUNTS, token: str = "t") 
 @pytest.mark.parametrize("status", [429, 423])
 async def test_rate_limit_then_success_honours_retry_after(status: int) -> None:
     recorder = RecordingTransport(handler=Script((status, {"Retry-After": "2"}), (200, {})))
-    sleeps = Sleeps()
-    async with running_gateway(live_settings(), recorder, sleep=sleeps) as client:
+    clock = FakeClock()
+    async with running_gateway(live_settings(), recorder, clock=clock) as client:
         body = await ask(client)
     assert body["data"]["numberCounts"]["total"] == 7
     assert recorder.calls == 2
-    assert sleeps.waits == [2.0]
+    assert clock.waits == [2.0]
 
 
 async def test_retry_after_as_an_http_date() -> None:
-    when = email.utils.formatdate(time.time() + 4, usegmt=True)
+    clock = FakeClock()
+    # An HTTP-date is wall time: the wait is measured against the clock's wall time.
+    when = email.utils.formatdate(clock.wall() + 4, usegmt=True)
     recorder = RecordingTransport(handler=Script((429, {"Retry-After": when}), (200, {})))
-    sleeps = Sleeps()
-    async with running_gateway(live_settings(), recorder, sleep=sleeps) as client:
+    async with running_gateway(live_settings(), recorder, clock=clock) as client:
         body = await ask(client)
     assert "errors" not in body
-    assert len(sleeps.waits) == 1
-    assert 2 <= sleeps.waits[0] <= 4
+    assert len(clock.waits) == 1
+    assert 2 <= clock.waits[0] <= 4
 
 
 def test_parse_retry_after() -> None:
-    assert parse_retry_after("7") == 7
+    assert parse_retry_after("7", now=0) == 7
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon", now=0) is None
+    assert parse_retry_after(None, now=0) is None
 
 
 async def test_a_long_retry_after_fails_fast_with_retry_after() -> None:
     recorder = RecordingTransport(handler=Script((429, {"Retry-After": "3600"})))
-    sleeps = Sleeps()
-    async with running_gateway(live_settings(), recorder, sleep=sleeps) as client:
+    clock = FakeClock()
+    async with running_gateway(live_settings(), recorder, clock=clock) as client:
         body = await ask(client)
     assert body["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert body["errors"][0]["extensions"]["retryAfter"] == 3600
     assert recorder.calls == 1
-    assert sleeps.waits == []
+    assert clock.waits == []
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
 async def test_a_gateway_error_once_is_retried(status: int) -> None:
     recorder = RecordingTransport(handler=Script((status, {}), (200, {})))
-    sleeps = Sleeps()
-    async with running_gateway(live_settings(), recorder, sleep=sleeps) as client:
+    clock = FakeClock()
+    async with running_gateway(live_settings(), recorder, clock=clock) as client:
         body = await ask(client)
     assert body["data"]["numberCounts"]["total"] == 7
     assert recorder.calls == 2
-    assert len(sleeps.waits) == 1
-    assert 0 <= sleeps.waits[0] <= 0.2, "full jitter within the first backoff step"
+    assert len(clock.waits) == 1
+    assert 0 <= clock.waits[0] <= 0.2, "full jitter within the first backoff step"
 
 
 async def test_retries_are_bounded() -> None:
     recorder = RecordingTransport(handler=Script((503, {})))
-    async with running_gateway(live_settings(), recorder, sleep=Sleeps()) as client:
+    async with running_gateway(live_settings(), recorder, clock=FakeClock()) as client:
         body = await ask(client)
     assert body["errors"][0]["extensions"]["code"] == "UPSTREAM_UNAVAILABLE"
     assert body["errors"][0]["extensions"]["upstreamStatus"] == 503
@@ -123,7 +114,7 @@ async def test_retries_are_bounded() -> None:
 
 async def test_500_is_not_retried() -> None:
     recorder = RecordingTransport(handler=Script((500, {})))
-    async with running_gateway(live_settings(), recorder, sleep=Sleeps()) as client:
+    async with running_gateway(live_settings(), recorder, clock=FakeClock()) as client:
         await ask(client)
     assert recorder.calls == 1
 
@@ -156,25 +147,27 @@ async def test_a_slow_simulator_meets_the_deadline(world: SimulatorWorld) -> Non
 
 
 async def test_upstream_concurrency_is_bounded() -> None:
-    in_flight = peak = 0
-
-    class CountingTransport(httpx.AsyncBaseTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            nonlocal in_flight, peak
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await asyncio.sleep(0.02)
-            in_flight -= 1
-            return httpx.Response(200, json=OK_BODY)
-
+    gate = GatedTransport(answer=lambda request: httpx.Response(200, json=OK_BODY))
     settings = live_settings(upstream_concurrency=2, cache_ttl=0)
-    async with running_gateway(settings, CountingTransport()) as client:
+    async with running_gateway(settings, gate) as client:
         queries = [
             f'{{ numberCounts(filter: {{extension: "{i}"}}) {{ total }} }}' for i in range(8)
         ]
-        answers = await asyncio.gather(*(ask(client, query) for query in queries))
+        asks = [asyncio.create_task(ask(client, query)) for query in queries]
+
+        async def two_sent_six_queued() -> bool:
+            return (
+                await metric(client, "gateway_upstream_in_flight") == 2
+                and await metric(client, "gateway_upstream_waiting") == 6
+            )
+
+        await eventually(two_sent_six_queued, "two requests are upstream and six wait")
+        assert gate.held == 2
+        gate.release()
+        answers = await asyncio.gather(*asks)
     assert all(answer["data"]["numberCounts"]["total"] == 7 for answer in answers)
-    assert peak == 2
+    assert gate.peak == 2
+    assert gate.calls == 8
 
 
 # --- the circuit breaker ------------------------------------------------------------------
@@ -185,7 +178,7 @@ async def test_breaker_opens_fails_fast_and_closes_after_a_good_probe() -> None:
     recorder = RecordingTransport(handler=script)
     clock = FakeClock()
     settings = live_settings(breaker_failures=2, breaker_cooldown=30, cache_ttl=0)
-    async with running_gateway(settings, recorder, clock=clock, sleep=Sleeps()) as client:
+    async with running_gateway(settings, recorder, clock=clock) as client:
         for _ in range(2):
             assert (await ask(client))["errors"][0]["extensions"]["upstreamStatus"] == 500
         assert recorder.calls == 2
@@ -203,7 +196,7 @@ async def test_a_failed_probe_reopens_the_breaker() -> None:
     recorder = RecordingTransport(handler=Script((503, {})))
     clock = FakeClock()
     settings = live_settings(breaker_failures=1, breaker_cooldown=10, cache_ttl=0)
-    async with running_gateway(settings, recorder, clock=clock, sleep=Sleeps()) as client:
+    async with running_gateway(settings, recorder, clock=clock) as client:
         await ask(client)
         assert recorder.calls == 3
         clock.now += 11
@@ -217,7 +210,7 @@ async def test_caller_errors_never_trip_the_breaker() -> None:
     for status in (400, 401, 403, 404, 429):
         recorder = RecordingTransport(handler=Script((status, {"Retry-After": "999"})))
         settings = live_settings(breaker_failures=2, cache_ttl=0)
-        async with running_gateway(settings, recorder, sleep=Sleeps()) as client:
+        async with running_gateway(settings, recorder, clock=FakeClock()) as client:
             for _ in range(5):
                 await ask(client)
         assert recorder.calls == 5, status
@@ -225,7 +218,7 @@ async def test_caller_errors_never_trip_the_breaker() -> None:
 
 def test_breaker_states() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=2, cooldown=5, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=5, clock=clock.monotonic)
     breaker.record_failure()
     assert breaker.allow()
     breaker.record_failure()
@@ -259,7 +252,7 @@ async def test_stale_if_error_serves_the_same_keys_last_good_answer(world: Simul
     clock = FakeClock()
     settings = live_settings(cache_ttl=10, stale_if_error=60)
     people = "{ numberCounts(filter: {ownerType: PEOPLE}) { total } }"
-    async with running_gateway(settings, recorder, clock=clock, sleep=Sleeps()) as client:
+    async with running_gateway(settings, recorder, clock=clock) as client:
         fresh = await ask(client, people, "demo-admin")
         clock.now += 15  # past the TTL, within stale-if-error
         fail_with(503)
@@ -297,7 +290,7 @@ async def test_stale_if_error_covers_an_open_breaker_and_timeouts(world: Simulat
     recorder, fail_with = switchable(world)
     clock = FakeClock()
     settings = live_settings(cache_ttl=10, stale_if_error=60, breaker_failures=1)
-    async with running_gateway(settings, recorder, clock=clock, sleep=Sleeps()) as client:
+    async with running_gateway(settings, recorder, clock=clock) as client:
         await ask(client, COUNTS, "demo-admin")
         clock.now += 11
         fail_with(504)
@@ -305,3 +298,67 @@ async def test_stale_if_error_covers_an_open_breaker_and_timeouts(world: Simulat
         calls = recorder.calls
         assert (await ask(client, COUNTS, "demo-admin"))["extensions"]["stale"] is True
         assert recorder.calls == calls, "breaker open: answered stale with no upstream call"
+
+
+async def test_a_hung_upstream_past_the_deadline_is_answered_stale(world: SimulatorWorld) -> None:
+    """A real timeout (the upstream never answers, the deadline passes), not a 504."""
+    hang = asyncio.Event()
+
+    class HangsOnDemand(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.ASGITransport(app=create_simulator_app(world))
+            self.calls = 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.calls += 1
+            if hang.is_set():
+                await asyncio.Event().wait()  # never answers
+            return await self.inner.handle_async_request(request)
+
+    transport = HangsOnDemand()
+    clock = FakeClock()
+    settings = live_settings(cache_ttl=10, stale_if_error=60, upstream_timeout=0.3)
+    async with running_gateway(settings, transport, clock=clock) as client:
+        fresh = await ask(client, COUNTS, "demo-admin")
+        clock.now += 11
+        hang.set()
+        stale = await ask(client, COUNTS, "demo-admin")
+        assert stale["data"] == fresh["data"]
+        assert stale["extensions"]["stale"] is True
+        assert transport.calls == 2, "the second answer did ask the upstream, which hung"
+        other = await ask(client, "{ numberCounts(filter: {available: true}) { total } }")
+        assert other["errors"][0]["extensions"]["code"] == "UPSTREAM_TIMEOUT"
+
+
+# --- one clock: monotonic for durations, wall time only for dates -------------------------
+
+
+async def test_wall_clock_jumps_neither_close_nor_hold_the_breaker() -> None:
+    script = Script((500, {}))
+    recorder = RecordingTransport(handler=script)
+    clock = FakeClock()
+    settings = live_settings(breaker_failures=2, breaker_cooldown=30, cache_ttl=0)
+    async with running_gateway(settings, recorder, clock=clock) as client:
+        for _ in range(2):
+            await ask(client)
+        assert recorder.calls == 2
+        script.steps = [(200, {})]
+        clock.jump_wall(+3600)  # NTP steps the wall clock an hour ahead
+        assert (await ask(client))["errors"][0]["extensions"] == {"code": "UPSTREAM_UNAVAILABLE"}
+        assert recorder.calls == 2, "a wall-clock jump must not end the cool-down"
+        clock.jump_wall(-7200)  # and back, past where it was
+        clock.now += 31  # the cool-down passes on the monotonic clock
+        assert (await ask(client))["data"]["numberCounts"]["total"] == 7
+        assert recorder.calls == 3, "a wall clock running backwards must not hold it open"
+
+
+async def test_wall_clock_jumps_do_not_expire_cached_entries(recorder: RecordingTransport) -> None:
+    clock = FakeClock()
+    async with running_gateway(live_settings(cache_ttl=30), recorder, clock=clock) as client:
+        await ask(client, COUNTS, "demo-admin")
+        clock.jump_wall(+3600)
+        hit = await ask(client, COUNTS, "demo-admin")
+        assert hit["extensions"]["cache"]["hits"] == 1
+        clock.now += 31
+        await ask(client, COUNTS, "demo-admin")
+    assert recorder.calls == 2

@@ -14,7 +14,7 @@ from graphql import (
     build_schema,
 )
 
-from gateway.schema import export_sdl
+from gateway.api.schema import export_sdl
 from gateway.settings import load_settings
 from tests.conftest import graphql, running_gateway
 
@@ -109,6 +109,6 @@ async def test_example_operations_run_against_the_simulator(name: str) -> None:
 
 
 def test_graphiql_opens_on_the_first_example() -> None:
-    from gateway.view import EXAMPLE_OPERATION
+    from gateway.http.view import EXAMPLE_OPERATION
 
     assert EXAMPLE_TEXT["first-numbers.graphql"] == EXAMPLE_OPERATION

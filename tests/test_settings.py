@@ -84,3 +84,34 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     missing = [name for name in Settings.model_fields if f"GATEWAY_{name.upper()}" not in readme]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("args", "variables"),
+    [(["--env", "production"], {}), ([], {"GATEWAY_ENV": "production"})],
+    ids=["flag", "environment variable"],
+)
+def test_production_without_an_upstream_refuses_to_start(
+    args: list[str], variables: dict[str, str]
+) -> None:
+    """Production never serves the simulator's demo data to callers without a token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | variables
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "GATEWAY_ENV" in lines[0]
+    assert "GATEWAY_UPSTREAM_URL" in lines[0]
+
+
+def test_production_with_an_upstream_is_valid() -> None:
+    settings = load_settings(env="production", upstream_url="https://webexapis.com/v1")
+    assert settings.production
+    assert not settings.embedded_simulator

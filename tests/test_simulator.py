@@ -550,3 +550,47 @@ def test_simulator_rejects_a_bad_data_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--data" in result.stderr
+
+
+# --- every error carries the Webex error body -----------------------------------------------
+
+
+def _assert_webex_error(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status
+    body = response.json()
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    assert isinstance(body["errors"], list)
+    assert body["errors"]
+    for error in body["errors"]:
+        assert isinstance(error["description"], str)
+        assert error["description"]
+        assert isinstance(error.get("errorCode", 0), int)
+    assert body["trackingId"].startswith("ROUTER_")
+    assert response.headers["TrackingID"] == body["trackingId"]
+
+
+async def test_every_status_the_simulator_answers_has_the_webex_error_body(
+    world: SimulatorWorld,
+) -> None:
+    natural = {
+        400: ({"Authorization": "Bearer demo-admin"}, {"max": "0"}),
+        401: ({}, {}),
+        403: ({"Authorization": "Bearer demo-no-scope"}, {}),
+    }
+    app = create_simulator_app(world)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://webex.test/v1"
+    ) as client:
+        for status, (headers, params) in natural.items():
+            _assert_webex_error(await client.get(NUMBERS, headers=headers, params=params), status)
+        other_org = await client.get(
+            NUMBERS,
+            headers={"Authorization": "Bearer demo-admin"},
+            params={"orgId": next(org for org in world.orgs if org != world.demo_org.id)},
+        )
+        _assert_webex_error(other_org, 403)
+        for status in (404, 405, 409, 410, 415, 423, 428, 429, 500, 502, 503, 504):
+            app.state.simulator.faults.replace([FaultRule(status=status, count=1)])
+            response = await client.get(NUMBERS, headers={"Authorization": "Bearer demo-admin"})
+            _assert_webex_error(response, status)

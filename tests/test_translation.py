@@ -8,7 +8,18 @@ import pytest
 import strawberry
 
 from gateway.errors import BadUserInput, UpstreamUnavailable
-from gateway.graphql_types import (
+from gateway.numbers.arguments import decode_cursor, encode_cursor, numbers_query, page_window
+from gateway.numbers.connection import PageResult
+from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
+from gateway.numbers.reader import (
+    LOCATION,
+    NUMBER_COUNTS,
+    OWNER,
+    PHONE_NUMBER,
+    to_number_counts,
+    to_phone_number,
+)
+from gateway.numbers.types import (
     NumberState,
     NumberType,
     OwnerType,
@@ -20,19 +31,7 @@ from gateway.graphql_types import (
     SortDirection,
     TelephonyType,
 )
-from gateway.translation import (
-    Fetch,
-    PageResult,
-    PageWindow,
-    UpstreamPage,
-    decode_cursor,
-    encode_cursor,
-    numbers_query,
-    page_window,
-    read_numbers_body,
-    to_number_counts,
-    to_phone_number,
-)
+from gateway.upstream.body import read_numbers_body
 
 
 def test_unset_filter_fields_send_nothing() -> None:
@@ -211,3 +210,12 @@ def test_page_info_and_total_from_the_upstream() -> None:
         more.total_count()
     empty = PageResult(query, PageWindow(0, 3), UpstreamPage([], None, False)).page_info()
     assert (empty.start_cursor, empty.end_cursor, empty.has_next_page) == (None, None, False)
+
+
+def test_the_reader_table_names_every_field_of_every_type_it_reads() -> None:
+    """The table is the one description of the reader (the projection compiles it too), so a
+    field added to the schema without a reading rule fails here."""
+    for table in (PHONE_NUMBER, LOCATION, OWNER, NUMBER_COUNTS):
+        definition = table.type.__strawberry_definition__
+        plain = {field.python_name for field in definition.fields if field.base_resolver is None}
+        assert {rule.attribute for rule in table.fields} == plain, table.type.__name__

@@ -52,12 +52,15 @@ def _tracking_id() -> str:
 def webex_error(
     status: int, description: str | None = None, error_code: int | None = None
 ) -> Response:
-    """An error as Webex sends it: JSON body with message/errors/trackingId, and the header."""
+    """An error as Webex sends it, whatever the status: a JSON body with ``message``,
+    ``errors: [{description, errorCode?}]`` and ``trackingId``, and the ``TrackingID`` header.
+    ``errorCode`` appears only where Webex has a specific one to give."""
     tracking_id = _tracking_id()
-    message = _STATUS_MESSAGES.get(status, "Request failed.")
-    body: dict[str, Any] = {"message": description or message, "trackingId": tracking_id}
-    if description is not None:
-        body["errors"] = [{"description": description, "errorCode": error_code or status}]
+    description = description or _STATUS_MESSAGES.get(status, "Request failed.")
+    error: dict[str, Any] = {"description": description}
+    if error_code is not None:
+        error["errorCode"] = error_code
+    body = {"message": description, "errors": [error], "trackingId": tracking_id}
     return Response(
         orjson.dumps(body),
         status_code=status,
@@ -68,8 +71,13 @@ def webex_error(
 
 def _fault_response(outcome: FaultOutcome) -> Response:
     assert outcome.status is not None
-    tracking_id = _tracking_id()
-    headers = {"TrackingID": tracking_id}
+    if outcome.body == "webex":
+        response = webex_error(outcome.status)
+        if outcome.retry_after is not None:
+            response.headers["Retry-After"] = outcome.retry_after
+        return response
+    # Unreadable bodies, as a proxy or a broken upstream might send them.
+    headers = {"TrackingID": _tracking_id()}
     if outcome.retry_after is not None:
         headers["Retry-After"] = outcome.retry_after
     if outcome.body == "html":
@@ -81,16 +89,12 @@ def _fault_response(outcome: FaultOutcome) -> Response:
         )
     if outcome.body == "empty":
         return Response(b"", status_code=outcome.status, headers=headers)
-    if outcome.body == "truncated":
-        return Response(
-            b'{"phoneNumbers": [{"phoneNumber": "+1',
-            status_code=outcome.status,
-            media_type="application/json",
-            headers=headers,
-        )
-    response = webex_error(outcome.status, None)
-    response.headers.update(headers)
-    return response
+    return Response(  # "truncated": JSON cut off mid-way
+        b'{"phoneNumbers": [{"phoneNumber": "+1',
+        status_code=outcome.status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 class Simulator:

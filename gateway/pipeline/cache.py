@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,9 +26,10 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.metrics import GatewayMetrics
-from gateway.translation import Fetch, UpstreamPage
+from gateway.numbers.query import Fetch, UpstreamPage
+from gateway.observability.metrics import GatewayMetrics
 
 log = structlog.get_logger("gateway.cache")
 
@@ -50,26 +50,28 @@ def cache_key(secret: bytes, authorization: str, fetch: Fetch) -> str:
 @dataclass(frozen=True, slots=True)
 class CachedPage:
     page: UpstreamPage
-    stored_at: float  # the cache clock's time when the upstream answered
+    stored_at: float  # this process's monotonic time when the upstream answered
     size: int  # approximate bytes, for the local cache's byte bound
 
     @staticmethod
-    def encode(page: UpstreamPage, stored_at: float) -> bytes:
-        """The entry as Redis stores it."""
+    def encode(page: UpstreamPage, stored_at_wall: float) -> bytes:
+        """The entry as Redis stores it. Replicas share no monotonic clock, so the entry
+        carries the wall time it was stored at; a reader turns that into an age."""
         return orjson.dumps(
             {
                 "items": page.items,
                 "count": page.count,
                 "has_more": page.has_more,
-                "stored_at": stored_at,
+                "stored_at": stored_at_wall,
             }
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> CachedPage:
+    def decode(cls, raw: bytes, clock: Clock) -> CachedPage:
         data = orjson.loads(raw)
         page = UpstreamPage(items=data["items"], count=data["count"], has_more=data["has_more"])
-        return cls(page=page, stored_at=float(data["stored_at"]), size=len(raw))
+        age = max(0.0, clock.wall() - float(data["stored_at"]))
+        return cls(page=page, stored_at=clock.monotonic() - age, size=len(raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +112,11 @@ class LocalTier:
 class RedisTier:
     """The shared tier. Every failure is swallowed: Redis speeds things up, never breaks them."""
 
-    def __init__(self, client: Redis, ttl: float, metrics: GatewayMetrics | None) -> None:
+    def __init__(
+        self, client: Redis, ttl: float, metrics: GatewayMetrics | None, clock: Clock
+    ) -> None:
         self.client = client
+        self.clock = clock
         self.ttl_ms = max(1, int(ttl * 1000))
         self.metrics = metrics
         self.down = False
@@ -121,7 +126,7 @@ class RedisTier:
         if not isinstance(raw, bytes):
             return None
         try:
-            return CachedPage.decode(raw)
+            return CachedPage.decode(raw, self.clock)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None  # an entry we cannot read is a miss, not an error
 
@@ -161,7 +166,7 @@ class ResponseCache:
         redis: Redis | None = None,
         metrics: GatewayMetrics | None = None,
         stale_if_error: float = 0.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.ttl = ttl
         self.stale_if_error = stale_if_error if ttl > 0 else 0.0
@@ -170,8 +175,12 @@ class ResponseCache:
         self.secret = secret or secrets.token_bytes(32)
         self.clock = clock
         self.metrics = metrics
-        self.local = LocalTier(kept_for, max_entries, max_bytes, clock) if ttl > 0 else None
-        self.shared = RedisTier(redis, kept_for, metrics) if redis is not None and ttl > 0 else None
+        self.local = (
+            LocalTier(kept_for, max_entries, max_bytes, clock.monotonic) if ttl > 0 else None
+        )
+        self.shared = (
+            RedisTier(redis, kept_for, metrics, clock) if redis is not None and ttl > 0 else None
+        )
         self._in_flight: dict[str, asyncio.Task[CachedPage]] = {}
 
     @property
@@ -210,7 +219,7 @@ class ResponseCache:
         """This key's entry if it is younger than ``max_age``, from the nearest tier."""
         if self.local is None:
             return None
-        now = self.clock()
+        now = self.clock.monotonic()
         entry = self.local.get(key)
         tier: CacheTier = "local"
         if entry is None and self.shared is not None:
@@ -230,6 +239,8 @@ class ResponseCache:
             task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, fetch))
             self._in_flight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
+        elif self.metrics is not None:
+            self.metrics.single_flight_coalesced.inc()
         # shield: a waiter that is cancelled stops waiting; the call goes on for the others.
         return await asyncio.shield(task)
 
@@ -243,10 +254,10 @@ class ResponseCache:
         self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]]
     ) -> CachedPage:
         page = await fetch()
-        stored_at = self.clock()
+        stored_at = self.clock.monotonic()
         if self.local is None:
             return CachedPage(page=page, stored_at=stored_at, size=0)
-        encoded = CachedPage.encode(page, stored_at)  # its length is the entry's size
+        encoded = CachedPage.encode(page, self.clock.wall())  # its length is the entry's size
         entry = CachedPage(page=page, stored_at=stored_at, size=len(encoded))
         self.local.set(key, entry)
         if self.shared is not None:

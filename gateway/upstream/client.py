@@ -13,7 +13,6 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ import httpx
 import orjson
 import structlog
 
-from gateway.circuit_breaker import CircuitBreaker
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import (
     RateLimited,
     UpstreamError,
@@ -30,8 +29,10 @@ from gateway.errors import (
     UpstreamUnavailable,
     code_for_upstream_status,
 )
-from gateway.metrics import GatewayMetrics
-from gateway.translation import Fetch, PageWindow, UpstreamPage, read_numbers_body
+from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
+from gateway.observability.metrics import GatewayMetrics
+from gateway.upstream.body import read_numbers_body
+from gateway.upstream.breaker import CircuitBreaker
 
 NUMBERS_PATH = "/telephony/config/numbers"
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -55,8 +56,9 @@ class RetryPolicy:
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; None if unreadable."""
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now`` (wall time: an HTTP-date is a date), from
+    delta-seconds or an HTTP-date; None if unreadable."""
     if value is None:
         return None
     text = value.strip()
@@ -68,7 +70,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, when.timestamp() - now)
 
 
 def _tracking_id(response: httpx.Response, body: Any) -> str | None:
@@ -105,8 +107,9 @@ _STATUS_HINTS = {
 }
 
 
-def error_for_response(response: httpx.Response) -> UpstreamError:
-    """The contract error for a non-2xx answer (rate limits handled by the retry loop)."""
+def error_for_response(response: httpx.Response, now: float) -> UpstreamError:
+    """The contract error for a non-2xx answer; ``now`` is wall time, for an HTTP-date
+    ``Retry-After``."""
     body = _json_or_none(response)
     status = response.status_code
     tracking_id = _tracking_id(response, body)
@@ -115,7 +118,7 @@ def error_for_response(response: httpx.Response) -> UpstreamError:
     message = f"{hint}: {detail}" if detail else f"{hint}."
     code = code_for_upstream_status(status)
     if status in RATE_LIMIT_STATUSES:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
         return RateLimited(
             f"The upstream is rate limiting this caller ({status}); retry later.",
             retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
@@ -139,7 +142,7 @@ class UpstreamClient:
         retry: RetryPolicy | None = None,
         metrics: GatewayMetrics | None = None,
         breaker: CircuitBreaker | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.http = http
         self.base = httpx.URL(base_url.rstrip("/") + "/")
@@ -148,7 +151,7 @@ class UpstreamClient:
         self.retry = retry or RetryPolicy()
         self.metrics = metrics
         self.breaker = breaker
-        self._sleep = sleep
+        self.clock = clock
         self._slots = asyncio.Semaphore(concurrency)
 
     async def fetch(self, fetch: Fetch, authorization: str) -> UpstreamPage:
@@ -266,7 +269,7 @@ class UpstreamClient:
                             tracking_id=response.headers.get("trackingid"),
                         )
                     return body, response.links.get("next", {}).get("url")
-                failure = error_for_response(response)
+                failure = error_for_response(response, self.clock.wall())
                 if isinstance(failure, RateLimited):
                     wait = failure.retry_after
                 elif response.status_code in RETRYABLE_STATUSES:
@@ -275,7 +278,7 @@ class UpstreamClient:
                     raise failure
             if attempt >= self.retry.max_attempts or not self._fits(wait, scope):
                 raise failure
-            await self._sleep(wait)
+            await self.clock.sleep(wait)
 
     @staticmethod
     def _fits(wait: float, scope: asyncio.Timeout) -> bool:
@@ -285,18 +288,29 @@ class UpstreamClient:
     async def _send(
         self, url: httpx.URL, params: list[tuple[str, str]] | None, authorization: str
     ) -> httpx.Response:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.upstream_waiting.inc()
+        try:
+            await self._slots.acquire()
+        finally:
+            if metrics is not None:
+                metrics.upstream_waiting.dec()
         started = time.perf_counter()
         outcome = "error"
+        if metrics is not None:
+            metrics.upstream_in_flight.inc()
         try:
-            async with self._slots:
-                # Only the caller's credentials travel upstream; no other caller header does.
-                response = await self.http.get(
-                    url,
-                    params=tuple(params) if params is not None else None,
-                    headers={"Authorization": authorization},
-                )
+            # Only the caller's credentials travel upstream; no other caller header does.
+            response = await self.http.get(
+                url,
+                params=tuple(params) if params is not None else None,
+                headers={"Authorization": authorization},
+            )
             outcome = str(response.status_code)
             return response
         finally:
-            if self.metrics is not None:
-                self.metrics.observe_upstream(outcome, time.perf_counter() - started)
+            self._slots.release()
+            if metrics is not None:
+                metrics.upstream_in_flight.dec()
+                metrics.observe_upstream(outcome, time.perf_counter() - started)

@@ -33,9 +33,9 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
-from gateway.context import RequestContext
+from gateway.api.context import RequestContext
+from gateway.api.resolvers import Query
 from gateway.errors import ErrorCode, GatewayError
-from gateway.resolvers import Query
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.graphql")
@@ -108,9 +108,9 @@ class CacheReport(SchemaExtension):
 
     def get_results(self) -> dict[str, Any]:
         context = self.execution_context.context
-        if not isinstance(context, RequestContext) or not context.cache_events:
+        if not isinstance(context, RequestContext) or not context.numbers.cache_events:
             return {}
-        events = context.cache_events
+        events = context.numbers.cache_events
         stale = {"stale": True} if any(event.status == "stale" for event in events) else {}
         return {
             **stale,

@@ -1,6 +1,6 @@
 """The GraphQL types of the public schema (CONTRACT.md): enums, inputs and output objects.
 
-Output objects are plain strawberry dataclasses built by ``translation``; the connection
+Output objects are plain strawberry dataclasses built by the ``reader``; the connection
 resolves its nodes, edges and page info lazily, so a field nobody selected costs nothing.
 """
 
@@ -299,7 +299,7 @@ class NumberCounts:
 
 
 class PageSource(Protocol):
-    """What a connection reads its fields from (``translation.PageResult``)."""
+    """What a connection reads its fields from (``numbers.connection.PageResult``)."""
 
     def nodes(self) -> list[PhoneNumber]: ...
     def edges(self) -> list[PhoneNumberEdge]: ...

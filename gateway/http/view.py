@@ -19,18 +19,14 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 
-from gateway.cache import CacheEvent, ResponseCache, cache_key
-from gateway.context import RequestContext
-from gateway.errors import ErrorCode, Unauthenticated
-from gateway.loaders import NumbersLoader
-from gateway.metrics import GatewayMetrics
-from gateway.middleware import send_error
-from gateway.schema import build_schema
+from gateway.api.context import RequestContext
+from gateway.api.schema import build_schema
+from gateway.errors import ErrorCode
+from gateway.http.middleware import send_error
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings
-from gateway.translation import Fetch, UpstreamPage
-from gateway.upstream import UpstreamClient
 
-EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
 _OPERATION_KEYWORD = re.compile(r"\b(?:query|mutation|subscription)\b")
 
 EXAMPLE_OPERATION = """\
@@ -129,37 +125,17 @@ class GatewayView(GraphQL[RequestContext, None]):
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> RequestContext:
-        upstream: UpstreamClient = request.state.upstream
-        cache: ResponseCache = request.state.cache
-        # Forwarded exactly as sent; a blank header is no credentials at all.
-        authorization = request.headers.get("authorization")
-        if authorization is not None and not authorization.strip():
-            authorization = None
-        if authorization is None and self.settings.embedded_simulator:
-            authorization = EMBEDDED_DEFAULT_AUTHORIZATION
-        refresh = "no-cache" in request.headers.get("cache-control", "").lower()
-        cache_events: list[CacheEvent] = []
-
-        async def fetch_page(fetch: Fetch) -> UpstreamPage:
-            if authorization is None:
-                raise Unauthenticated(
-                    "Send the caller's Webex token as 'Authorization: Bearer <token>'."
-                )
-            page, event = await cache.get_or_fetch(
-                cache_key(cache.secret, authorization, fetch),
-                lambda: upstream.fetch(fetch, authorization),
-                refresh=refresh,
-            )
-            cache_events.append(event)
-            return page
-
+        source: NumbersSource = request.state.numbers
+        numbers = source.for_caller(
+            request.headers.get("authorization"),
+            refresh="no-cache" in request.headers.get("cache-control", "").lower(),
+        )
         return RequestContext(
             request=request,
             response=response,
             settings=self.settings,
             metrics=self.metrics,
-            numbers=NumbersLoader(fetch_page),
-            cache_events=cache_events,
+            numbers=numbers,
         )
 
 

@@ -5,7 +5,7 @@ Each field asks for a ``Fetch`` (a window of items and/or counts for one ``Numbe
 The loader collects the asks of one tick, merges those with the same query and window into
 one call, and folds counts-only asks into a page call of the same query (asking it with
 ``details=true``), so ``phoneNumbers { totalCount }`` plus ``numberCounts`` with the same filter
-is a single upstream request. Built per request in ``get_context``; never shared.
+is a single upstream request. Built per request by ``NumbersSource``; never shared.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from strawberry.dataloader import DataLoader
 
-from gateway.translation import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.numbers.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 
 FetchPage = Callable[[Fetch], Awaitable[UpstreamPage]]
 

@@ -1,16 +1,15 @@
-"""What every resolver of one GraphQL request can reach: its loader and the settings."""
+"""What every resolver of one GraphQL request can reach: the caller's numbers and settings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from gateway.cache import CacheEvent
-from gateway.loaders import NumbersLoader
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.source import CallerNumbers
 from gateway.settings import Settings
 
 
@@ -20,5 +19,4 @@ class RequestContext:
     response: Response | WebSocket
     settings: Settings
     metrics: GatewayMetrics
-    numbers: NumbersLoader
-    cache_events: list[CacheEvent] = field(default_factory=list)
+    numbers: CallerNumbers

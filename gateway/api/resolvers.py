@@ -1,5 +1,5 @@
-"""The root ``Query`` type. Resolvers read arguments, ask the loader, and wrap the answer;
-validation and mapping live in ``translation``, HTTP in ``upstream``, batching in ``loaders``.
+"""The root ``Query`` type. Resolvers read arguments, ask the caller's numbers, and wrap the
+answer; validation lives in ``numbers.arguments``, the data path in ``pipeline.source``.
 """
 
 from __future__ import annotations
@@ -11,20 +11,14 @@ import strawberry
 from strawberry.types import Info
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from gateway.context import RequestContext
-from gateway.graphql_types import (
+from gateway.api.context import RequestContext
+from gateway.numbers.arguments import numbers_query, page_window
+from gateway.numbers.types import (
     NumberCounts,
     PageInput,
     PhoneNumberConnection,
     PhoneNumberFilter,
     PhoneNumberOrder,
-)
-from gateway.translation import (
-    Fetch,
-    PageResult,
-    numbers_query,
-    page_window,
-    to_number_counts,
 )
 
 OrgIdArgument = Annotated[
@@ -74,9 +68,10 @@ class Query:
     ) -> PhoneNumberConnection | None:
         query = numbers_query(org_id, filter, order)
         window = page_window(query, page, info.context.settings.max_page_size)
-        wants_total = selects(info.selected_fields[0].selections, "totalCount")
-        answer = await info.context.numbers.load(Fetch(query, window, details=wants_total))
-        return PhoneNumberConnection(result=PageResult(query, window, answer))
+        total = selects(info.selected_fields[0].selections, "totalCount")
+        return PhoneNumberConnection(
+            result=await info.context.numbers.page(query, window, total=total)
+        )
 
     @strawberry.field(
         description="Counts over every entry the filter matches: assigned, unassigned, "
@@ -88,6 +83,4 @@ class Query:
         org_id: OrgIdArgument = None,
         filter: FilterArgument = None,
     ) -> NumberCounts | None:
-        query = numbers_query(org_id, filter, None)
-        answer = await info.context.numbers.load(Fetch(query, None, details=True))
-        return to_number_counts(answer.count)
+        return await info.context.numbers.counts(numbers_query(org_id, filter, None))

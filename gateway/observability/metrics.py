@@ -5,7 +5,7 @@ Labels never carry tokens, org ids, filters or anything else a caller sent.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
@@ -43,10 +43,26 @@ class GatewayMetrics:
             "Time of one upstream request.",
             registry=self.registry,
         )
+        self.upstream_in_flight = Gauge(
+            "gateway_upstream_in_flight",
+            "Upstream requests under way now.",
+            registry=self.registry,
+        )
+        self.upstream_waiting = Gauge(
+            "gateway_upstream_waiting",
+            "Upstream requests waiting for one of the gateway's upstream slots.",
+            registry=self.registry,
+        )
         self.cache_lookups = Counter(
             "gateway_cache_lookups_total",
             "Response cache lookups, by tier and result.",
             ["tier", "result"],
+            registry=self.registry,
+        )
+        self.single_flight_coalesced = Counter(
+            "gateway_single_flight_coalesced_total",
+            "Upstream asks that joined an identical call already in flight instead of "
+            "making their own.",
             registry=self.registry,
         )
         self.cache_failures = Counter(

@@ -1,0 +1,230 @@
+"""GraphQL arguments to upstream queries: validation, normalisation, page windows, cursors.
+
+``numbers_query`` validates a filter and order and normalises them into a ``NumbersQuery``;
+``page_window`` turns ``first``/``after``/``offset`` into a start position and size. Every rule
+here runs before any upstream call and fails with ``BadUserInput``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+from gateway.errors import BadUserInput
+from gateway.numbers.query import NumbersQuery, PageWindow
+from gateway.numbers.types import (
+    NumberType,
+    PageInput,
+    PhoneNumberFilter,
+    PhoneNumberOrder,
+    PhoneNumberSortField,
+    SortDirection,
+    TelephonyType,
+)
+
+DEFAULT_PAGE_SIZE = 100
+OWNER_NAME_MAX_LENGTH = 255
+_CURSOR_PREFIX = "pn1"
+
+# Filter fields in the order they are sent: (python attribute, upstream parameter).
+FILTER_PARAMETERS: tuple[tuple[str, str], ...] = (
+    ("location_id", "locationId"),
+    ("phone_number", "phoneNumber"),
+    ("available", "available"),
+    ("owner_name", "ownerName"),
+    ("owner_id", "ownerId"),
+    ("owner_type", "ownerType"),
+    ("extension", "extension"),
+    ("number_type", "numberType"),
+    ("phone_number_type", "phoneNumberType"),
+    ("state", "state"),
+    ("toll_free_numbers", "tollFreeNumbers"),
+    ("restricted_non_geo_numbers", "restrictedNonGeoNumbers"),
+    ("included_telephony_types", "includedTelephonyTypes"),
+    ("service_number", "serviceNumber"),
+    ("reserved_number", "reservedNumber"),
+)
+_PARAMETER_OF = dict(FILTER_PARAMETERS)
+_SORT_KEYS = {
+    PhoneNumberSortField.LAST_NAME: "lastName",
+    PhoneNumberSortField.DN: "dn",
+    PhoneNumberSortField.EXTENSION: "extension",
+}
+_ALL_TELEPHONY_TYPES = frozenset({TelephonyType.PSTN_NUMBER, TelephonyType.MOBILE_NUMBER})
+_NOT_OUR_CURSOR = (
+    "page.after is not a cursor this gateway issued; use pageInfo.endCursor or an edge's "
+    "cursor from a previous page."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A filter field an entity's key already sets: ``Location.phoneNumbers`` pins
+    ``locationId`` to the location's id, ``Person.phoneNumbers`` pins ``ownerId``."""
+
+    attribute: str  # a PhoneNumberFilter attribute
+    value: str
+    entity: str  # for the message: "Location", "Person"
+
+
+def _wire(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
+
+
+def _check_text(name: str, value: str) -> None:
+    if not value.strip():
+        raise BadUserInput(f"{name} must not be empty; omit it instead.")
+    # Control characters and lone surrogates cannot travel in a URL or a cache key.
+    if not value.isprintable():
+        raise BadUserInput(f"{name} contains characters that are not printable text.")
+
+
+def _check_filter(flt: PhoneNumberFilter) -> None:
+    if flt.available is True and flt.owner_type is not None:
+        raise BadUserInput(
+            "filter.available: true cannot be combined with filter.ownerType; "
+            "available numbers have no owner. Remove one of them."
+        )
+    if flt.number_type is NumberType.EXTENSION and (
+        flt.available is not None or flt.state is not None
+    ):
+        raise BadUserInput(
+            "filter.numberType: EXTENSION cannot be combined with filter.available or "
+            "filter.state; extension-only entries have neither."
+        )
+    if flt.reserved_number is not None and flt.available is not None:
+        raise BadUserInput(
+            "filter.reservedNumber cannot be combined with filter.available. Remove one of them."
+        )
+    if flt.owner_name is not None and len(flt.owner_name) > OWNER_NAME_MAX_LENGTH:
+        raise BadUserInput(
+            f"filter.ownerName is {len(flt.owner_name)} characters long; "
+            f"the most is {OWNER_NAME_MAX_LENGTH}."
+        )
+    for attribute, parameter in FILTER_PARAMETERS:
+        value = getattr(flt, attribute)
+        if isinstance(value, str):
+            _check_text(f"filter.{parameter}", value)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, Enum) and v.value == "UNKNOWN" for v in values):
+            raise BadUserInput(
+                f"filter.{parameter}: UNKNOWN only describes upstream values this gateway "
+                "does not know; it cannot be used to filter."
+            )
+    if flt.included_telephony_types is not None and not flt.included_telephony_types:
+        raise BadUserInput(
+            "filter.includedTelephonyTypes must not be empty; omit it to include both "
+            "PSTN_NUMBER and MOBILE_NUMBER."
+        )
+
+
+def _filter_params(flt: PhoneNumberFilter) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    for attribute, parameter in FILTER_PARAMETERS:
+        value = getattr(flt, attribute)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            kinds = frozenset(value)
+            if kinds == _ALL_TELEPHONY_TYPES:
+                continue  # both is the upstream's default; sending nothing is the same query
+            params.extend((parameter, _wire(kind)) for kind in sorted(kinds, key=_wire))
+            continue
+        params.append((parameter, _wire(value)))
+    return params
+
+
+def _pinned(flt: PhoneNumberFilter | None, pin: Pin) -> PhoneNumberFilter:
+    """The filter with the entity's key set; a different value in the filter is a mistake."""
+    flt = flt or PhoneNumberFilter()
+    given = getattr(flt, pin.attribute)
+    if given is not None and given != pin.value:
+        parameter = _PARAMETER_OF[pin.attribute]
+        raise BadUserInput(
+            f"filter.{parameter} is already set by this {pin.entity}'s id; a different value "
+            f"would match nothing. Remove filter.{parameter}."
+        )
+    pinned = dataclasses.replace(flt)
+    setattr(pinned, pin.attribute, pin.value)
+    return pinned
+
+
+def numbers_query(
+    org_id: str | None,
+    flt: PhoneNumberFilter | None,
+    order: PhoneNumberOrder | None,
+    *,
+    pin: Pin | None = None,
+) -> NumbersQuery:
+    """Validate and normalise; raises ``BadUserInput`` before any upstream call.
+
+    A pinned query equals the root field's query with the same filter, so an entity field
+    and a root field asking the same thing share one upstream call and one cache entry.
+    """
+    if org_id is not None:
+        _check_text("orgId", org_id)
+    if pin is not None:
+        _check_text(f"{pin.entity}.id", pin.value)
+        flt = _pinned(flt, pin)
+    params: list[tuple[str, str]] = []
+    if flt is not None:
+        _check_filter(flt)
+        params.extend(_filter_params(flt))
+    if order is not None:
+        suffix = "desc" if order.direction is SortDirection.DESC else "asc"
+        params.append(("order", f"{_SORT_KEYS[order.by]}-{suffix}"))
+    return NumbersQuery(org_id=org_id, params=tuple(params))
+
+
+def cursor_at(fingerprint: str, position: int) -> str:
+    """The opaque cursor of ``position`` in the query with this fingerprint."""
+    raw = f"{_CURSOR_PREFIX}:{fingerprint}:{position}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def encode_cursor(query: NumbersQuery, position: int) -> str:
+    return cursor_at(query.fingerprint, position)
+
+
+def decode_cursor(query: NumbersQuery, cursor: str) -> int:
+    """The position a cursor points at; rejects malformed cursors and other queries' cursors."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        prefix, fingerprint, position = (
+            base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii").split(":")
+        )
+        index = int(position)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise BadUserInput(_NOT_OUR_CURSOR) from None
+    if prefix != _CURSOR_PREFIX or index < 0 or not position.isdigit():
+        raise BadUserInput(_NOT_OUR_CURSOR)
+    if fingerprint != query.fingerprint:
+        raise BadUserInput(
+            "page.after was issued for a different orgId, filter or order; a cursor only "
+            "continues the query that produced it. Start again without page.after."
+        )
+    return index
+
+
+def page_window(query: NumbersQuery, page: PageInput | None, max_page_size: int) -> PageWindow:
+    """Validate ``first``/``after``/``offset`` and turn them into a start and a size."""
+    page = page or PageInput()
+    size = min(DEFAULT_PAGE_SIZE, max_page_size) if page.first is None else page.first
+    if not 1 <= size <= max_page_size:
+        raise BadUserInput(f"page.first must be between 1 and {max_page_size}, got {size}.")
+    if page.after is not None and page.offset is not None:
+        raise BadUserInput("page.after and page.offset cannot be combined; use one of them.")
+    if page.offset is not None:
+        if page.offset < 0:
+            raise BadUserInput(f"page.offset must be zero or more, got {page.offset}.")
+        return PageWindow(start=page.offset, size=size)
+    if page.after is not None:
+        return PageWindow(start=decode_cursor(query, page.after) + 1, size=size)
+    return PageWindow(start=0, size=size)

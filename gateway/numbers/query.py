@@ -1,0 +1,76 @@
+"""The query vocabulary every layer speaks: what to ask the upstream, and what it answered.
+
+``NumbersQuery`` is one filter set (the unit of batching, caching and cursor binding);
+``PageWindow`` a slice of it; ``Fetch`` what one field needs (a window, counts, or both);
+``UpstreamPage`` the upstream's answer to one ``Fetch`` with its page walk completed. The
+lowest layer: it imports nothing from the rest of the gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NumbersQuery:
+    """One filter set: the org and the upstream parameters, without paging.
+
+    Two operations asking the same thing produce equal queries, whatever order their
+    arguments came in; so this is what loaders batch on and caches and cursors key on.
+    """
+
+    org_id: str | None
+    params: tuple[tuple[str, str], ...]
+
+    @property
+    def unordered(self) -> NumbersQuery:
+        """The same filter set without its order: counts do not depend on order."""
+        return NumbersQuery(self.org_id, tuple(p for p in self.params if p[0] != "order"))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short stable digest, for binding cursors to the query that issued them."""
+        canonical = repr((self.org_id, self.params)).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class PageWindow:
+    start: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """What one field needs from the upstream: a window of items, counts, or both."""
+
+    query: NumbersQuery
+    window: PageWindow | None  # None: counts only
+    details: bool
+
+    def upstream_params(self) -> list[tuple[str, str]]:
+        """The exact query string, in a stable order."""
+        params: list[tuple[str, str]] = []
+        if self.query.org_id is not None:
+            params.append(("orgId", self.query.org_id))
+        params.extend(self.query.params)
+        if self.window is None:
+            params.append(("max", "1"))
+        else:
+            if self.window.start:
+                params.append(("start", str(self.window.start)))
+            params.append(("max", str(self.window.size)))
+        if self.details:
+            params.append(("details", "true"))
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPage:
+    """What the upstream answered for one ``Fetch``, its page walk already completed."""
+
+    items: list[dict[str, Any]]
+    count: dict[str, Any] | None
+    has_more: bool

@@ -1,0 +1,1 @@
+"""Seeing the gateway run: structured logs and Prometheus metrics."""

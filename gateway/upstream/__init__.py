@@ -1,0 +1,1 @@
+"""Talking to Webex: the body reader, retry policy, circuit breaker and the upstream client."""
