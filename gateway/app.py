@@ -135,6 +135,7 @@ def create_app(
             numbers = NumbersSource(
                 upstream,
                 cache,
+                max_page_size=settings.max_page_size,
                 default_authorization=(
                     EMBEDDED_DEFAULT_AUTHORIZATION if settings.embedded_simulator else None
                 ),

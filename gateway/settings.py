@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     max_root_fields: int = Field(
         default=10, ge=1, le=1000, description="Root fields per operation (fragments included)."
     )
+    max_entities: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Entity representations per `_entities` request (federation), at most.",
+    )
     env: Environment = Field(
         default=Environment.DEVELOPMENT,
         description="`production` turns off introspection, GraphiQL and field suggestions.",

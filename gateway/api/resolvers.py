@@ -1,24 +1,21 @@
-"""The root ``Query`` type. Resolvers read arguments, ask the caller's numbers, and wrap the
-answer; validation lives in ``numbers.arguments``, the data path in ``pipeline.source``.
+"""The root ``Query`` type. Resolvers hand their arguments to the request's numbers and
+return; validation lives in ``numbers.arguments``, the data path in ``pipeline.source``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Annotated
 
 import strawberry
-from strawberry.types import Info
-from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from gateway.api.context import RequestContext
-from gateway.numbers.arguments import numbers_query, page_window
 from gateway.numbers.types import (
+    FilterArgument,
     NumberCounts,
-    PageInput,
+    OrderArgument,
+    PageArgument,
     PhoneNumberConnection,
-    PhoneNumberFilter,
-    PhoneNumberOrder,
+    caller_numbers,
+    numbers_connection,
 )
 
 OrgIdArgument = Annotated[
@@ -28,22 +25,6 @@ OrgIdArgument = Annotated[
         "the id of an organization they manage."
     ),
 ]
-FilterArgument = Annotated[
-    PhoneNumberFilter | None,
-    strawberry.argument(description="Narrows the list; unset fields do not filter."),
-]
-
-
-def selects(selections: Iterable[Selection], name: str) -> bool:
-    """Whether ``name`` is selected directly or through fragments."""
-    for selection in selections:
-        if isinstance(selection, SelectedField) and selection.name == name:
-            return True
-        if isinstance(selection, FragmentSpread | InlineFragment) and selects(
-            selection.selections, name
-        ):
-            return True
-    return False
 
 
 @strawberry.type(description="Read the phone numbers of Webex Calling organizations.")
@@ -54,33 +35,19 @@ class Query:
     )
     async def phone_numbers(
         self,
-        info: Info[RequestContext, None],
+        info: strawberry.Info,
         org_id: OrgIdArgument = None,
         filter: FilterArgument = None,
-        order: Annotated[
-            PhoneNumberOrder | None,
-            strawberry.argument(description="Sort order; default: by number, then extension."),
-        ] = None,
-        page: Annotated[
-            PageInput | None,
-            strawberry.argument(description="Which slice: `first` with `after` or `offset`."),
-        ] = None,
+        order: OrderArgument = None,
+        page: PageArgument = None,
     ) -> PhoneNumberConnection | None:
-        query = numbers_query(org_id, filter, order)
-        window = page_window(query, page, info.context.settings.max_page_size)
-        total = selects(info.selected_fields[0].selections, "totalCount")
-        return PhoneNumberConnection(
-            result=await info.context.numbers.page(query, window, total=total)
-        )
+        return await numbers_connection(info, org_id, filter, order, page, None)
 
     @strawberry.field(
         description="Counts over every entry the filter matches: assigned, unassigned, "
         "inactive, extension-only, toll-free, mobile, service and reserved numbers."
     )
     async def number_counts(
-        self,
-        info: Info[RequestContext, None],
-        org_id: OrgIdArgument = None,
-        filter: FilterArgument = None,
+        self, info: strawberry.Info, org_id: OrgIdArgument = None, filter: FilterArgument = None
     ) -> NumberCounts | None:
-        return await info.context.numbers.counts(numbers_query(org_id, filter, None))
+        return await caller_numbers(info).number_counts(org_id, filter)

@@ -7,9 +7,9 @@ logged here with its traceback and shown only as a masked ``INTERNAL_SERVER_ERRO
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import strawberry
 import structlog
@@ -30,17 +30,30 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     SchemaExtension,
 )
+from strawberry.federation.schema import FederationAny
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from gateway.api.context import RequestContext
 from gateway.api.resolvers import Query
-from gateway.errors import ErrorCode, GatewayError
+from gateway.errors import BadUserInput, ErrorCode, GatewayError
+from gateway.numbers.types import Location, Organization, Person
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.graphql")
 
 INTERNAL_ERROR_MESSAGE = "Internal server error."
+# The federation version in the SDL's @link: one that @apollo/composition 2.x and
+# @theguild/federation-composition both accept (tests compose with both).
+FEDERATION_VERSION: Final = "2.7"
+DEFAULT_MAX_ENTITIES = 100
+
+# Entity references this subgraph resolves: __typename -> the object for a key.
+ENTITY_REFERENCES: dict[str, Callable[[strawberry.ID], object]] = {
+    "Location": lambda key: Location(id=key, name=None),
+    "Person": lambda key: Person(id=key),
+    "Organization": lambda key: Organization(id=key),
+}
 
 
 def to_contract_error(error: GraphQLError) -> GraphQLError:
@@ -125,12 +138,52 @@ class CacheReport(SchemaExtension):
         }
 
 
-class GatewaySchema(strawberry.Schema):
+class GatewaySchema(strawberry.federation.Schema):
+    """A federation 2 subgraph schema whose ``_entities`` is bounded and checked."""
+
+    def __init__(self, *, max_entities: int = DEFAULT_MAX_ENTITIES, **kwargs: Any) -> None:
+        self.max_entities = max_entities  # read by entities_resolver, bound during __init__
+        super().__init__(federation_version=FEDERATION_VERSION, **kwargs)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
         # ContractErrors logs what is unexpected; expected errors are not log noise.
         return
+
+    def entities_resolver(
+        self, info: strawberry.Info, representations: list[FederationAny]
+    ) -> list[FederationAny]:
+        """Entity references, checked as a whole before any of their fields run: more than
+        ``max_entities``, an unknown ``__typename`` or a representation without an ``id`` is
+        ``BAD_USER_INPUT``, so a bad request costs no upstream call. Each entity's fields then
+        go through the request's loader like root fields: repeats share a call."""
+        if len(representations) > self.max_entities:
+            raise BadUserInput(
+                f"_entities got {len(representations)} representations; at most "
+                f"{self.max_entities} are allowed per request (GATEWAY_MAX_ENTITIES)."
+            )
+        return [
+            FederationAny(_reference(representation, index))
+            for index, representation in enumerate(representations)
+        ]
+
+
+def _reference(representation: object, index: int) -> object:
+    where = f"representations[{index}]"
+    if not isinstance(representation, Mapping):
+        raise BadUserInput(f"{where} must be an object with __typename and id.")
+    typename = representation.get("__typename")
+    build = ENTITY_REFERENCES.get(typename) if isinstance(typename, str) else None
+    if build is None:
+        known = ", ".join(sorted(ENTITY_REFERENCES))
+        raise BadUserInput(f"{where}.__typename must be one of {known}; got {typename!r}.")
+    key = representation.get("id")
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = str(key)
+    if not isinstance(key, str) or not key.strip() or not key.isprintable():
+        raise BadUserInput(f"{where} has no usable id: a {typename} is keyed by its id.")
+    return build(strawberry.ID(key))
 
 
 def root_field_limit(max_root_fields: int) -> type[ValidationRule]:
@@ -183,11 +236,14 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions.append(DisableIntrospection)
     return GatewaySchema(
         query=Query,
+        types=[Person, Organization],
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
+        max_entities=settings.max_entities if settings is not None else DEFAULT_MAX_ENTITIES,
     )
 
 
 def export_sdl() -> str:
-    """The public schema as SDL, as committed in ``schema/numbers.graphql``."""
+    """The subgraph SDL (what ``_service { sdl }`` answers and ``rover subgraph publish``
+    takes), as committed in ``schema/numbers.graphql``."""
     return build_schema().as_str() + "\n"

@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from dataclasses import dataclass
 from enum import Enum
 
 from gateway.errors import BadUserInput
-from gateway.numbers.query import NumbersQuery, PageWindow
+from gateway.numbers.query import NumbersQuery, PageWindow, Pin
 from gateway.numbers.types import (
     NumberType,
     PageInput,
@@ -58,16 +57,6 @@ _NOT_OUR_CURSOR = (
     "page.after is not a cursor this gateway issued; use pageInfo.endCursor or an edge's "
     "cursor from a previous page."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Pin:
-    """A filter field an entity's key already sets: ``Location.phoneNumbers`` pins
-    ``locationId`` to the location's id, ``Person.phoneNumbers`` pins ``ownerId``."""
-
-    attribute: str  # a PhoneNumberFilter attribute
-    value: str
-    entity: str  # for the message: "Location", "Person"
 
 
 def _wire(value: object) -> str:

@@ -74,3 +74,13 @@ class UpstreamPage:
     items: list[dict[str, Any]]
     count: dict[str, Any] | None
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A filter field an entity's key already sets: ``Location.phoneNumbers`` pins
+    ``locationId`` to the location's id, ``Person.phoneNumbers`` pins ``ownerId``."""
+
+    attribute: str  # a PhoneNumberFilter attribute
+    value: str
+    entity: str  # for messages: "Location", "Person"

@@ -1,15 +1,26 @@
-"""The GraphQL types of the public schema (CONTRACT.md): enums, inputs and output objects.
+"""The GraphQL types of the public schema (CONTRACT.md): enums, inputs, output objects and
+the federation entities.
 
 Output objects are plain strawberry dataclasses built by the ``reader``; the connection
 resolves its nodes, edges and page info lazily, so a field nobody selected costs nothing.
+The entities' own fields (``Location.phoneNumbers`` and the like) are a few lines each: they
+hand their arguments and their key to the request's ``CallerNumbers`` (reached through the
+context, so this module needs nothing from the layers above it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import strawberry
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
+
+from gateway.numbers.query import Pin
+
+if TYPE_CHECKING:
+    from gateway.pipeline.source import CallerNumbers
 
 
 @strawberry.enum(description="Whether a phone number is in service.")
@@ -205,10 +216,95 @@ class PageInput:
     )
 
 
-@strawberry.type(description="A location of the organization.")
+FilterArgument = Annotated[
+    PhoneNumberFilter | None,
+    strawberry.argument(description="Narrows the list; unset fields do not filter."),
+]
+OrderArgument = Annotated[
+    PhoneNumberOrder | None,
+    strawberry.argument(description="Sort order; default: by number, then extension."),
+]
+PageArgument = Annotated[
+    PageInput | None,
+    strawberry.argument(description="Which slice: `first` with `after` or `offset`."),
+]
+
+
+@strawberry.federation.type(
+    keys=["id"],
+    description="A location of the organization. A federation entity: other subgraphs (a "
+    "locations service) may own it too; this one adds its phone numbers and counts.",
+)
 class Location:
     id: strawberry.ID = strawberry.field(description="The location's id.")
-    name: str | None = strawberry.field(description="The location's name.")
+    name: str | None = strawberry.federation.field(
+        shareable=True,
+        description="The location's name, as the numbers' data carries it; null for a "
+        "location reached only by reference (the locations service answers it there).",
+    )
+
+    @strawberry.field(description="The location's phone numbers (`filter.locationId` is the id).")
+    async def phone_numbers(
+        self,
+        info: strawberry.Info,
+        filter: FilterArgument = None,
+        order: OrderArgument = None,
+        page: PageArgument = None,
+    ) -> PhoneNumberConnection | None:
+        pin = Pin("location_id", self.id, "Location")
+        return await numbers_connection(info, None, filter, order, page, pin)
+
+    @strawberry.field(description="Counts over the location's numbers the filter matches.")
+    async def number_counts(
+        self, info: strawberry.Info, filter: FilterArgument = None
+    ) -> NumberCounts | None:
+        pin = Pin("location_id", self.id, "Location")
+        return await caller_numbers(info).number_counts(None, filter, pin=pin)
+
+
+@strawberry.federation.type(
+    keys=["id"],
+    description="A person. A federation entity owned by a people service; this subgraph adds "
+    "the numbers and extensions assigned to them.",
+)
+class Person:
+    id: strawberry.ID = strawberry.field(description="The person's id.")
+
+    @strawberry.field(description="The person's phone numbers (`filter.ownerId` is the id).")
+    async def phone_numbers(
+        self,
+        info: strawberry.Info,
+        filter: FilterArgument = None,
+        order: OrderArgument = None,
+        page: PageArgument = None,
+    ) -> PhoneNumberConnection | None:
+        pin = Pin("owner_id", self.id, "Person")
+        return await numbers_connection(info, None, filter, order, page, pin)
+
+
+@strawberry.federation.type(
+    keys=["id"],
+    description="A Webex organization. A federation entity; this subgraph adds its phone "
+    "numbers and counts.",
+)
+class Organization:
+    id: strawberry.ID = strawberry.field(description="The organization's id.")
+
+    @strawberry.field(description="The organization's phone numbers (`orgId` is the id).")
+    async def phone_numbers(
+        self,
+        info: strawberry.Info,
+        filter: FilterArgument = None,
+        order: OrderArgument = None,
+        page: PageArgument = None,
+    ) -> PhoneNumberConnection | None:
+        return await numbers_connection(info, self.id, filter, order, page, None)
+
+    @strawberry.field(description="Counts over the organization's numbers the filter matches.")
+    async def number_counts(
+        self, info: strawberry.Info, filter: FilterArgument = None
+    ) -> NumberCounts | None:
+        return await caller_numbers(info).number_counts(self.id, filter)
 
 
 @strawberry.type(description="The person, workspace or feature a number is assigned to.")
@@ -221,6 +317,13 @@ class NumberOwner:
     last_name: str | None = strawberry.field(
         description="Last name; only people and virtual lines have one."
     )
+
+    @strawberry.field(
+        description="The owner as a `Person` entity, so a supergraph can join the people "
+        "service's fields; null unless the owner type is PEOPLE."
+    )
+    def person(self) -> Person | None:
+        return Person(id=self.id) if self.type is OwnerType.PEOPLE else None
 
 
 @strawberry.type(
@@ -326,3 +429,37 @@ class PhoneNumberConnection:
     @strawberry.field(description="How many entries the filter matches in all (every page).")
     def total_count(self) -> int:
         return self.result.total_count()
+
+
+def caller_numbers(info: strawberry.Info) -> CallerNumbers:
+    """The request's numbers (``gateway.pipeline.source``), through the context."""
+    numbers: CallerNumbers = info.context.numbers
+    return numbers
+
+
+def selects(selections: Iterable[Selection], name: str) -> bool:
+    """Whether ``name`` is selected directly or through fragments."""
+    for selection in selections:
+        if isinstance(selection, SelectedField) and selection.name == name:
+            return True
+        if isinstance(selection, FragmentSpread | InlineFragment) and selects(
+            selection.selections, name
+        ):
+            return True
+    return False
+
+
+async def numbers_connection(
+    info: strawberry.Info,
+    org_id: str | None,
+    flt: PhoneNumberFilter | None,
+    order: PhoneNumberOrder | None,
+    page: PageInput | None,
+    pin: Pin | None,
+) -> PhoneNumberConnection:
+    """What every ``phoneNumbers`` field answers, root or entity: one page of the query."""
+    total = selects(info.selected_fields[0].selections, "totalCount")
+    result = await caller_numbers(info).phone_numbers(
+        org_id, flt, order, page, pin=pin, total=total
+    )
+    return PhoneNumberConnection(result=result)

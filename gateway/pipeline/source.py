@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from gateway.errors import Unauthenticated
+from gateway.numbers.arguments import numbers_query, page_window
 from gateway.numbers.connection import PageResult
-from gateway.numbers.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.numbers.query import Fetch, Pin, UpstreamPage
 from gateway.numbers.reader import to_number_counts
-from gateway.numbers.types import NumberCounts
+from gateway.numbers.types import NumberCounts, PageInput, PhoneNumberFilter, PhoneNumberOrder
 from gateway.pipeline.cache import CacheEvent, ResponseCache, cache_key
 from gateway.pipeline.loaders import NumbersLoader
 from gateway.upstream.client import UpstreamClient
@@ -43,10 +44,12 @@ class NumbersSource:
         upstream: UpstreamClient,
         cache: ResponseCache,
         *,
+        max_page_size: int,
         default_authorization: str | None = None,
     ) -> None:
         self.upstream = upstream
         self.cache = cache
+        self.max_page_size = max_page_size
         # The embedded simulator's demo token stands in for a caller who sent none.
         self.default_authorization = default_authorization
 
@@ -71,12 +74,27 @@ class CallerNumbers:
         """The upstream's answer to ``ask``, merged with the operation's other asks."""
         return self._loader.load(ask)
 
-    async def page(self, query: NumbersQuery, window: PageWindow, *, total: bool) -> PageResult:
-        """A page of ``query``; ``total`` asks for the counts too (``details=true``)."""
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        pin: Pin | None = None,
+        total: bool = False,
+    ) -> PageResult:
+        """One page of numbers; arguments are validated before any upstream call. ``total``
+        asks for the counts too (``details=true``)."""
+        query = numbers_query(org_id, flt, order, pin=pin)
+        window = page_window(query, page, self._source.max_page_size)
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
 
-    async def counts(self, query: NumbersQuery) -> NumberCounts:
-        answer = await self.load(Fetch(query.unordered, None, details=True))
+    async def number_counts(
+        self, org_id: str | None, flt: PhoneNumberFilter | None, *, pin: Pin | None = None
+    ) -> NumberCounts:
+        query = numbers_query(org_id, flt, None, pin=pin)
+        answer = await self.load(Fetch(query, None, details=True))
         return to_number_counts(answer.count)
 
     async def _fetch(self, fetch: Fetch) -> UpstreamPage:
