@@ -1,36 +1,42 @@
 """The app factory: ``create_app(settings)`` wires settings, schema, upstream and routes.
 
-Nothing is built at import time. The lifespan owns the one shared ``httpx.AsyncClient`` and
-the response cache (both closed on shutdown), builds the ``NumbersSource`` over them and hands
-it to requests through lifespan state; each request gets its own view of it.
+Nothing is built at import time. The lifespan owns the one shared ``httpx.AsyncClient``, the
+optional Redis client, the response cache and the persisted-query store (all closed on
+shutdown), builds the ``NumbersSource`` over them and hands it to requests through lifespan
+state; each request gets its own view of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypedDict
 
 import httpx
 import structlog
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from gateway.api.schema import build_schema
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.http.graphiql import graphiql_routes, load_examples, render_graphiql_page
 from gateway.http.middleware import (
     BodySizeLimitMiddleware,
+    CompressionMiddleware,
     CsrfPreventionMiddleware,
     RequestLogMiddleware,
 )
-from gateway.http.view import GatewayView
+from gateway.http.persisted import DocumentPolicy, PersistedQueries, TrustedDocuments
+from gateway.http.view import CACHE_REPORT_HEADER, GraphQLView
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.pipeline.cache import REDIS_OPERATION_TIMEOUT, ResponseCache
 from gateway.pipeline.source import NumbersSource
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
@@ -39,12 +45,27 @@ EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
 # With the embedded simulator, a caller who sends no token acts as its demo full admin.
 EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
 USER_AGENT = "numbers-gateway/0.1"
+GRAPHQL_PATH = "/graphql"
+ASSET_BASE = "/graphql/assets/"
+# Request headers browser clients send, allowed by CORS preflights.
+CORS_ALLOWED_HEADERS = (
+    "authorization",
+    "content-type",
+    "apollo-require-preflight",
+    "x-apollo-operation-name",
+    "apollographql-client-name",
+    "apollographql-client-version",
+    "x-request-id",
+    CACHE_REPORT_HEADER,
+)
+CORS_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 
 log = structlog.get_logger("gateway.app")
 
 
 class LifespanState(TypedDict):
     numbers: NumbersSource
+    documents: DocumentPolicy
 
 
 def build_upstream_http(
@@ -63,21 +84,21 @@ def build_upstream_http(
     )
 
 
-@asynccontextmanager
-async def build_cache(
-    settings: Settings, metrics: GatewayMetrics, clock: Clock
-) -> AsyncIterator[ResponseCache]:
-    secret = settings.cache_key_secret
-    redis = (
-        Redis.from_url(
-            str(settings.redis_url),
-            socket_timeout=REDIS_OPERATION_TIMEOUT,
-            socket_connect_timeout=REDIS_OPERATION_TIMEOUT,
-        )
-        if settings.redis_url is not None
-        else None
+def build_redis(settings: Settings) -> Redis | None:
+    if settings.redis_url is None:
+        return None
+    return Redis.from_url(
+        str(settings.redis_url),
+        socket_timeout=REDIS_OPERATION_TIMEOUT,
+        socket_connect_timeout=REDIS_OPERATION_TIMEOUT,
     )
-    cache = ResponseCache(
+
+
+def build_cache(
+    settings: Settings, metrics: GatewayMetrics, clock: Clock, redis: Redis | None
+) -> ResponseCache:
+    secret = settings.cache_key_secret
+    return ResponseCache(
         ttl=settings.cache_ttl,
         max_entries=settings.cache_max_entries,
         max_bytes=settings.cache_max_bytes,
@@ -87,10 +108,16 @@ async def build_cache(
         stale_if_error=settings.stale_if_error,
         clock=clock,
     )
+
+
+def load_trusted_documents(settings: Settings) -> TrustedDocuments | None:
+    """The manifest, read once at start-up; a bad one stops start-up like a bad setting."""
+    if settings.trusted_documents is None:
+        return None
     try:
-        yield cache
-    finally:
-        await cache.close()
+        return TrustedDocuments.load(settings.trusted_documents)
+    except ValueError as exc:
+        raise SettingsError(f"GATEWAY_TRUSTED_DOCUMENTS: {exc}") from None
 
 
 def create_app(
@@ -105,6 +132,7 @@ def create_app(
     for the cache, the breaker and retry waits (tests).
     """
     metrics = GatewayMetrics()
+    trusted = load_trusted_documents(settings)
     if settings.embedded_simulator:
         upstream_url = EMBEDDED_UPSTREAM_URL
         if upstream_transport is None:
@@ -115,10 +143,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
-        async with (
-            build_upstream_http(settings, upstream_transport) as http,
-            build_cache(settings, metrics, clock) as cache,
-        ):
+        async with AsyncExitStack() as resources:
+            http = await resources.enter_async_context(
+                build_upstream_http(settings, upstream_transport)
+            )
+            redis = build_redis(settings)
+            if redis is not None:
+                resources.push_async_callback(redis.aclose)
+            cache = build_cache(settings, metrics, clock, redis)
             upstream = UpstreamClient(
                 http,
                 base_url=upstream_url,
@@ -140,12 +172,24 @@ def create_app(
                     EMBEDDED_DEFAULT_AUTHORIZATION if settings.embedded_simulator else None
                 ),
             )
+            apq = (
+                PersistedQueries(
+                    max_entries=settings.persisted_queries_max_entries,
+                    max_bytes=settings.persisted_queries_max_bytes,
+                    redis=redis,
+                )
+                if settings.persisted_queries
+                else None
+            )
+            documents = DocumentPolicy(
+                apq=apq, trusted=trusted, trusted_only=settings.production and trusted is not None
+            )
             log.info(
                 "gateway_started",
                 upstream="embedded simulator" if settings.embedded_simulator else upstream_url,
                 env=settings.env.value,
             )
-            yield {"numbers": numbers}
+            yield {"numbers": numbers, "documents": documents}
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -159,18 +203,43 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    view: Any = GatewayView(settings=settings, metrics=metrics)
-    return Starlette(
-        routes=[
-            Route("/graphql", view, methods=["GET", "POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ],
-        middleware=[
-            Middleware(RequestLogMiddleware, metrics=metrics),
-            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(CsrfPreventionMiddleware),
-        ],
-        lifespan=lifespan,
+    ide_page = (
+        None
+        if settings.production
+        else render_graphiql_page(
+            asset_base=ASSET_BASE, examples=load_examples(), graphql_path=GRAPHQL_PATH
+        )
     )
+    view = GraphQLView(
+        settings=settings, schema=build_schema(settings), metrics=metrics, ide_page=ide_page
+    )
+    routes: list[BaseRoute] = [
+        Route(GRAPHQL_PATH, view),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if ide_page is not None:
+        routes += graphiql_routes(asset_base=ASSET_BASE)
+    middleware = [
+        Middleware(RequestLogMiddleware, metrics=metrics),
+        Middleware(CompressionMiddleware, minimum_size=settings.compression_min_bytes),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=list(CORS_ALLOWED_HEADERS),
+            allow_credentials=False,  # bearer tokens, never cookies: so '*' is safe
+            max_age=CORS_MAX_AGE,
+        ),
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+    ]
+    if settings.csrf_prevention:
+        middleware.append(
+            Middleware(
+                CsrfPreventionMiddleware,
+                path=GRAPHQL_PATH,
+                required_headers=settings.csrf_required_headers,
+            )
+        )
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -5,13 +5,37 @@ Settings are a value handed to ``create_app``; nothing reads the environment at 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, HttpUrl, RedisDsn, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    FilePath,
+    HttpUrl,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "GATEWAY_"
+# Origins a browser app usually runs on while it is being developed (Vite, Next.js/CRA,
+# Angular, Apollo Sandbox-style local tools): allowed by default in development only.
+DEVELOPMENT_CORS_ORIGINS = tuple(
+    f"http://{host}:{port}"
+    for port in (3000, 4200, 5173, 8080)
+    for host in ("localhost", "127.0.0.1")
+)
+# Apollo Router's defaults for CSRF prevention.
+DEFAULT_CSRF_REQUIRED_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight")
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Environment(StrEnum):
@@ -90,6 +114,44 @@ class Settings(BaseSettings):
         le=10_000,
         description="Entity representations per `_entities` request (federation), at most.",
     )
+    cors_origins: CommaList | None = Field(
+        default=None,
+        description="Browser origins allowed to call the gateway (CORS), comma-separated exact "
+        "origins such as `https://admin.example.com`, or `*`. Unset: the usual local "
+        "development origins in development, none in production.",
+    )
+    csrf_prevention: bool = Field(
+        default=True,
+        description="Refuse operations a browser could send cross-site without a preflight "
+        "(Apollo Router's CSRF rule). `false` turns it off.",
+    )
+    csrf_required_headers: CommaList = Field(
+        default=DEFAULT_CSRF_REQUIRED_HEADERS,
+        description="With CSRF prevention on, a request with a simple (or no) content type "
+        "must carry one of these headers, non-empty.",
+    )
+    persisted_queries: bool = Field(
+        default=True, description="Apollo's automatic persisted queries (APQ) protocol."
+    )
+    persisted_queries_max_entries: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Registered APQ documents kept locally."
+    )
+    persisted_queries_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of registered APQ documents kept locally.",
+    )
+    trusted_documents: FilePath | None = Field(
+        default=None,
+        description="A manifest of trusted operations (Apollo's persisted query manifest or "
+        "GraphQL Codegen's persisted-documents.json). In production, only these run.",
+    )
+    compression_min_bytes: int = Field(
+        default=1024,
+        ge=0,
+        description="Responses at least this large are compressed (br or gzip) when the "
+        "client accepts it.",
+    )
     env: Environment = Field(
         default=Environment.DEVELOPMENT,
         description="`production` turns off introspection, GraphiQL and field suggestions.",
@@ -99,6 +161,33 @@ class Settings(BaseSettings):
     )
     simulator_seed: int = Field(default=7, description="Seed of the embedded simulator's data.")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+    @field_validator("cors_origins", "csrf_required_headers", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for origin in value or ():
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port], no path, or '*'"
+                )
+        return value
+
+    @field_validator("csrf_required_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one header, or set GATEWAY_CSRF_PREVENTION=false")
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+        return tuple(name.lower() for name in value)
 
     @model_validator(mode="after")
     def _redis_needs_a_shared_secret(self) -> Settings:
@@ -125,6 +214,12 @@ class Settings(BaseSettings):
     @property
     def production(self) -> bool:
         return self.env is Environment.PRODUCTION
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        if self.cors_origins is not None:
+            return self.cors_origins
+        return () if self.production else DEVELOPMENT_CORS_ORIGINS
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -173,7 +173,10 @@ async def running_gateway(
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url=GATEWAY_BASE
+            transport=httpx.ASGITransport(app=manager.app),
+            base_url=GATEWAY_BASE,
+            # The tests read what the cache did from each answer's extensions.cache.
+            headers={"Gateway-Cache-Report": "true"},
         ) as client,
     ):
         yield client
@@ -200,9 +203,13 @@ async def graphql(
     status: int = 200,
     **kw: Any,
 ) -> dict[str, Any]:
-    """POST an operation; documents rejected before execution (parse, validation, limits)
-    answer 400, everything that executed answers 200."""
-    response = await client.post("/graphql", json={"query": query, "variables": variables}, **kw)
+    """POST an operation as a current client does (``Accept:
+    application/graphql-response+json``): documents rejected before execution (parse,
+    validation, limits) answer 400, everything that executed answers 200."""
+    headers = {"Accept": "application/graphql-response+json", **kw.pop("headers", {})}
+    response = await client.post(
+        "/graphql", json={"query": query, "variables": variables}, headers=headers, **kw
+    )
     assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
     return body

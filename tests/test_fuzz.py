@@ -80,7 +80,9 @@ def run_fuzz(mode: Mode, examples: int) -> None:
                 token=TOKENS,
             )
             def operation_is_answered(query: str, token: str | None) -> None:
-                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                headers = {"Accept": "application/graphql-response+json"}
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
                 response = runner.run(
                     client.post("/graphql", json={"query": query}, headers=headers)
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,11 @@ async def test_example_operations_run_against_the_simulator(name: str) -> None:
     assert all(value is not None for value in body["data"].values())
 
 
-def test_graphiql_opens_on_the_first_example() -> None:
-    from gateway.http.view import EXAMPLE_OPERATION
-
-    assert EXAMPLE_TEXT["first-numbers.graphql"] == EXAMPLE_OPERATION
+async def test_graphiql_opens_with_a_tab_for_every_example() -> None:
+    async with running_gateway(load_settings()) as client:
+        page = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    for text in EXAMPLE_TEXT.values():
+        assert json.dumps(text).replace("<", "\\u003c") in page.text

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
-from starlette.responses import Response
-from starlette.websockets import WebSocket
 
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.source import CallerNumbers
@@ -16,7 +14,7 @@ from gateway.settings import Settings
 @dataclass(slots=True)
 class RequestContext:
     request: HTTPConnection
-    response: Response | WebSocket
     settings: Settings
     metrics: GatewayMetrics
     numbers: CallerNumbers
+    report_cache: bool = False  # the caller asked for extensions.cache (a header)

@@ -113,7 +113,9 @@ class ContractErrors(SchemaExtension):
 
 
 class CacheReport(SchemaExtension):
-    """``extensions.cache``: what the cache did for this operation's upstream asks.
+    """``extensions.cache``: what the cache did for this operation's upstream asks, when the
+    caller asks for it (the ``Gateway-Cache-Report: true`` header); ``extensions.stale``
+    always, when a stale answer stood in for a failing upstream.
 
     Only this caller's own entries can be hits (keys include the token), so nothing here
     tells one caller about another.
@@ -125,6 +127,10 @@ class CacheReport(SchemaExtension):
             return {}
         events = context.numbers.cache_events
         stale = {"stale": True} if any(event.status == "stale" for event in events) else {}
+        if not context.report_cache:
+            # Identical answers stay identical bytes (ETags, shared caches); a stale answer
+            # is a different answer, and says so.
+            return stale
         return {
             **stale,
             "cache": {

@@ -1,130 +1,195 @@
-"""The GraphQL HTTP view: strawberry's ASGI view with the gateway's per-request context, a
-GraphiQL that opens on an example, and contract-shaped answers to malformed requests.
+"""``/graphql``: GraphQL over HTTP as its spec says, in front of the executable schema.
+
+One request: method and ``Accept`` are checked (405, 406), the parameters read
+(``graphql_request``), the document resolved (inline, an APQ hash or a trusted document id),
+then executed with a context naming the caller. Requests that fail before execution answer
+4xx with ``application/graphql-response+json`` and 200 with ``application/json`` (the spec's
+rule for legacy clients), never with a ``data`` entry. A GET answered entirely from fresh
+cache entries is cacheable by the browser (``private, max-age``) and carries an ``ETag``;
+a matching ``If-None-Match`` gets 304. Browsers asking for HTML get GraphiQL (development).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-# strawberry's own HTTP layer (a dependency of strawberry) raises these.
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError, OperationDefinitionNode, parse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from gateway.api.context import RequestContext
-from gateway.api.schema import build_schema
 from gateway.errors import ErrorCode
-from gateway.http.middleware import send_error
+from gateway.http.graphiql import graphiql_response
+from gateway.http.graphql_request import (
+    GraphQLParams,
+    RequestError,
+    has_graphql_parameters,
+    params_from_body,
+    params_from_query_string,
+)
+from gateway.http.negotiation import (
+    APPLICATION_JSON,
+    GRAPHQL_RESPONSE_JSON,
+    choose_media_type,
+    wants_html,
+)
+from gateway.http.persisted import DocumentPolicy, PersistedDocumentError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings
 
+CACHE_REPORT_HEADER = "gateway-cache-report"
 _OPERATION_KEYWORD = re.compile(r"\b(?:query|mutation|subscription)\b")
-
-EXAMPLE_OPERATION = """\
-# numbers-gateway: phone numbers of a Webex Calling organization.
-# With the embedded simulator no token is needed; to act as another demo caller add a
-# header such as {"Authorization": "Bearer demo-location-admin"} below.
-query FirstNumbers {
-  phoneNumbers(page: {first: 5}) {
-    nodes {
-      phoneNumber
-      extension
-      state
-      location { name }
-      owner { type firstName lastName }
-    }
-    pageInfo { hasNextPage endCursor }
-    totalCount
-  }
-  numberCounts { total assigned unAssigned extensionOnly }
-}
-"""
+_ALLOWED_METHODS = "GET, POST"
+# Answers depend on these request headers; caches must key on them.
+_VARY = "Accept, Authorization, Gateway-Cache-Report"
 
 
-class GatewayView(GraphQL[RequestContext, None]):
-    """``/graphql``: one fresh ``RequestContext`` (loader, cache report) per request."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the view sends: a status, the body, and any extra headers."""
 
-    def __init__(self, *, settings: Settings, metrics: GatewayMetrics) -> None:
-        super().__init__(
-            build_schema(settings),
-            graphql_ide=None if settings.production else "graphiql",
-            allow_queries_via_get=True,
-        )
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def error_payload(message: str, code: ErrorCode) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code.value}}]}
+
+
+class GraphQLView:
+    """The ASGI app behind ``/graphql``. Built once by ``create_app``; holds no request
+    state: the caller's numbers and the document policy come from the lifespan state."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        schema: Any,
+        metrics: GatewayMetrics,
+        ide_page: str | None,
+    ) -> None:
         self.settings = settings
+        self.schema = schema
         self.metrics = metrics
-        self._ide_html: str | None = None
+        self.ide_page = ide_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
-        try:
-            response = await self.run(Request(scope=scope, receive=receive))
-        except HTTPException as exc:
-            # Malformed requests get a GraphQL-shaped body with a contract code, not text.
-            await send_error(send, exc.status_code, exc.reason, ErrorCode.BAD_USER_INPUT)
-            return
+        response = await self.handle(Request(scope, receive))
         await response(scope, receive, send)
 
-    @property
-    def graphql_ide_html(self) -> str:
-        if self._ide_html is None:
-            example = EXAMPLE_OPERATION.replace("\\", "\\\\").replace("`", "\\`")
-            self._ide_html = re.sub(
-                r"const EXAMPLE_QUERY = `.*?`;",
-                lambda _: f"const EXAMPLE_QUERY = `{example}`;",
-                super().graphql_ide_html,
-                count=1,
-                flags=re.DOTALL,
+    async def handle(self, request: Request) -> Response:
+        accept = request.headers.get("accept")
+        if request.method not in ("GET", "POST"):
+            answer = Answer(
+                405,
+                error_payload(
+                    f"{request.method} is not supported here; use GET or POST.",
+                    ErrorCode.BAD_USER_INPUT,
+                ),
+                {"Allow": _ALLOWED_METHODS},
             )
-        return self._ide_html
+            return self._respond(answer, APPLICATION_JSON)
+        if (
+            request.method == "GET"
+            and self.ide_page is not None
+            and wants_html(accept)
+            and not has_graphql_parameters(request.query_params)
+        ):
+            return graphiql_response(self.ide_page)
+        media_type = choose_media_type(accept)
+        if media_type is None:
+            answer = Answer(
+                406,
+                error_payload(
+                    f"Cannot answer with any type in Accept: {accept!r}; accept "
+                    f"{GRAPHQL_RESPONSE_JSON} or {APPLICATION_JSON}.",
+                    ErrorCode.BAD_USER_INPUT,
+                ),
+            )
+            return self._respond(answer, APPLICATION_JSON)
+        answer, cacheable_for = await self._answer(request, media_type)
+        return self._respond(answer, media_type, request=request, cacheable_for=cacheable_for)
 
-    def encode_json(self, data: object) -> bytes:
-        return orjson.dumps(data)
-
-    async def parse_http_body(
-        self, request: AsyncHTTPRequestAdapter
-    ) -> GraphQLRequestData | list[GraphQLRequestData]:
-        """Strawberry's parsing, with every malformed body turned into a 400."""
+    async def _answer(self, request: Request, media_type: str) -> tuple[Answer, float | None]:
+        legacy = media_type == APPLICATION_JSON
         try:
-            data = await super().parse_http_body(request)
-        except HTTPException:
-            raise
-        except (ValueError, TypeError, AttributeError, KeyError):
-            # Not UTF-8, not JSON, or JSON of the wrong shape (a number, a string, ...).
-            raise HTTPException(
-                400, "The request body must be a JSON object with a 'query' string."
-            ) from None
-        for item in data if isinstance(data, list) else [data]:
-            if not isinstance(item.operation_name, str | None):
-                raise HTTPException(400, "'operationName' must be a string or null.")
-            if item.operation_name is None and _operation_count(item.query) > 1:
-                # strawberry would quietly run the first one; the GraphQL spec says no.
-                raise HTTPException(
-                    400, "The document has several operations: name one in 'operationName'."
-                )
-        return data
+            params = await self._params(request)
+            document = await self._documents(request).resolve(
+                params.query, params.persisted_hash, params.document_id
+            )
+            _check_operation_choice(document, params.operation_name)
+        except RequestError as exc:
+            return Answer(
+                exc.status, error_payload(exc.message, ErrorCode.BAD_USER_INPUT), exc.headers
+            ), None
+        except PersistedDocumentError as exc:
+            # Apollo's clients read PERSISTED_QUERY_NOT_FOUND from a 200, then send the document.
+            not_found = exc.code is ErrorCode.PERSISTED_QUERY_NOT_FOUND
+            status = 200 if legacy or not_found else 400
+            return Answer(status, error_payload(exc.message, exc.code)), None
+        except _RequestGraphQLError as exc:
+            return Answer(
+                200 if legacy else 400, error_payload(exc.message, ErrorCode.BAD_USER_INPUT)
+            ), None
 
-    def create_response(
-        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
-    ) -> Response:
-        response = super().create_response(response_data, sub_response)
-        if isinstance(response_data, dict) and _rejected_before_execution(dict(response_data)):
-            response.status_code = 400
-        return response
+        context = self._context(request)
+        try:
+            result: ExecutionResult = await self.schema.execute(
+                document,
+                variable_values=params.variables,
+                context_value=context,
+                operation_name=params.operation_name,
+                allowed_operation_types=(
+                    {OperationType.QUERY} if request.method == "GET" else None
+                ),
+            )
+        except CannotGetOperationTypeError:
+            message = f"operationName {params.operation_name!r} names no operation in the document."
+            return Answer(
+                200 if legacy else 400, error_payload(message, ErrorCode.BAD_USER_INPUT)
+            ), None
+        except InvalidOperationTypeError:
+            # Only queries may travel by GET (the spec), so nothing can change state via a link.
+            message = "Only queries may be sent with GET; POST other operations."
+            return Answer(
+                405, error_payload(message, ErrorCode.BAD_USER_INPUT), {"Allow": "POST"}
+            ), None
+        payload, rejected = _payload(result)
+        status = 400 if rejected and not legacy else 200
+        cacheable_for = (
+            self._fresh_for(context) if request.method == "GET" and not result.errors else None
+        )
+        return Answer(status, payload), cacheable_for
 
-    async def get_context(
-        self, request: Request | WebSocket, response: Response | WebSocket
-    ) -> RequestContext:
+    async def _params(self, request: Request) -> GraphQLParams:
+        if request.method == "GET":
+            return params_from_query_string(request.query_params)
+        content_type = request.headers.get("content-type", "")
+        essence = content_type.split(";")[0].strip().lower()
+        if essence != "application/json":
+            raise RequestError(
+                415,
+                "POST a JSON body with 'Content-Type: application/json'.",
+                {"Accept-Post": "application/json"},
+            )
+        return params_from_body(await request.body())
+
+    def _documents(self, request: Request) -> DocumentPolicy:
+        documents: DocumentPolicy = request.state.documents
+        return documents
+
+    def _context(self, request: Request) -> RequestContext:
         source: NumbersSource = request.state.numbers
         numbers = source.for_caller(
             request.headers.get("authorization"),
@@ -132,36 +197,90 @@ class GatewayView(GraphQL[RequestContext, None]):
         )
         return RequestContext(
             request=request,
-            response=response,
             settings=self.settings,
             metrics=self.metrics,
             numbers=numbers,
+            report_cache=request.headers.get(CACHE_REPORT_HEADER, "").lower()
+            in ("1", "true", "yes"),
+        )
+
+    def _fresh_for(self, context: RequestContext) -> float | None:
+        """Seconds the answer stays as fresh as the shortest-lived cache entry it used."""
+        ttl = context.numbers.ttl
+        events = context.numbers.cache_events
+        if ttl <= 0 or not events or any(e.status in ("bypass", "stale") for e in events):
+            return None
+        return ttl - max(event.age for event in events)
+
+    def _respond(
+        self,
+        answer: Answer,
+        media_type: str,
+        *,
+        request: Request | None = None,
+        cacheable_for: float | None = None,
+    ) -> Response:
+        body = orjson.dumps(answer.payload)
+        headers = {"Vary": _VARY, **(answer.headers or {})}
+        if request is not None and request.method == "GET":
+            etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            headers["ETag"] = etag
+            if cacheable_for is not None and cacheable_for >= 1 and answer.status == 200:
+                headers["Cache-Control"] = f"private, max-age={math.floor(cacheable_for)}"
+            else:
+                headers["Cache-Control"] = "private, no-cache"
+            if answer.status == 200 and _matches(request.headers.get("if-none-match"), etag):
+                return Response(status_code=304, headers=headers)
+        return Response(
+            body,
+            status_code=answer.status,
+            headers=headers,
+            media_type=f"{media_type}; charset=utf-8",
         )
 
 
-def _operation_count(query: str | None) -> int:
-    """Operations in the document. Parses only when two operation keywords appear: an
-    anonymous ``{ ... }`` beside another operation already fails validation, so only
-    documents with two ``query``/``mutation``/``subscription`` keywords need the real count;
-    every ordinary request skips this second parse."""
-    if not query or len(_OPERATION_KEYWORD.findall(query)) < 2:
-        return 1
+class _RequestGraphQLError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in if_none_match.split(","))
+
+
+def _check_operation_choice(document: str, operation_name: str | None) -> None:
+    """Several operations and no ``operationName`` is a request error (the GraphQL spec);
+    strawberry would quietly run the first. Parses only when two operation keywords appear,
+    so every ordinary request skips this."""
+    if operation_name is not None or len(_OPERATION_KEYWORD.findall(document)) < 2:
+        return
     try:
-        document = parse(query, no_location=True)
+        parsed = parse(document, no_location=True)
     except GraphQLError:
-        return 1
-    return sum(isinstance(node, OperationDefinitionNode) for node in document.definitions)
-
-
-def _rejected_before_execution(response_data: dict[str, Any]) -> bool:
-    """A document that failed parsing, validation or a limit: no data, only input errors."""
-    errors = response_data.get("errors") or []
-    return (
-        response_data.get("data") is None
-        and bool(errors)
-        and all(
-            "path" not in error
-            and (error.get("extensions") or {}).get("code") == ErrorCode.BAD_USER_INPUT
-            for error in errors
+        return  # execution reports the syntax error
+    operations = sum(isinstance(node, OperationDefinitionNode) for node in parsed.definitions)
+    if operations > 1:
+        raise _RequestGraphQLError(
+            "The document has several operations: name one in 'operationName'."
         )
-    )
+
+
+def _payload(result: ExecutionResult) -> tuple[dict[str, Any], bool]:
+    """The response body, and whether the request failed before execution (no path on any
+    error and no data): then the body has no ``data`` entry."""
+    errors = [error.formatted for error in result.errors or ()]
+    rejected = result.data is None and bool(errors) and all("path" not in e for e in errors)
+    payload: dict[str, Any] = {}
+    if not rejected:
+        payload["data"] = result.data
+    if errors:
+        payload["errors"] = errors
+    if result.extensions:
+        payload["extensions"] = result.extensions
+    return payload, rejected

@@ -70,6 +70,11 @@ class CallerNumbers:
         self.cache_events: list[CacheEvent] = []
         self._loader = NumbersLoader(self._fetch)
 
+    @property
+    def ttl(self) -> float:
+        """How long the cache keeps an answer fresh (0: caching is off)."""
+        return self._source.cache.ttl
+
     def load(self, ask: Fetch) -> Awaitable[UpstreamPage]:
         """The upstream's answer to ``ask``, merged with the operation's other asks."""
         return self._loader.load(ask)

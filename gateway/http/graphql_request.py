@@ -1,0 +1,149 @@
+"""Reading a GraphQL-over-HTTP request: the parameters of a GET or a POST, checked before
+anything else looks at them.
+
+The gateway parses bodies itself (orjson, then an iterative nesting bound), so a hostile body
+can cost neither a recursion error nor a traceback: everything malformed is a
+``RequestError`` with a 4xx status and a message a person can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.datastructures import QueryParams
+
+# No operation of this schema needs JSON nested deeper than a handful of levels (a filter
+# holding a list); 32 leaves room for any client's envelope and none for a recursion bomb.
+MAX_JSON_DEPTH = 32
+GRAPHQL_PARAMETERS = frozenset({"query", "variables", "operationName", "extensions", "documentId"})
+
+
+class RequestError(Exception):
+    """The HTTP request itself is unusable: a 4xx before any GraphQL work."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLParams:
+    """The request's GraphQL parameters, typed and checked."""
+
+    query: str | None
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    extensions: dict[str, Any] | None
+    document_id: str | None  # a trusted document's id (the persisted-documents proposal)
+
+    @property
+    def persisted_hash(self) -> str | None:
+        """``extensions.persistedQuery.sha256Hash`` (Apollo's APQ), if sent."""
+        persisted = (self.extensions or {}).get("persistedQuery")
+        if not isinstance(persisted, dict):
+            return None
+        digest = persisted.get("sha256Hash")
+        return digest if isinstance(digest, str) else None
+
+
+def nesting_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``value`` nests deeper than ``limit``; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _json(raw: bytes | str, what: str) -> Any:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in exc.msg:  # orjson's own bound, far past ours
+            raise RequestError(400, _too_deep(what)) from None
+        raise RequestError(400, f"{what} is not valid JSON ({exc.msg}).") from None
+    if nesting_depth_exceeds(value):
+        raise RequestError(400, _too_deep(what))
+    return value
+
+
+def _too_deep(what: str) -> str:
+    return f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels."
+
+
+def _optional(data: dict[str, Any], name: str, kind: type, label: str) -> Any:
+    value = data.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise RequestError(400, f"'{name}' must be {label} or null.")
+    return value
+
+
+def _params(data: dict[str, Any]) -> GraphQLParams:
+    query = _optional(data, "query", str, "a string")
+    document_id = _optional(data, "documentId", str, "a string")
+    params = GraphQLParams(
+        query=query,
+        variables=_optional(data, "variables", dict, "an object"),
+        operation_name=_optional(data, "operationName", str, "a string"),
+        extensions=_optional(data, "extensions", dict, "an object"),
+        document_id=document_id,
+    )
+    for text, name in ((params.query, "query"), (params.operation_name, "operationName")):
+        if text is not None and not text.isascii() and not _encodable(text):
+            raise RequestError(400, f"'{name}' holds text that is not valid Unicode.")
+    if params.query is None and params.document_id is None and params.persisted_hash is None:
+        raise RequestError(
+            400, "No GraphQL document: send 'query' (or a persisted query's hash or id)."
+        )
+    return params
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON \\ud800 escape
+        return False
+    return True
+
+
+def params_from_body(body: bytes) -> GraphQLParams:
+    """A POST body: one JSON object (a batch, a JSON array, is refused)."""
+    data = _json(body, "The request body")
+    if isinstance(data, list):
+        raise RequestError(400, "Batched operations are not supported: send one JSON object.")
+    if not isinstance(data, dict):
+        raise RequestError(400, "The request body must be a JSON object with a 'query' string.")
+    return _params(data)
+
+
+def params_from_query_string(query_params: QueryParams) -> GraphQLParams:
+    """A GET: ``query`` and ``operationName`` as text, ``variables`` and ``extensions`` as
+    JSON text."""
+    data: dict[str, Any] = {}
+    for name in GRAPHQL_PARAMETERS:
+        values = query_params.getlist(name)
+        if len(values) > 1:
+            raise RequestError(400, f"'{name}' is given {len(values)} times; give it once.")
+        if values:
+            data[name] = values[0]
+    for name in ("variables", "extensions"):
+        if name in data:
+            data[name] = _json(data[name], f"'{name}'") if data[name] else None
+    return _params(data)
+
+
+def has_graphql_parameters(query_params: QueryParams) -> bool:
+    """Whether a GET carries an operation (otherwise it may be a browser opening the IDE)."""
+    return any(name in query_params for name in GRAPHQL_PARAMETERS)

@@ -1,0 +1,584 @@
+"""The HTTP surface: GraphQL over HTTP (media types, status codes, methods), hostile request
+bodies, CORS, CSRF, automatic persisted queries, trusted documents, compression, and HTTP
+caching of GET queries (ETag, 304). Upstream calls are counted at the transport."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import brotli
+import httpx
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import SettingsError
+from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+COUNTS = "{ numberCounts { total } }"
+PAGE = "{ phoneNumbers(page: {first: 50}) { nodes { phoneNumber extension owner { id } } } }"
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def apq(digest: str) -> dict[str, Any]:
+    return {"persistedQuery": {"version": 1, "sha256Hash": digest}}
+
+
+async def post(client: httpx.AsyncClient, body: Any, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await client.post(
+        "/graphql", content=content, headers={"Content-Type": "application/json", **headers}
+    )
+
+
+def code_of(response: httpx.Response) -> str:
+    code: str = response.json()["errors"][0]["extensions"]["code"]
+    return code
+
+
+# --- GraphQL over HTTP: media types and status codes ---------------------------------------
+
+
+async def test_media_type_follows_accept(gateway: httpx.AsyncClient) -> None:
+    modern = await post(gateway, {"query": COUNTS}, Accept=GRAPHQL_RESPONSE)
+    assert modern.status_code == 200
+    assert modern.headers["content-type"].startswith(GRAPHQL_RESPONSE)
+    legacy = await post(gateway, {"query": COUNTS})
+    assert legacy.headers["content-type"].startswith("application/json")
+    assert modern.json()["data"] == legacy.json()["data"]
+
+
+@pytest.mark.parametrize(
+    "document",
+    ["{ nope }", "{ numberCounts(", "query ($x: Int!) { numberCounts { total } }"],
+)
+async def test_request_errors_are_4xx_for_graphql_response_json_and_200_for_json(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport, document: str
+) -> None:
+    modern = await post(gateway, {"query": document}, Accept=GRAPHQL_RESPONSE)
+    assert modern.status_code == 400
+    assert "data" not in modern.json()
+    assert code_of(modern) == "BAD_USER_INPUT"
+    legacy = await post(gateway, {"query": document}, Accept="application/json")
+    assert legacy.status_code == 200
+    assert "data" not in legacy.json()
+    assert code_of(legacy) == "BAD_USER_INPUT"
+    assert recorder.calls == 0
+
+
+async def test_field_errors_are_200_with_data(recorder: RecordingTransport) -> None:
+    async with running_gateway(live_settings(), recorder) as client:
+        response = await post(client, {"query": COUNTS}, Accept=GRAPHQL_RESPONSE)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] == {"numberCounts": None}
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/xml", "application/json;q=0"])
+async def test_an_accept_that_cannot_be_served_is_406(
+    gateway: httpx.AsyncClient, accept: str
+) -> None:
+    response = await post(gateway, {"query": COUNTS}, Accept=accept)
+    assert response.status_code == 406
+    assert code_of(response) == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_other_methods_get_a_json_405(gateway: httpx.AsyncClient, method: str) -> None:
+    response = await gateway.request(method, "/graphql")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert code_of(response) == "BAD_USER_INPUT"
+
+
+async def test_a_post_that_is_not_json_is_415(gateway: httpx.AsyncClient) -> None:
+    response = await gateway.post(
+        "/graphql",
+        content=b"query=%7B%7D",
+        headers={"Content-Type": "text/plain", "Apollo-Require-Preflight": "1"},
+    )
+    assert response.status_code == 415
+    assert code_of(response) == "BAD_USER_INPUT"
+
+
+# --- hostile and malformed requests --------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["body", "variables", "extensions"])
+async def test_deeply_nested_json_is_a_400_not_a_recursion_error(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport, where: str
+) -> None:
+    deep = "[" * 2000 + "]" * 2000
+    if where == "body":
+        raw = deep.encode()
+    else:
+        raw = f'{{"query": "{{ numberCounts {{ total }} }}", "{where}": {{"x": {deep}}}}}'.encode()
+    response = await post(gateway, raw)
+    assert response.status_code == 400
+    assert "deeper than" in response.json()["errors"][0]["message"]
+    get = await gateway.get(
+        "/graphql",
+        params={"query": COUNTS, "variables": f'{{"x": {deep}}}'},
+        headers={"Apollo-Require-Preflight": "1"},
+    )
+    assert get.status_code == 400
+    assert recorder.calls == 0
+
+
+async def test_lone_surrogates_are_the_callers_mistake(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    in_name = await post(
+        gateway, b'{"query": "{ numberCounts { total } }", "operationName": "\\ud800"}'
+    )
+    assert in_name.status_code == 400
+    assert code_of(in_name) == "BAD_USER_INPUT"
+    in_variable = await post(
+        gateway,
+        b'{"query": "query ($n: String) { numberCounts(filter: {ownerName: $n}) { total } }",'
+        b' "variables": {"n": "\\ud800"}}',
+    )
+    assert in_variable.status_code == 400
+    assert code_of(in_variable) == "BAD_USER_INPUT"
+    assert recorder.calls == 0
+
+
+async def test_unprintable_text_in_a_filter_is_bad_user_input(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    body = await graphql(
+        gateway,
+        "query ($n: String) { numberCounts(filter: {ownerName: $n}) { total } }",
+        {"n": "Ada\x00Lovelace"},
+    )
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert recorder.calls == 0
+
+
+async def test_non_ascii_credentials_are_unauthenticated_with_no_upstream_call(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(), recorder) as client:
+        response = await client.post(
+            "/graphql",
+            json={"query": COUNTS},
+            headers={"Authorization": "Bearer tökén".encode()},
+        )
+    assert response.status_code == 200
+    assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert recorder.calls == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": 1},
+        {"query": COUNTS, "variables": "x"},
+        {"query": COUNTS, "variables": [1]},
+        {"query": COUNTS, "operationName": 7},
+        {"query": COUNTS, "extensions": "x"},
+        {},
+        [{"query": COUNTS}],
+        "query",
+        None,
+    ],
+)
+async def test_wrong_shapes_are_400_with_a_contract_code(
+    gateway: httpx.AsyncClient, body: Any
+) -> None:
+    response = await post(gateway, body)
+    assert response.status_code == 400
+    assert code_of(response) == "BAD_USER_INPUT"
+
+
+async def test_an_unknown_operation_name_is_a_request_error(gateway: httpx.AsyncClient) -> None:
+    response = await post(
+        gateway,
+        {"query": "query A { numberCounts { total } }", "operationName": "B"},
+        Accept=GRAPHQL_RESPONSE,
+    )
+    assert response.status_code == 400
+    assert "'B'" in response.json()["errors"][0]["message"]
+
+
+# --- CORS ---------------------------------------------------------------------------------
+
+
+def preflight(origin: str, headers: str = "authorization,content-type") -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": headers,
+    }
+
+
+async def test_cors_preflight_for_an_allowed_origin(recorder: RecordingTransport) -> None:
+    settings = live_settings(cors_origins="https://admin.example.com")
+    async with running_gateway(settings, recorder) as client:
+        allowed = await client.options(
+            "/graphql",
+            headers=preflight(
+                "https://admin.example.com",
+                "authorization,content-type,apollo-require-preflight,"
+                "apollographql-client-name,apollographql-client-version,x-request-id",
+            ),
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://admin.example.com"
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        assert int(allowed.headers["access-control-max-age"]) > 0
+        assert "access-control-allow-credentials" not in allowed.headers
+
+        refused = await client.options("/graphql", headers=preflight("https://evil.example"))
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+
+        actual = await post(
+            client,
+            {"query": COUNTS},
+            Origin="https://admin.example.com",
+            Authorization="Bearer demo-admin",
+        )
+        assert actual.headers["access-control-allow-origin"] == "https://admin.example.com"
+        other = await post(client, {"query": COUNTS}, Origin="https://evil.example")
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_defaults_development_origins_but_none_in_production(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(), recorder) as client:
+        dev = await client.options("/graphql", headers=preflight("http://localhost:5173"))
+        assert dev.headers["access-control-allow-origin"] == "http://localhost:5173"
+    async with running_gateway(live_settings(env="production"), recorder) as client:
+        prod = await client.options("/graphql", headers=preflight("http://localhost:5173"))
+        assert "access-control-allow-origin" not in prod.headers
+
+
+async def test_cors_star_allows_any_origin_without_credentials(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(cors_origins="*"), recorder) as client:
+        response = await client.options("/graphql", headers=preflight("https://any.example"))
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] in ("*", "https://any.example")
+    assert "access-control-allow-credentials" not in response.headers
+
+
+@pytest.mark.parametrize("value", ["https://a.example/path", "ftp://a.example", "a.example"])
+def test_cors_origins_must_be_origins(value: str) -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_CORS_ORIGINS"):
+        live_settings(cors_origins=value)
+
+
+# --- CSRF ---------------------------------------------------------------------------------
+
+
+async def test_csrf_blocks_simple_requests_but_never_preflights(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    form = await gateway.post(
+        "/graphql",
+        content=b'{"query": "{ numberCounts { total } }"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert form.status_code == 400
+    assert "CSRF" in form.json()["errors"][0]["message"]
+    get = await gateway.get("/graphql", params={"query": COUNTS})
+    assert get.status_code == 400
+    options = await gateway.options("/graphql", headers=preflight("http://localhost:3000"))
+    assert options.status_code == 200
+    assert recorder.calls == 0
+
+
+async def test_csrf_required_headers_are_configurable_and_it_can_be_off(
+    recorder: RecordingTransport,
+) -> None:
+    custom = live_settings(csrf_required_headers="x-my-app")
+    async with running_gateway(custom, recorder) as client:
+        blocked = await client.get(
+            "/graphql", params={"query": COUNTS}, headers={"Apollo-Require-Preflight": "1"}
+        )
+        assert blocked.status_code == 400
+        assert "'x-my-app'" in blocked.json()["errors"][0]["message"]
+        passed = await client.get(
+            "/graphql",
+            params={"query": COUNTS},
+            headers={"X-My-App": "1", "Authorization": "Bearer demo-admin"},
+        )
+        assert passed.status_code == 200
+    async with running_gateway(live_settings(csrf_prevention=False), recorder) as client:
+        response = await client.get(
+            "/graphql", params={"query": COUNTS}, headers={"Authorization": "Bearer demo-admin"}
+        )
+        assert response.status_code == 200
+        assert response.json()["data"]["numberCounts"]["total"] > 0
+
+
+# --- automatic persisted queries ------------------------------------------------------------
+
+
+async def test_apq_unknown_hash_then_register_then_hash_only(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    digest = sha256(COUNTS)
+    unknown = await post(gateway, {"extensions": apq(digest)}, Accept=GRAPHQL_RESPONSE)
+    assert unknown.status_code == 200, "Apollo's link reads this from a 200"
+    assert unknown.json()["errors"][0] == {
+        "message": "PersistedQueryNotFound",
+        "extensions": {"code": "PERSISTED_QUERY_NOT_FOUND"},
+    }
+    assert recorder.calls == 0
+    registered = await post(gateway, {"query": COUNTS, "extensions": apq(digest)})
+    assert registered.json()["data"]["numberCounts"]["total"] > 0
+    by_hash = await post(gateway, {"extensions": apq(digest)})
+    assert by_hash.json()["data"] == registered.json()["data"]
+    by_get = await gateway.get(
+        "/graphql",
+        params={"extensions": json.dumps(apq(digest))},
+        headers={"Apollo-Require-Preflight": "1"},
+    )
+    assert by_get.status_code == 200
+    assert by_get.json()["data"] == registered.json()["data"]
+    assert by_get.headers["cache-control"].startswith("private, max-age=")
+
+
+async def test_apq_hash_that_does_not_match_is_bad_user_input(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    response = await post(gateway, {"query": COUNTS, "extensions": apq(sha256("{ other }"))})
+    assert code_of(response) == "BAD_USER_INPUT"
+    assert "sha256" in response.json()["errors"][0]["message"]
+    still_unknown = await post(gateway, {"extensions": apq(sha256("{ other }"))})
+    assert code_of(still_unknown) == "PERSISTED_QUERY_NOT_FOUND"
+    assert recorder.calls == 0
+
+
+async def test_apq_store_is_bounded(recorder: RecordingTransport) -> None:
+    settings = live_settings(persisted_queries_max_entries=2)
+    documents = [f'{{ numberCounts(filter: {{extension: "{i}"}}) {{ total }} }}' for i in range(3)]
+    async with running_gateway(settings, recorder) as client:
+        for document in documents:
+            await post(client, {"query": document, "extensions": apq(sha256(document))})
+        oldest = await post(client, {"extensions": apq(sha256(documents[0]))})
+        newest = await post(client, {"extensions": apq(sha256(documents[2]))})
+    assert code_of(oldest) == "PERSISTED_QUERY_NOT_FOUND"
+    assert "errors" not in newest.json() or code_of(newest) != "PERSISTED_QUERY_NOT_FOUND"
+
+
+async def test_apq_off(recorder: RecordingTransport) -> None:
+    async with running_gateway(live_settings(persisted_queries=False), recorder) as client:
+        response = await post(client, {"extensions": apq(sha256(COUNTS))})
+    assert code_of(response) == "BAD_USER_INPUT"
+    assert "turned off" in response.json()["errors"][0]["message"]
+
+
+@pytest.mark.redis
+async def test_apq_documents_are_shared_through_redis(
+    recorder: RecordingTransport, redis_server: Any
+) -> None:
+    settings = live_settings(redis_url=redis_server.url, cache_key_secret="s" * 32)
+    digest = sha256(COUNTS)
+    async with running_gateway(settings, recorder) as first:
+        await post(first, {"query": COUNTS, "extensions": apq(digest)})
+    async with running_gateway(settings, recorder) as second:
+        response = await post(
+            second, {"extensions": apq(digest)}, Authorization="Bearer demo-admin"
+        )
+    assert response.json()["data"]["numberCounts"]["total"] > 0
+
+
+# --- trusted documents --------------------------------------------------------------------
+
+
+def apollo_manifest(path: Path, *documents: str) -> Path:
+    operations = [
+        {"id": sha256(document), "name": f"Op{i}", "type": "query", "body": document}
+        for i, document in enumerate(documents)
+    ]
+    path.write_bytes(
+        orjson.dumps(
+            {"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations}
+        )
+    )
+    return path
+
+
+def codegen_manifest(path: Path, *documents: str) -> Path:
+    path.write_bytes(orjson.dumps({sha256(document): document for document in documents}))
+    return path
+
+
+@pytest.mark.parametrize("write", [apollo_manifest, codegen_manifest])
+async def test_trusted_documents_in_production(
+    tmp_path: Path, recorder: RecordingTransport, write: Any
+) -> None:
+    manifest = write(tmp_path / "manifest.json", COUNTS)
+    settings = live_settings(env="production", trusted_documents=str(manifest))
+    async with running_gateway(settings, recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        other = await post(client, {"query": PAGE}, Accept=GRAPHQL_RESPONSE)
+        assert other.status_code == 400
+        assert code_of(other) == "PERSISTED_QUERY_NOT_IN_LIST"
+        assert recorder.calls == 0
+        unknown_id = await post(client, {"documentId": "sha256:" + sha256(PAGE)})
+        assert code_of(unknown_id) == "PERSISTED_QUERY_NOT_IN_LIST"
+        listed_text = await post(client, {"query": COUNTS})
+        by_id = await post(client, {"documentId": "sha256:" + sha256(COUNTS)})
+        by_hash = await post(client, {"extensions": apq(sha256(COUNTS))})
+    total = listed_text.json()["data"]["numberCounts"]["total"]
+    assert total > 0
+    assert by_id.json()["data"]["numberCounts"]["total"] == total
+    assert by_hash.json()["data"]["numberCounts"]["total"] == total
+
+
+async def test_trusted_documents_in_development_allow_others_too(
+    tmp_path: Path, recorder: RecordingTransport
+) -> None:
+    manifest = codegen_manifest(tmp_path / "persisted-documents.json", COUNTS)
+    async with running_gateway(live_settings(trusted_documents=str(manifest)), recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        by_id = await post(client, {"documentId": sha256(COUNTS)})
+        other = await post(client, {"query": PAGE})
+    assert by_id.json()["data"]["numberCounts"]["total"] > 0
+    assert other.json()["data"]["phoneNumbers"]["nodes"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"abc": "{ numberCounts { total } }"}',
+        b'{"format": "apollo-persisted-query-manifest", "operations": [{"id": 1}]}',
+    ],
+)
+def test_a_bad_manifest_stops_start_up_naming_the_variable(tmp_path: Path, content: bytes) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_bytes(content)
+    with pytest.raises(SettingsError, match="GATEWAY_TRUSTED_DOCUMENTS"):
+        create_app(live_settings(trusted_documents=str(manifest)))
+
+
+# --- compression ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "coding"),
+    [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("gzip, br", "br"),
+        ("br;q=0, gzip", "gzip"),
+        ("identity", None),
+        ("", None),
+    ],
+)
+async def test_large_answers_are_compressed_as_accept_encoding_allows(
+    gateway: httpx.AsyncClient, accept_encoding: str, coding: str | None
+) -> None:
+    response = await gateway.post(
+        "/graphql", json={"query": PAGE}, headers={"Accept-Encoding": accept_encoding}
+    )
+    assert "accept-encoding" in response.headers["vary"].lower()
+    assert response.headers.get("content-encoding") == coding
+    raw = response.content  # httpx decodes br and gzip itself
+    assert orjson.loads(raw)["data"]["phoneNumbers"]["nodes"]
+
+
+async def test_compression_bytes_are_real(gateway: httpx.AsyncClient) -> None:
+    request = gateway.build_request(
+        "POST", "/graphql", json={"query": PAGE}, headers={"Accept-Encoding": "gzip"}
+    )
+    response = await gateway.send(request, stream=True)
+    compressed = b"".join([chunk async for chunk in response.aiter_raw()])
+    await response.aclose()
+    assert orjson.loads(gzip.decompress(compressed))["data"]["phoneNumbers"]["nodes"]
+    request = gateway.build_request(
+        "POST", "/graphql", json={"query": PAGE}, headers={"Accept-Encoding": "br"}
+    )
+    response = await gateway.send(request, stream=True)
+    compressed = b"".join([chunk async for chunk in response.aiter_raw()])
+    await response.aclose()
+    assert orjson.loads(brotli.decompress(compressed))["data"]["phoneNumbers"]["nodes"]
+
+
+async def test_small_answers_are_not_compressed(gateway: httpx.AsyncClient) -> None:
+    response = await gateway.post(
+        "/graphql", json={"query": COUNTS}, headers={"Accept-Encoding": "gzip, br"}
+    )
+    assert "content-encoding" not in response.headers
+    assert "accept-encoding" in response.headers["vary"].lower()
+
+
+# --- HTTP caching of GET queries ------------------------------------------------------------
+
+
+async def test_get_answers_carry_cache_headers_and_an_etag_that_gives_304(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(cache_ttl=60), recorder) as client:
+        headers = {"Apollo-Require-Preflight": "1", "Authorization": "Bearer demo-admin"}
+        del client.headers["Gateway-Cache-Report"]  # identical answers, identical bytes
+        first = await client.get("/graphql", params={"query": PAGE}, headers=headers)
+        second = await client.get("/graphql", params={"query": PAGE}, headers=headers)
+        assert first.content == second.content
+        assert first.headers["etag"] == second.headers["etag"]
+        assert first.headers["cache-control"] == "private, max-age=60"
+        assert "authorization" in first.headers["vary"].lower()
+        not_modified = await client.get(
+            "/graphql",
+            params={"query": PAGE},
+            headers={**headers, "If-None-Match": first.headers["etag"]},
+        )
+        assert not_modified.status_code == 304
+        assert not_modified.content == b""
+        assert not_modified.headers["etag"] == first.headers["etag"]
+        other_token = await client.get(
+            "/graphql",
+            params={"query": PAGE},
+            headers={
+                **headers,
+                "Authorization": "Bearer demo-location-admin",
+                "If-None-Match": first.headers["etag"],
+            },
+        )
+        assert other_token.status_code == 200, "another caller's answer is another answer"
+        posted = await post(client, {"query": PAGE}, Authorization="Bearer demo-admin")
+        assert "etag" not in posted.headers
+    assert recorder.calls == 2
+
+
+async def test_get_answers_are_not_cacheable_with_caching_off_or_errors(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(cache_ttl=0), recorder) as client:
+        response = await client.get(
+            "/graphql",
+            params={"query": COUNTS},
+            headers={"Apollo-Require-Preflight": "1", "Authorization": "Bearer demo-admin"},
+        )
+        assert response.headers["cache-control"] == "private, no-cache"
+        failed = await client.get(
+            "/graphql",
+            params={"query": COUNTS},
+            headers={"Apollo-Require-Preflight": "1", "Authorization": "Bearer demo-no-scope"},
+        )
+        assert failed.headers["cache-control"] == "private, no-cache"
+
+
+async def test_the_cache_report_is_shown_only_when_asked(gateway: httpx.AsyncClient) -> None:
+    asked = await post(gateway, {"query": COUNTS}, **{"Gateway-Cache-Report": "true"})
+    assert "cache" in asked.json()["extensions"]
+    del gateway.headers["Gateway-Cache-Report"]
+    quiet = await post(gateway, {"query": COUNTS})
+    assert "extensions" not in quiet.json()
