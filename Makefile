@@ -1,68 +1,106 @@
 # Every target works on a fresh machine with only python3: the venv is created and the
-# package installed on first use, and again only when pyproject.toml changes.
+# locked dependencies installed on first use, and again only when a lock changes.
+# `make run` installs what running needs; `make test` adds the test tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+RUNTIME_LOCK := deploy/requirements.lock
+TEST_LOCK := deploy/requirements-test.lock
+BUILD_LOCK := deploy/requirements-build.lock
+RUNTIME := $(VENV)/.runtime
+TESTING := $(VENV)/.test
 HOST ?= 127.0.0.1
 PORT ?= 8000
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run simulator test lint typecheck schema schema-check pytest test-services bench soak clean
+.PHONY: run simulator test lint typecheck schema schema-check pytest test-services bench \
+	bench-peer soak lock graphiql-assets clean
 
-$(INSTALLED): pyproject.toml
+$(RUNTIME): $(RUNTIME_LOCK) $(BUILD_LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(RUNTIME_LOCK) -r $(BUILD_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-run: $(INSTALLED)
+$(TESTING): $(TEST_LOCK) $(BUILD_LOCK) pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK) -r $(BUILD_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@ $(RUNTIME)
+
+run: $(RUNTIME)
 	$(BIN)/numbers-gateway serve --host $(HOST) --port $(PORT)
 
-simulator: $(INSTALLED)
+simulator: $(RUNTIME)
 	$(BIN)/numbers-gateway simulator --host $(HOST) --port 8001
 
-lint: $(INSTALLED)
+lint: $(TESTING)
 	$(BIN)/ruff check gateway tests benchmarks
 	$(BIN)/ruff format --check gateway tests benchmarks
 
-typecheck: $(INSTALLED)
+typecheck: $(TESTING)
 	$(BIN)/mypy
 
 # Regenerates the committed SDL from the code.
-schema: $(INSTALLED)
+schema: $(RUNTIME)
 	$(BIN)/numbers-gateway export-schema > schema/numbers.graphql
 
 # Fails when the code's schema and the committed SDL differ.
-schema-check: $(INSTALLED)
+schema-check: $(TESTING)
 	$(BIN)/numbers-gateway export-schema | diff -u schema/numbers.graphql - \
 	  || (echo "schema/numbers.graphql is stale: run 'make schema' and commit it" && exit 1)
 
-# The cache tests need a real redis-server; the tests start it themselves on a free port.
-# Where it is missing, install Debian's package if we can; otherwise those tests are skipped
-# (pytest prints the reason).
+# What the tests need from outside Python, installed when missing and when we can (root with
+# apt-get): Debian's redis-server (cache tests), nodejs and npm (federation composers, Apollo
+# Gateway, Apollo Client, urql, the graphql-http audit: their npm packages are installed by
+# the tests into a cache folder outside the repo, pinned by tests/js/package-lock.json), and
+# chromium (GraphiQL and CORS in a real browser, driven by Playwright with the system
+# browser). Where one cannot be had, the tests that need it are skipped with the reason.
+APT_PACKAGES := redis-server:redis-server node:nodejs npm:npm chromium:chromium
 test-services:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(APT_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server (Debian package) for the cache tests"; \
+	    echo "installing Debian packages for the tests:$$missing"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq redis-server >/dev/null 2>&1 \
-	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null 2>&1; } \
-	    || echo "could not install redis-server: the Redis tests will be skipped"; \
+	    apt-get install -y -qq $$missing >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1; } \
+	    || echo "could not install$$missing: the tests that need them will be skipped"; \
 	  else \
-	    echo "redis-server not found: the Redis tests will be skipped"; \
+	    echo "not installed:$$missing (the tests that need them will be skipped)"; \
 	  fi; \
-	}
+	fi
 
-pytest: $(INSTALLED) test-services
+pytest: $(TESTING) test-services
 	$(BIN)/python -m pytest
 
 test: lint typecheck schema-check pytest
 
-bench: $(INSTALLED)
+bench: $(TESTING)
 	$(BIN)/python benchmarks/simulator_scale.py
+	$(BIN)/python benchmarks/large_page.py
 
-soak: $(INSTALLED)
+# Side by side with Hive Gateway (GraphQL Mesh over schema/openapi.yaml); installs the pinned
+# npm packages into a cache folder outside the repo on first use.
+bench-peer: $(RUNTIME)
+	$(BIN)/python benchmarks/peer_gateway.py
+
+soak: $(TESTING)
 	$(BIN)/python benchmarks/soak.py
+
+# After changing dependencies in pyproject.toml: re-resolve and re-hash the locks.
+lock: $(TESTING)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o $(RUNTIME_LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --extra test -o $(TEST_LOCK)
+	printf 'setuptools>=69\n' | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o $(BUILD_LOCK)
+
+# Re-vendors GraphiQL from the npm registry (pinned versions, checksums in MANIFEST.json).
+graphiql-assets: $(RUNTIME)
+	$(BIN)/python -m gateway.http.graphiql_refresh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
