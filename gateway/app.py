@@ -156,6 +156,8 @@ def create_app(
                 base_url=upstream_url,
                 deadline=settings.upstream_timeout,
                 concurrency=settings.upstream_concurrency,
+                per_caller=settings.upstream_concurrency_per_caller,
+                max_body_bytes=settings.max_upstream_bytes,
                 metrics=metrics,
                 breaker=CircuitBreaker(
                     failure_threshold=settings.breaker_failures,

@@ -83,6 +83,19 @@ class Settings(BaseSettings):
     upstream_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Upstream requests in flight at once, at most."
     )
+    upstream_concurrency_per_caller: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Upstream requests in flight at once for one caller (token), at most; "
+        "free slots go to waiting callers in turn.",
+    )
+    max_upstream_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest upstream answer, counted after decompression; larger fails the "
+        "field with UPSTREAM_UNAVAILABLE.",
+    )
     breaker_failures: int = Field(
         default=5,
         ge=1,
@@ -107,6 +120,13 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=2000, ge=50, le=100_000, description="Tokens per document.")
     max_root_fields: int = Field(
         default=10, ge=1, le=1000, description="Root fields per operation (fragments included)."
+    )
+    max_cost: int = Field(
+        default=10_000,
+        ge=100,
+        le=10_000_000,
+        description="Largest estimated operation cost (50 per upstream call plus the items "
+        "pages may return, times the lists around them); costlier operations are refused.",
     )
     max_entities: int = Field(
         default=100,

@@ -581,4 +581,4 @@ async def test_the_cache_report_is_shown_only_when_asked(gateway: httpx.AsyncCli
     assert "cache" in asked.json()["extensions"]
     del gateway.headers["Gateway-Cache-Report"]
     quiet = await post(gateway, {"query": COUNTS})
-    assert "extensions" not in quiet.json()
+    assert "cache" not in quiet.json()["extensions"]

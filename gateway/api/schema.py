@@ -7,6 +7,7 @@ logged here with its traceback and shown only as a masked ``INTERNAL_SERVER_ERRO
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Final
@@ -35,6 +36,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from gateway.api.context import RequestContext
+from gateway.api.cost import cost_limiter
 from gateway.api.resolvers import Query
 from gateway.errors import BadUserInput, ErrorCode, GatewayError
 from gateway.numbers.types import Location, Organization, Person
@@ -96,6 +98,27 @@ def to_contract_error(error: GraphQLError) -> GraphQLError:
     )
 
 
+# graphql-core appends suggestions ("Did you mean 'x'?", "Did you mean the enum value 'Y'?")
+# to validation and coercion messages of every kind; strawberry only switches off the ones
+# for object fields. In production they would rebuild the schema with introspection off.
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def without_suggestions(error: GraphQLError) -> GraphQLError:
+    message = _SUGGESTION.sub("", error.message)
+    if message == error.message:
+        return error
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions=error.extensions,
+    )
+
+
 class ContractErrors(SchemaExtension):
     """Rewrites the result's errors into contract errors and counts them by code."""
 
@@ -106,6 +129,8 @@ class ContractErrors(SchemaExtension):
             return
         result.errors = [to_contract_error(error) for error in result.errors]
         context = self.execution_context.context
+        if isinstance(context, RequestContext) and context.settings.production:
+            result.errors = [without_suggestions(error) for error in result.errors]
         if isinstance(context, RequestContext):
             for error in result.errors:
                 code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR)
@@ -237,6 +262,12 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
             partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
             partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
             partial(AddValidationRules, [root_field_limit(settings.max_root_fields)]),
+            cost_limiter(
+                max_cost=settings.max_cost,
+                max_page_size=settings.max_page_size,
+                max_entities=settings.max_entities,
+                report=not production,
+            ),
         ]
     if production:
         extensions.append(DisableIntrospection)

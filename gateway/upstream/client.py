@@ -5,15 +5,24 @@ simulator and the tests plug in there). It forwards the caller's ``Authorization
 other header, walks ``Link: rel="next"`` until the window is full, bounds the whole exchange
 (retries included) by one deadline, retries what is worth retrying, and turns every upstream
 failure into an ``UpstreamError`` carrying the status and tracking id.
+
+Upstream answers are untrusted: bodies are read as a stream and cut off past
+``max_body_bytes`` (counted after decompression), a ``next`` link that does not advance is a
+fault, and tracking ids are echoed only when they look like tracking ids. Slots are shared
+fairly between callers (``slots``), and only the upstream's own failures count against it in
+the circuit breaker: a deadline that passes while waiting for a local slot or a backoff is the
+gateway's congestion, not the upstream's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import random
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -33,12 +42,17 @@ from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.upstream.body import read_numbers_body
 from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.slots import FairSlots
 
 NUMBERS_PATH = "/telephony/config/numbers"
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 RATE_LIMIT_STATUSES = frozenset({423, 429})
 DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
 _MESSAGE_LIMIT = 300
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# Webex tracking ids look like ROUTER_<uuid> or WEBEX_<...>: short, plain text. Anything else
+# is not echoed to the caller.
+_TRACKING_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 log = structlog.get_logger("gateway.upstream")
 
@@ -73,11 +87,14 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _tracking_id(response: httpx.Response, body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("trackingId"), str):
-        return str(body["trackingId"])
-    header = response.headers.get("trackingid")
-    return str(header) if header is not None else None
+def tracking_id_of(headers: httpx.Headers, body: Any = None) -> str | None:
+    """The Webex tracking id of an answer (body first, then the header), if it is one."""
+    candidates = [body.get("trackingId") if isinstance(body, dict) else None]
+    candidates.append(headers.get("trackingid"))
+    for candidate in candidates:
+        if isinstance(candidate, str) and _TRACKING_ID.match(candidate):
+            return candidate
+    return None
 
 
 def _upstream_message(body: Any) -> str | None:
@@ -92,11 +109,21 @@ def _upstream_message(body: Any) -> str | None:
     return message[:_MESSAGE_LIMIT] if isinstance(message, str) and message else None
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """One upstream HTTP answer, its body read (and bounded)."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+    next_link: str | None
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return orjson.loads(self.content)
+        except orjson.JSONDecodeError:
+            return None
 
 
 _STATUS_HINTS = {
@@ -107,18 +134,18 @@ _STATUS_HINTS = {
 }
 
 
-def error_for_response(response: httpx.Response, now: float) -> UpstreamError:
+def error_for_response(answer: UpstreamAnswer, now: float) -> UpstreamError:
     """The contract error for a non-2xx answer; ``now`` is wall time, for an HTTP-date
     ``Retry-After``."""
-    body = _json_or_none(response)
-    status = response.status_code
-    tracking_id = _tracking_id(response, body)
+    body = answer.json()
+    status = answer.status
+    tracking_id = tracking_id_of(answer.headers, body)
     detail = _upstream_message(body)
     hint = _STATUS_HINTS.get(status, f"The upstream answered {status}")
     message = f"{hint}: {detail}" if detail else f"{hint}."
     code = code_for_upstream_status(status)
     if status in RATE_LIMIT_STATUSES:
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+        retry_after = parse_retry_after(answer.headers.get("retry-after"), now)
         return RateLimited(
             f"The upstream is rate limiting this caller ({status}); retry later.",
             retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
@@ -127,6 +154,18 @@ def error_for_response(response: httpx.Response, now: float) -> UpstreamError:
         )
     kind = UpstreamRejected if 400 <= status < 500 else UpstreamUnavailable
     return kind(message, code=code, upstream_status=status, tracking_id=tracking_id)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One fetch's state: who is asking, its deadline, where it has been, and whether a
+    request is on the wire right now (so a deadline that passes can be blamed right)."""
+
+    authorization: str
+    caller: str
+    scope: asyncio.Timeout
+    on_the_wire: bool = False
+    visited: set[str] = field(default_factory=set)
 
 
 class UpstreamClient:
@@ -139,6 +178,8 @@ class UpstreamClient:
         base_url: str,
         deadline: float,
         concurrency: int = 16,
+        per_caller: int | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         retry: RetryPolicy | None = None,
         metrics: GatewayMetrics | None = None,
         breaker: CircuitBreaker | None = None,
@@ -148,11 +189,12 @@ class UpstreamClient:
         self.base = httpx.URL(base_url.rstrip("/") + "/")
         self.numbers_url = httpx.URL(base_url.rstrip("/") + NUMBERS_PATH)
         self.deadline = deadline
+        self.max_body_bytes = max_body_bytes
         self.retry = retry or RetryPolicy()
         self.metrics = metrics
         self.breaker = breaker
         self.clock = clock
-        self._slots = asyncio.Semaphore(concurrency)
+        self.slots = FairSlots(concurrency, per_caller or concurrency)
 
     async def fetch(self, fetch: Fetch, authorization: str) -> UpstreamPage:
         """Run one fetch to completion within the deadline, or raise an ``UpstreamError``."""
@@ -161,11 +203,16 @@ class UpstreamClient:
                 "The upstream is failing; the gateway stopped calling it for a while. "
                 f"Try again in {self.breaker.retry_in():.0f} s."
             )
+        caller = hashlib.sha256(authorization.encode()).hexdigest()[:16]
+        exchange: Exchange | None = None
         try:
             async with asyncio.timeout(self.deadline) as scope:
-                page = await self._walk(fetch, authorization, scope)
+                exchange = Exchange(authorization, caller, scope)
+                page = await self._walk(fetch, exchange)
         except TimeoutError:
-            self._record(failed=True)
+            # Only a request the upstream was sitting on counts against it; a deadline spent
+            # queueing for a local slot (or in a backoff) says nothing about its health.
+            self._record(failed=True if exchange and exchange.on_the_wire else None)
             raise UpstreamTimeout(
                 f"The upstream did not answer within {self.deadline:g} s."
             ) from None
@@ -178,46 +225,52 @@ class UpstreamClient:
         except BaseException:
             # Cancellation (or a bug) proves nothing either way, but must not keep the
             # half-open probe slot taken.
-            if self.breaker is not None:
-                self.breaker.release_probe()
+            self._record(failed=None)
             raise
         self._record(failed=False)
         return page
 
-    def _record(self, *, failed: bool) -> None:
+    def _record(self, *, failed: bool | None) -> None:
+        """The breaker's verdict: a failure, a success, or (None) no verdict at all."""
         if self.breaker is None:
             return
-        if failed:
+        if failed is None:
+            self.breaker.release_probe()
+        elif failed:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
 
-    async def _walk(self, fetch: Fetch, authorization: str, scope: asyncio.Timeout) -> UpstreamPage:
+    async def _walk(self, fetch: Fetch, exchange: Exchange) -> UpstreamPage:
         wanted = fetch.window.size if fetch.window is not None else 1
         url = self.numbers_url
-        params: list[tuple[str, str]] | None = fetch.upstream_params()
+        first = fetch.upstream_params()
+        params: list[tuple[str, str]] | None = first
         items: list[dict[str, Any]] = []
         count: dict[str, Any] | None = None
+        exchange.visited.add(str(url.copy_merge_params(tuple(first))))
         while True:
-            body, next_url = await self._get(url, params, authorization, scope)
+            body, next_url = await self._get(url, params, exchange)
             page_items, page_count = read_numbers_body(body)
             count = count if count is not None else page_count
             items.extend(page_items)
             if fetch.window is None or len(items) >= wanted or not page_items or not next_url:
                 break
-            url, params = self._next_request(next_url, fetch, len(items))
+            url, params = self._next_request(next_url, fetch, len(items), exchange)
         has_more = len(items) > wanted or (bool(next_url) and bool(page_items))
         return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
 
     def _next_request(
-        self, next_url: str, fetch: Fetch, collected: int
+        self, next_url: str, fetch: Fetch, collected: int, exchange: Exchange
     ) -> tuple[httpx.URL, list[tuple[str, str]] | None]:
         """Follow the upstream's ``next`` link exactly, unless it is unsafe or malformed.
 
         The caller's token must never leave for another origin, so a link to anywhere but
         the configured upstream's numbers endpoint is not followed; nor is one carrying the
-        upstream's past ``max=null`` defect. Then we ask for the rest ourselves.
+        upstream's past ``max=null`` defect. Then we ask for the rest ourselves. A link that
+        leads somewhere already visited would serve the same items again: a fault.
         """
+        assert fetch.window is not None  # counts-only fetches never follow links
         try:
             url = httpx.URL(next_url)
             safe = (
@@ -230,19 +283,23 @@ class UpstreamClient:
         except (httpx.InvalidURL, ValueError):
             safe = False
         if safe:
+            start = url.params.get("start", "")
+            behind = start.isdigit() and int(start) < fetch.window.start + collected
+            if str(url) in exchange.visited or behind:
+                raise UpstreamUnavailable(
+                    "The upstream's next link does not advance (it would serve the same "
+                    "entries again); the page was not completed.",
+                    upstream_status=200,
+                )
+            exchange.visited.add(str(url))
             return url, None
         log.warning("upstream_next_link_ignored", reason="unsafe or malformed next link")
-        assert fetch.window is not None  # counts-only fetches never follow links
         remaining = PageWindow(fetch.window.start + collected, fetch.window.size - collected)
         rest = Fetch(query=fetch.query, window=remaining, details=False)
         return self.numbers_url, rest.upstream_params()
 
     async def _get(
-        self,
-        url: httpx.URL,
-        params: list[tuple[str, str]] | None,
-        authorization: str,
-        scope: asyncio.Timeout,
+        self, url: httpx.URL, params: list[tuple[str, str]] | None, exchange: Exchange
     ) -> tuple[Any, str | None]:
         """One upstream request with retries; returns the JSON body and the next link."""
         attempt = 0
@@ -250,7 +307,7 @@ class UpstreamClient:
             attempt += 1
             failure: UpstreamError
             try:
-                response = await self._send(url, params, authorization)
+                answer = await self._send(url, params, exchange)
             except httpx.TimeoutException:
                 failure = UpstreamTimeout("The upstream did not answer in time.")
                 wait = self.retry.backoff(attempt)
@@ -260,23 +317,23 @@ class UpstreamClient:
                 )
                 wait = self.retry.backoff(attempt)
             else:
-                if response.status_code == 200:
-                    body = _json_or_none(response)
+                if answer.status == 200:
+                    body = answer.json()
                     if body is None:
                         raise UpstreamUnavailable(
                             "The upstream answered 200 with a body that is not JSON.",
                             upstream_status=200,
-                            tracking_id=response.headers.get("trackingid"),
+                            tracking_id=tracking_id_of(answer.headers),
                         )
-                    return body, response.links.get("next", {}).get("url")
-                failure = error_for_response(response, self.clock.wall())
+                    return body, answer.next_link
+                failure = error_for_response(answer, self.clock.wall())
                 if isinstance(failure, RateLimited):
                     wait = failure.retry_after
-                elif response.status_code in RETRYABLE_STATUSES:
+                elif answer.status in RETRYABLE_STATUSES:
                     wait = self.retry.backoff(attempt)
                 else:
                     raise failure
-            if attempt >= self.retry.max_attempts or not self._fits(wait, scope):
+            if attempt >= self.retry.max_attempts or not self._fits(wait, exchange.scope):
                 raise failure
             await self.clock.sleep(wait)
 
@@ -286,31 +343,70 @@ class UpstreamClient:
         return when is None or asyncio.get_running_loop().time() + wait < when
 
     async def _send(
-        self, url: httpx.URL, params: list[tuple[str, str]] | None, authorization: str
-    ) -> httpx.Response:
+        self, url: httpx.URL, params: list[tuple[str, str]] | None, exchange: Exchange
+    ) -> UpstreamAnswer:
         metrics = self.metrics
         if metrics is not None:
             metrics.upstream_waiting.inc()
+        waiting = True
         try:
-            await self._slots.acquire()
+            async with self.slots.slot(exchange.caller):
+                if metrics is not None:
+                    metrics.upstream_waiting.dec()
+                    metrics.upstream_in_flight.inc()
+                waiting = False
+                started = time.perf_counter()
+                outcome = "error"
+                exchange.on_the_wire = True
+                try:
+                    answer = await self._request(url, params, exchange.authorization)
+                    outcome = str(answer.status)
+                    return answer
+                finally:
+                    exchange.on_the_wire = False
+                    if metrics is not None:
+                        metrics.upstream_in_flight.dec()
+                        metrics.observe_upstream(outcome, time.perf_counter() - started)
         finally:
-            if metrics is not None:
+            if waiting and metrics is not None:
                 metrics.upstream_waiting.dec()
-        started = time.perf_counter()
-        outcome = "error"
-        if metrics is not None:
-            metrics.upstream_in_flight.inc()
-        try:
-            # Only the caller's credentials travel upstream; no other caller header does.
-            response = await self.http.get(
-                url,
-                params=tuple(params) if params is not None else None,
-                headers={"Authorization": authorization},
+
+    async def _request(
+        self, url: httpx.URL, params: list[tuple[str, str]] | None, authorization: str
+    ) -> UpstreamAnswer:
+        # Only the caller's credentials travel upstream; no other caller header does.
+        async with self.http.stream(
+            "GET",
+            url,
+            params=tuple(params) if params is not None else None,
+            headers={"Authorization": authorization},
+        ) as response:
+            content = await self._read_bounded(response)
+            return UpstreamAnswer(
+                status=response.status_code,
+                headers=response.headers,
+                content=content,
+                next_link=response.links.get("next", {}).get("url"),
             )
-            outcome = str(response.status_code)
-            return response
-        finally:
-            self._slots.release()
-            if metrics is not None:
-                metrics.upstream_in_flight.dec()
-                metrics.observe_upstream(outcome, time.perf_counter() - started)
+
+    async def _read_bounded(self, response: httpx.Response) -> bytes:
+        """The body, decompressed, refusing more than ``max_body_bytes`` as it streams in (a
+        small gzip body can expand a thousandfold)."""
+        limit = self.max_body_bytes
+        declared = response.headers.get("content-length", "")
+        chunks: list[bytes] = []
+        size = 0
+        if not (declared.isdigit() and int(declared) > limit):
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        raise UpstreamUnavailable(
+            f"The upstream's answer is larger than {limit} bytes "
+            "(GATEWAY_MAX_UPSTREAM_BYTES); it was not read.",
+            upstream_status=response.status_code,
+            tracking_id=tracking_id_of(response.headers),
+        )
