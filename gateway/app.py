@@ -102,6 +102,7 @@ def build_cache(
         ttl=settings.cache_ttl,
         max_entries=settings.cache_max_entries,
         max_bytes=settings.cache_max_bytes,
+        owner_share=settings.cache_caller_share,
         secret=secret.get_secret_value().encode() if secret is not None else None,
         redis=redis,
         metrics=metrics,

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024, description="Approximate bytes the local cache holds."
     )
+    cache_caller_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="The most of GATEWAY_CACHE_MAX_BYTES one caller (token) may hold, so one "
+        "token cannot evict every other tenant.",
+    )
     cache_key_secret: SecretStr | None = Field(
         default=None,
         description="HMAC secret for cache keys; required with a Redis URL so replicas agree.",

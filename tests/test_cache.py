@@ -15,7 +15,13 @@ from structlog.testing import capture_logs
 
 from gateway.numbers.arguments import numbers_query
 from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
-from gateway.pipeline.cache import CachedPage, LocalTier, ResponseCache, cache_key
+from gateway.pipeline.cache import (
+    ENTRY_OVERHEAD,
+    CachedPage,
+    LocalTier,
+    ResponseCache,
+    cache_key,
+)
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (
@@ -240,17 +246,54 @@ def test_keys_hide_the_token_and_differ_by_every_input() -> None:
 
 def test_local_tier_is_bounded_by_entries_and_bytes() -> None:
     clock = FakeClock()
-    page = UpstreamPage(items=[], count=None, has_more=False)
-    by_entries = LocalTier(ttl=60, max_entries=3, max_bytes=10_000, clock=clock.monotonic)
+    page = UpstreamPage(items=[{"extension": "1"}], count=None, has_more=False)
+    raw = CachedPage.encode(page, clock.wall())
+    size = len(raw) + ENTRY_OVERHEAD
+    by_entries = LocalTier(ttl=60, max_entries=3, max_bytes=10**6, clock=clock.monotonic)
     for i in range(5):
-        by_entries.set(f"k{i}", CachedPage(page, clock.now, size=10))
+        by_entries.set(f"k{i}", raw, clock.now, "owner")
     assert len(by_entries) == 3
-    by_bytes = LocalTier(ttl=60, max_entries=100, max_bytes=100, clock=clock.monotonic)
+    assert by_entries.get("k0") is None, "least recently used went first"
+    by_bytes = LocalTier(ttl=60, max_entries=100, max_bytes=2 * size + 1, clock=clock.monotonic)
     for i in range(5):
-        by_bytes.set(f"k{i}", CachedPage(page, clock.now, size=40))
+        by_bytes.set(f"k{i}", raw, clock.now, "owner")
     assert len(by_bytes) == 2
-    by_bytes.set("huge", CachedPage(page, clock.now, size=1000))
+    assert by_bytes.size_bytes == 2 * size
+    by_bytes.set("huge", raw * 100, clock.now, "owner")
     assert by_bytes.get("huge") is None
+    hit = by_bytes.get("k4")
+    assert hit is not None
+    assert hit.page == page
+
+
+def test_one_caller_cannot_evict_the_others() -> None:
+    clock = FakeClock()
+    raw = CachedPage.encode(UpstreamPage(items=[], count=None, has_more=False), clock.wall())
+    size = len(raw) + ENTRY_OVERHEAD
+    tier = LocalTier(
+        ttl=60, max_entries=1000, max_bytes=20 * size, clock=clock.monotonic, owner_share=0.25
+    )
+    tier.set("quiet-1", raw, clock.now, "quiet")
+    tier.set("quiet-2", raw, clock.now, "quiet")
+    for i in range(100):
+        tier.set(f"greedy-{i}", raw, clock.now, "greedy")
+    assert tier.get("quiet-1") is not None
+    assert tier.get("quiet-2") is not None
+    greedy = [i for i in range(100) if tier.get(f"greedy-{i}") is not None]
+    assert greedy == list(range(95, 100)), "the greedy caller keeps only its newest share"
+    assert tier.size_bytes == 7 * size
+
+
+def test_entries_expire_on_the_monotonic_clock() -> None:
+    clock = FakeClock()
+    raw = CachedPage.encode(UpstreamPage(items=[], count=None, has_more=False), clock.wall())
+    tier = LocalTier(ttl=30, max_entries=10, max_bytes=10**6, clock=clock.monotonic)
+    tier.set("k", raw, clock.now, "o")
+    clock.jump_wall(+3600)
+    assert tier.get("k") is not None
+    clock.now += 30
+    assert tier.get("k") is None
+    assert tier.size_bytes == 0
 
 
 # --- the shared Redis tier --------------------------------------------------------------

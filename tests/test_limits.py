@@ -344,3 +344,61 @@ async def test_tracking_ids_are_echoed_only_when_they_look_like_one(
     extensions = body["errors"][0]["extensions"]
     assert extensions["code"] == "FORBIDDEN"
     assert extensions.get("trackingId") == shown
+
+
+# --- cache bounds that hold -----------------------------------------------------------------
+
+_FILL_THE_CACHE = """
+import asyncio, gc, sys
+from gateway.numbers.query import UpstreamPage
+from gateway.pipeline.cache import ResponseCache
+from gateway.simulator import build_demo_world
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+async def main(max_bytes, entries):
+    template = [e.payload for e in build_demo_world(size=2000, seed=7).demo_org.entries]
+    cache = ResponseCache(ttl=600, max_bytes=max_bytes, max_entries=100_000)
+
+    async def fill(start, count):
+        for i in range(start, start + count):
+            items = [dict(item, extension=f"{i}-{j}") for j, item in enumerate(template)]
+            page = UpstreamPage(items=items, count={"total": 2000}, has_more=False)
+            async def fetch(page=page):
+                return page
+            await cache.get_or_fetch(f"k{i}", fetch, owner=f"caller-{i % 8}")
+
+    await fill(0, 5)
+    gc.collect()
+    before = rss()
+    await fill(5, entries)
+    gc.collect()
+    print(rss() - before, cache.local.size_bytes, len(cache.local))
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+def test_a_full_cache_stays_within_its_byte_bound() -> None:
+    """Fill a 32 MiB cache with about 110 MiB of distinct 2,000-item pages (in a fresh
+    process, so nothing else moves the needle) and measure what the process grew by."""
+    import subprocess
+    import sys
+
+    bound = 32 * 2**20
+    result = subprocess.run(
+        [sys.executable, "-c", _FILL_THE_CACHE, str(bound), "120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    growth, held, entries = (int(value) for value in result.stdout.split())
+    assert held <= bound
+    assert entries < 120, "the cache evicted: the bound was reached"
+    fixed_overhead = 16 * 2**20
+    assert growth <= bound + fixed_overhead, f"RSS grew {growth / 2**20:.1f} MiB"

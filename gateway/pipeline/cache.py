@@ -16,13 +16,13 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 import structlog
-from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -47,16 +47,20 @@ def cache_key(secret: bytes, authorization: str, fetch: Fetch) -> str:
     return KEY_PREFIX + hmac.new(secret, material, hashlib.sha256).hexdigest()
 
 
+# What one local entry costs beyond its bytes (the key, the slot, dictionary room), so that
+# many small entries cannot hide from the byte bound.
+ENTRY_OVERHEAD = 512
+
+
 @dataclass(frozen=True, slots=True)
 class CachedPage:
     page: UpstreamPage
     stored_at: float  # this process's monotonic time when the upstream answered
-    size: int  # approximate bytes, for the local cache's byte bound
 
     @staticmethod
     def encode(page: UpstreamPage, stored_at_wall: float) -> bytes:
-        """The entry as Redis stores it. Replicas share no monotonic clock, so the entry
-        carries the wall time it was stored at; a reader turns that into an age."""
+        """The entry as both tiers store it. Replicas share no monotonic clock, so the entry
+        carries the wall time it was stored at; a reader from Redis turns that into an age."""
         return orjson.dumps(
             {
                 "items": page.items,
@@ -66,12 +70,99 @@ class CachedPage:
             }
         )
 
-    @classmethod
-    def decode(cls, raw: bytes, clock: Clock) -> CachedPage:
+    @staticmethod
+    def decode_page(raw: bytes) -> tuple[UpstreamPage, float]:
+        """The page, and the wall time it was stored at."""
         data = orjson.loads(raw)
         page = UpstreamPage(items=data["items"], count=data["count"], has_more=data["has_more"])
-        age = max(0.0, clock.wall() - float(data["stored_at"]))
-        return cls(page=page, stored_at=clock.monotonic() - age, size=len(raw))
+        return page, float(data["stored_at"])
+
+    @classmethod
+    def decode(cls, raw: bytes, clock: Clock) -> CachedPage:
+        page, stored_at_wall = cls.decode_page(raw)
+        age = max(0.0, clock.wall() - stored_at_wall)
+        return cls(page=page, stored_at=clock.monotonic() - age)
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    raw: bytes  # the encoded entry: what the byte bound counts is what memory holds
+    stored_at: float  # monotonic
+    owner: str  # a hash of the caller's credentials, never the token
+
+
+class LocalTier:
+    """The in-process tier: LRU, expiring after ``ttl``, bounded by entries and by bytes,
+    with each owner (caller) held to ``owner_share`` of the bytes.
+
+    Entries are kept encoded and decoded on a hit, so the byte bound is what the process
+    really holds (decoded pages take several times their JSON size). The owner share keeps
+    one token from filling the cache and evicting every other tenant: past its share, a
+    caller's own oldest entries go first.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int,
+        max_bytes: int,
+        clock: Callable[[], float],
+        owner_share: float = 1.0,
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_owner_bytes = max(1, int(max_bytes * owner_share))
+        self.clock = clock
+        self.size_bytes = 0
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
+        self._by_owner: dict[str, OrderedDict[str, None]] = {}
+        self._owner_bytes: Counter[str] = Counter()
+
+    def get(self, key: str) -> CachedPage | None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        if self.clock() - slot.stored_at >= self.ttl:
+            self._remove(key)
+            return None
+        self._slots.move_to_end(key)
+        self._by_owner[slot.owner].move_to_end(key)
+        page, _ = CachedPage.decode_page(slot.raw)
+        return CachedPage(page=page, stored_at=slot.stored_at)
+
+    def set(self, key: str, raw: bytes, stored_at: float, owner: str) -> None:
+        size = len(raw) + ENTRY_OVERHEAD
+        self._remove(key)
+        if size > self.max_owner_bytes:
+            return  # larger than a caller's whole share: serve it, don't keep it
+        mine = self._by_owner.get(owner)
+        while mine and self._owner_bytes[owner] + size > self.max_owner_bytes:
+            self._remove(next(iter(mine)))
+        while self._slots and (
+            self.size_bytes + size > self.max_bytes or len(self._slots) >= self.max_entries
+        ):
+            self._remove(next(iter(self._slots)))
+        self._slots[key] = _Slot(raw, stored_at, owner)
+        self._by_owner.setdefault(owner, OrderedDict())[key] = None
+        self._owner_bytes[owner] += size
+        self.size_bytes += size
+
+    def _remove(self, key: str) -> None:
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            return
+        size = len(slot.raw) + ENTRY_OVERHEAD
+        self.size_bytes -= size
+        self._owner_bytes[slot.owner] -= size
+        owned = self._by_owner[slot.owner]
+        del owned[key]
+        if not owned:
+            del self._by_owner[slot.owner]
+            del self._owner_bytes[slot.owner]
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,32 +172,6 @@ class CacheEvent:
     status: CacheStatus
     tier: CacheTier
     age: float = 0.0
-
-
-class LocalTier:
-    """An in-process ``TTLCache`` bounded by entries and by approximate bytes."""
-
-    def __init__(
-        self, ttl: float, max_entries: int, max_bytes: int, clock: Callable[[], float]
-    ) -> None:
-        self.max_entries = max_entries
-        self._entries: TTLCache[str, CachedPage] = TTLCache(
-            maxsize=max_bytes, ttl=ttl, timer=clock, getsizeof=lambda entry: entry.size
-        )
-
-    def get(self, key: str) -> CachedPage | None:
-        return self._entries.get(key)
-
-    def set(self, key: str, entry: CachedPage) -> None:
-        if entry.size > self._entries.maxsize:
-            return  # larger than the whole cache: serve it, don't keep it
-        self._entries.pop(key, None)
-        while len(self._entries) >= self.max_entries:
-            self._entries.popitem()
-        self._entries[key] = entry
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class RedisTier:
@@ -121,12 +186,12 @@ class RedisTier:
         self.metrics = metrics
         self.down = False
 
-    async def get(self, key: str) -> CachedPage | None:
+    async def get(self, key: str) -> tuple[CachedPage, bytes] | None:
         raw = await self._guard(self.client.get(key))
         if not isinstance(raw, bytes):
             return None
         try:
-            return CachedPage.decode(raw, self.clock)
+            return CachedPage.decode(raw, self.clock), raw
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None  # an entry we cannot read is a miss, not an error
 
@@ -162,6 +227,7 @@ class ResponseCache:
         ttl: float,
         max_entries: int = 10_000,
         max_bytes: int = 256 * 1024 * 1024,
+        owner_share: float = 1.0,
         secret: bytes | None = None,
         redis: Redis | None = None,
         metrics: GatewayMetrics | None = None,
@@ -176,7 +242,9 @@ class ResponseCache:
         self.clock = clock
         self.metrics = metrics
         self.local = (
-            LocalTier(kept_for, max_entries, max_bytes, clock.monotonic) if ttl > 0 else None
+            LocalTier(kept_for, max_entries, max_bytes, clock.monotonic, owner_share)
+            if ttl > 0
+            else None
         )
         self.shared = (
             RedisTier(redis, kept_for, metrics, clock) if redis is not None and ttl > 0 else None
@@ -192,21 +260,24 @@ class ResponseCache:
         key: str,
         fetch: Callable[[], Awaitable[UpstreamPage]],
         *,
+        owner: str = "",
         refresh: bool = False,
     ) -> tuple[UpstreamPage, CacheEvent]:
+        """The page under ``key``: from a tier when fresh, else from ``fetch`` (one call for
+        concurrent misses). ``owner`` names the caller for its share of the local tier."""
         if self.local is not None and not refresh:
-            found = await self._find(key, max_age=self.ttl)
+            found = await self._find(key, owner, max_age=self.ttl)
             if found is not None:
                 self._count(found[1].tier, "hit")
                 return found
         try:
-            entry = await self._single_flight(key, fetch)
+            entry = await self._single_flight(key, fetch, owner)
         except (UpstreamUnavailable, UpstreamTimeout):
             # Stale-if-error: the upstream itself failed (never a 401/403, which are the
             # caller's answer), so this caller's own last good answer may stand in for it.
             stale = None
             if self.stale_if_error > 0:
-                stale = await self._find(key, max_age=self.ttl + self.stale_if_error)
+                stale = await self._find(key, owner, max_age=self.ttl + self.stale_if_error)
             if stale is None:
                 raise
             self._count(stale[1].tier, "stale")
@@ -215,7 +286,9 @@ class ResponseCache:
         self._count("upstream", status)
         return entry.page, CacheEvent(status=status, tier="upstream")
 
-    async def _find(self, key: str, *, max_age: float) -> tuple[UpstreamPage, CacheEvent] | None:
+    async def _find(
+        self, key: str, owner: str, *, max_age: float
+    ) -> tuple[UpstreamPage, CacheEvent] | None:
         """This key's entry if it is younger than ``max_age``, from the nearest tier."""
         if self.local is None:
             return None
@@ -223,20 +296,21 @@ class ResponseCache:
         entry = self.local.get(key)
         tier: CacheTier = "local"
         if entry is None and self.shared is not None:
-            entry = await self.shared.get(key)
+            shared = await self.shared.get(key)
             tier = "redis"
-            if entry is not None:
-                self.local.set(key, entry)
+            if shared is not None:
+                entry, raw = shared
+                self.local.set(key, raw, entry.stored_at, owner)
         if entry is None or now - entry.stored_at >= max_age:
             return None
         return entry.page, CacheEvent(status="hit", tier=tier, age=max(0.0, now - entry.stored_at))
 
     async def _single_flight(
-        self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]]
+        self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]], owner: str
     ) -> CachedPage:
         task = self._in_flight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, fetch))
+            task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, fetch, owner))
             self._in_flight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         elif self.metrics is not None:
@@ -251,15 +325,14 @@ class ResponseCache:
             task.exception()  # retrieved here, so a failure nobody awaited is not logged as lost
 
     async def _fetch_and_store(
-        self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]]
+        self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]], owner: str
     ) -> CachedPage:
         page = await fetch()
-        stored_at = self.clock.monotonic()
+        entry = CachedPage(page=page, stored_at=self.clock.monotonic())
         if self.local is None:
-            return CachedPage(page=page, stored_at=stored_at, size=0)
-        encoded = CachedPage.encode(page, self.clock.wall())  # its length is the entry's size
-        entry = CachedPage(page=page, stored_at=stored_at, size=len(encoded))
-        self.local.set(key, entry)
+            return entry
+        encoded = CachedPage.encode(page, self.clock.wall())
+        self.local.set(key, encoded, entry.stored_at, owner)
         if self.shared is not None:
             await self.shared.set(key, encoded)
         return entry

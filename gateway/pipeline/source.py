@@ -21,6 +21,7 @@ from gateway.numbers.types import NumberCounts, PageInput, PhoneNumberFilter, Ph
 from gateway.pipeline.cache import CacheEvent, ResponseCache, cache_key
 from gateway.pipeline.loaders import NumbersLoader
 from gateway.upstream.client import UpstreamClient
+from gateway.upstream.slots import caller_of
 
 NO_CREDENTIALS = "Send the caller's Webex token as 'Authorization: Bearer <token>'."
 UNUSABLE_CREDENTIALS = (
@@ -113,6 +114,7 @@ class CallerNumbers:
         page, event = await cache.get_or_fetch(
             cache_key(cache.secret, authorization, fetch),
             lambda: upstream.fetch(fetch, authorization),
+            owner=caller_of(authorization),
             refresh=self.refresh,
         )
         self.cache_events.append(event)

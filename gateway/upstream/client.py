@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import random
 import re
 import time
@@ -42,7 +41,7 @@ from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.upstream.body import read_numbers_body
 from gateway.upstream.breaker import CircuitBreaker
-from gateway.upstream.slots import FairSlots
+from gateway.upstream.slots import FairSlots, caller_of
 
 NUMBERS_PATH = "/telephony/config/numbers"
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -203,7 +202,7 @@ class UpstreamClient:
                 "The upstream is failing; the gateway stopped calling it for a while. "
                 f"Try again in {self.breaker.retry_in():.0f} s."
             )
-        caller = hashlib.sha256(authorization.encode()).hexdigest()[:16]
+        caller = caller_of(authorization)
         exchange: Exchange | None = None
         try:
             async with asyncio.timeout(self.deadline) as scope:
