@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.schema import build_schema
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.http.connections import InFlightLimit
 from gateway.http.graphiql import graphiql_routes, load_examples, render_graphiql_page
 from gateway.http.middleware import (
     BodySizeLimitMiddleware,
@@ -32,8 +33,11 @@ from gateway.http.middleware import (
     RequestLogMiddleware,
 )
 from gateway.http.persisted import DocumentPolicy, PersistedQueries, TrustedDocuments
+from gateway.http.reuse import ResponseReuse
 from gateway.http.view import CACHE_REPORT_HEADER, GraphQLView
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from gateway.observability.request_facts import REQUEST_ID_HEADER
+from gateway.observability.tracing import Tracing, instrument_upstream
 from gateway.pipeline.cache import REDIS_OPERATION_TIMEOUT, ResponseCache
 from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings, SettingsError
@@ -66,6 +70,7 @@ log = structlog.get_logger("gateway.app")
 class LifespanState(TypedDict):
     numbers: NumbersSource
     documents: DocumentPolicy
+    responses: ResponseReuse
 
 
 def build_upstream_http(
@@ -126,13 +131,16 @@ def create_app(
     *,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    tracing: Tracing | None = None,
 ) -> Starlette:
     """Build the gateway.
 
     ``upstream_transport`` replaces the network (tests, embedding); ``clock`` replaces time
-    for the cache, the breaker and retry waits (tests).
+    for the cache, the breaker and retry waits (tests); ``tracing`` is off unless given
+    (``serve`` gives what the ``OTEL_*`` variables ask for).
     """
     metrics = GatewayMetrics()
+    tracing = tracing if tracing is not None else Tracing()
     trusted = load_trusted_documents(settings)
     if settings.embedded_simulator:
         upstream_url = EMBEDDED_UPSTREAM_URL
@@ -148,10 +156,18 @@ def create_app(
             http = await resources.enter_async_context(
                 build_upstream_http(settings, upstream_transport)
             )
+            instrument_upstream(http, tracing)
             redis = build_redis(settings)
             if redis is not None:
                 resources.push_async_callback(redis.aclose)
             cache = build_cache(settings, metrics, clock, redis)
+            metrics.watch_cache(cache.local)
+            breaker = CircuitBreaker(
+                failure_threshold=settings.breaker_failures,
+                cooldown=settings.breaker_cooldown,
+                clock=clock.monotonic,
+            )
+            metrics.watch_breaker(breaker)
             upstream = UpstreamClient(
                 http,
                 base_url=upstream_url,
@@ -160,11 +176,7 @@ def create_app(
                 per_caller=settings.upstream_concurrency_per_caller,
                 max_body_bytes=settings.max_upstream_bytes,
                 metrics=metrics,
-                breaker=CircuitBreaker(
-                    failure_threshold=settings.breaker_failures,
-                    cooldown=settings.breaker_cooldown,
-                    clock=clock.monotonic,
-                ),
+                breaker=breaker,
                 clock=clock,
             )
             numbers = NumbersSource(
@@ -187,12 +199,20 @@ def create_app(
             documents = DocumentPolicy(
                 apq=apq, trusted=trusted, trusted_only=settings.production and trusted is not None
             )
-            log.info(
+            log.debug(
                 "gateway_started",
                 upstream="embedded simulator" if settings.embedded_simulator else upstream_url,
                 env=settings.env.value,
             )
-            yield {"numbers": numbers, "documents": documents}
+            responses = ResponseReuse(
+                ttl=settings.cache_ttl,
+                secret=cache.secret,
+                max_entries=settings.cache_max_entries,
+                max_bytes=settings.response_cache_max_bytes,
+                owner_share=settings.cache_caller_share,
+                clock=clock,
+            )
+            yield {"numbers": numbers, "documents": documents, "responses": responses}
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -225,17 +245,23 @@ def create_app(
     if ide_page is not None:
         routes += graphiql_routes(asset_base=ASSET_BASE)
     middleware = [
-        Middleware(RequestLogMiddleware, metrics=metrics),
+        Middleware(RequestLogMiddleware, metrics=metrics, tracing=tracing),
+        Middleware(InFlightLimit, max_in_flight=settings.max_in_flight),
         Middleware(CompressionMiddleware, minimum_size=settings.compression_min_bytes),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST"],
             allow_headers=list(CORS_ALLOWED_HEADERS),
+            expose_headers=[REQUEST_ID_HEADER],
             allow_credentials=False,  # bearer tokens, never cookies: so '*' is safe
             max_age=CORS_MAX_AGE,
         ),
-        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodySizeLimitMiddleware,
+            max_bytes=settings.max_body_bytes,
+            read_timeout=settings.body_timeout,
+        ),
     ]
     if settings.csrf_prevention:
         middleware.append(

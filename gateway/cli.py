@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from gateway.settings import SettingsError, load_settings
+from gateway.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from gateway.simulator.dataset import DEMO_TOKEN_DESCRIPTIONS
 from gateway.simulator.faults import FAULT_SPEC_HELP, FaultSpecError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 DEMO_TOKENS_HELP = "demo tokens (send as 'Authorization: Bearer <token>'):\n" + "\n".join(
     f"  {token:<22} {description}" for token, description in DEMO_TOKEN_DESCRIPTIONS.items()
@@ -31,9 +39,33 @@ def _parser() -> argparse.ArgumentParser:
         "come from GATEWAY_* environment variables; flags override them.",
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--upstream-url", help="overrides GATEWAY_UPSTREAM_URL")
     serve.add_argument("--env", choices=["development", "production"], help="overrides GATEWAY_ENV")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (overrides GATEWAY_WORKERS; default 1)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For/-Proto are trusted: addresses or networks, "
+        "comma-separated, or '*' (overrides GATEWAY_FORWARDED_ALLOW_IPS; default: none)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests may take to finish (overrides "
+        "GATEWAY_SHUTDOWN_TIMEOUT; default 20)",
+    )
+    serve.add_argument(
+        "--root-path",
+        metavar="PATH",
+        help="the path prefix a proxy serves the gateway under and strips, e.g. /numbers "
+        "(overrides GATEWAY_ROOT_PATH)",
+    )
 
     simulator = commands.add_parser(
         "simulator",
@@ -61,27 +93,135 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The `serve` flags that override settings, by their Settings field names.
+SERVE_OVERRIDES = (
+    "upstream_url",
+    "env",
+    "workers",
+    "forwarded_allow_ips",
+    "shutdown_timeout",
+    "root_path",
+)
+STARTUP_FAILURE = 3  # uvicorn's exit code when the server could not start
+WORKER_APP = "gateway.cli:worker_app"
+
+
 def _serve(args: argparse.Namespace) -> int:
+    """Check everything once, here (one line naming the variable, exit 2), then serve: in
+    this process, or with ``--workers N`` in N processes sharing one socket."""
+    from gateway.observability.tracing import Tracing, TracingConfig, TracingConfigError
+
+    overrides = {name: getattr(args, name) for name in SERVE_OVERRIDES}
+    try:
+        settings = load_settings(**overrides)
+        tracing_config = TracingConfig.from_environment()
+    except (SettingsError, TracingConfigError) as exc:
+        print(f"numbers-gateway: {exc}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from gateway.app import create_app
     from gateway.observability.logs import configure_logging
 
+    tracing = Tracing()
     try:
-        settings = load_settings(upstream_url=args.upstream_url, env=args.env)
+        if settings.workers == 1:
+            tracing = Tracing.start(tracing_config)
+        # Workers build their own app; building one here too reports any start-up error
+        # create_app finds (a bad trusted-documents manifest) once, before forking.
+        app = create_app(settings, tracing=tracing)
     except SettingsError as exc:
+        tracing.shutdown()
         print(f"numbers-gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-    )
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "warning",
+        "access_log": False,  # RequestLogMiddleware logs each request, with more in it
+        "proxy_headers": settings.forwarded_allow_ips is not None,
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips or ()) or None,
+        "root_path": settings.root_path,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "lifespan": "on",
+    }
+    if settings.workers > 1:
+        # Each worker is a new interpreter reading the environment: pass the flags on.
+        for name, value in overrides.items():
+            if value is not None:
+                os.environ[ENV_PREFIX + name.upper()] = str(value)
+        config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
+        return _serve_workers(config, settings)
+    try:
+        return _serve_here(uvicorn.Config(app, **options), settings)
+    finally:
+        tracing.shutdown()
+
+
+def worker_app() -> ASGIApp:
+    """The app of one ``--workers`` process (uvicorn imports it by name). The parent checked
+    the same environment, so nothing here fails in a way ``serve`` has not reported."""
+    from gateway.app import create_app
+    from gateway.observability.logs import configure_logging
+    from gateway.observability.tracing import Tracing, TracingConfig
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings, tracing=Tracing.start(TracingConfig.from_environment()))
+
+
+def _serve_here(config: Any, settings: Settings) -> int:
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                _announce(self.servers[0].sockets[0].getsockname(), settings)
+
+    server = AnnouncingServer(config)
+    # uvicorn re-raises a signal it handled once its graceful shutdown is over, for the
+    # default action; for SIGTERM that is death by signal. Finished is finished: exit 0.
+    signal.signal(signal.SIGTERM, _after_graceful_shutdown)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _serve_workers(config: Any, settings: Settings) -> int:
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    # Listening now, not when the first worker is up: connections wait in the backlog
+    # instead of being refused, so the URL announced answers.
+    sock.listen(config.backlog)
+    _announce(sock.getsockname(), settings)
+    Multiprocess(config, sockets=[sock]).run()
     return 0
+
+
+def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    """Nothing left to do: uvicorn has drained the requests and run the lifespan's end."""
+
+
+def _announce(address: Any, settings: Settings) -> None:
+    """Say where the gateway listens, once its socket is bound (so the URL answers)."""
+    import structlog
+
+    host, port = address[0], address[1]
+    shown = f"[{host}]" if ":" in host else host
+    structlog.get_logger("gateway.cli").info(
+        "gateway_listening",
+        url=f"http://{shown}:{port}{settings.root_path}/graphql",
+        upstream="embedded simulator"
+        if settings.embedded_simulator
+        else str(settings.upstream_url),
+        env=settings.env.value,
+        workers=settings.workers,
+        pid=os.getpid(),
+    )
 
 
 def _simulator(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ Settings are a value handed to ``create_app``; nothing reads the environment at 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Annotated, Any
@@ -73,6 +74,11 @@ class Settings(BaseSettings):
         description="The most of GATEWAY_CACHE_MAX_BYTES one caller (token) may hold, so one "
         "token cannot evict every other tenant.",
     )
+    response_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of whole GraphQL answers kept for repeated identical operations.",
+    )
     cache_key_secret: SecretStr | None = Field(
         default=None,
         description="HMAC secret for cache keys; required with a Redis URL so replicas agree.",
@@ -121,6 +127,37 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
+    )
+    max_in_flight: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description="Requests being served at once, at most; past it, 503 with Retry-After.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Open client connections, at most (serve); past it, a new connection is "
+        "answered 503 and closed.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has to send a request's head (serve); then 408 and close.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Seconds a client has to send a request's body; then 408.",
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds an idle keep-alive connection stays open (serve).",
     )
     max_query_depth: int = Field(default=10, ge=2, le=100, description="Deepest selection.")
     max_aliases: int = Field(default=15, ge=0, le=1000, description="Aliases per document.")
@@ -188,8 +225,34 @@ class Settings(BaseSettings):
     )
     simulator_seed: int = Field(default=7, description="Seed of the embedded simulator's data.")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (`serve --workers`). Each has its own "
+        "cache, breaker and metrics: prefer one worker per container and more replicas.",
+    )
+    forwarded_allow_ips: CommaList | None = Field(
+        default=None,
+        description="Proxies trusted for X-Forwarded-For/-Proto (`serve --forwarded-allow-ips`): "
+        "comma-separated IP addresses or networks, or `*`. Unset: forwarded headers are "
+        "ignored.",
+    )
+    shutdown_timeout: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="Seconds in-flight requests get to finish after SIGTERM before they are "
+        "cancelled (`serve --shutdown-timeout`).",
+    )
+    root_path: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$",
+        description="The path prefix a proxy serves the gateway under and strips, e.g. "
+        "`/numbers` (`serve --root-path`).",
+    )
 
-    @field_validator("cors_origins", "csrf_required_headers", mode="before")
+    @field_validator("cors_origins", "csrf_required_headers", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -204,6 +267,19 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{origin!r} is not an origin: use scheme://host[:port], no path, or '*'"
                 )
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for entry in value or ():
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{entry!r} is not an IP address or network (or '*')"
+                    ) from None
         return value
 
     @field_validator("csrf_required_headers")

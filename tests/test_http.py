@@ -489,7 +489,7 @@ async def test_large_answers_are_compressed_as_accept_encoding_allows(
     response = await gateway.post(
         "/graphql", json={"query": PAGE}, headers={"Accept-Encoding": accept_encoding}
     )
-    assert "accept-encoding" in response.headers["vary"].lower()
+    assert response.headers["vary"].lower().count("accept-encoding") == 1
     assert response.headers.get("content-encoding") == coding
     raw = response.content  # httpx decodes br and gzip itself
     assert orjson.loads(raw)["data"]["phoneNumbers"]["nodes"]

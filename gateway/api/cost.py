@@ -184,7 +184,8 @@ def cost_limiter(
         def on_validate(self) -> Iterator[None]:
             context = self.execution_context
             document = context.graphql_document
-            if document is not None and context.pre_execution_errors is None:
+            # Validation may already have run (ValidationCache); its errors come first.
+            if document is not None and not context.pre_execution_errors:
                 self.cost = operation_cost(
                     document,
                     context.operation_name,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
+from contextlib import suppress
+from functools import lru_cache, partial
 from typing import Any, Final
 
 import strawberry
 import structlog
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentSpreadNode,
     GraphQLError,
@@ -22,6 +24,7 @@ from graphql import (
     OperationDefinitionNode,
     SelectionSetNode,
     ValidationRule,
+    parse,
 )
 from strawberry.extensions import (
     AddValidationRules,
@@ -30,6 +33,7 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     QueryDepthLimiter,
     SchemaExtension,
+    ValidationCache,
 )
 from strawberry.federation.schema import FederationAny
 from strawberry.schema.config import StrawberryConfig
@@ -40,6 +44,7 @@ from gateway.api.cost import cost_limiter
 from gateway.api.resolvers import Query
 from gateway.errors import BadUserInput, ErrorCode, GatewayError
 from gateway.numbers.types import Location, Organization, Person
+from gateway.observability.operations import OperationObserver
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.graphql")
@@ -49,6 +54,7 @@ INTERNAL_ERROR_MESSAGE = "Internal server error."
 # @theguild/federation-composition both accept (tests compose with both).
 FEDERATION_VERSION: Final = "2.7"
 DEFAULT_MAX_ENTITIES = 100
+PLAN_CACHE_SIZE = 1024  # parsed and validated documents kept, each
 
 # Entity references this subgraph resolves: __typename -> the object for a key.
 ENTITY_REFERENCES: dict[str, Callable[[strawberry.ID], object]] = {
@@ -117,6 +123,46 @@ def without_suggestions(error: GraphQLError) -> GraphQLError:
         original_error=error.original_error,
         extensions=error.extensions,
     )
+
+
+@lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _parse(query: str, **options: Any) -> DocumentNode:
+    return parse(query, **options)
+
+
+class ParsedDocuments(SchemaExtension):
+    """strawberry's ``ParserCache``, except that a document that does not parse is left to
+    strawberry's own parse, which reports the error as a request error (``ParserCache``
+    raises it from the hook, past the error handling)."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query:
+            with suppress(GraphQLError):
+                context.graphql_document = _parse(context.query, **context.parse_options)
+            if context.graphql_document is not None and _has_empty_selection(
+                context.graphql_document
+            ):
+                # graphql-core 3.3 parses `{}`, which the spec's grammar forbids and on which
+                # strawberry's depth limiter fails; say so here, as a syntax error.
+                raise GraphQLError(
+                    "Syntax Error: a selection set must select at least one field.",
+                    extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+                )
+        yield
+
+
+def _has_empty_selection(document: DocumentNode) -> bool:
+    stack: list[Any] = list(document.definitions)
+    while stack:
+        node = stack.pop()
+        selection_set = getattr(node, "selection_set", None)
+        if selection_set is None:
+            continue
+        if not selection_set.selections:
+            return True
+        stack.extend(selection_set.selections)
+    return False
 
 
 class ContractErrors(SchemaExtension):
@@ -253,7 +299,8 @@ def root_field_limit(max_root_fields: int) -> type[ValidationRule]:
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with the limits and production switches of ``settings`` (none if None)."""
-    extensions: list[Any] = [ContractErrors, CacheReport]
+    # OperationObserver first: hooks unwind in reverse, so it sees ContractErrors' codes.
+    extensions: list[Any] = [OperationObserver, ContractErrors, CacheReport]
     production = settings is not None and settings.production
     if settings is not None:
         # Factories, not instances: strawberry builds fresh extensions per operation.
@@ -262,6 +309,10 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
             partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
             partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
             partial(AddValidationRules, [root_field_limit(settings.max_root_fields)]),
+            # Documents seen a moment ago skip parsing and validation (bounded LRUs).
+            ParsedDocuments,
+            partial(ValidationCache, maxsize=PLAN_CACHE_SIZE),
+            # After validation is known (from the cache or not), so neither overwrites it.
             cost_limiter(
                 max_cost=settings.max_cost,
                 max_page_size=settings.max_page_size,

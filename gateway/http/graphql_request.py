@@ -92,6 +92,8 @@ def _optional(data: dict[str, Any], name: str, kind: type, label: str) -> Any:
 
 def _params(data: dict[str, Any]) -> GraphQLParams:
     query = _optional(data, "query", str, "a string")
+    if query is not None and not query.strip():
+        raise RequestError(400, "'query' is empty: send a GraphQL document.")
     document_id = _optional(data, "documentId", str, "a string")
     params = GraphQLParams(
         query=query,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from graphql import GraphQLError, OperationDefinitionNode, parse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +28,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from gateway.api.context import RequestContext
+from gateway.api.schema import INTERNAL_ERROR_MESSAGE
 from gateway.errors import ErrorCode
 from gateway.http.graphiql import graphiql_response
 from gateway.http.graphql_request import (
@@ -43,9 +45,12 @@ from gateway.http.negotiation import (
     wants_html,
 )
 from gateway.http.persisted import DocumentPolicy, PersistedDocumentError
+from gateway.http.reuse import ResponseReuse
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.source import NumbersSource
+from gateway.pipeline.source import NumbersSource, usable_authorization
 from gateway.settings import Settings
+
+log = structlog.get_logger("gateway.http")
 
 CACHE_REPORT_HEADER = "gateway-cache-report"
 _OPERATION_KEYWORD = re.compile(r"\b(?:query|mutation|subscription)\b")
@@ -56,11 +61,16 @@ _VARY = "Accept, Authorization, Gateway-Cache-Report"
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What the view sends: a status, the body, and any extra headers."""
+    """What the view sends: a status, the body (a payload to encode, or bytes already
+    encoded), and any extra headers."""
 
     status: int
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
+    body: bytes | None = None
+
+    def encoded(self) -> bytes:
+        return self.body if self.body is not None else orjson.dumps(self.payload)
 
 
 def error_payload(message: str, code: ErrorCode) -> dict[str, Any]:
@@ -144,6 +154,24 @@ class GraphQLView:
             ), None
 
         context = self._context(request)
+        reuse: ResponseReuse = request.state.responses
+        # The cache report differs from one answer to the next: those are never reused.
+        reuse_key = (
+            None
+            if context.report_cache
+            else reuse.key(
+                usable_authorization(request.headers.get("authorization")),
+                document,
+                params.variables,
+                params.operation_name,
+                shape=request.method,
+            )
+        )
+        if reuse_key is not None and not context.numbers.refresh:
+            stored = reuse.get(reuse_key)
+            if stored is not None:
+                self.metrics.responses_reused.inc()
+                return Answer(200, body=stored.body), stored.fresh_for
         try:
             result: ExecutionResult = await self.schema.execute(
                 document,
@@ -167,10 +195,17 @@ class GraphQLView:
             ), None
         payload, rejected = _payload(result)
         status = 400 if rejected and not legacy else 200
-        cacheable_for = (
-            self._fresh_for(context) if request.method == "GET" and not result.errors else None
-        )
-        return Answer(status, payload), cacheable_for
+        if result.errors:
+            return Answer(status, payload), None
+        body = orjson.dumps(payload)
+        if reuse_key is not None:
+            reuse.put(
+                reuse_key,
+                body,
+                context.numbers.cache_events,
+                usable_authorization(request.headers.get("authorization")),
+            )
+        return Answer(status, body=body), self._fresh_for(context)
 
     async def _params(self, request: Request) -> GraphQLParams:
         if request.method == "GET":
@@ -220,7 +255,7 @@ class GraphQLView:
         request: Request | None = None,
         cacheable_for: float | None = None,
     ) -> Response:
-        body = orjson.dumps(answer.payload)
+        body = answer.encoded()
         headers = {"Vary": _VARY, **(answer.headers or {})}
         if request is not None and request.method == "GET":
             etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
@@ -271,10 +306,24 @@ def _check_operation_choice(document: str, operation_name: str | None) -> None:
         )
 
 
+def _with_contract_code(error: GraphQLError) -> dict[str, Any]:
+    """The error as sent. One that reached here without a contract code escaped the schema's
+    error handling (strawberry turns an exception in its own hooks into a bare error): it is
+    a bug, logged, and masked like any other."""
+    formatted: dict[str, Any] = dict(error.formatted)
+    if (formatted.get("extensions") or {}).get("code") in ErrorCode.__members__:
+        return formatted
+    log.error("graphql_uncoded_error", error=error.message, exc_info=error.original_error)
+    masked = {"message": INTERNAL_ERROR_MESSAGE, "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+    if "path" in formatted:
+        masked["path"] = formatted["path"]
+    return masked
+
+
 def _payload(result: ExecutionResult) -> tuple[dict[str, Any], bool]:
     """The response body, and whether the request failed before execution (no path on any
     error and no data): then the body has no ``data`` entry."""
-    errors = [error.formatted for error in result.errors or ()]
+    errors = [_with_contract_code(error) for error in result.errors or ()]
     rejected = result.data is None and bool(errors) and all("path" not in e for e in errors)
     payload: dict[str, Any] = {}
     if not rejected:

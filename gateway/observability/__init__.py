@@ -1,1 +1,2 @@
-"""Seeing the gateway run: structured logs and Prometheus metrics."""
+"""Seeing the gateway run: the request log line's facts, structured logs, Prometheus metrics
+and OpenTelemetry traces."""

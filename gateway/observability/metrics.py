@@ -1,19 +1,134 @@
 """Prometheus metrics, one registry per app (no process globals, so tests and apps don't mix).
 
-Labels never carry tokens, org ids, filters or anything else a caller sent.
+Labels never carry tokens, org ids, filters or variables. Two carry what a caller sent, both
+bounded (``BoundedLabel``): operation names (named operations only) and client names
+(``apollographql-client-name``). Each keeps the first ``LABEL_VALUES_MAX`` distinct values it
+sees; later ones share one label, so a client inventing names cannot grow the series.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import re
+from collections.abc import Iterator
+from typing import Protocol
 
-__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE_LATEST", "BoundedLabel", "GatewayMetrics"]
+
+LABEL_VALUES_MAX = 100  # distinct operation names (and client names) with their own series
+ANONYMOUS = "(anonymous)"  # an operation without a name
+NO_CLIENT = "(none)"  # a request without apollographql-client-name
+OTHER = "(other)"  # past the bound; parentheses: no GraphQL name can look like these
+BREAKER_STATES = ("closed", "open", "half_open")
+_GRAPHQL_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,127}")
+
+
+class BoundedLabel:
+    """Label values as first seen, at most ``limit`` distinct ones; the rest are ``OTHER``."""
+
+    def __init__(self, limit: int = LABEL_VALUES_MAX) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str, *, admit: bool = True) -> str:
+        """``value`` if it has (or, with ``admit``, may take) a place of its own."""
+        if value in self._seen:
+            return value
+        if admit and len(self._seen) < self.limit:
+            self._seen.add(value)
+            return value
+        return OTHER
+
+
+class BreakerView(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+class CacheTierView(Protocol):
+    def __len__(self) -> int: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+class _StateCollector(Collector):
+    """Gauges read when scraped: the breaker's state and the local cache's size."""
+
+    def __init__(self) -> None:
+        self.breaker: BreakerView | None = None
+        self.cache: CacheTierView | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "gateway_upstream_breaker_state",
+            "The upstream circuit breaker's state: 1 for the current one.",
+            labels=["state"],
+        )
+        current = str(self.breaker.state) if self.breaker is not None else "closed"
+        for name in BREAKER_STATES:
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
+        cache = self.cache
+        yield GaugeMetricFamily(
+            "gateway_cache_entries",
+            "Entries in the local response cache (expired ones linger until evicted).",
+            value=len(cache) if cache is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "gateway_cache_bytes",
+            "Approximate bytes of the local response cache's entries (their encoded size).",
+            value=cache.size_bytes if cache is not None else 0,
+        )
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, label_values_max: int = LABEL_VALUES_MAX) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The process collectors, on this registry (prometheus_client's default one is unused).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+        self.operation_label = BoundedLabel(label_values_max)
+        self.client_label = BoundedLabel(label_values_max)
+        self.http_in_flight = Gauge(
+            "gateway_http_requests_in_flight",
+            "HTTP requests being served now (probes and /metrics not counted).",
+            registry=self.registry,
+        )
+        self.operations = Counter(
+            "gateway_graphql_operations_total",
+            "GraphQL requests by operation name and outcome (success, error, rejected).",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.operation_duration = Histogram(
+            "gateway_graphql_operation_duration_seconds",
+            "Time to answer a GraphQL request, by operation name and outcome.",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.client_operations = Counter(
+            "gateway_graphql_client_operations_total",
+            "GraphQL requests by client name (apollographql-client-name) and outcome.",
+            ["client", "outcome"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "gateway_http_requests_total",
             "HTTP requests served, by route and status.",
@@ -70,6 +185,49 @@ class GatewayMetrics:
             "Shared cache (Redis) operations that failed; the gateway served without it.",
             registry=self.registry,
         )
+
+        self.responses_reused = Counter(
+            "gateway_responses_reused_total",
+            "Repeated operations answered with stored response bytes (no parse, validation "
+            "or execution).",
+            registry=self.registry,
+        )
+        self.operation_cost = Histogram(
+            "gateway_operation_cost",
+            "Estimated cost of executed operations (upstream calls x 50 + items they may return).",
+            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000),
+            registry=self.registry,
+        )
+
+    def watch_breaker(self, breaker: BreakerView) -> None:
+        """Report ``breaker``'s state in ``gateway_upstream_breaker_state``."""
+        self._state.breaker = breaker
+
+    def watch_cache(self, local: CacheTierView | None) -> None:
+        """Report the local cache tier's size in ``gateway_cache_entries`` / ``_bytes``."""
+        self._state.cache = local
+
+    def observe_operation(
+        self,
+        *,
+        operation_name: str | None,
+        executed: bool,
+        outcome: str,
+        client_name: str | None,
+        seconds: float,
+    ) -> None:
+        """One GraphQL request. A name gets a series of its own only once an operation by
+        that name executed (a document that failed validation cannot claim one)."""
+        if operation_name is None:
+            operation = ANONYMOUS
+        elif _GRAPHQL_NAME.fullmatch(operation_name):
+            operation = self.operation_label(operation_name, admit=executed)
+        else:
+            operation = OTHER
+        client = self.client_label(client_name) if client_name is not None else NO_CLIENT
+        self.operations.labels(operation=operation, outcome=outcome).inc()
+        self.operation_duration.labels(operation=operation, outcome=outcome).observe(seconds)
+        self.client_operations.labels(client=client, outcome=outcome).inc()
 
     def observe_upstream(self, outcome: str, seconds: float) -> None:
         self.upstream_requests.labels(outcome=outcome).inc()

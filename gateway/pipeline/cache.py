@@ -30,6 +30,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.numbers.query import Fetch, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import SpanContext, annotate, span_context, traced
 
 log = structlog.get_logger("gateway.cache")
 
@@ -119,7 +120,8 @@ class LocalTier:
         self._by_owner: dict[str, OrderedDict[str, None]] = {}
         self._owner_bytes: Counter[str] = Counter()
 
-    def get(self, key: str) -> CachedPage | None:
+    def get_raw(self, key: str) -> tuple[bytes, float] | None:
+        """The stored bytes and when they were stored, unless expired."""
         slot = self._slots.get(key)
         if slot is None:
             return None
@@ -128,8 +130,14 @@ class LocalTier:
             return None
         self._slots.move_to_end(key)
         self._by_owner[slot.owner].move_to_end(key)
-        page, _ = CachedPage.decode_page(slot.raw)
-        return CachedPage(page=page, stored_at=slot.stored_at)
+        return slot.raw, slot.stored_at
+
+    def get(self, key: str) -> CachedPage | None:
+        found = self.get_raw(key)
+        if found is None:
+            return None
+        page, _ = CachedPage.decode_page(found[0])
+        return CachedPage(page=page, stored_at=found[1])
 
     def set(self, key: str, raw: bytes, stored_at: float, owner: str) -> None:
         size = len(raw) + ENTRY_OVERHEAD
@@ -250,6 +258,7 @@ class ResponseCache:
             RedisTier(redis, kept_for, metrics, clock) if redis is not None and ttl > 0 else None
         )
         self._in_flight: dict[str, asyncio.Task[CachedPage]] = {}
+        self._flight_spans: dict[str, SpanContext | None] = {}  # for waiters to link to
 
     @property
     def enabled(self) -> bool:
@@ -266,7 +275,10 @@ class ResponseCache:
         """The page under ``key``: from a tier when fresh, else from ``fetch`` (one call for
         concurrent misses). ``owner`` names the caller for its share of the local tier."""
         if self.local is not None and not refresh:
-            found = await self._find(key, owner, max_age=self.ttl)
+            with traced("cache.lookup") as span:
+                found = await self._find(key, owner, max_age=self.ttl)
+                tier = found[1].tier if found else "none"
+                annotate(span, {"cache.result": "hit" if found else "miss", "cache.tier": tier})
             if found is not None:
                 self._count(found[1].tier, "hit")
                 return found
@@ -309,18 +321,26 @@ class ResponseCache:
         self, key: str, fetch: Callable[[], Awaitable[UpstreamPage]], owner: str
     ) -> CachedPage:
         task = self._in_flight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, fetch, owner))
-            self._in_flight[key] = task
-            task.add_done_callback(lambda done: self._forget(key, done))
-        elif self.metrics is not None:
-            self.metrics.single_flight_coalesced.inc()
-        # shield: a waiter that is cancelled stops waiting; the call goes on for the others.
-        return await asyncio.shield(task)
+        leader = self._flight_spans.get(key) if task is not None else None
+        role = "leader" if task is None else "waiter"
+        with traced("cache.single_flight", {"cache.single_flight.role": role}, link=leader) as span:
+            if task is None:
+                # Started inside the span: the fetch's upstream spans are its children.
+                task = asyncio.get_running_loop().create_task(
+                    self._fetch_and_store(key, fetch, owner)
+                )
+                self._in_flight[key] = task
+                self._flight_spans[key] = span_context(span)
+                task.add_done_callback(lambda done: self._forget(key, done))
+            elif self.metrics is not None:
+                self.metrics.single_flight_coalesced.inc()
+            # shield: a waiter that is cancelled stops waiting; the call goes on for the others.
+            return await asyncio.shield(task)
 
     def _forget(self, key: str, task: asyncio.Task[CachedPage]) -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]
+            self._flight_spans.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved here, so a failure nobody awaited is not logged as lost
 

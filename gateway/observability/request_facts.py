@@ -1,0 +1,157 @@
+"""What one request did, gathered while it runs, for its log line, its metrics and its trace.
+
+``RequestLogMiddleware`` makes one ``RequestFacts`` per HTTP request and puts it in a context
+variable for the request's duration. What happens deeper in fills it in, with no parameter
+threaded through: the GraphQL extension (``operations.OperationObserver``: operation name and
+type, error codes, cache outcomes) and the upstream client's httpx event hooks
+(``observe_upstream_calls``: each upstream request's status, Webex tracking id and duration).
+Tasks a request starts (the loader's batch, a single-flight fetch) copy its context, so what
+they do is counted for the request that started them.
+
+Nothing here holds a token, a header other than the client's name and version (bounded), or
+a variable's value.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's (or proxy's) request id is kept when it is 1-128 characters of these: UUIDs,
+# ULIDs, nginx's and Envoy's ids and most trace ids qualify; anything else (spaces, quotes,
+# control characters, a novel) is replaced by a fresh UUID rather than echoed.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Webex tracking ids look like ROUTER_<uuid>; an upstream's header is not trusted further.
+TRACKING_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+CLIENT_FIELD_MAX = 64  # characters kept of apollographql-client-name / -version
+OPERATION_NAME_MAX = 128  # characters of an operation name logged
+UPSTREAM_CALLS_LOGGED = 20  # calls detailed in one log line (all are counted)
+
+_EXTENSION_KEY = "numbers_gateway.upstream_call"
+
+
+def request_id_from(value: bytes | None) -> str:
+    """The incoming ``X-Request-ID`` when it is valid, else a new UUID."""
+    if value is not None:
+        text = value.decode("latin-1")
+        if REQUEST_ID.fullmatch(text):
+            return text
+    return str(uuid.uuid4())
+
+
+def client_field(value: bytes | None) -> str | None:
+    """A client-supplied name or version as it may be logged: printable ASCII only, at most
+    ``CLIENT_FIELD_MAX`` characters; None when nothing is left."""
+    if value is None:
+        return None
+    text = "".join(ch for ch in value.decode("latin-1") if " " <= ch <= "~").strip()
+    return text[:CLIENT_FIELD_MAX] or None
+
+
+def tracking_id_from(headers: httpx.Headers) -> str | None:
+    value = headers.get("trackingid")
+    return value if value is not None and TRACKING_ID.fullmatch(value) else None
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """One HTTP request to the upstream (each retry and each followed page is one)."""
+
+    status: int | None = None  # None: no answer (connection error, timeout, cancelled)
+    tracking_id: str | None = None
+    duration_ms: float | None = None
+
+    def as_log(self) -> dict[str, Any]:
+        return {"status": self.status, "trackingId": self.tracking_id, "ms": self.duration_ms}
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """One HTTP request's facts; see the module docstring for who fills in what."""
+
+    request_id: str
+    client_name: str | None = None
+    client_version: str | None = None
+    tracer: Tracer | None = None  # the app's tracer while tracing is on, else None
+    trace_id: str | None = None
+    operation_name: str | None = None
+    operation_type: str | None = None
+    attempted: bool = False  # a GraphQL operation was attempted (executed or refused)
+    executed: bool = False  # it got past parsing and validation
+    error_codes: list[str] = field(default_factory=list)
+    upstream_calls: list[UpstreamCall] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)  # "status:tier" per upstream ask
+
+    @property
+    def outcome(self) -> str:
+        """``success``, ``error`` (executed, with errors) or ``rejected`` (never executed)."""
+        if not self.executed:
+            return "rejected"
+        return "error" if self.error_codes else "success"
+
+    def add_error_codes(self, codes: Iterable[str]) -> None:
+        for code in codes:
+            if code not in self.error_codes:
+                self.error_codes.append(code)
+
+
+_current: ContextVar[RequestFacts | None] = ContextVar("gateway_request_facts", default=None)
+
+
+def current_facts() -> RequestFacts | None:
+    """The facts of the request this code runs for; None outside a request."""
+    return _current.get()
+
+
+@contextmanager
+def collecting(facts: RequestFacts) -> Iterator[RequestFacts]:
+    """Make ``facts`` the current request's for the duration of the block."""
+    token = _current.set(facts)
+    try:
+        yield facts
+    finally:
+        _current.reset(token)
+
+
+async def _on_upstream_request(request: httpx.Request) -> None:
+    facts = _current.get()
+    if facts is None:
+        return
+    call = UpstreamCall()
+    facts.upstream_calls.append(call)
+    request.extensions[_EXTENSION_KEY] = (call, time.perf_counter())
+
+
+async def _on_upstream_response(response: httpx.Response) -> None:
+    entry = response.request.extensions.get(_EXTENSION_KEY)
+    if entry is None:
+        return
+    call, started = entry
+    call.status = response.status_code
+    call.tracking_id = tracking_id_from(response.headers)
+    call.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+
+
+def observe_upstream_calls(http: httpx.AsyncClient) -> None:
+    """Record each request ``http`` sends in the current request's facts (idempotent).
+
+    Event hooks see every request the client sends, retries and followed pages included; a
+    request that gets no answer stays recorded with no status."""
+    hooks = http.event_hooks
+    if _on_upstream_request in hooks["request"]:
+        return
+    hooks["request"].append(_on_upstream_request)
+    hooks["response"].append(_on_upstream_response)
+    http.event_hooks = hooks
