@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http.connections import uvicorn_limits
     from gateway.observability.logs import configure_logging
 
     tracing = Tracing()
@@ -146,6 +147,12 @@ def _serve(args: argparse.Namespace) -> int:
         "root_path": settings.root_path,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "lifespan": "on",
+        # Connections past the bound, and clients slow to send a request head, are refused.
+        **uvicorn_limits(
+            max_connections=settings.max_connections,
+            header_timeout=settings.header_timeout,
+            keep_alive_timeout=settings.keep_alive_timeout,
+        ),
     }
     if settings.workers > 1:
         # Each worker is a new interpreter reading the environment: pass the flags on.
@@ -164,11 +171,15 @@ def worker_app() -> ASGIApp:
     """The app of one ``--workers`` process (uvicorn imports it by name). The parent checked
     the same environment, so nothing here fails in a way ``serve`` has not reported."""
     from gateway.app import create_app
+    from gateway.http.connections import configure_connection_limits
     from gateway.observability.logs import configure_logging
     from gateway.observability.tracing import Tracing, TracingConfig
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    configure_connection_limits(
+        max_connections=settings.max_connections, header_timeout=settings.header_timeout
+    )
     return create_app(settings, tracing=Tracing.start(TracingConfig.from_environment()))
 
 

@@ -259,3 +259,25 @@ def test_workers_share_the_port_and_stop_on_sigterm() -> None:
             assert response.status_code == 200
             assert response.json()["data"]["numberCounts"]["total"] == 1000
     assert server.process.returncode == 0
+
+
+def test_serve_bounds_connections_and_request_heads() -> None:
+    """``serve`` applies GATEWAY_MAX_CONNECTIONS and GATEWAY_HEADER_TIMEOUT: idle sockets are
+    answered 408 and closed, and connections past the bound get 503 at once."""
+    import socket
+
+    env = {"GATEWAY_HEADER_TIMEOUT": "0.5", "GATEWAY_MAX_CONNECTIONS": "3"}
+    with gateway_process(env=env) as (_, url):
+        host, port = origin_of(url).removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        try:
+            with socket.create_connection((host, int(port)), timeout=10) as extra:
+                assert extra.recv(4096).startswith(b"HTTP/1.1 503")
+            for connection in held:
+                answer = connection.recv(4096)
+                assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+                assert connection.recv(4096) == b"", "and the connection is closed"
+        finally:
+            for connection in held:
+                connection.close()
+        assert httpx.get(f"{origin_of(url)}/healthz", timeout=10).status_code == 200

@@ -78,57 +78,63 @@ _TOO_SLOW = _raw_response(
 )
 
 
-def guarded_protocol(*, max_connections: int, header_timeout: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with a connection bound and a request-head deadline."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a connection bound and a request-head deadline.
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _head_deadline: asyncio.TimerHandle | None = None
+    A module-level class (uvicorn pickles its config for ``--workers``), set up by
+    ``configure_connection_limits`` in each process before it serves."""
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.write(_AT_CAPACITY)
-                transport.close()
-                return
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(_AT_CAPACITY)
+            transport.close()
+            return
+        self._await_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_deadline is None:
             self._await_head()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            if self._head_deadline is None:
-                self._await_head()
+    def on_headers_complete(self) -> None:
+        self._stop_waiting()
+        super().on_headers_complete()
 
-        def on_headers_complete(self) -> None:
-            self._stop_waiting()
-            super().on_headers_complete()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_waiting()
-            super().connection_lost(exc)
+    def _await_head(self) -> None:
+        self._head_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
 
-        def _await_head(self) -> None:
-            self._head_deadline = self.loop.call_later(header_timeout, self._too_slow)
-
-        def _stop_waiting(self) -> None:
-            if self._head_deadline is not None:
-                self._head_deadline.cancel()
-                self._head_deadline = None
-
-        def _too_slow(self) -> None:
+    def _stop_waiting(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
             self._head_deadline = None
-            idle = self.cycle is None or self.cycle.response_complete
-            # No request is being served on this connection: it only sat there.
-            if idle and not self.transport.is_closing():
-                self.transport.write(_TOO_SLOW)
-                self.transport.close()
 
-    return GuardedHttpToolsProtocol
+    def _too_slow(self) -> None:
+        self._head_deadline = None
+        idle = self.cycle is None or self.cycle.response_complete
+        # No request is being served on this connection: it only sat there.
+        if idle and not self.transport.is_closing():
+            self.transport.write(_TOO_SLOW)
+            self.transport.close()
+
+
+def configure_connection_limits(*, max_connections: int, header_timeout: float) -> None:
+    """Set the bounds ``GuardedHttpToolsProtocol`` applies in this process."""
+    GuardedHttpToolsProtocol.max_connections = max_connections
+    GuardedHttpToolsProtocol.header_timeout = header_timeout
 
 
 def uvicorn_limits(
     *, max_connections: int, header_timeout: float, keep_alive_timeout: float
 ) -> dict[str, Any]:
-    """The ``uvicorn.Config`` keywords that apply these bounds."""
-    return {
-        "http": guarded_protocol(max_connections=max_connections, header_timeout=header_timeout),
-        "timeout_keep_alive": keep_alive_timeout,
-    }
+    """The ``uvicorn.Config`` keywords that apply these bounds (after configuring them)."""
+    configure_connection_limits(max_connections=max_connections, header_timeout=header_timeout)
+    return {"http": GuardedHttpToolsProtocol, "timeout_keep_alive": keep_alive_timeout}
