@@ -79,9 +79,12 @@ pytest: $(TESTING) test-services
 
 test: lint typecheck schema-check pytest
 
+# Each prints its figures side by side with the floor it divides, and the target beside it.
 bench: $(TESTING)
 	$(BIN)/python benchmarks/simulator_scale.py
 	$(BIN)/python benchmarks/large_page.py
+	$(BIN)/python benchmarks/repeat_query.py
+	$(BIN)/python benchmarks/cache_memory.py
 
 # Side by side with Hive Gateway (GraphQL Mesh over schema/openapi.yaml); installs the pinned
 # npm packages into a cache folder outside the repo on first use.

@@ -582,3 +582,10 @@ async def test_the_cache_report_is_shown_only_when_asked(gateway: httpx.AsyncCli
     del gateway.headers["Gateway-Cache-Report"]
     quiet = await post(gateway, {"query": COUNTS})
     assert "cache" not in quiet.json()["extensions"]
+
+
+async def test_csrf_sees_escaped_parameter_names(gateway: httpx.AsyncClient) -> None:
+    """A GET whose parameter name is percent-escaped is still an operation."""
+    response = await gateway.get("/graphql?%71uery=%7BnumberCounts%7Btotal%7D%7D")
+    assert response.status_code == 400
+    assert "CSRF" in response.json()["errors"][0]["message"]

@@ -153,25 +153,29 @@ class GraphQLView:
                 200 if legacy else 400, error_payload(exc.message, ErrorCode.BAD_USER_INPUT)
             ), None
 
-        context = self._context(request)
+        headers = request.headers
+        refresh = "no-cache" in headers.get("cache-control", "").lower()
+        report_cache = headers.get(CACHE_REPORT_HEADER, "").lower() in ("1", "true", "yes")
         reuse: ResponseReuse = request.state.responses
-        # The cache report differs from one answer to the next: those are never reused.
+        # Looked up before anything is built for the request: a repeat costs a hash and a
+        # dictionary lookup. The cache report differs each time: those are never reused.
         reuse_key = (
             None
-            if context.report_cache
+            if report_cache
             else reuse.key(
-                usable_authorization(request.headers.get("authorization")),
+                usable_authorization(headers.get("authorization")),
                 document,
                 params.variables,
                 params.operation_name,
                 shape=request.method,
             )
         )
-        if reuse_key is not None and not context.numbers.refresh:
+        if reuse_key is not None and not refresh:
             stored = reuse.get(reuse_key)
             if stored is not None:
                 self.metrics.responses_reused.inc()
                 return Answer(200, body=stored.body), stored.fresh_for
+        context = self._context(request, refresh=refresh, report_cache=report_cache)
         try:
             result: ExecutionResult = await self.schema.execute(
                 document,
@@ -224,19 +228,15 @@ class GraphQLView:
         documents: DocumentPolicy = request.state.documents
         return documents
 
-    def _context(self, request: Request) -> RequestContext:
+    def _context(self, request: Request, *, refresh: bool, report_cache: bool) -> RequestContext:
         source: NumbersSource = request.state.numbers
-        numbers = source.for_caller(
-            request.headers.get("authorization"),
-            refresh="no-cache" in request.headers.get("cache-control", "").lower(),
-        )
+        numbers = source.for_caller(request.headers.get("authorization"), refresh=refresh)
         return RequestContext(
             request=request,
             settings=self.settings,
             metrics=self.metrics,
             numbers=numbers,
-            report_cache=request.headers.get(CACHE_REPORT_HEADER, "").lower()
-            in ("1", "true", "yes"),
+            report_cache=report_cache,
         )
 
     def _fresh_for(self, context: RequestContext) -> float | None:
