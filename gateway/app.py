@@ -229,8 +229,11 @@ def create_app(
     ide_page = (
         None
         if settings.production
+        # Behind a proxy that strips a prefix (--root-path), the browser needs it in the URLs.
         else render_graphiql_page(
-            asset_base=ASSET_BASE, examples=load_examples(), graphql_path=GRAPHQL_PATH
+            asset_base=settings.root_path + ASSET_BASE,
+            examples=load_examples(),
+            graphql_path=settings.root_path + GRAPHQL_PATH,
         )
     )
     view = GraphQLView(

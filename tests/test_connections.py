@@ -44,7 +44,11 @@ async def test_requests_past_the_in_flight_bound_get_503_with_retry_after() -> N
         assert (await client.get("/healthz")).status_code == 200, "probes pass"
         gate.release()
         answers = await asyncio.gather(*held)
-    assert [answer.status_code for answer in answers] == [200, 200]
+        assert [answer.status_code for answer in answers] == [200, 200]
+        after = await client.post(
+            "/graphql", json={"query": "{ numberCounts { total } }"}, headers=headers
+        )
+        assert after.status_code == 200, "the finished requests gave their places back"
 
 
 async def _hello(request: Request) -> PlainTextResponse:

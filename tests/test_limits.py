@@ -402,3 +402,25 @@ def test_a_full_cache_stays_within_its_byte_bound() -> None:
     assert entries < 120, "the cache evicted: the bound was reached"
     fixed_overhead = 16 * 2**20
     assert growth <= bound + fixed_overhead, f"RSS grew {growth / 2**20:.1f} MiB"
+
+
+async def test_a_fragment_bomb_is_refused_quickly_before_validation(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport
+) -> None:
+    """Fragments spread twice at each of 40 levels would expand to 2**40 fields: every walk
+    of the document (the limiters', the cost estimate's) would run for hours."""
+    import time
+
+    levels = 40
+    fragments = "\n".join(
+        f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels)
+    )
+    document = (
+        f"{{ ...F0 }}\n{fragments}\nfragment F{levels} on Query {{ numberCounts {{ total }} }}"
+    )
+    started = time.monotonic()
+    body = await graphql(gateway, document, status=400)
+    assert time.monotonic() - started < 10, "refused without expanding the fragments"
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "expands to more than" in body["errors"][0]["message"]
+    assert recorder.calls == 0

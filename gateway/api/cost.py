@@ -5,9 +5,10 @@ multiplied by the sizes of the lists around it, so ``phoneNumbers(page: {first: 
 2,050, ten aliased copies of it 20,500, and ``owner { person { phoneNumbers } }`` under a page of
 2,000 nodes costs 2,000 times a whole page. ``_entities`` multiplies by its representations.
 ``first`` comes from literals or variables (100 when absent, the most when unreadable); ``@skip``
-and ``@include`` are ignored, so the estimate never undercounts. It runs before validation, so
-an operation over ``GATEWAY_MAX_COST`` is refused without even being validated, and costs
-nothing upstream.
+and ``@include`` are ignored, so the estimate never undercounts. It runs once validation is
+known (from strawberry's cache, or about to run), before execution: an operation over
+``GATEWAY_MAX_COST`` costs nothing upstream. Its walk is linear in the document's expanded
+size, which ``ParsedDocuments`` bounds before anything walks it.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def operation_cost(
 def cost_limiter(
     *, max_cost: int, max_page_size: int, max_entities: int, report: bool
 ) -> type[SchemaExtension]:
-    """A schema extension refusing operations over ``max_cost`` before validation, and
+    """A schema extension refusing operations over ``max_cost`` before execution, and
     reporting the estimate (``extensions.cost`` when ``report``; the metric always)."""
 
     class OperationCost(SchemaExtension):

@@ -8,16 +8,18 @@ logged here with its traceback and shown only as a masked ``INTERNAL_SERVER_ERRO
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, Final
 
 import strawberry
 import structlog
+from cachetools import LRUCache
 from graphql import (
     DocumentNode,
     FieldNode,
+    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
     InlineFragmentNode,
@@ -41,6 +43,7 @@ from strawberry.types.execution import ExecutionContext
 
 from gateway.api.context import RequestContext
 from gateway.api.cost import cost_limiter
+from gateway.api.projection import projecting_execution_context
 from gateway.api.resolvers import Query
 from gateway.errors import BadUserInput, ErrorCode, GatewayError
 from gateway.numbers.types import Location, Organization, Person
@@ -54,7 +57,7 @@ INTERNAL_ERROR_MESSAGE = "Internal server error."
 # @theguild/federation-composition both accept (tests compose with both).
 FEDERATION_VERSION: Final = "2.7"
 DEFAULT_MAX_ENTITIES = 100
-PLAN_CACHE_SIZE = 1024  # parsed and validated documents kept, each
+PLAN_CACHE_SIZE = 128  # validated documents kept (strawberry keeps them, bounded by count)
 
 # Entity references this subgraph resolves: __typename -> the object for a key.
 ENTITY_REFERENCES: dict[str, Callable[[strawberry.ID], object]] = {
@@ -125,31 +128,101 @@ def without_suggestions(error: GraphQLError) -> GraphQLError:
     )
 
 
-@lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _parse(query: str, **options: Any) -> DocumentNode:
-    return parse(query, **options)
+# Fields an operation may expand to once its fragments are spread. A fragment spread twice
+# in a fragment spread twice ... doubles at each level: 30 levels fit in 1.3 KB and would make
+# every walk of the document (the limiters', the cost estimate's) run for hours.
+MAX_EXPANDED_FIELDS = 5_000
+PARSE_CACHE_BYTES = 4 * 1024 * 1024  # of document text; the parsed trees are some times that
 
 
-class ParsedDocuments(SchemaExtension):
-    """strawberry's ``ParserCache``, except that a document that does not parse is left to
-    strawberry's own parse, which reports the error as a request error (``ParserCache``
+def expanded_fields(document: DocumentNode) -> int:
+    """How many fields the document's operations select with every fragment spread in place;
+    linear in the document's size (each fragment's count is worked out once)."""
+    fragments = {
+        node.name.value: node
+        for node in document.definitions
+        if isinstance(node, FragmentDefinitionNode)
+    }
+    sizes: dict[str, int] = {}
+
+    def size(selection_set: SelectionSetNode | None, spreading: frozenset[str]) -> int:
+        total = 0
+        for selection in selection_set.selections if selection_set else ():
+            if isinstance(selection, FieldNode):
+                total += 1 + size(selection.selection_set, spreading)
+            elif isinstance(selection, InlineFragmentNode):
+                total += size(selection.selection_set, spreading)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name in spreading or name not in fragments:
+                    continue  # a cycle or an unknown fragment: validation reports it
+                if name not in sizes:
+                    sizes[name] = size(fragments[name].selection_set, spreading | {name})
+                total += sizes[name]
+            if total > MAX_EXPANDED_FIELDS:
+                return total  # enough to refuse; no need to count on
+        return total
+
+    return sum(
+        size(node.selection_set, frozenset())
+        for node in document.definitions
+        if isinstance(node, OperationDefinitionNode)
+    )
+
+
+def _refusal(document: DocumentNode) -> GraphQLError | None:
+    """Why a parsed document is refused before validation, if it is."""
+    if _has_empty_selection(document):
+        # graphql-core 3.3 parses `{}`, which the spec's grammar forbids and on which
+        # strawberry's depth limiter fails; say so here, as a syntax error.
+        return GraphQLError(
+            "Syntax Error: a selection set must select at least one field.",
+            extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+        )
+    fields = expanded_fields(document)
+    if fields > MAX_EXPANDED_FIELDS:
+        return GraphQLError(
+            f"The operation expands to more than {MAX_EXPANDED_FIELDS} fields once its "
+            "fragments are spread; select less, or spread fragments fewer times.",
+            extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+        )
+    return None
+
+
+def parsed_documents() -> type[SchemaExtension]:
+    """strawberry's ``ParserCache`` (but one per app, bounded in bytes of document text), with
+    two checks made once per document before validation: no empty selection set, and no
+    fragment expansion past ``MAX_EXPANDED_FIELDS``. A document that does not parse is left
+    to strawberry's own parse, which reports the error as a request error (``ParserCache``
     raises it from the hook, past the error handling)."""
+    documents: LRUCache[str, tuple[DocumentNode, GraphQLError | None]] = LRUCache(
+        maxsize=PARSE_CACHE_BYTES, getsizeof=len
+    )
+    guard = threading.Lock()
 
-    def on_parse(self) -> Iterator[None]:
-        context = self.execution_context
-        if context.query:
-            with suppress(GraphQLError):
-                context.graphql_document = _parse(context.query, **context.parse_options)
-            if context.graphql_document is not None and _has_empty_selection(
-                context.graphql_document
-            ):
-                # graphql-core 3.3 parses `{}`, which the spec's grammar forbids and on which
-                # strawberry's depth limiter fails; say so here, as a syntax error.
-                raise GraphQLError(
-                    "Syntax Error: a selection set must select at least one field.",
-                    extensions={"code": ErrorCode.BAD_USER_INPUT.value},
-                )
-        yield
+    class ParsedDocuments(SchemaExtension):
+        def on_parse(self) -> Iterator[None]:
+            context = self.execution_context
+            query = context.query
+            if query:
+                with guard:
+                    found = documents.get(query)
+                if found is None:
+                    try:
+                        document = parse(query, **context.parse_options)
+                    except GraphQLError:
+                        yield  # strawberry parses again and reports it
+                        return
+                    found = (document, _refusal(document))
+                    if len(query) <= documents.maxsize:
+                        with guard:
+                            documents[query] = found
+                context.graphql_document, refusal = found
+                if refusal is not None:
+                    raise refusal
+            yield
+
+    return ParsedDocuments
 
 
 def _has_empty_selection(document: DocumentNode) -> bool:
@@ -305,12 +378,20 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     if settings is not None:
         # Factories, not instances: strawberry builds fresh extensions per operation.
         extensions += [
-            partial(QueryDepthLimiter, max_depth=settings.max_query_depth),
-            partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
             partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
-            partial(AddValidationRules, [root_field_limit(settings.max_root_fields)]),
+            # strawberry's limiters make a new rule class per instance, and so per operation;
+            # built once here, the rules are the same each time and validation results can be
+            # cached (ValidationCache keys on them).
+            partial(
+                AddValidationRules,
+                [
+                    *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+                    *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+                    root_field_limit(settings.max_root_fields),
+                ],
+            ),
             # Documents seen a moment ago skip parsing and validation (bounded LRUs).
-            ParsedDocuments,
+            parsed_documents(),
             partial(ValidationCache, maxsize=PLAN_CACHE_SIZE),
             # After validation is known (from the cache or not), so neither overwrites it.
             cost_limiter(
@@ -328,6 +409,9 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
         max_entities=settings.max_entities if settings is not None else DEFAULT_MAX_ENTITIES,
+        # Lists of phone numbers are projected from the upstream items by a function compiled
+        # once per document, instead of completed leaf by leaf (api/projection.py).
+        execution_context_class=projecting_execution_context(),
     )
 
 

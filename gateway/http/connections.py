@@ -20,9 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import ErrorCode
-from gateway.http.middleware import send_error
+from gateway.http.middleware import PROBE_ROUTES, app_path, send_error
 
-PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 RETRY_AFTER_SECONDS = 1
 
 
@@ -35,7 +34,7 @@ class InFlightLimit:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if scope["type"] != "http" or app_path(scope) in PROBE_ROUTES:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

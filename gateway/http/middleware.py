@@ -186,12 +186,19 @@ class RequestLogMiddleware:
             log.info("http_request", **line)
 
 
-def _route(scope: Scope) -> str:
-    """The path the app routes on (without a ``--root-path`` prefix), or ``other``."""
+def app_path(scope: Scope) -> str:
+    """The path the app routes on: without a ``--root-path`` prefix (uvicorn puts the prefix
+    in ``path`` too)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
-        path = path[len(root) :]
+        return path[len(root) :]
+    return path
+
+
+def _route(scope: Scope) -> str:
+    """The path the app routes on, or ``other``."""
+    path = app_path(scope)
     return path if path in KNOWN_ROUTES else "other"
 
 
@@ -290,7 +297,7 @@ class BodySizeLimitMiddleware:
             return
         too_large = f"The request body is larger than {self.max_bytes} bytes."
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > self.max_bytes:
             await send_error(send, 413, too_large, ErrorCode.BAD_USER_INPUT)
             return
         # Read the body here (bounded in size and time), so a chunked body can't grow past
@@ -374,6 +381,7 @@ def _vary_on_encoding(app: ASGIApp) -> ASGIApp:
     return with_vary
 
 
+_DIGITS = re.compile(rb"[0-9]+")
 # Whether a query string names a GraphQL parameter, read from the raw bytes: the view parses
 # the query string once, the CSRF rule only needs to know whether it carries an operation.
 _NAMES_A_GRAPHQL_PARAMETER = re.compile(
@@ -409,7 +417,7 @@ class CsrfPreventionMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or self._safe(scope):
+        if scope["type"] != "http" or app_path(scope) != self.path or self._safe(scope):
             await self.app(scope, receive, send)
             return
         await send_error(send, 400, self.message, ErrorCode.BAD_USER_INPUT)

@@ -111,6 +111,7 @@ class PersistedQueries:
         self.max_entries = max_entries
         self._local: LRUCache[str, str] = LRUCache(maxsize=max_bytes, getsizeof=len)
         self._redis = redis
+        self._redis_down = False
 
     async def get(self, digest: str) -> str | None:
         found = self._local.get(digest)
@@ -139,14 +140,21 @@ class PersistedQueries:
             self._local.popitem()
         self._local[digest] = document
 
-    @staticmethod
-    async def _guard(operation: object) -> object:
+    async def _guard(self, operation: object) -> object:
+        """Redis speeds registration up across replicas, never breaks it: a failure is a miss,
+        logged once per outage."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                return await operation  # type: ignore[misc]
+                result = await operation  # type: ignore[misc]
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("apq_redis_unavailable", error=type(exc).__name__)
+            if not self._redis_down:
+                self._redis_down = True
+                log.warning("apq_redis_unavailable", error=type(exc).__name__)
             return None
+        if self._redis_down:
+            self._redis_down = False
+            log.info("apq_redis_recovered")
+        return result
 
     def __len__(self) -> int:
         return len(self._local)
@@ -162,9 +170,11 @@ class DocumentPolicy:
 
     async def resolve(
         self, query: str | None, persisted_hash: str | None, document_id: str | None
-    ) -> str:
+    ) -> tuple[str, str | None]:
+        """The document to run, and the APQ digest to register it under once it has run
+        (a document that does not parse or validate is never registered)."""
         if document_id is not None or (persisted_hash is not None and query is None):
-            return await self._by_id(document_id or persisted_hash or "")
+            return await self._by_id(document_id or persisted_hash or ""), None
         assert query is not None  # the request parser guarantees a query, a hash or an id
         if self.trusted_only and (self.trusted is None or query not in self.trusted):
             raise PersistedDocumentError(
@@ -172,9 +182,9 @@ class DocumentPolicy:
                 "This gateway runs trusted documents only, and this one is not in its "
                 "manifest. Send the id of a document the manifest lists.",
             )
-        if persisted_hash is not None:
-            await self._register(persisted_hash, query)
-        return query
+        if persisted_hash is None or self.apq is None:
+            return query, None
+        return query, self._digest_of(persisted_hash, query)
 
     async def _by_id(self, document_id: str) -> str:
         if self.trusted is not None:
@@ -205,9 +215,8 @@ class DocumentPolicy:
             )
         return found
 
-    async def _register(self, persisted_hash: str, query: str) -> None:
-        if self.apq is None:
-            return
+    @staticmethod
+    def _digest_of(persisted_hash: str, query: str) -> str:
         digest = _normal_hash(persisted_hash)
         if digest is None or digest != sha256_hex(query):
             raise PersistedDocumentError(
@@ -215,4 +224,9 @@ class DocumentPolicy:
                 "extensions.persistedQuery.sha256Hash is not the sha256 of 'query'; send the "
                 "hex digest of the document exactly as sent.",
             )
-        await self.apq.put(digest, query)
+        return digest
+
+    async def register(self, digest: str, query: str) -> None:
+        """Keep a document that ran under its APQ digest."""
+        if self.apq is not None:
+            await self.apq.put(digest, query)

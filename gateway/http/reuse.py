@@ -19,16 +19,16 @@ from typing import Any
 
 import orjson
 
-from gateway.pipeline.cache import CacheEvent, LocalTier
+from gateway.pipeline.cache import LocalTier
 from gateway.upstream.slots import caller_of
-
-_FRESH = frozenset({"hit", "miss", "refresh"})
 
 
 @dataclass(frozen=True, slots=True)
 class StoredAnswer:
     body: bytes
     fresh_for: float  # seconds left when it was served again
+    operation_name: str | None
+    operation_type: str | None
 
 
 class ResponseReuse:
@@ -80,19 +80,25 @@ class ResponseReuse:
         found = self._answers.get_raw(key)
         if found is None:
             return None
-        body, stored_at = found
-        return StoredAnswer(body, self.ttl - (self.clock.monotonic() - stored_at))
+        raw, stored_at = found
+        # Stored as one line [operation name, operation type], then the body: what the
+        # request's log line needs too.
+        head, _, body = raw.partition(b"\n")
+        name, kind = orjson.loads(head)
+        return StoredAnswer(body, self.ttl - (self.clock.monotonic() - stored_at), name, kind)
 
     def put(
-        self, key: str, body: bytes, events: list[CacheEvent], authorization: str | None
+        self,
+        key: str,
+        body: bytes,
+        fresh_for: float | None,
+        authorization: str | None,
+        operation: tuple[str | None, str | None] = (None, None),
     ) -> None:
-        """Keep ``body`` for as long as the youngest-dying upstream entry it used lives."""
-        if self._answers is None or not events:
+        """Keep ``body`` for the ``fresh_for`` seconds its upstream entries stay fresh."""
+        if self._answers is None or fresh_for is None:
             return
-        if any(event.status not in _FRESH for event in events):
-            return  # a stale or uncached ask: this answer must not outlive the request
-        oldest = max(event.age for event in events)
         # Stored "as old as" its oldest entry, so it expires with it.
-        stored_at = self.clock.monotonic() - oldest
+        stored_at = self.clock.monotonic() - (self.ttl - fresh_for)
         owner = caller_of(authorization or "")
-        self._answers.set(key, body, stored_at, owner)
+        self._answers.set(key, orjson.dumps(list(operation)) + b"\n" + body, stored_at, owner)

@@ -47,6 +47,7 @@ from gateway.http.negotiation import (
 from gateway.http.persisted import DocumentPolicy, PersistedDocumentError
 from gateway.http.reuse import ResponseReuse
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.request_facts import current_facts
 from gateway.pipeline.source import NumbersSource, usable_authorization
 from gateway.settings import Settings
 
@@ -135,7 +136,7 @@ class GraphQLView:
         legacy = media_type == APPLICATION_JSON
         try:
             params = await self._params(request)
-            document = await self._documents(request).resolve(
+            document, register_as = await self._documents(request).resolve(
                 params.query, params.persisted_hash, params.document_id
             )
             _check_operation_choice(document, params.operation_name)
@@ -174,6 +175,12 @@ class GraphQLView:
             stored = reuse.get(reuse_key)
             if stored is not None:
                 self.metrics.responses_reused.inc()
+                facts = current_facts()
+                if facts is not None:  # the request's log line and metrics, as if executed
+                    facts.attempted = facts.executed = True
+                    facts.operation_name = stored.operation_name
+                    facts.operation_type = stored.operation_type
+                    facts.cache.append("reused:answer")
                 return Answer(200, body=stored.body), stored.fresh_for
         context = self._context(request, refresh=refresh, report_cache=report_cache)
         try:
@@ -199,17 +206,21 @@ class GraphQLView:
             ), None
         payload, rejected = _payload(result)
         status = 400 if rejected and not legacy else 200
+        if register_as is not None and not rejected:
+            await self._documents(request).register(register_as, document)
         if result.errors:
             return Answer(status, payload), None
         body = orjson.dumps(payload)
         if reuse_key is not None:
+            facts = current_facts()
             reuse.put(
                 reuse_key,
                 body,
-                context.numbers.cache_events,
+                context.numbers.fresh_for(),
                 usable_authorization(request.headers.get("authorization")),
+                (facts.operation_name, facts.operation_type) if facts else (None, None),
             )
-        return Answer(status, body=body), self._fresh_for(context)
+        return Answer(status, body=body), context.numbers.fresh_for()
 
     async def _params(self, request: Request) -> GraphQLParams:
         if request.method == "GET":
@@ -238,14 +249,6 @@ class GraphQLView:
             numbers=numbers,
             report_cache=report_cache,
         )
-
-    def _fresh_for(self, context: RequestContext) -> float | None:
-        """Seconds the answer stays as fresh as the shortest-lived cache entry it used."""
-        ttl = context.numbers.ttl
-        events = context.numbers.cache_events
-        if ttl <= 0 or not events or any(e.status in ("bypass", "stale") for e in events):
-            return None
-        return ttl - max(event.age for event in events)
 
     def _respond(
         self,

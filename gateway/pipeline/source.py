@@ -23,6 +23,7 @@ from gateway.pipeline.loaders import NumbersLoader
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.slots import caller_of
 
+_FRESH = frozenset({"hit", "miss", "refresh"})
 NO_CREDENTIALS = "Send the caller's Webex token as 'Authorization: Bearer <token>'."
 UNUSABLE_CREDENTIALS = (
     "The Authorization header must be printable ASCII ('Bearer <token>'); this one cannot "
@@ -75,6 +76,15 @@ class CallerNumbers:
     def ttl(self) -> float:
         """How long the cache keeps an answer fresh (0: caching is off)."""
         return self._source.cache.ttl
+
+    def fresh_for(self) -> float | None:
+        """Seconds an answer built from this request's upstream asks stays fresh: as long as
+        the shortest-lived cache entry it used. None when caching is off, when nothing was
+        asked, or when an ask was answered stale."""
+        events = self.cache_events
+        if self.ttl <= 0 or not events or any(e.status not in _FRESH for e in events):
+            return None
+        return self.ttl - max(event.age for event in events)
 
     def load(self, ask: Fetch) -> Awaitable[UpstreamPage]:
         """The upstream's answer to ``ask``, merged with the operation's other asks."""

@@ -39,6 +39,7 @@ from gateway.errors import (
 )
 from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.request_facts import TRACKING_ID
 from gateway.upstream.body import read_numbers_body
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.slots import FairSlots, caller_of
@@ -49,9 +50,7 @@ RATE_LIMIT_STATUSES = frozenset({423, 429})
 DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
 _MESSAGE_LIMIT = 300
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-# Webex tracking ids look like ROUTER_<uuid> or WEBEX_<...>: short, plain text. Anything else
-# is not echoed to the caller.
-_TRACKING_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes '²', which int() refuses
 
 log = structlog.get_logger("gateway.upstream")
 
@@ -75,7 +74,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _DIGITS.fullmatch(text):
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
@@ -91,7 +90,8 @@ def tracking_id_of(headers: httpx.Headers, body: Any = None) -> str | None:
     candidates = [body.get("trackingId") if isinstance(body, dict) else None]
     candidates.append(headers.get("trackingid"))
     for candidate in candidates:
-        if isinstance(candidate, str) and _TRACKING_ID.match(candidate):
+        # Short plain text (ROUTER_<uuid>); anything else is not echoed to the caller.
+        if isinstance(candidate, str) and TRACKING_ID.fullmatch(candidate):
             return candidate
     return None
 
@@ -283,7 +283,7 @@ class UpstreamClient:
             safe = False
         if safe:
             start = url.params.get("start", "")
-            behind = start.isdigit() and int(start) < fetch.window.start + collected
+            behind = bool(_DIGITS.fullmatch(start)) and int(start) < fetch.window.start + collected
             if str(url) in exchange.visited or behind:
                 raise UpstreamUnavailable(
                     "The upstream's next link does not advance (it would serve the same "

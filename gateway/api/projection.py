@@ -1,0 +1,658 @@
+"""The projection fast path: a page of phone numbers completed straight from the upstream items.
+
+graphql-core completes a 2,000-item page field by field: for every item a dataclass from the
+reader, then for each of its ~23 selected leaves a resolver call, a ``complete_value`` and a
+scalar ``serialize``. The data only passes through, so this module compiles the selection on
+the list's item type ONCE into a Python function that builds the response dicts directly from
+the raw upstream items (graphql-jit's idea), and runs it instead.
+
+Where it hooks in
+    ``ProjectingExecutionContext`` is the executor strawberry hands to graphql-core
+    (``execution_context_class=``); it extends strawberry's own executor (which gives resolvers
+    the plain variables dict), so every other field runs exactly as before, at the cost of one
+    class check. Its ``execute_field`` recognises the connection's ``nodes`` and ``edges``
+    fields (by field name, whatever the alias) on a ``PhoneNumberConnection`` over a
+    ``PageResult``, root field and entity field alike, before their resolvers run. The two
+    resolvers it stands in for are pure (``PageResult.nodes()`` reads the items with
+    ``reader.PHONE_NUMBER``; ``edges()`` pairs them with ``PageResult.cursor(start + i)``), so
+    not calling them is not observable; it also saves building 2,000 dataclasses per page.
+
+What is compiled
+    The selection is collected by the executor's own ``collect_subfields`` (the function normal
+    completion uses), so aliases, merging of equal response keys, named and inline fragments with
+    their type conditions, and ``@skip``/``@include`` with literals or variables come out exactly
+    as graphql-core would have them, in the same order. Each field is then looked up in the
+    reader's table (``PHONE_NUMBER`` with its nested ``LOCATION`` and ``OWNER``): the generated
+    code reads the upstream key with the same reading rule (``Text``, ``Flag``, ``EnumOrUnknown``,
+    ``Nested``), inlining only the common case and calling the rule's own ``read`` for anything
+    else, and serialises the value as the GraphQL type would (enum names are taken from the
+    schema's enum type once, at compile time). ``__typename`` is a constant.
+
+Why the answer is the same
+    * A selection is projectable only when every field in it is a plain field in the tables or
+      ``__typename`` (and ``cursor``/``node`` on an edge). A field with its own resolver
+      (``NumberOwner.person``, ``Location.phoneNumbers``, ``Location.numberCounts``), anything
+      outside the tables, ``@defer``/``@stream``, fragment arguments, ``is_type_of`` checks,
+      resolver middleware, strawberry field extensions or permission classes (on the list or
+      on any selected field), or a scalar other than graphql-core's own ``String``, ``ID`` and
+      ``Boolean`` make it not projectable, and the field runs on the normal path.
+    * Values are read by the reader's own rules, so the two paths cannot disagree on data.
+    * Nothing is rendered that graphql-core would turn into an error: where the compiled code
+      meets a null in a non-null position (the tables make that impossible today, but the guard
+      is generated wherever a rule could yield null), it raises ``CannotProject`` and the whole
+      list falls back to normal execution, which produces the nulls, the propagation and the
+      errors with their paths. The fast path itself never produces an error. A projector that
+      raises anything else (a bug) is logged, counted, and handed back the same way.
+    * ``tests/test_projection.py`` does not take this on trust: a property test runs random
+      selections against random (malformed) upstream items on both paths and compares the
+      answers byte for byte, errors included.
+
+Caching
+    Projectors are cached per schema (``projecting_execution_context()`` makes one executor
+    class with its own bounded LRU) under a digest of the document's text, the operation name,
+    the field's path with list indices removed (types included, so ``... on Location`` and ``... on
+    Organization`` under ``_entities`` stay apart), and the values of the variables that
+    ``@skip``/``@include`` read anywhere in the document. A selection found not projectable is
+    cached as such, so it costs one lookup per list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Final
+
+import structlog
+from graphql import (
+    FragmentDefinitionNode,
+    GraphQLBoolean,
+    GraphQLEnumType,
+    GraphQLField,
+    GraphQLID,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLString,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    VariableNode,
+    get_named_type,
+)
+from graphql.execution.collect_fields import FieldDetails, FieldDetailsList
+from graphql.pyutils import Path, Undefined, UndefinedType
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from gateway.numbers.connection import PageResult
+from gateway.numbers.reader import (
+    PHONE_NUMBER,
+    TEXT,
+    EnumOrUnknown,
+    Flag,
+    Nested,
+    ObjectTable,
+    Reading,
+    Text,
+)
+from gateway.numbers.types import PhoneNumberConnection, PhoneNumberEdge
+
+log = structlog.get_logger("gateway.projection")
+
+Projector = Callable[[PageResult], list[dict[str, Any]]]
+
+DEFAULT_MAX_PROJECTORS: Final = 1024
+# The strawberry definition a GraphQL type or field was built from (its converter's backref).
+_DEFINITION: Final = "strawberry-definition"
+_INCLUSION_DIRECTIVES: Final = frozenset({"skip", "include"})
+_CONNECTION_LISTS: Final = frozenset({"nodes", "edges"})
+_ABSENT: Final = object()  # a variable the operation did not set
+
+
+class CannotProject(Exception):
+    """Raised by a compiled projector for a value it cannot render exactly."""
+
+
+class NotProjectable(Exception):
+    """The selection needs something only normal execution does."""
+
+
+@dataclass(slots=True)
+class ProjectionStats:
+    """What the fast path did, per schema: for tests and for reading a profile."""
+
+    compiled: int = 0  # selections compiled (projectable or not)
+    projected: int = 0  # lists completed by a projector
+    declined: int = 0  # lists whose selection is not projectable
+    fallbacks: int = 0  # lists a projector handed back (a value it cannot render)
+    failures: int = 0  # lists whose projector raised unexpectedly (a bug; logged)
+
+
+class ProjectorCache:
+    """Bounded LRU of compiled projectors (``None``: not projectable) and of the variables
+    each document's ``@skip``/``@include`` read. Thread-safe: strawberry may execute
+    synchronous operations from worker threads."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_PROJECTORS) -> None:
+        self.max_entries = max_entries
+        self.stats = ProjectionStats()
+        self._projectors: OrderedDict[tuple[object, ...], Projector | None] = OrderedDict()
+        self._variables: OrderedDict[tuple[object, ...], tuple[str, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._projectors)
+
+    def projector(self, key: tuple[object, ...]) -> Projector | UndefinedType | None:
+        with self._lock:
+            found = self._projectors.get(key, Undefined)
+            if found is not Undefined:
+                self._projectors.move_to_end(key)
+            return found
+
+    def store(self, key: tuple[object, ...], projector: Projector | None) -> None:
+        self._put(self._projectors, key, projector)
+
+    def directive_variables(
+        self,
+        key: tuple[object, ...],
+        operation: OperationDefinitionNode,
+        fragments: Mapping[str, FragmentDefinitionNode],
+    ) -> tuple[str, ...]:
+        with self._lock:
+            found = self._variables.get(key)
+            if found is not None:
+                self._variables.move_to_end(key)
+                return found
+        names = inclusion_variables(operation, fragments)
+        self._put(self._variables, key, names)
+        return names
+
+    def _put(self, entries: OrderedDict[tuple[object, ...], Any], key: Any, value: Any) -> None:
+        with self._lock:
+            entries[key] = value
+            entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+
+
+def inclusion_variables(
+    operation: OperationDefinitionNode, fragments: Mapping[str, FragmentDefinitionNode]
+) -> tuple[str, ...]:
+    """The variables any ``@skip``/``@include`` of the document reads, sorted."""
+    names: set[str] = set()
+    pending: list[SelectionSetNode] = [operation.selection_set]
+    pending.extend(fragment.selection_set for fragment in fragments.values())
+    while pending:
+        for selection in pending.pop().selections:
+            for directive in selection.directives or ():
+                if directive.name.value in _INCLUSION_DIRECTIVES:
+                    for argument in directive.arguments or ():
+                        if isinstance(argument.value, VariableNode):
+                            names.add(argument.value.name.value)
+            selection_set = getattr(selection, "selection_set", None)
+            if selection_set is not None:
+                pending.append(selection_set)
+    return tuple(sorted(names))
+
+
+class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """strawberry's executor with the projection fast path for lists of phone numbers.
+
+    Use ``projecting_execution_context()``, which binds a projector cache to the class."""
+
+    projectors: ClassVar[ProjectorCache]
+    root_table: ClassVar[ObjectTable] = PHONE_NUMBER
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._document_key: tuple[object, ...] | None = None
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        position_context: Any = None,
+    ) -> Any:
+        if source.__class__ is PhoneNumberConnection and position_context is None:
+            projected = self._project(parent_type, source, field_details_list, path)
+            if projected is not None:
+                return projected
+        return super().execute_field(
+            parent_type, source, field_details_list, path, position_context
+        )
+
+    def _project(
+        self,
+        parent_type: GraphQLObjectType,
+        source: PhoneNumberConnection,
+        field_details_list: FieldDetailsList,
+        path: Path,
+    ) -> list[dict[str, Any]] | None:
+        result = source.result
+        field_name = field_details_list[0].node.name.value  # the field, whatever its alias
+        if result.__class__ is not PageResult or field_name not in _CONNECTION_LISTS:
+            return None
+        if self.middleware_manager is not None and self.middleware_manager.middlewares:
+            return None  # a resolver middleware must see every field it wraps
+        assert isinstance(result, PageResult)
+        stats = self.projectors.stats
+        try:
+            projector = self._projector(parent_type, field_details_list, path)
+            if projector is None:
+                stats.declined += 1
+                return None
+            projected = projector(result)
+        except CannotProject:
+            stats.fallbacks += 1
+            return None
+        except Exception:
+            # A bug in this module must not change an answer: normal execution takes over.
+            stats.failures += 1
+            log.exception("projection_failed", path=path.as_list())
+            return None
+        stats.projected += 1
+        return projected
+
+    def _projector(
+        self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList, path: Path
+    ) -> Projector | None:
+        """The cached projector of this field here, compiled on first sight."""
+        cache = self.projectors
+        key = self._projector_key(path)
+        projector = cache.projector(key) if key is not None else Undefined
+        if isinstance(projector, UndefinedType):
+            projector = self._compile(parent_type, field_details_list)
+            cache.stats.compiled += 1
+            if key is not None:
+                cache.store(key, projector)
+        return projector
+
+    def _projector_key(self, path: Path) -> tuple[object, ...] | None:
+        """Document, operation, the field's path with its types (not its list indices), and
+        the ``@skip``/``@include`` variables' values; None when the document has no text."""
+        document = self._document_key or self._digest_document()
+        if document is None:
+            return None
+        steps: list[tuple[str, str | None]] = []
+        step: Path | None = path
+        while step is not None:
+            if isinstance(step.key, str):
+                steps.append((step.key, step.typename))
+            step = step.prev
+        names = self.projectors.directive_variables(
+            document, self.operation, self.fragment_definitions
+        )
+        coerced = self.variable_values.coerced
+        values = tuple(coerced.get(name, _ABSENT) for name in names)
+        try:
+            hash(values)
+        except TypeError:
+            return None
+        return (*document, tuple(steps), values)
+
+    def _digest_document(self) -> tuple[object, ...] | None:
+        """The schema, a digest of the document's text (a key must not hold a megabyte of
+        text) and the operation's name; once per operation."""
+        location = self.operation.loc
+        if location is None:
+            return None
+        text = location.source.body.encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(text, digest_size=16).digest()
+        name = self.operation.name.value if self.operation.name else None
+        self._document_key = (self.schema, digest, name)
+        return self._document_key
+
+    def _compile(
+        self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> Projector | None:
+        field_name = field_details_list[0].node.name.value
+        field = parent_type.fields.get(field_name)
+        if field is None:
+            return None
+        try:
+            return ProjectorCompiler(self, self.root_table).compile(
+                field_name, field, field_details_list
+            )
+        except NotProjectable:
+            return None
+
+
+def projecting_execution_context(
+    *, max_projectors: int = DEFAULT_MAX_PROJECTORS, root_table: ObjectTable = PHONE_NUMBER
+) -> type[ProjectingExecutionContext]:
+    """An executor class with its own projector cache: pass it to the schema as
+    ``execution_context_class``. ``root_table`` is the reader table of ``PhoneNumber``
+    (tests replace it to exercise the fallback)."""
+
+    class BoundProjectingExecutionContext(ProjectingExecutionContext):
+        projectors = ProjectorCache(max_projectors)
+
+    BoundProjectingExecutionContext.root_table = root_table
+    return BoundProjectingExecutionContext
+
+
+def _strawberry_origin(graphql_type: GraphQLObjectType) -> object:
+    definition = (graphql_type.extensions or {}).get(_DEFINITION)
+    return getattr(definition, "origin", None)
+
+
+def _field_definition(field: GraphQLField) -> Any:
+    """The strawberry field behind ``field``; one with field extensions or permission classes
+    (work that wraps its resolver) is not projectable."""
+    definition = (field.extensions or {}).get(_DEFINITION)
+    if definition is None:
+        raise NotProjectable
+    if getattr(definition, "extensions", None) or getattr(definition, "permission_classes", None):
+        raise NotProjectable
+    return definition
+
+
+def _may_read_null(reading: Reading) -> bool:
+    if isinstance(reading, Nested):
+        return not reading.always
+    if isinstance(reading, Text | Flag | EnumOrUnknown):
+        return reading.default is None
+    return True
+
+
+def _list_item_type(field_type: GraphQLOutputType) -> GraphQLObjectType:
+    inner = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
+    if not isinstance(inner, GraphQLList):
+        raise NotProjectable
+    item = inner.of_type
+    item = item.of_type if isinstance(item, GraphQLNonNull) else item
+    if not isinstance(item, GraphQLObjectType):
+        raise NotProjectable
+    return item
+
+
+class ProjectorCompiler:
+    """Generates one projector's Python source from a collected selection and the tables."""
+
+    def __init__(self, executor: ProjectingExecutionContext, root_table: ObjectTable) -> None:
+        self.executor = executor
+        self.root_table = root_table
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {"Mapping": Mapping, "CannotProject": CannotProject}
+        self._counter = itertools.count()
+
+    def compile(
+        self, field_name: str, field: GraphQLField, field_details_list: FieldDetailsList
+    ) -> Projector:
+        for details in field_details_list:
+            self._check_details(details)
+        _field_definition(field)  # the list's own resolver may have extensions too
+        item_type = _list_item_type(field.type)
+        self._line(0, "def project(result):")
+        self._line(1, "out = []")
+        self._line(1, "append = out.append")
+        if field_name == "nodes":
+            self._line(1, "for item in result.page.items:")
+            entry = self._object(item_type, self.root_table, field_details_list, "item", 2)
+        else:
+            self._line(1, "cursor = result.cursor")
+            self._line(1, "position = result.window.start - 1")
+            self._line(1, "for item in result.page.items:")
+            self._line(2, "position += 1")
+            entry = self._edge(item_type, field_details_list, "item", 2)
+        self._line(2, f"append({entry})")
+        self._line(1, "return out")
+        # Everything bound becomes a keyword default: a local (LOAD_FAST) in the item loop.
+        bound = ", ".join(f"{name}={name}" for name in self.namespace)
+        self.lines[0] = f"def project(result, *, {bound}):"
+        source = "\n".join(self.lines) + "\n"
+        code = compile(source, f"<projection of {field_name}>", "exec")
+        # The source is generated from the schema's own names and repr() literals, never
+        # from request text, and runs in a namespace holding only what it binds.
+        exec(code, self.namespace)  # noqa: S102
+        projector: Projector = self.namespace["project"]
+        return projector
+
+    # -- emitting -----------------------------------------------------------------------------
+
+    def _line(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+    def _name(self, hint: str) -> str:
+        return f"{hint}{next(self._counter)}"
+
+    def _bind(self, value: object, hint: str) -> str:
+        name = self._name("_" + hint)
+        self.namespace[name] = value
+        return name
+
+    @staticmethod
+    def _check_details(details: FieldDetails) -> None:
+        """@defer, @stream, fragment arguments and unknown directives: normal execution."""
+        if details.defer_usage is not None or details.fragment_variable_values is not None:
+            raise NotProjectable
+        for directive in details.node.directives or ():
+            if directive.name.value not in _INCLUSION_DIRECTIVES:
+                raise NotProjectable
+
+    def _subfields(
+        self, graphql_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> dict[str, FieldDetailsList]:
+        if graphql_type.is_type_of is not None:
+            raise NotProjectable
+        grouped, new_defer_usages, _ = self.executor.collect_subfields(
+            graphql_type, field_details_list
+        )
+        if new_defer_usages:
+            raise NotProjectable
+        for details_list in grouped.values():
+            for details in details_list:
+                self._check_details(details)
+        return grouped
+
+    def _plain_field(self, graphql_type: GraphQLObjectType, name: str) -> tuple[GraphQLField, str]:
+        """The field and its Python attribute; only fields without their own resolver."""
+        field = graphql_type.fields.get(name)
+        if field is None:
+            raise NotProjectable
+        definition = _field_definition(field)
+        if getattr(definition, "base_resolver", None) is not None:
+            raise NotProjectable
+        return field, str(definition.python_name)
+
+    def _object(
+        self,
+        graphql_type: GraphQLObjectType,
+        table: ObjectTable,
+        field_details_list: FieldDetailsList,
+        source: str,
+        indent: int,
+    ) -> str:
+        """Emit statements reading ``graphql_type`` from the mapping in ``source``; returns the
+        expression of its response dict (keys in the collected order)."""
+        if _strawberry_origin(graphql_type) is not table.type:
+            raise NotProjectable
+        rules = {rule.attribute: rule for rule in table.fields}
+        getter = f"{source}.get"  # called as a method: faster than a stored bound method
+        leaves: dict[str, str] = {}
+        entries: list[str] = []
+        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
+            name = details_list[0].node.name.value
+            if name == "__typename":
+                entries.append(f"{response_key!r}: {graphql_type.name!r}")
+                continue
+            field, attribute = self._plain_field(graphql_type, name)
+            rule = rules.get(attribute)
+            if rule is None:
+                raise NotProjectable
+            if isinstance(rule.reading, Nested):
+                value = self._nested(field, rule.key, rule.reading, details_list, getter, indent)
+            else:
+                value = leaves.get(name) or self._leaf(
+                    field, rule.key, rule.reading, getter, indent
+                )
+                leaves[name] = value
+            entries.append(f"{response_key!r}: {value}")
+        return "{" + ", ".join(entries) + "}"
+
+    def _leaf(
+        self, field: GraphQLField, key: str, reading: Reading, getter: str, indent: int
+    ) -> str:
+        named = get_named_type(field.type)
+        value = self._name("v")
+        self._line(indent, f"{value} = {getter}({key!r})")
+        if isinstance(reading, Text):
+            if named is not GraphQLString and named is not GraphQLID:
+                raise NotProjectable
+            if reading.default is not None and not isinstance(reading.default, str):
+                raise NotProjectable
+            # A non-empty str reads as itself, a missing value as the default; String and ID
+            # serialise a str as itself. Anything else goes through the rule.
+            read = self._bind(reading.read, "text")
+            if reading.default is None:
+                self._line(
+                    indent,
+                    f"if {value} is not None and ({value}.__class__ is not str or not {value}):",
+                )
+                self._line(indent + 1, f"{value} = {read}({value})")
+            else:
+                self._line(indent, f"if {value}.__class__ is not str or not {value}:")
+                self._line(
+                    indent + 1,
+                    f"{value} = {reading.default!r} if {value} is None else {read}({value})",
+                )
+        elif isinstance(reading, Flag):
+            if named is not GraphQLBoolean:
+                raise NotProjectable
+            if reading.default is not None and not isinstance(reading.default, bool):
+                raise NotProjectable
+            read = self._bind(reading.read, "flag")
+            self._line(indent, f"if {value}.__class__ is not bool:")
+            self._line(
+                indent + 1, f"{value} = {reading.default!r} if {value} is None else {read}({value})"
+            )
+        elif isinstance(reading, EnumOrUnknown):
+            value = self._enum(named, reading, value, indent)
+        else:
+            raise NotProjectable  # Count raises on bad data: normal execution reports it
+        if isinstance(field.type, GraphQLNonNull) and _may_read_null(reading):
+            self._line(indent, f"if {value} is None:")
+            self._line(indent + 1, "raise CannotProject")
+        return value
+
+    def _enum(self, named: object, reading: EnumOrUnknown, raw: str, indent: int) -> str:
+        """Enum values serialise to their names, as the schema's enum type says."""
+        if not isinstance(named, GraphQLEnumType):
+            raise NotProjectable
+        try:
+            names: dict[Enum, str] = {
+                member: named.coerce_output_value(member) for member in reading.enum
+            }
+        except Exception as exc:
+            raise NotProjectable from exc
+        if reading.default is not None and reading.default not in names:
+            raise NotProjectable
+        # An exact str value of the enum reads as that member (``Enum(value)``); anything else
+        # (unknown, missing, another type) goes through the rule itself.
+        by_value = {
+            member.value: name for member, name in names.items() if type(member.value) is str
+        }
+
+        def read_name(raw: object) -> str | None:
+            member = reading.read(raw)
+            return None if member is None else names[member]
+
+        known = self._bind(by_value, "names")
+        value = self._name("e")
+        self._line(indent, f"{value} = {known}.get({raw}) if {raw}.__class__ is str else None")
+        missing = f" and {raw} is not None" if reading.default is None else ""
+        self._line(indent, f"if {value} is None{missing}:")
+        self._line(indent + 1, f"{value} = {self._bind(read_name, 'enum')}({raw})")
+        return value
+
+    def _nested(
+        self,
+        field: GraphQLField,
+        key: str,
+        reading: Nested,
+        field_details_list: FieldDetailsList,
+        getter: str,
+        indent: int,
+    ) -> str:
+        named = get_named_type(field.type)
+        if not isinstance(named, GraphQLObjectType):
+            raise NotProjectable
+        table = reading.table
+        raw = self._name("n")
+        result = self._name("o")
+        # ``Nested.read``: an object only from a mapping, and with ``identified_by`` only when
+        # that key reads as text (``TEXT``, inlined for a non-empty str).
+        self._line(indent, f"{raw} = {getter}({key!r})")
+        self._line(indent, f"if {raw} is None:")
+        self._line(indent + 1, "pass")
+        self._line(indent, f"elif {raw}.__class__ is not dict and not isinstance({raw}, Mapping):")
+        self._line(indent + 1, f"{raw} = None")
+        if table.identified_by is not None:
+            text = self._bind(TEXT.read, "text")
+            identifier = self._name("i")
+            self._line(indent, "else:")
+            self._line(indent + 1, f"{identifier} = {raw}.get({table.identified_by!r})")
+            self._line(
+                indent + 1,
+                f"if ({identifier}.__class__ is not str or not {identifier})"
+                f" and {text}({identifier}) is None:",
+            )
+            self._line(indent + 2, f"{raw} = None")
+        if reading.always:
+            self._line(indent, f"if {raw} is None:")
+            self._line(indent + 1, f"{raw} = {self._bind({}, 'empty')}")
+            entry = self._object(named, table, field_details_list, raw, indent)
+            self._line(indent, f"{result} = {entry}")
+            return result
+        self._line(indent, f"if {raw} is None:")
+        if isinstance(field.type, GraphQLNonNull):
+            self._line(indent + 1, "raise CannotProject")
+        else:
+            self._line(indent + 1, f"{result} = None")
+        self._line(indent, "else:")
+        entry = self._object(named, table, field_details_list, raw, indent + 1)
+        self._line(indent + 1, f"{result} = {entry}")
+        return result
+
+    def _edge(
+        self,
+        edge_type: GraphQLObjectType,
+        field_details_list: FieldDetailsList,
+        item: str,
+        indent: int,
+    ) -> str:
+        """An edge: its ``cursor`` from ``PageResult.cursor(position)``, its ``node`` from the
+        item (as ``PageResult.edges()`` builds it)."""
+        if _strawberry_origin(edge_type) is not PhoneNumberEdge:
+            raise NotProjectable
+        cursor: str | None = None
+        entries: list[str] = []
+        for response_key, details_list in self._subfields(edge_type, field_details_list).items():
+            name = details_list[0].node.name.value
+            if name == "__typename":
+                entries.append(f"{response_key!r}: {edge_type.name!r}")
+                continue
+            field, attribute = self._plain_field(edge_type, name)
+            if attribute == "cursor":
+                if get_named_type(field.type) is not GraphQLString:
+                    raise NotProjectable
+                if cursor is None:
+                    cursor = self._name("c")
+                    self._line(indent, f"{cursor} = cursor(position)")
+                entries.append(f"{response_key!r}: {cursor}")
+            elif attribute == "node":
+                node_type = get_named_type(field.type)
+                if not isinstance(node_type, GraphQLObjectType):
+                    raise NotProjectable
+                node = self._object(node_type, self.root_table, details_list, item, indent)
+                entries.append(f"{response_key!r}: {node}")
+            else:
+                raise NotProjectable
+        return "{" + ", ".join(entries) + "}"
