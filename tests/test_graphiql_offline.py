@@ -62,6 +62,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
     "--disable-sync",
+    # Chromium's own traffic (update checks, accounts) never leaves the machine: every
+    # non-loopback request goes to a closed local port, and no name is looked up.
+    "--proxy-server=http://127.0.0.1:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 
 
