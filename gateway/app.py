@@ -38,7 +38,7 @@ from gateway.http.view import CACHE_REPORT_HEADER, GraphQLView
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.observability.request_facts import REQUEST_ID_HEADER
 from gateway.observability.tracing import Tracing, instrument_upstream
-from gateway.pipeline.cache import REDIS_OPERATION_TIMEOUT, ResponseCache
+from gateway.pipeline.cache import REDIS_OPERATION_TIMEOUT, GuardedRedis, ResponseCache
 from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings, SettingsError
 from gateway.simulator import build_demo_world, create_simulator_app
@@ -89,18 +89,19 @@ def build_upstream_http(
     )
 
 
-def build_redis(settings: Settings) -> Redis | None:
+def build_redis(settings: Settings, metrics: GatewayMetrics) -> GuardedRedis | None:
     if settings.redis_url is None:
         return None
-    return Redis.from_url(
+    client = Redis.from_url(
         str(settings.redis_url),
         socket_timeout=REDIS_OPERATION_TIMEOUT,
         socket_connect_timeout=REDIS_OPERATION_TIMEOUT,
     )
+    return GuardedRedis(client, metrics)
 
 
 def build_cache(
-    settings: Settings, metrics: GatewayMetrics, clock: Clock, redis: Redis | None
+    settings: Settings, metrics: GatewayMetrics, clock: Clock, redis: GuardedRedis | None
 ) -> ResponseCache:
     secret = settings.cache_key_secret
     return ResponseCache(
@@ -157,9 +158,9 @@ def create_app(
                 build_upstream_http(settings, upstream_transport)
             )
             instrument_upstream(http, tracing)
-            redis = build_redis(settings)
+            redis = build_redis(settings, metrics)
             if redis is not None:
-                resources.push_async_callback(redis.aclose)
+                resources.push_async_callback(redis.close)
             cache = build_cache(settings, metrics, clock, redis)
             metrics.watch_cache(cache.local)
             breaker = CircuitBreaker(

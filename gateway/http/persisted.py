@@ -15,24 +15,18 @@ refused before it is parsed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import structlog
 from cachetools import LRUCache
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.errors import ErrorCode
-
-log = structlog.get_logger("gateway.persisted")
+from gateway.pipeline.cache import GuardedRedis
 
 REDIS_PREFIX = "numbers-gateway:apq:v1:"
 REDIS_TTL_SECONDS = 7 * 24 * 3600
-REDIS_TIMEOUT = 0.25
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -107,18 +101,19 @@ class TrustedDocuments:
 class PersistedQueries:
     """Registered APQ documents: a local LRU bounded in entries and bytes, and Redis."""
 
-    def __init__(self, *, max_entries: int, max_bytes: int, redis: Redis | None = None) -> None:
+    def __init__(
+        self, *, max_entries: int, max_bytes: int, redis: GuardedRedis | None = None
+    ) -> None:
         self.max_entries = max_entries
         self._local: LRUCache[str, str] = LRUCache(maxsize=max_bytes, getsizeof=len)
         self._redis = redis
-        self._redis_down = False
 
     async def get(self, digest: str) -> str | None:
         found = self._local.get(digest)
         if found is not None or self._redis is None:
             return found
-        raw = await self._guard(self._redis.get(REDIS_PREFIX + digest))
-        if not isinstance(raw, bytes):
+        raw = await self._redis.get(REDIS_PREFIX + digest)
+        if raw is None:
             return None
         document = raw.decode("utf-8", errors="replace")
         if sha256_hex(document) != digest:
@@ -129,8 +124,8 @@ class PersistedQueries:
     async def put(self, digest: str, document: str) -> None:
         self._remember(digest, document)
         if self._redis is not None:
-            await self._guard(
-                self._redis.set(REDIS_PREFIX + digest, document.encode(), ex=REDIS_TTL_SECONDS)
+            await self._redis.set(
+                REDIS_PREFIX + digest, document.encode(), ttl_ms=REDIS_TTL_SECONDS * 1000
             )
 
     def _remember(self, digest: str, document: str) -> None:
@@ -139,22 +134,6 @@ class PersistedQueries:
         while len(self._local) >= self.max_entries:
             self._local.popitem()
         self._local[digest] = document
-
-    async def _guard(self, operation: object) -> object:
-        """Redis speeds registration up across replicas, never breaks it: a failure is a miss,
-        logged once per outage."""
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                result = await operation  # type: ignore[misc]
-        except (RedisError, OSError, TimeoutError) as exc:
-            if not self._redis_down:
-                self._redis_down = True
-                log.warning("apq_redis_unavailable", error=type(exc).__name__)
-            return None
-        if self._redis_down:
-            self._redis_down = False
-            log.info("apq_redis_recovered")
-        return result
 
     def __len__(self) -> int:
         return len(self._local)

@@ -182,29 +182,23 @@ class CacheEvent:
     age: float = 0.0
 
 
-class RedisTier:
-    """The shared tier. Every failure is swallowed: Redis speeds things up, never breaks them."""
+class GuardedRedis:
+    """Redis where every failure is a miss: the shared tier speeds the gateway up and never
+    breaks it. Each operation is bounded by ``REDIS_OPERATION_TIMEOUT``; an outage is logged
+    once (and its end once), and each failure is counted. Shared by the response cache and
+    the persisted-query store; the app's lifespan closes it."""
 
-    def __init__(
-        self, client: Redis, ttl: float, metrics: GatewayMetrics | None, clock: Clock
-    ) -> None:
+    def __init__(self, client: Redis, metrics: GatewayMetrics | None = None) -> None:
         self.client = client
-        self.clock = clock
-        self.ttl_ms = max(1, int(ttl * 1000))
         self.metrics = metrics
         self.down = False
 
-    async def get(self, key: str) -> tuple[CachedPage, bytes] | None:
+    async def get(self, key: str) -> bytes | None:
         raw = await self._guard(self.client.get(key))
-        if not isinstance(raw, bytes):
-            return None
-        try:
-            return CachedPage.decode(raw, self.clock), raw
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None  # an entry we cannot read is a miss, not an error
+        return raw if isinstance(raw, bytes) else None
 
-    async def set(self, key: str, encoded: bytes) -> None:
-        await self._guard(self.client.set(key, encoded, px=self.ttl_ms))
+    async def set(self, key: str, value: bytes, *, ttl_ms: int) -> None:
+        await self._guard(self.client.set(key, value, px=ttl_ms))
 
     async def _guard(self, operation: Awaitable[Any]) -> Any:
         try:
@@ -226,6 +220,27 @@ class RedisTier:
         await self.client.aclose()
 
 
+class RedisTier:
+    """The shared tier of the response cache: entries other replicas stored."""
+
+    def __init__(self, redis: GuardedRedis, ttl: float, clock: Clock) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.ttl_ms = max(1, int(ttl * 1000))
+
+    async def get(self, key: str) -> tuple[CachedPage, bytes] | None:
+        raw = await self.redis.get(key)
+        if raw is None:
+            return None
+        try:
+            return CachedPage.decode(raw, self.clock), raw
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None  # an entry we cannot read is a miss, not an error
+
+    async def set(self, key: str, encoded: bytes) -> None:
+        await self.redis.set(key, encoded, ttl_ms=self.ttl_ms)
+
+
 class ResponseCache:
     """Looks up, single-flights and stores upstream answers under per-caller keys."""
 
@@ -237,7 +252,7 @@ class ResponseCache:
         max_bytes: int = 256 * 1024 * 1024,
         owner_share: float = 1.0,
         secret: bytes | None = None,
-        redis: Redis | None = None,
+        redis: GuardedRedis | None = None,
         metrics: GatewayMetrics | None = None,
         stale_if_error: float = 0.0,
         clock: Clock = SYSTEM_CLOCK,
@@ -254,9 +269,7 @@ class ResponseCache:
             if ttl > 0
             else None
         )
-        self.shared = (
-            RedisTier(redis, kept_for, metrics, clock) if redis is not None and ttl > 0 else None
-        )
+        self.shared = RedisTier(redis, kept_for, clock) if redis is not None and ttl > 0 else None
         self._in_flight: dict[str, asyncio.Task[CachedPage]] = {}
         self._flight_spans: dict[str, SpanContext | None] = {}  # for waiters to link to
 
@@ -360,7 +373,3 @@ class ResponseCache:
     def _count(self, tier: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.cache_lookups.labels(tier=tier, result=result).inc()
-
-    async def close(self) -> None:
-        if self.shared is not None:
-            await self.shared.close()
