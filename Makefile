@@ -14,8 +14,8 @@ PORT ?= 8000
 UV_VERSION := 0.13.9
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run simulator test lint typecheck schema schema-check pytest test-services bench \
-	bench-peer soak lock graphiql-assets clean
+.PHONY: run simulator test test-fast lint typecheck layers schema schema-check pytest \
+	pytest-fast test-services bench bench-peer soak lock graphiql-assets clean
 
 $(RUNTIME): $(RUNTIME_LOCK) $(BUILD_LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: $(TESTING)
 
 typecheck: $(TESTING)
 	$(BIN)/mypy
+
+# The README's layer rule: each layer of gateway/ imports only from the layers below it
+# (the contracts are [tool.importlinter] in pyproject.toml).
+layers: $(TESTING)
+	$(BIN)/lint-imports --no-cache
 
 # Regenerates the committed SDL from the code.
 schema: $(RUNTIME)
@@ -77,7 +82,14 @@ test-services:
 pytest: $(TESTING) test-services
 	$(BIN)/python -m pytest
 
-test: lint typecheck schema-check pytest
+# Everything but the tests marked e2e (real processes, Node, a browser), with hypothesis'
+# quick profile: the inner loop while editing. CI runs `make test`.
+pytest-fast: $(TESTING)
+	HYPOTHESIS_PROFILE=dev $(BIN)/python -m pytest -m "not e2e"
+
+test: lint typecheck layers schema-check pytest
+
+test-fast: lint typecheck layers pytest-fast
 
 # Each prints its figures side by side with the floor it divides, and the target beside it.
 bench: $(TESTING)
@@ -106,4 +118,4 @@ graphiql-assets: $(RUNTIME)
 	$(BIN)/python -m gateway.http.graphiql_refresh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

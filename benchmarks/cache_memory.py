@@ -1,5 +1,5 @@
 """Target (e): with the cache full, the gateway's RSS stays within GATEWAY_CACHE_MAX_BYTES
-(plus the whole-answer store, GATEWAY_RESPONSE_CACHE_MAX_BYTES) and a fixed overhead.
+(plus the whole-answer store, GATEWAY_ANSWER_REUSE_MAX_BYTES) and a fixed overhead.
 
 Runs `numbers-gateway serve` (embedded simulator of 20,000 entries) twice through the same
 many distinct 2,000-item pages (about 0.9 MB each when encoded): once with caching off, whose
@@ -50,7 +50,7 @@ def serve_pages(cache: bool, args: argparse.Namespace) -> tuple[int, float]:
         "GATEWAY_SIMULATOR_SIZE": "20000",
         "GATEWAY_CACHE_TTL": "3600" if cache else "0",
         "GATEWAY_CACHE_MAX_BYTES": str(args.cache_mib * MIB),
-        "GATEWAY_RESPONSE_CACHE_MAX_BYTES": str(args.answers_mib * MIB),
+        "GATEWAY_ANSWER_REUSE_MAX_BYTES": str(args.answers_mib * MIB),
         "GATEWAY_CACHE_CALLER_SHARE": "1",
     }
     if not args.glibc_default:

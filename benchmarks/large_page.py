@@ -35,10 +35,13 @@ from asgi_lifespan import LifespanManager
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from gateway.api.projection import ProjectingExecutionContext, projecting_execution_context
+from gateway.api.projecting_executor import (
+    ProjectingExecutionContext,
+    projecting_execution_context,
+)
 from gateway.api.schema import build_schema
 from gateway.app import create_app
-from gateway.pipeline.cache import ResponseCache
+from gateway.pipeline.page_cache import PageCache
 from gateway.pipeline.source import CallerNumbers, NumbersSource
 from gateway.settings import Settings, load_settings
 from gateway.simulator import build_demo_world
@@ -115,7 +118,7 @@ async def main(rounds: int) -> None:
     async with httpx.AsyncClient(transport=transport) as http:
         upstream = UpstreamClient(http, base_url=UPSTREAM, deadline=30)
         source = NumbersSource(
-            upstream, ResponseCache(ttl=0), max_page_size=PAGE, default_authorization="Bearer b"
+            upstream, PageCache(ttl=0), max_page_size=PAGE, default_authorization="Bearer b"
         )
 
         async def response_bytes(gateway_schema: Any) -> bytes:

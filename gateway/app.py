@@ -1,7 +1,7 @@
 """The app factory: ``create_app(settings)`` wires settings, schema, upstream and routes.
 
 Nothing is built at import time. The lifespan owns the one shared ``httpx.AsyncClient``, the
-optional Redis client, the response cache and the persisted-query store (all closed on
+optional Redis client, the page cache and the persisted-query store (all closed on
 shutdown), builds the ``NumbersSource`` over them and hands it to requests through lifespan
 state; each request gets its own view of it.
 """
@@ -24,21 +24,21 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.schema import build_schema
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.http.compression import CompressionMiddleware
 from gateway.http.connections import InFlightLimit
 from gateway.http.graphiql import graphiql_routes, load_examples, render_graphiql_page
-from gateway.http.middleware import (
-    BodySizeLimitMiddleware,
-    CompressionMiddleware,
-    CsrfPreventionMiddleware,
-    RequestLogMiddleware,
-)
+from gateway.http.operation import OperationRunner
 from gateway.http.persisted import DocumentPolicy, PersistedQueries, TrustedDocuments
+from gateway.http.request_guards import BodySizeLimitMiddleware, CsrfPreventionMiddleware
+from gateway.http.request_log import RequestLogMiddleware
 from gateway.http.reuse import ResponseReuse
+from gateway.http.routes import ASSET_BASE, GRAPHQL_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
 from gateway.http.view import CACHE_REPORT_HEADER, GraphQLView
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.observability.request_facts import REQUEST_ID_HEADER
 from gateway.observability.tracing import Tracing, instrument_upstream
-from gateway.pipeline.cache import REDIS_OPERATION_TIMEOUT, GuardedRedis, ResponseCache
+from gateway.pipeline.guarded_redis import REDIS_OPERATION_TIMEOUT, GuardedRedis
+from gateway.pipeline.page_cache import PageCache
 from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings, SettingsError
 from gateway.simulator import build_demo_world, create_simulator_app
@@ -49,8 +49,6 @@ EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
 # With the embedded simulator, a caller who sends no token acts as its demo full admin.
 EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
 USER_AGENT = "numbers-gateway/0.1"
-GRAPHQL_PATH = "/graphql"
-ASSET_BASE = "/graphql/assets/"
 # Request headers browser clients send, allowed by CORS preflights.
 CORS_ALLOWED_HEADERS = (
     "authorization",
@@ -102,9 +100,9 @@ def build_redis(settings: Settings, metrics: GatewayMetrics) -> GuardedRedis | N
 
 def build_cache(
     settings: Settings, metrics: GatewayMetrics, clock: Clock, redis: GuardedRedis | None
-) -> ResponseCache:
+) -> PageCache:
     secret = settings.cache_key_secret
-    return ResponseCache(
+    return PageCache(
         ttl=settings.cache_ttl,
         max_entries=settings.cache_max_entries,
         max_bytes=settings.cache_max_bytes,
@@ -209,7 +207,7 @@ def create_app(
                 ttl=settings.cache_ttl,
                 secret=cache.secret,
                 max_entries=settings.cache_max_entries,
-                max_bytes=settings.response_cache_max_bytes,
+                max_bytes=settings.answer_reuse_max_bytes,
                 owner_share=settings.cache_caller_share,
                 clock=clock,
             )
@@ -237,14 +235,12 @@ def create_app(
             graphql_path=settings.root_path + GRAPHQL_PATH,
         )
     )
-    view = GraphQLView(
-        settings=settings, schema=build_schema(settings), metrics=metrics, ide_page=ide_page
-    )
+    runner = OperationRunner(settings=settings, schema=build_schema(settings), metrics=metrics)
     routes: list[BaseRoute] = [
-        Route(GRAPHQL_PATH, view),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(GRAPHQL_PATH, GraphQLView(runner=runner, ide_page=ide_page)),
+        Route(HEALTH_PATH, healthz, methods=["GET"]),
+        Route(READY_PATH, readyz, methods=["GET"]),
+        Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
     ]
     if ide_page is not None:
         routes += graphiql_routes(asset_base=ASSET_BASE)

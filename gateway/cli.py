@@ -236,8 +236,7 @@ def _announce(address: Any, settings: Settings) -> None:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from gateway.observability.logs import configure_logging
     from gateway.simulator import (
         FaultPlan,
         FaultRule,
@@ -245,6 +244,7 @@ def _simulator(args: argparse.Namespace) -> int:
         create_simulator_app,
         world_from_items,
     )
+    from gateway.simulator.app import serve_simulator
 
     try:
         rules = [FaultRule.parse(spec) for spec in args.fault]
@@ -277,13 +277,8 @@ def _simulator(args: argparse.Namespace) -> int:
     app = create_simulator_app(
         world, page_cap=args.page_cap, faults=FaultPlan(rules, seed=args.seed)
     )
-    print(
-        f"simulator: {sum(len(o.entries) for o in world.orgs.values())} entries in "
-        f"{len(world.orgs)} org(s) at http://{args.host}:{args.port}/v1",
-        file=sys.stderr,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    configure_logging()
+    return serve_simulator(app, world, host=args.host, port=args.port)
 
 
 def _export_schema() -> int:

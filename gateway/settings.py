@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AliasChoices,
     Field,
     FilePath,
     HttpUrl,
@@ -37,6 +38,8 @@ _ORIGIN = re.compile(
 )
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 CommaList = Annotated[tuple[str, ...], NoDecode]
+# Variables renamed, and the former name each still answers to (deprecated).
+DEPRECATED_VARIABLES = {"GATEWAY_ANSWER_REUSE_MAX_BYTES": "GATEWAY_RESPONSE_CACHE_MAX_BYTES"}
 
 
 class Environment(StrEnum):
@@ -52,7 +55,12 @@ class Settings(BaseSettings):
     """Everything an operator can set. Field ``x`` is read from ``GATEWAY_X``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", validate_default=True
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        validate_default=True,
+        # Fields with a deprecated variable name carry aliases; overrides still use names.
+        validate_by_name=True,
     )
 
     upstream_url: HttpUrl | None = Field(
@@ -74,10 +82,16 @@ class Settings(BaseSettings):
         description="The most of GATEWAY_CACHE_MAX_BYTES one caller (token) may hold, so one "
         "token cannot evict every other tenant.",
     )
-    response_cache_max_bytes: int = Field(
+    answer_reuse_max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,
-        description="Bytes of whole GraphQL answers kept for repeated identical operations.",
+        # The old name sized this store while sounding like the page cache; still read so
+        # deployments keep working. The new name wins when both are set.
+        validation_alias=AliasChoices(
+            "GATEWAY_ANSWER_REUSE_MAX_BYTES", DEPRECATED_VARIABLES["GATEWAY_ANSWER_REUSE_MAX_BYTES"]
+        ),
+        description="Bytes of whole GraphQL answers kept for repeated identical operations "
+        "(answer reuse).",
     )
     cache_key_secret: SecretStr | None = Field(
         default=None,
@@ -347,8 +361,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if not location:
         return f"invalid settings: {message}"
-    variable = ENV_PREFIX + location[0].upper()
+    # A field read through an alias is located by the variable's own name.
+    name = location[0].upper()
+    variable = name if name.startswith(ENV_PREFIX) else ENV_PREFIX + name
     value = error.get("input")
     hidden = isinstance(value, dict) or variable in _VALUES_NEVER_ECHOED
     shown = "" if hidden else f" (got {value!r})"
-    return f"{variable}: {message}{shown}"
+    former = DEPRECATED_VARIABLES.get(variable)
+    also = f"; also read from its deprecated name {former}" if former else ""
+    return f"{variable}: {message}{shown}{also}"

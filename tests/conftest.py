@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 
 from gateway.app import create_app
@@ -19,6 +21,19 @@ from gateway.simulator.dataset import SimulatorWorld
 
 UPSTREAM_BASE = "http://webex.test/v1"
 GATEWAY_BASE = "http://gateway.test"
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE: `ci` (the default) runs each property test
+# at its full depth; `dev` (`make test-fast`) runs a tenth of it, for a quick inner loop.
+CI_EXAMPLES = 100
+hypothesis_settings.register_profile("ci", max_examples=CI_EXAMPLES)
+hypothesis_settings.register_profile("dev", max_examples=CI_EXAMPLES // 10)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(ci_depth: int) -> int:
+    """A property test's ``max_examples``: ``ci_depth`` under the ci profile, scaled down with
+    the loaded profile (a tenth under dev), so one variable sets the whole suite's depth."""
+    return max(1, ci_depth * hypothesis_settings.default.max_examples // CI_EXAMPLES)
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
@@ -218,8 +233,6 @@ async def graphql(
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's own GATEWAY_* settings."""
-    import os
-
     for name in list(os.environ):
         if name.startswith("GATEWAY_"):
             monkeypatch.delenv(name)

@@ -15,13 +15,8 @@ from structlog.testing import capture_logs
 
 from gateway.numbers.arguments import numbers_query
 from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
-from gateway.pipeline.cache import (
-    ENTRY_OVERHEAD,
-    CachedPage,
-    LocalTier,
-    ResponseCache,
-    cache_key,
-)
+from gateway.pipeline.local_tier import ENTRY_OVERHEAD, LocalTier
+from gateway.pipeline.page_cache import CachedPage, PageCache, cache_key
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (
@@ -190,7 +185,7 @@ async def _coalesced(client: httpx.AsyncClient, expected: int) -> bool:
 
 
 async def test_single_flight_survives_a_cancelled_waiter_and_shares_failures() -> None:
-    cache = ResponseCache(ttl=60)
+    cache = PageCache(ttl=60)
     release = asyncio.Event()
     calls = 0
 
@@ -253,15 +248,15 @@ def test_local_tier_is_bounded_by_entries_and_bytes() -> None:
     for i in range(5):
         by_entries.set(f"k{i}", raw, clock.now, "owner")
     assert len(by_entries) == 3
-    assert by_entries.get("k0") is None, "least recently used went first"
+    assert by_entries.get_raw("k0") is None, "least recently used went first"
     by_bytes = LocalTier(ttl=60, max_entries=100, max_bytes=2 * size + 1, clock=clock.monotonic)
     for i in range(5):
         by_bytes.set(f"k{i}", raw, clock.now, "owner")
     assert len(by_bytes) == 2
     assert by_bytes.size_bytes == 2 * size
     by_bytes.set("huge", raw * 100, clock.now, "owner")
-    assert by_bytes.get("huge") is None
-    hit = by_bytes.get("k4")
+    assert by_bytes.get_raw("huge") is None
+    hit = CachedPage.from_local(by_bytes.get_raw("k4"))
     assert hit is not None
     assert hit.page == page
 
@@ -277,9 +272,9 @@ def test_one_caller_cannot_evict_the_others() -> None:
     tier.set("quiet-2", raw, clock.now, "quiet")
     for i in range(100):
         tier.set(f"greedy-{i}", raw, clock.now, "greedy")
-    assert tier.get("quiet-1") is not None
-    assert tier.get("quiet-2") is not None
-    greedy = [i for i in range(100) if tier.get(f"greedy-{i}") is not None]
+    assert tier.get_raw("quiet-1") is not None
+    assert tier.get_raw("quiet-2") is not None
+    greedy = [i for i in range(100) if tier.get_raw(f"greedy-{i}") is not None]
     assert greedy == list(range(95, 100)), "the greedy caller keeps only its newest share"
     assert tier.size_bytes == 7 * size
 
@@ -290,9 +285,9 @@ def test_entries_expire_on_the_monotonic_clock() -> None:
     tier = LocalTier(ttl=30, max_entries=10, max_bytes=10**6, clock=clock.monotonic)
     tier.set("k", raw, clock.now, "o")
     clock.jump_wall(+3600)
-    assert tier.get("k") is not None
+    assert tier.get_raw("k") is not None
     clock.now += 30
-    assert tier.get("k") is None
+    assert tier.get_raw("k") is None
     assert tier.size_bytes == 0
 
 

@@ -20,12 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +40,10 @@ from graphql import (
 
 from gateway.simulator import build_demo_world
 from tests.node_packages import node_server, require_node, run_node_json
+from tests.processes import gateway_process, simulator_process
+
+# Node composers, npm installs on first use and five processes: e2e, with room for them.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS_SDL = ROOT / "schema" / "numbers.graphql"
@@ -204,81 +202,6 @@ def test_a_contradicting_people_service_does_not_compose(composer: str, sdl_dir:
 # --------------------------------------------------------------------------------------------
 
 
-def numbers_gateway_command() -> list[str]:
-    """The installed console script, beside this interpreter or on PATH."""
-    beside = Path(sys.executable).parent / "numbers-gateway"
-    found = str(beside) if beside.is_file() else shutil.which("numbers-gateway")
-    if found is None:
-        pytest.fail("the numbers-gateway command is not installed (pip install -e .)")
-    return [found]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    """This environment without the developer's GATEWAY_* settings or HTTP proxies (everything
-    here talks to 127.0.0.1 only), plus ``settings``."""
-    proxies = {"http_proxy", "https_proxy", "all_proxy"}
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("GATEWAY_") and name.lower() not in proxies
-    }
-    return {**env, **settings}
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def python_server(args: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
-    """Run ``numbers-gateway ARGS --port P`` on a free port until ``/healthz`` answers 200;
-    stop it afterwards. A process that exits before it is up (a port taken between choosing and
-    binding it) is retried on another port."""
-    for _ in range(3):
-        url = f"http://127.0.0.1:{free_port()}"
-        with log.open("ab") as stderr:
-            process = subprocess.Popen(
-                [*numbers_gateway_command(), *args, "--port", url.rsplit(":", 1)[1]],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        try:
-            deadline = time.monotonic() + 30
-            with httpx.Client(trust_env=False, timeout=2) as client:
-                while process.poll() is None:
-                    with contextlib.suppress(httpx.TransportError):
-                        if client.get(f"{url}/healthz").status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"{args[0]} not up within 30 s:\n{tail(log)}", pytrace=False)
-                    time.sleep(0.1)
-            if process.poll() is None:
-                yield url
-                return
-        finally:
-            stop(process)
-    pytest.fail(f"{args[0]} did not start:\n{tail(log)}", pytrace=False)
-
-
 @dataclass(frozen=True)
 class Stack:
     """The running processes, the simulator's own answers, and the people service's data."""
@@ -366,24 +289,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("federation-e2e")
     with contextlib.ExitStack() as stack, httpx.Client(trust_env=False, timeout=60) as client:
         simulator = stack.enter_context(
-            python_server(
-                ["simulator", "--size", str(SIZE), "--seed", str(SEED)],
-                clean_env(),
-                folder / "simulator.log",
-            )
-        )
+            simulator_process("--size", str(SIZE), "--seed", str(SEED))
+        ).origin
         items = simulator_items(client, simulator, "demo-admin")
         location_admin_items = simulator_items(client, simulator, "demo-location-admin")
         first_location = build_demo_world(size=SIZE, seed=SEED).demo_org.location_ids[0]
         assert {item["location"]["id"] for item in location_admin_items} == {first_location}
 
         gateway = stack.enter_context(
-            python_server(
-                ["serve"],
-                clean_env(GATEWAY_UPSTREAM_URL=f"{simulator}/v1", GATEWAY_CACHE_TTL="0"),
-                folder / "gateway.log",
+            gateway_process(
+                env={"GATEWAY_UPSTREAM_URL": f"{simulator}/v1", "GATEWAY_CACHE_TTL": "0"}
             )
-        )
+        ).url
         me, people, locations = people_service_data(items, first_location)
         data = folder / "people.json"
         data.write_text(
@@ -406,7 +323,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "--subgraph",
                 f"people={people_service.url}",
                 "--subgraph",
-                f"numbers={gateway}/graphql",
+                f"numbers={gateway}",
                 timeout=60,
             )
         )

@@ -31,11 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,6 +46,10 @@ import httpx
 import pytest
 
 from tests.node_packages import require_node, run_node_json
+from tests.processes import ServedProcess, gateway_process
+
+# Node clients, npm installs on first use, a gateway process and a browser: e2e.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 FRONTENDS = Path(__file__).resolve().parent / "frontends"
 CORS_PAGE = "cors-page.html"
@@ -74,116 +74,41 @@ BIG_PAGE = (
 # --- local servers: the gateway, two page origins, a black-hole proxy -------------------------
 
 
-def _gateway_command() -> list[str]:
-    """The venv's console script beside this interpreter (or on PATH)."""
-    beside = Path(sys.executable).parent / "numbers-gateway"
-    found = str(beside) if beside.is_file() else shutil.which("numbers-gateway")
-    if found is None:
-        pytest.fail("the numbers-gateway command is not installed (pip install -e .)")
-    return [found]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _clean_env(**settings: str) -> dict[str, str]:
-    """This environment without GATEWAY_* settings or proxies (all traffic is loopback)."""
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("GATEWAY_") and name.lower() not in proxies
-    }
-    return {**env, "PYTHONUNBUFFERED": "1", **settings}
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @dataclass(frozen=True)
 class LiveGateway:
-    origin: str  # http://127.0.0.1:<port>
-    log: Path  # the process's stdout and stderr: one JSON log line per HTTP request
+    process: ServedProcess  # its log: one JSON line per HTTP request
+
+    @property
+    def origin(self) -> str:
+        return self.process.origin
 
     @property
     def graphql(self) -> str:
-        return f"{self.origin}/graphql"
+        return self.process.url
 
     def log_size(self) -> int:
-        return self.log.stat().st_size
+        """Lines logged so far: a mark for ``http_requests(since=...)``."""
+        return len(self.process.lines)
 
     def http_requests(self, since: int = 0) -> list[tuple[str, str, int]]:
-        """(method, route, status) of each request logged after byte offset ``since``."""
-        with self.log.open("rb") as handle:
-            handle.seek(since)
-            text = handle.read().decode(errors="replace")
-        found = []
-        for line in text.splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and entry.get("event") == "http_request":
-                    found.append((entry["method"], entry["route"], entry["status"]))
-        return found
+        """(method, route, status) of each request logged after line ``since``."""
+        return [
+            (entry["method"], entry["route"], entry["status"])
+            for entry in self.process.events("http_request", since)
+        ]
 
     def wait_for_request(
         self, since: int, wanted: Callable[[tuple[str, str, int]], bool], timeout: float = 5.0
     ) -> list[tuple[str, str, int]]:
         """The requests logged since ``since``, once one of them is ``wanted`` (the line is
-        written just after the response, so it may trail the client by a moment)."""
+        written just after the response, so it may trail the client by a moment); after
+        ``timeout``, whatever was logged, for the caller to assert on."""
         deadline = time.monotonic() + timeout
         while True:
             logged = self.http_requests(since)
             if any(wanted(entry) for entry in logged) or time.monotonic() > deadline:
                 return logged
             time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def _serve_gateway(env: dict[str, str], log: Path) -> Iterator[LiveGateway]:
-    """``numbers-gateway serve`` on a free port until ``/healthz`` answers; stopped after. A
-    process that exits before it is up (its port taken meanwhile) is retried on another."""
-    for _ in range(3):
-        port = _free_port()
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                [*_gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            origin = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            with httpx.Client(trust_env=False, timeout=2) as client:
-                while process.poll() is None:
-                    with contextlib.suppress(httpx.TransportError):
-                        if client.get(f"{origin}/healthz").status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"the gateway is not up within 30 s:\n{_tail(log)}")
-                    time.sleep(0.1)
-            if process.poll() is None:
-                yield LiveGateway(origin=origin, log=log)
-                return
-        finally:
-            _stop(process)
-    pytest.fail(f"the gateway did not start:\n{_tail(log)}", pytrace=False)
 
 
 class _PageHandler(BaseHTTPRequestHandler):
@@ -248,16 +173,15 @@ def pages() -> Iterator[Pages]:
 
 
 @pytest.fixture(scope="module")
-def gateway(pages: Pages, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    env = _clean_env(
-        GATEWAY_ENV="development",
-        GATEWAY_CORS_ORIGINS=pages.allowed,
-        GATEWAY_SIMULATOR_SIZE=str(SIMULATOR_SIZE),
-        GATEWAY_LOG_LEVEL="info",
-    )
-    log = tmp_path_factory.mktemp("frontends-gateway") / "gateway.log"
-    with _serve_gateway(env, log) as live:
-        yield live
+def gateway(pages: Pages) -> Iterator[LiveGateway]:
+    env = {
+        "GATEWAY_ENV": "development",
+        "GATEWAY_CORS_ORIGINS": pages.allowed,
+        "GATEWAY_SIMULATOR_SIZE": str(SIMULATOR_SIZE),
+        "GATEWAY_LOG_LEVEL": "info",
+    }
+    with gateway_process(env=env) as process:
+        yield LiveGateway(process)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hypothesis_graphql import Mode, nodes, queries
 from gateway.api.schema import build_schema
 from gateway.errors import ErrorCode
 from gateway.settings import load_settings
-from tests.conftest import running_gateway
+from tests.conftest import examples, running_gateway
 
 CONTRACT_CODES = {code.value for code in ErrorCode}
 TOKENS = st.sampled_from(
@@ -61,14 +61,14 @@ def check_answer(response: httpx.Response) -> None:
             raise AssertionError(f"a generated operation hit a bug: {error}")
 
 
-def run_fuzz(mode: Mode, examples: int) -> None:
+def run_fuzz(mode: Mode, ci_depth: int) -> None:
     with asyncio.Runner() as runner:
         stack = AsyncExitStack()
         client = runner.run(stack.enter_async_context(running_gateway(load_settings())))
         try:
 
             @settings(
-                max_examples=examples,
+                max_examples=examples(ci_depth),
                 deadline=None,
                 database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -96,8 +96,8 @@ def run_fuzz(mode: Mode, examples: int) -> None:
 
 
 def test_valid_generated_operations() -> None:
-    run_fuzz(Mode.POSITIVE, examples=500)
+    run_fuzz(Mode.POSITIVE, ci_depth=500)
 
 
 def test_invalid_generated_operations() -> None:
-    run_fuzz(Mode.NEGATIVE, examples=150)
+    run_fuzz(Mode.NEGATIVE, ci_depth=150)

@@ -473,6 +473,8 @@ def _chromium() -> str:
 
 
 @pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_graphiql_runs_offline_in_chromium() -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed: `pip install playwright`"

@@ -632,3 +632,88 @@ async def test_apq_never_registers_a_document_that_does_not_validate(
     assert code_of(refused) == "BAD_USER_INPUT"
     by_hash = await post(gateway, {"extensions": apq(digest)})
     assert code_of(by_hash) == "PERSISTED_QUERY_NOT_FOUND"
+
+
+# --- one digit rule, one refusal body --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("12", 12),
+        (b"12", 12),
+        ("0012", 12),
+        ("0" * 100 + "7", 7),  # leading zeros are not significant digits
+        ("²", None),  # str.isdigit() says yes; int() refuses
+        ("١٢", None),  # Arabic-Indic digits: int() reads them, HTTP does not
+        (" 12", None),
+        ("+12", None),
+        ("1_000", None),
+        ("", None),
+        (None, None),
+        ("1" * 5000, None),  # int() would raise (the 4300-digit limit)
+    ],
+)
+def test_decimal_values_are_ascii_digits_only(
+    value: str | bytes | None, expected: int | None
+) -> None:
+    from gateway.http_syntax import decimal_value
+
+    assert decimal_value(value) == expected
+
+
+async def test_a_declared_length_too_long_to_convert_is_counted_instead() -> None:
+    """A Content-Length of thousands of digits once reached int() and answered 500."""
+    from gateway.http.request_guards import BodySizeLimitMiddleware
+
+    reached: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run(declared: bytes, body: bytes) -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-length", declared)]}
+        await BodySizeLimitMiddleware(app, max_bytes=100)(scope, receive, send)
+        status: int = sent[0]["status"]
+        return status
+
+    assert await run(b"1" * 5000, b"{}") == 200
+    assert reached == [b"{}"]
+    assert await run(b"9" * 30, b"{}") == 413  # declared too large: refused unread
+    assert await run(b"\xb2", b"x" * 101) == 413  # unreadable: counted, and too large
+    assert reached == [b"{}"]
+
+
+async def test_every_refusal_before_execution_has_the_one_body(
+    gateway: httpx.AsyncClient,
+) -> None:
+    """Guards, the view, the parameter reader and the document policy refuse alike."""
+    refusals = [
+        await gateway.put("/graphql", content=b"{}"),  # method
+        await post(gateway, {"query": COUNTS}, Accept="text/csv"),  # Accept
+        await gateway.post("/graphql", content=b"{}", headers={"Content-Type": "text/xml"}),
+        await gateway.post("/graphql", content=b"query=1", headers={"Content-Type": "text/plain"}),
+        await post(gateway, b"x" * (2 * 1024 * 1024)),  # body size
+        await post(gateway, b"{not json"),  # parameters
+        await post(gateway, {"extensions": apq("0" * 64)}),  # document policy
+        await post(gateway, {"query": "query A { a } query B { b }"}),  # operation choice
+    ]
+    for response in refusals:
+        body = response.json()
+        assert list(body) == ["errors"], response.status_code
+        [error] = body["errors"]
+        assert set(error) == {"message", "extensions"}
+        assert isinstance(error["message"], str)
+        assert error["message"]
+        assert error["extensions"]["code"] in ("BAD_USER_INPUT", "PERSISTED_QUERY_NOT_FOUND")
+    assert [r.status_code for r in refusals] == [405, 406, 415, 400, 413, 400, 200, 200]

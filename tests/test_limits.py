@@ -3,12 +3,21 @@ and the breaker, upstream body bounds and faults, and cache bounds that hold."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
+from tests.conftest import (
+    RecordingTransport,
+    eventually,
+    graphql,
+    live_settings,
+    metric,
+    running_gateway,
+)
 
 EVERY_FIELD = """
 nodes { phoneNumber extension routingPrefix esn state phoneNumberType mainNumber
@@ -149,41 +158,106 @@ async def test_production_suggests_nothing(
 # --- fairness: one tenant's flood cannot open the breaker for everyone ----------------------
 
 
-async def test_a_flood_from_one_tenant_neither_starves_others_nor_opens_the_breaker(
-    world: Any,
+class ShiftableClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test moves forward: every timer due by then (the upstream
+    deadline is an ``asyncio.timeout``) fires in one turn of the loop, without waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.shift
+
+
+class TenantGate(httpx.AsyncBaseTransport):
+    """Holds the upstream requests of one token until the test lets through those held so
+    far; every other caller's requests pass straight to ``inner``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, held_token: str) -> None:
+        self.inner = inner
+        self.held_authorization = f"Bearer {held_token}"
+        self.arrived = 0  # requests of the held token that reached the upstream
+        self.others = 0  # requests of every other caller
+        self.held: list[asyncio.Event] = []
+
+    def release_held(self) -> None:
+        for gate in self.held:
+            gate.set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != self.held_authorization:
+            self.others += 1
+            return await self.inner.handle_async_request(request)
+        self.arrived += 1
+        gate = asyncio.Event()
+        self.held.append(gate)
+        try:
+            await gate.wait()
+        finally:
+            self.held.remove(gate)
+        return await self.inner.handle_async_request(request)
+
+
+def test_a_flood_from_one_tenant_neither_starves_others_nor_opens_the_breaker(
+    simulator_app: Any,
 ) -> None:
-    """The reported scenario: 120 concurrent distinct queries from one tenant against an
-    upstream answering in 0.5 s, with a 2 s deadline and 16 upstream slots. Most of them
-    time out waiting for the tenant's share of slots; those waits are not the upstream's
-    failures, so the breaker stays closed, and another tenant is served throughout."""
-    import asyncio
-
-    from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
-
-    slow = create_simulator_app(world, faults=FaultPlan([FaultRule(latency=0.5)]))
-    recorder = RecordingTransport(httpx.ASGITransport(app=slow))
+    """One tenant sends 40 distinct queries at once against 16 upstream slots, 8 per caller.
+    It gets its share on the wire and the rest queue behind it; another tenant is served
+    meanwhile. When the deadline passes, the 8 the upstream was sitting on are its failures,
+    but the 24 still queueing for the tenant's share are not: with 9 failures to open, the
+    breaker stays closed (counting the queued ones would make 32)."""
+    deadline = 60.0  # never reached in real time: the test moves the loop's clock past it
     settings = live_settings(
-        upstream_timeout=2, upstream_concurrency=16, cache_ttl=0, breaker_failures=5
+        upstream_timeout=deadline,
+        upstream_concurrency=16,
+        upstream_concurrency_per_caller=8,
+        cache_ttl=0,
+        breaker_failures=9,
     )
-    async with running_gateway(settings, recorder) as client:
 
-        async def ask(token: str, extension: int) -> dict[str, Any]:
-            document = f'{{ numberCounts(filter: {{extension: "{extension}"}}) {{ total }} }}'
-            return await graphql(client, document, headers={"Authorization": f"Bearer {token}"})
+    async def scenario(loop: ShiftableClockLoop) -> None:
+        gate = TenantGate(httpx.ASGITransport(app=simulator_app), held_token="demo-admin")
+        async with running_gateway(settings, gate) as client:
 
-        flood = [asyncio.create_task(ask("demo-admin", i)) for i in range(120)]
-        await asyncio.sleep(0.1)
-        other = await ask("demo-readonly", 9999)
-        assert other["data"]["numberCounts"] is not None, other
-        answers = await asyncio.gather(*flood)
-        codes = [a["errors"][0]["extensions"]["code"] for a in answers if "errors" in a]
-        assert set(codes) <= {"UPSTREAM_TIMEOUT"}
-        assert codes, "the flood was bigger than its share: some of it timed out queueing"
-        assert len(codes) < 120, "and some of it was served"
-        calls = recorder.calls
-        after = await ask("demo-readonly", 9998)
-        assert after["data"]["numberCounts"] is not None, "the breaker stayed closed"
-        assert recorder.calls == calls + 1, "and the answer came from the upstream"
+            async def ask(token: str, extension: int) -> dict[str, Any]:
+                document = f'{{ numberCounts(filter: {{extension: "{extension}"}}) {{ total }} }}'
+                return await graphql(client, document, headers={"Authorization": f"Bearer {token}"})
+
+            async def queued() -> float:
+                return await metric(client, "gateway_upstream_waiting")
+
+            flood = [asyncio.create_task(ask("demo-admin", i)) for i in range(40)]
+            await eventually(lambda: len(gate.held) == 8, "the tenant's share is on the wire")
+            await eventually(lambda: _equals(queued(), 32), "the rest of the flood queues")
+            other = await ask("demo-readonly", 9999)
+            assert other["data"]["numberCounts"] is not None, "another tenant is served"
+
+            gate.release_held()  # the upstream answers the first 8; the next 8 take the slots
+            await eventually(
+                lambda: gate.arrived == 16 and len(gate.held) == 8, "the next 8 are on the wire"
+            )
+            await eventually(lambda: _equals(queued(), 24), "24 still queue")
+
+            loop.shift += deadline  # the deadline passes for everything still fetching
+            answers = await asyncio.gather(*flood)
+            codes = [a["errors"][0]["extensions"]["code"] for a in answers if "errors" in a]
+            assert codes == ["UPSTREAM_TIMEOUT"] * 32, codes
+            assert gate.arrived == 16, "the queued ones never reached the upstream"
+
+            others = gate.others
+            after = await ask("demo-readonly", 9998)
+            assert after["data"]["numberCounts"] is not None, "the breaker stayed closed"
+            assert gate.others == others + 1, "and the answer came from the upstream"
+
+    with asyncio.Runner(loop_factory=ShiftableClockLoop) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, ShiftableClockLoop)
+        runner.run(scenario(loop))
+
+
+async def _equals(value: Awaitable[float], expected: float) -> bool:
+    return await value == expected
 
 
 async def test_a_slot_never_goes_to_a_caller_past_its_share() -> None:
@@ -351,7 +425,7 @@ async def test_tracking_ids_are_echoed_only_when_they_look_like_one(
 _FILL_THE_CACHE = """
 import asyncio, gc, sys
 from gateway.numbers.query import UpstreamPage
-from gateway.pipeline.cache import ResponseCache
+from gateway.pipeline.page_cache import PageCache
 from gateway.simulator import build_demo_world
 
 def rss():
@@ -362,7 +436,7 @@ def rss():
 
 async def main(max_bytes, entries):
     template = [e.payload for e in build_demo_world(size=2000, seed=7).demo_org.entries]
-    cache = ResponseCache(ttl=600, max_bytes=max_bytes, max_entries=100_000)
+    cache = PageCache(ttl=600, max_bytes=max_bytes, max_entries=100_000)
 
     async def fill(start, count):
         for i in range(start, start + count):
@@ -383,6 +457,8 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(330)
 def test_a_full_cache_stays_within_its_byte_bound() -> None:
     """Fill a 32 MiB cache with about 110 MiB of distinct 2,000-item pages (in a fresh
     process, so nothing else moves the needle) and measure what the process grew by."""

@@ -1,4 +1,4 @@
-"""The projection fast path (``gateway.api.projection``) answers exactly as normal execution.
+"""The projection fast path (``gateway.api.projecting_executor``) answers as normal execution.
 
 The property test runs random selections over the ``PhoneNumber`` subtree (aliases, merged
 response keys, named and inline fragments, ``@skip``/``@include`` with literals and variables,
@@ -18,19 +18,29 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from graphql import GraphQLObjectType, GraphQLSchema, OperationDefinitionNode, parse
+from graphql.execution.collect_fields import (
+    CollectedFields,
+    FieldDetailsList,
+    collect_fields,
+    collect_subfields,
+)
+from graphql.execution.values import VariableValues
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from gateway.api.projection import ProjectingExecutionContext, projecting_execution_context
+from gateway.api.projecting_executor import ProjectingExecutionContext, projecting_execution_context
+from gateway.api.projection_compiler import Projector, compile_projector
 from gateway.api.schema import build_schema
 from gateway.numbers.reader import FLAG, PHONE_NUMBER, FieldRule, Text
-from gateway.pipeline.cache import ResponseCache
+from gateway.pipeline.page_cache import PageCache
 from gateway.pipeline.source import CallerNumbers, NumbersSource
 from gateway.simulator import build_demo_world
 from gateway.upstream.client import UpstreamClient
@@ -106,7 +116,7 @@ async def side_by_side(
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
         client = UpstreamClient(http, base_url=UPSTREAM, deadline=30)
         source = NumbersSource(
-            client, ResponseCache(ttl=0), max_page_size=2000, default_authorization="Bearer t"
+            client, PageCache(ttl=0), max_page_size=2000, default_authorization="Bearer t"
         )
         yield SideBySide(
             fast_class,
@@ -554,3 +564,58 @@ async def test_a_projector_that_raises_is_logged_and_falls_back() -> None:
         normal = await pair.answer(pair.normal, "{ phoneNumbers { nodes { esn } } }", None)
         assert fast == normal
         assert (pair.stats.projected, pair.stats.failures) == (0, 1)
+
+
+# -- the compiler alone ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentCollector:
+    """graphql-core's field collection over one operation without variables: all the compiler
+    needs of an executor."""
+
+    schema: GraphQLSchema
+    operation: OperationDefinitionNode
+
+    def collect_subfields(
+        self, return_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> CollectedFields:
+        return collect_subfields(
+            self.schema,
+            {},
+            VariableValues(sources={}, coerced={}),
+            self.operation,
+            return_type,
+            field_details_list,
+        )
+
+
+def compiled_nodes(selection: str) -> Projector | None:
+    """The projector of ``{ phoneNumbers { nodes { <selection> } } }``, compiled without
+    running anything."""
+    schema = build_schema()._schema
+    operation = parse(f"{{ phoneNumbers {{ nodes {{ {selection} }} }} }}").definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    collector = DocumentCollector(schema, operation)
+    query_type = schema.query_type
+    assert query_type is not None
+    root = collect_fields(
+        schema, {}, VariableValues(sources={}, coerced={}), query_type, operation
+    ).grouped_field_set["phoneNumbers"]
+    connection = schema.get_type("PhoneNumberConnection")
+    assert isinstance(connection, GraphQLObjectType)
+    nodes = collector.collect_subfields(connection, root).grouped_field_set["nodes"]
+    return compile_projector(collector, PHONE_NUMBER, connection, nodes)
+
+
+def test_the_compiler_projects_upstream_items_without_an_executor() -> None:
+    projector = compiled_nodes("__typename number: phoneNumber state")
+    assert projector is not None
+    page = SimpleNamespace(page=SimpleNamespace(items=[{"phoneNumber": "+1", "state": "ACTIVE"}]))
+    assert projector(page) == [  # type: ignore[arg-type]
+        {"__typename": "PhoneNumber", "number": "+1", "state": "ACTIVE"}
+    ]
+
+
+def test_the_compiler_declines_a_field_with_its_own_resolver() -> None:
+    assert compiled_nodes("phoneNumber owner { person { id } }") is None

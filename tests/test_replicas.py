@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_serve import gateway_process, simulator_process
+from tests.processes import gateway_process, simulator_process
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 QUERY = "query Firsts { phoneNumbers(page: {first: 3}) { nodes { phoneNumber } totalCount } }"
 HEADERS = {"Authorization": "Bearer demo-admin", "Gateway-Cache-Report": "true"}
@@ -33,16 +33,18 @@ def upstream_requests(simulator_url: str) -> int:
 
 
 def test_the_second_replica_is_served_from_the_shared_tier(redis_server: Any) -> None:
-    with simulator_process() as upstream:
+    with simulator_process() as simulator:
+        upstream = simulator.url
         shared = {
             "GATEWAY_UPSTREAM_URL": upstream,
             "GATEWAY_REDIS_URL": redis_server.url,
             "GATEWAY_CACHE_KEY_SECRET": secrets.token_hex(32),
         }
         with (
-            gateway_process(env=shared) as (_, replica_one),
-            gateway_process(env=shared) as (_, replica_two),
+            gateway_process(env=shared) as first_process,
+            gateway_process(env=shared) as second_process,
         ):
+            replica_one, replica_two = first_process.url, second_process.url
             assert replica_one != replica_two
             before = upstream_requests(upstream)
             first = ask(replica_one)

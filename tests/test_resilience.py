@@ -216,6 +216,33 @@ async def test_caller_errors_never_trip_the_breaker() -> None:
         assert recorder.calls == 5, status
 
 
+@pytest.mark.parametrize("declared", ["²".encode(), "١٢".encode(), b"\xb2", b"12abc"])
+async def test_an_unreadable_content_length_is_the_upstreams_failure(declared: bytes) -> None:
+    """'²' and '١٢' pass str.isdigit(); int() refuses the first and reads the second as 12.
+    Neither is a length: the field fails as the upstream's fault and the breaker counts it."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = b'{"phoneNumbers": [], "count": {"total": 7}}'
+        return httpx.Response(
+            200, content=body, headers=[(b"Content-Length", declared), (b"TrackingID", b"ROUTER_1")]
+        )
+
+    recorder = RecordingTransport(handler=answer)
+    settings = live_settings(breaker_failures=1, breaker_cooldown=30, cache_ttl=0)
+    async with running_gateway(settings, recorder, clock=FakeClock()) as client:
+        first = await ask(client)
+        assert first["data"] == {"numberCounts": None}
+        assert first["errors"][0]["extensions"] == {
+            "code": "UPSTREAM_UNAVAILABLE",
+            "upstreamStatus": 200,
+            "trackingId": "ROUTER_1",
+        }
+        assert recorder.calls == 1, "a malformed answer is not retried"
+        second = await ask(client)
+        assert second["errors"][0]["extensions"] == {"code": "UPSTREAM_UNAVAILABLE"}
+        assert recorder.calls == 1, "the breaker recorded the failure and opened"
+
+
 def test_breaker_states() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=2, cooldown=5, clock=clock.monotonic)

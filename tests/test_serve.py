@@ -3,128 +3,19 @@ its serving options as flags, refuses bad ones in one line, and drains on SIGTER
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.cli import main
+from tests.processes import gateway_process, simulator_process
 
 COUNTS = "query Counts { numberCounts { total } }"
-STARTUP_BOUND = 30.0  # seconds; only a backstop against a hang
-
-
-def _environment(env: dict[str, str] | None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OTEL_"))}
-    return {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
-
-
-class ServerProcess:
-    """``numbers-gateway ARGS`` with its stderr read line by line in the background."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *args],
-            env=_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in list(self.lines):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("event") == name:
-                found.append(entry)
-        return found
-
-    def wait_for(self, predicate: Any, what: str) -> Any:
-        deadline = time.monotonic() + STARTUP_BOUND
-        while time.monotonic() < deadline:
-            found = predicate()
-            if found:
-                return found
-            if self.process.poll() is not None:
-                self._reader.join(timeout=5)
-                pytest.fail(f"exited ({self.process.returncode}) before {what}: {self.lines}")
-            time.sleep(0.02)
-        pytest.fail(f"timed out waiting until {what}: {self.lines}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        return code
-
-
-@contextmanager
-def gateway_process(
-    *flags: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[ServerProcess, str]]:
-    """``serve --port 0`` and the URL it announces (the port exists only once bound)."""
-    server = ServerProcess(["serve", "--port", "0", *flags], env)
-    try:
-        [listening] = server.wait_for(
-            lambda: server.events("gateway_listening"), "the gateway announces its URL"
-        )
-        yield server, listening["url"]
-    finally:
-        server.stop()
-
-
-@contextmanager
-def simulator_process(*flags: str) -> Iterator[str]:
-    """The standalone simulator on a free port; its /v1 base URL."""
-    from tests.test_server import free_port
-
-    for _ in range(3):  # a free port may be taken before the simulator binds it
-        port = free_port()
-        server = ServerProcess(["simulator", "--port", str(port), *flags])
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_BOUND
-        while server.process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        if server.process.poll() is None:
-            try:
-                yield f"{url}/v1"
-            finally:
-                server.stop()
-            return
-        server.stop()
-    pytest.fail(f"the simulator did not start: {server.lines}")
 
 
 def metric_value(origin: str, name: str) -> float:
@@ -134,10 +25,7 @@ def metric_value(origin: str, name: str) -> float:
     return 0.0
 
 
-def origin_of(url: str) -> str:
-    return url.removesuffix("/graphql")
-
-
+@pytest.mark.e2e
 def test_serve_announces_its_url_once_bound_and_honours_the_serving_flags() -> None:
     with gateway_process(
         "--root-path",
@@ -146,16 +34,15 @@ def test_serve_announces_its_url_once_bound_and_honours_the_serving_flags() -> N
         "127.0.0.1",
         "--shutdown-timeout",
         "5",
-    ) as (server, url):
+    ) as server:
         # The announced URL has the real port (asked for 0: it exists only once bound) and
         # the proxy's prefix.
-        announced = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/numbers/graphql", url)
+        announced = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/numbers/graphql", server.url)
         assert announced is not None
         assert int(announced[1]) > 0
-        origin = url.removesuffix("/numbers/graphql")
         # The proxy strips the prefix; the app routes and logs the path it knows.
         response = httpx.post(
-            f"{origin}/graphql",
+            f"{server.origin}/graphql",
             json={"query": COUNTS},
             headers={"X-Forwarded-Proto": "https", "X-Request-ID": "serve-1"},
             timeout=30,
@@ -171,40 +58,35 @@ def test_serve_announces_its_url_once_bound_and_honours_the_serving_flags() -> N
     assert server.process.returncode == 0
 
 
+@pytest.mark.e2e
 def test_sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() -> None:
-    with simulator_process("--fault", "latency=1") as upstream:
-        server = ServerProcess(["serve", "--port", "0"], {"GATEWAY_UPSTREAM_URL": upstream})
-        try:
-            [listening] = server.wait_for(
-                lambda: server.events("gateway_listening"),
-                "the gateway announces its URL",
-            )
-            url = listening["url"]
-            outcome: dict[str, Any] = {}
+    outcome: dict[str, Any] = {}
+    with (
+        simulator_process("--fault", "latency=1") as upstream,
+        gateway_process(env={"GATEWAY_UPSTREAM_URL": upstream.url}) as server,
+    ):
 
-            def ask() -> None:
-                try:
-                    outcome["response"] = httpx.post(
-                        url,
-                        json={"query": COUNTS},
-                        headers={"Authorization": "Bearer demo-admin"},
-                        timeout=30,
-                    )
-                except httpx.HTTPError as exc:  # pragma: no cover - reported below
-                    outcome["error"] = exc
+        def ask() -> None:
+            try:
+                outcome["response"] = httpx.post(
+                    server.url,
+                    json={"query": COUNTS},
+                    headers={"Authorization": "Bearer demo-admin"},
+                    timeout=30,
+                )
+            except httpx.HTTPError as exc:  # pragma: no cover - reported below
+                outcome["error"] = exc
 
-            caller = threading.Thread(target=ask)
-            caller.start()
-            server.wait_for(
-                lambda: metric_value(origin_of(url), "gateway_upstream_in_flight") == 1,
-                "the request waits on the slow upstream",
-            )
-            sent_at = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
-            caller.join(timeout=30)
-            code = server.process.wait(timeout=30)
-        finally:
-            server.stop()
+        caller = threading.Thread(target=ask)
+        caller.start()
+        server.wait_for(
+            lambda: metric_value(server.origin, "gateway_upstream_in_flight") == 1,
+            "the request waits on the slow upstream",
+        )
+        sent_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        caller.join(timeout=30)
+        code = server.process.wait(timeout=30)
     assert "error" not in outcome, outcome
     response = outcome["response"]
     assert response.status_code == 200
@@ -250,25 +132,27 @@ def test_bad_serving_options_stop_start_up_with_one_line(
     assert lines[0].startswith(f"numbers-gateway: {variable}")
 
 
+@pytest.mark.e2e
 def test_workers_share_the_port_and_stop_on_sigterm() -> None:
-    with gateway_process("--workers", "2") as (server, url):
+    with gateway_process("--workers", "2") as server:
         [listening] = server.events("gateway_listening")
         assert listening["workers"] == 2
         for _ in range(4):
-            response = httpx.post(url, json={"query": COUNTS}, timeout=30)
+            response = httpx.post(server.url, json={"query": COUNTS}, timeout=30)
             assert response.status_code == 200
             assert response.json()["data"]["numberCounts"]["total"] == 1000
     assert server.process.returncode == 0
 
 
+@pytest.mark.e2e
 def test_serve_bounds_connections_and_request_heads() -> None:
     """``serve`` applies GATEWAY_MAX_CONNECTIONS and GATEWAY_HEADER_TIMEOUT: idle sockets are
     answered 408 and closed, and connections past the bound get 503 at once."""
     import socket
 
     env = {"GATEWAY_HEADER_TIMEOUT": "0.5", "GATEWAY_MAX_CONNECTIONS": "3"}
-    with gateway_process(env=env) as (_, url):
-        host, port = origin_of(url).removeprefix("http://").split(":")
+    with gateway_process(env=env) as server:
+        host, port = server.origin.removeprefix("http://").split(":")
         held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
         try:
             with socket.create_connection((host, int(port)), timeout=10) as extra:
@@ -280,4 +164,4 @@ def test_serve_bounds_connections_and_request_heads() -> None:
         finally:
             for connection in held:
                 connection.close()
-        assert httpx.get(f"{origin_of(url)}/healthz", timeout=10).status_code == 200
+        assert httpx.get(f"{server.origin}/healthz", timeout=10).status_code == 200

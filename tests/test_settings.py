@@ -115,3 +115,20 @@ def test_production_with_an_upstream_is_valid() -> None:
     settings = load_settings(env="production", upstream_url="https://webexapis.com/v1")
     assert settings.production
     assert not settings.embedded_simulator
+
+
+def test_answer_reuse_size_keeps_its_former_name_as_a_deprecated_alias(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_RESPONSE_CACHE_MAX_BYTES", "2048")
+    assert load_settings().answer_reuse_max_bytes == 2048
+    monkeypatch.setenv("GATEWAY_ANSWER_REUSE_MAX_BYTES", "4096")
+    assert load_settings().answer_reuse_max_bytes == 4096, "the new name wins"
+    assert load_settings(answer_reuse_max_bytes=8192).answer_reuse_max_bytes == 8192
+    monkeypatch.delenv("GATEWAY_ANSWER_REUSE_MAX_BYTES")
+    monkeypatch.setenv("GATEWAY_RESPONSE_CACHE_MAX_BYTES", "lots")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("GATEWAY_ANSWER_REUSE_MAX_BYTES:")
+    assert "GATEWAY_RESPONSE_CACHE_MAX_BYTES" in message

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import strawberry
 
+from gateway.api.context import RequestContext
 from gateway.numbers.types import (
     FilterArgument,
     NumberCounts,
@@ -35,7 +36,7 @@ class Query:
     )
     async def phone_numbers(
         self,
-        info: strawberry.Info,
+        info: strawberry.Info[RequestContext, None],
         org_id: OrgIdArgument = None,
         filter: FilterArgument = None,
         order: OrderArgument = None,
@@ -48,6 +49,9 @@ class Query:
         "inactive, extension-only, toll-free, mobile, service and reserved numbers."
     )
     async def number_counts(
-        self, info: strawberry.Info, org_id: OrgIdArgument = None, filter: FilterArgument = None
+        self,
+        info: strawberry.Info[RequestContext, None],
+        org_id: OrgIdArgument = None,
+        filter: FilterArgument = None,
     ) -> NumberCounts | None:
         return await caller_numbers(info).number_counts(org_id, filter)

@@ -1,1 +1,2 @@
-"""The HTTP layer: the GraphQL view and the middleware in front of it."""
+"""The HTTP layer: the middleware in front of ``/graphql``, the view, the operation runner
+it hands requests to, and the response styles that write the answers."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import ErrorCode
-from gateway.http.middleware import PROBE_ROUTES, app_path, send_error
+from gateway.http.asgi import app_path, send_refusal
+from gateway.http.refusals import Refusal, refusal_body
+from gateway.http.routes import PROBE_ROUTES
 
 RETRY_AFTER_SECONDS = 1
 
@@ -32,20 +33,20 @@ class InFlightLimit:
         self.app = app
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.at_capacity = Refusal(
+            503,
+            "The gateway is at capacity; retry after the time in Retry-After.",
+            ErrorCode.RATE_LIMITED,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            extensions={"retryAfter": RETRY_AFTER_SECONDS},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or app_path(scope) in PROBE_ROUTES:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
-            await send_error(
-                send,
-                503,
-                "The gateway is at capacity; retry after the time in Retry-After.",
-                ErrorCode.RATE_LIMITED,
-                headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
-                extensions={"retryAfter": RETRY_AFTER_SECONDS},
-            )
+            await send_refusal(send, self.at_capacity)
             return
         self.in_flight += 1
         try:
@@ -55,7 +56,8 @@ class InFlightLimit:
 
 
 def _raw_response(status: str, message: str, code: ErrorCode, extra: bytes = b"") -> bytes:
-    body = orjson.dumps({"errors": [{"message": message, "extensions": {"code": code.value}}]})
+    """A whole HTTP/1.1 response, written to the socket before any ASGI app sees it."""
+    body = refusal_body(message, code)
     return (
         f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n".encode()
         + extra

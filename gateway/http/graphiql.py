@@ -34,12 +34,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.http.routes import ASSET_BASE, GRAPHQL_PATH
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GRAPHIQL_DIR = STATIC_DIR / "graphiql"
 EXAMPLES_DIR = STATIC_DIR / "examples"
 MANIFEST_NAME = "MANIFEST.json"
 
-DEFAULT_ASSET_BASE = "/graphql/assets/"
 # A hint in the headers editor of every tab; against the embedded simulator no header means
 # demo-admin anyway, and another demo token is one edit away.
 DEFAULT_HEADERS = '{\n  "Authorization": "Bearer demo-admin"\n}'
@@ -271,7 +272,7 @@ def render_graphiql_page(
     *,
     asset_base: str,
     examples: list[tuple[str, str]],
-    graphql_path: str = "/graphql",
+    graphql_path: str = GRAPHQL_PATH,
     default_headers: str = DEFAULT_HEADERS,
     assets: Sequence[Asset] | None = None,
 ) -> str:
@@ -339,7 +340,7 @@ def graphiql_response(page: str) -> HTMLResponse:
 
 
 def graphiql_routes(
-    *, asset_base: str = DEFAULT_ASSET_BASE, directory: Path = GRAPHIQL_DIR
+    *, asset_base: str = ASSET_BASE, directory: Path = GRAPHIQL_DIR
 ) -> list[BaseRoute]:
     """``GET asset_base + PATH`` for exactly the files in MANIFEST.json (immutable caching,
     ETag = sha256, ``nosniff``); any other path, ``..`` included, is 404. The files are read

@@ -3,7 +3,7 @@ anything else looks at them.
 
 The gateway parses bodies itself (orjson, then an iterative nesting bound), so a hostile body
 can cost neither a recursion error nor a traceback: everything malformed is a
-``RequestError`` with a 4xx status and a message a person can act on.
+``Refusal`` with a 4xx status and a message a person can act on.
 """
 
 from __future__ import annotations
@@ -13,21 +13,14 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
+
+from gateway.http.refusals import Refusal
 
 # No operation of this schema needs JSON nested deeper than a handful of levels (a filter
 # holding a list); 32 leaves room for any client's envelope and none for a recursion bomb.
 MAX_JSON_DEPTH = 32
 GRAPHQL_PARAMETERS = frozenset({"query", "variables", "operationName", "extensions", "documentId"})
-
-
-class RequestError(Exception):
-    """The HTTP request itself is unusable: a 4xx before any GraphQL work."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +65,10 @@ def _json(raw: bytes | str, what: str) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if "depth" in exc.msg:  # orjson's own bound, far past ours
-            raise RequestError(400, _too_deep(what)) from None
-        raise RequestError(400, f"{what} is not valid JSON ({exc.msg}).") from None
+            raise Refusal(400, _too_deep(what)) from None
+        raise Refusal(400, f"{what} is not valid JSON ({exc.msg}).") from None
     if nesting_depth_exceeds(value):
-        raise RequestError(400, _too_deep(what))
+        raise Refusal(400, _too_deep(what))
     return value
 
 
@@ -86,14 +79,14 @@ def _too_deep(what: str) -> str:
 def _optional(data: dict[str, Any], name: str, kind: type, label: str) -> Any:
     value = data.get(name)
     if value is not None and not isinstance(value, kind):
-        raise RequestError(400, f"'{name}' must be {label} or null.")
+        raise Refusal(400, f"'{name}' must be {label} or null.")
     return value
 
 
 def _params(data: dict[str, Any]) -> GraphQLParams:
     query = _optional(data, "query", str, "a string")
     if query is not None and not query.strip():
-        raise RequestError(400, "'query' is empty: send a GraphQL document.")
+        raise Refusal(400, "'query' is empty: send a GraphQL document.")
     document_id = _optional(data, "documentId", str, "a string")
     params = GraphQLParams(
         query=query,
@@ -104,11 +97,9 @@ def _params(data: dict[str, Any]) -> GraphQLParams:
     )
     for text, name in ((params.query, "query"), (params.operation_name, "operationName")):
         if text is not None and not text.isascii() and not _encodable(text):
-            raise RequestError(400, f"'{name}' holds text that is not valid Unicode.")
+            raise Refusal(400, f"'{name}' holds text that is not valid Unicode.")
     if params.query is None and params.document_id is None and params.persisted_hash is None:
-        raise RequestError(
-            400, "No GraphQL document: send 'query' (or a persisted query's hash or id)."
-        )
+        raise Refusal(400, "No GraphQL document: send 'query' (or a persisted query's hash or id).")
     return params
 
 
@@ -124,9 +115,9 @@ def params_from_body(body: bytes) -> GraphQLParams:
     """A POST body: one JSON object (a batch, a JSON array, is refused)."""
     data = _json(body, "The request body")
     if isinstance(data, list):
-        raise RequestError(400, "Batched operations are not supported: send one JSON object.")
+        raise Refusal(400, "Batched operations are not supported: send one JSON object.")
     if not isinstance(data, dict):
-        raise RequestError(400, "The request body must be a JSON object with a 'query' string.")
+        raise Refusal(400, "The request body must be a JSON object with a 'query' string.")
     return _params(data)
 
 
@@ -137,13 +128,28 @@ def params_from_query_string(query_params: QueryParams) -> GraphQLParams:
     for name in GRAPHQL_PARAMETERS:
         values = query_params.getlist(name)
         if len(values) > 1:
-            raise RequestError(400, f"'{name}' is given {len(values)} times; give it once.")
+            raise Refusal(400, f"'{name}' is given {len(values)} times; give it once.")
         if values:
             data[name] = values[0]
     for name in ("variables", "extensions"):
         if name in data:
             data[name] = _json(data[name], f"'{name}'") if data[name] else None
     return _params(data)
+
+
+async def params_of(request: Request) -> GraphQLParams:
+    """A GET's or a POST's parameters; a POST must be JSON (415 otherwise)."""
+    if request.method == "GET":
+        return params_from_query_string(request.query_params)
+    content_type = request.headers.get("content-type", "")
+    essence = content_type.split(";")[0].strip().lower()
+    if essence != "application/json":
+        raise Refusal(
+            415,
+            "POST a JSON body with 'Content-Type: application/json'.",
+            headers={"Accept-Post": "application/json"},
+        )
+    return params_from_body(await request.body())
 
 
 def has_graphql_parameters(query_params: QueryParams) -> bool:

@@ -23,20 +23,23 @@ import orjson
 from cachetools import LRUCache
 
 from gateway.errors import ErrorCode
-from gateway.pipeline.cache import GuardedRedis
+from gateway.http.refusals import Refusal
+from gateway.pipeline.guarded_redis import GuardedRedis
 
 REDIS_PREFIX = "numbers-gateway:apq:v1:"
 REDIS_TTL_SECONDS = 7 * 24 * 3600
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
-class PersistedDocumentError(Exception):
-    """A persisted-document request that cannot run, with its contract code."""
+class PersistedDocumentError(Refusal):
+    """A persisted-document request that cannot run, with its contract code.
+
+    ``PERSISTED_QUERY_NOT_FOUND`` answers 200 whatever the media type: Apollo's clients read it
+    from a 200, then send the document. Others are 400 (200 as ``application/json``)."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        not_found = code is ErrorCode.PERSISTED_QUERY_NOT_FOUND
+        super().__init__(200 if not_found else 400, message, code, legacy_status=200)
 
 
 def sha256_hex(document: str) -> str:

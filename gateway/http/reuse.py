@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.pipeline.cache import LocalTier
+from gateway.pipeline.local_tier import LocalTier
 from gateway.upstream.slots import caller_of
 
 

@@ -13,7 +13,7 @@ import dataclasses
 from enum import Enum
 
 from gateway.errors import BadUserInput
-from gateway.numbers.query import NumbersQuery, PageWindow, Pin
+from gateway.numbers.query import EntityKey, NumbersQuery, PageWindow
 from gateway.numbers.types import (
     NumberType,
     PageInput,
@@ -130,19 +130,19 @@ def _filter_params(flt: PhoneNumberFilter) -> list[tuple[str, str]]:
     return params
 
 
-def _pinned(flt: PhoneNumberFilter | None, pin: Pin) -> PhoneNumberFilter:
+def _keyed(flt: PhoneNumberFilter | None, key: EntityKey) -> PhoneNumberFilter:
     """The filter with the entity's key set; a different value in the filter is a mistake."""
     flt = flt or PhoneNumberFilter()
-    given = getattr(flt, pin.attribute)
-    if given is not None and given != pin.value:
-        parameter = _PARAMETER_OF[pin.attribute]
+    given = getattr(flt, key.attribute)
+    if given is not None and given != key.value:
+        parameter = _PARAMETER_OF[key.attribute]
         raise BadUserInput(
-            f"filter.{parameter} is already set by this {pin.entity}'s id; a different value "
+            f"filter.{parameter} is already set by this {key.entity}'s id; a different value "
             f"would match nothing. Remove filter.{parameter}."
         )
-    pinned = dataclasses.replace(flt)
-    setattr(pinned, pin.attribute, pin.value)
-    return pinned
+    keyed = dataclasses.replace(flt)
+    setattr(keyed, key.attribute, key.value)
+    return keyed
 
 
 def numbers_query(
@@ -150,18 +150,19 @@ def numbers_query(
     flt: PhoneNumberFilter | None,
     order: PhoneNumberOrder | None,
     *,
-    pin: Pin | None = None,
+    entity_key: EntityKey | None = None,
 ) -> NumbersQuery:
     """Validate and normalise; raises ``BadUserInput`` before any upstream call.
 
-    A pinned query equals the root field's query with the same filter, so an entity field
-    and a root field asking the same thing share one upstream call and one cache entry.
+    A query with an entity's key equals the root field's query with the same filter, so an
+    entity field and a root field asking the same thing share one upstream call and one page
+    cache entry.
     """
     if org_id is not None:
         _check_text("orgId", org_id)
-    if pin is not None:
-        _check_text(f"{pin.entity}.id", pin.value)
-        flt = _pinned(flt, pin)
+    if entity_key is not None:
+        _check_text(f"{entity_key.entity}.id", entity_key.value)
+        flt = _keyed(flt, entity_key)
     params: list[tuple[str, str]] = []
     if flt is not None:
         _check_filter(flt)
@@ -176,10 +177,6 @@ def cursor_at(fingerprint: str, position: int) -> str:
     """The opaque cursor of ``position`` in the query with this fingerprint."""
     raw = f"{_CURSOR_PREFIX}:{fingerprint}:{position}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def encode_cursor(query: NumbersQuery, position: int) -> str:
-    return cursor_at(query.fingerprint, position)
 
 
 def decode_cursor(query: NumbersQuery, cursor: str) -> int:

@@ -77,9 +77,9 @@ class UpstreamPage:
 
 
 @dataclass(frozen=True, slots=True)
-class Pin:
-    """A filter field an entity's key already sets: ``Location.phoneNumbers`` pins
-    ``locationId`` to the location's id, ``Person.phoneNumbers`` pins ``ownerId``."""
+class EntityKey:
+    """The filter field an entity's key sets: ``Location.phoneNumbers`` sets ``locationId``
+    to the location's id, ``Person.phoneNumbers`` sets ``ownerId`` to the person's."""
 
     attribute: str  # a PhoneNumberFilter attribute
     value: str

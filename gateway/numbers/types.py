@@ -4,23 +4,22 @@ the federation entities.
 Output objects are plain strawberry dataclasses built by the ``reader``; the connection
 resolves its nodes, edges and page info lazily, so a field nobody selected costs nothing.
 The entities' own fields (``Location.phoneNumbers`` and the like) are a few lines each: they
-hand their arguments and their key to the request's ``CallerNumbers`` (reached through the
-context, so this module needs nothing from the layers above it).
+hand their arguments and their key to the request's numbers, reached through the context.
+Both are described here as Protocols (``NumbersContext``, ``RequestNumbers``), which the
+GraphQL context and ``pipeline.source.CallerNumbers`` satisfy; so this module imports nothing
+from the layers above it, not even for type checking.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import Annotated, Protocol, TypeVar
 
 import strawberry
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from gateway.numbers.query import Pin
-
-if TYPE_CHECKING:
-    from gateway.pipeline.source import CallerNumbers
+from gateway.numbers.query import EntityKey
 
 
 @strawberry.enum(description="Whether a phone number is in service.")
@@ -246,20 +245,20 @@ class Location:
     @strawberry.field(description="The location's phone numbers (`filter.locationId` is the id).")
     async def phone_numbers(
         self,
-        info: strawberry.Info,
+        info: strawberry.Info[NumbersContext, None],
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
     ) -> PhoneNumberConnection | None:
-        pin = Pin("location_id", self.id, "Location")
-        return await numbers_connection(info, None, filter, order, page, pin)
+        key = EntityKey("location_id", self.id, "Location")
+        return await numbers_connection(info, None, filter, order, page, key)
 
     @strawberry.field(description="Counts over the location's numbers the filter matches.")
     async def number_counts(
-        self, info: strawberry.Info, filter: FilterArgument = None
+        self, info: strawberry.Info[NumbersContext, None], filter: FilterArgument = None
     ) -> NumberCounts | None:
-        pin = Pin("location_id", self.id, "Location")
-        return await caller_numbers(info).number_counts(None, filter, pin=pin)
+        key = EntityKey("location_id", self.id, "Location")
+        return await caller_numbers(info).number_counts(None, filter, entity_key=key)
 
 
 @strawberry.federation.type(
@@ -273,13 +272,13 @@ class Person:
     @strawberry.field(description="The person's phone numbers (`filter.ownerId` is the id).")
     async def phone_numbers(
         self,
-        info: strawberry.Info,
+        info: strawberry.Info[NumbersContext, None],
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
     ) -> PhoneNumberConnection | None:
-        pin = Pin("owner_id", self.id, "Person")
-        return await numbers_connection(info, None, filter, order, page, pin)
+        key = EntityKey("owner_id", self.id, "Person")
+        return await numbers_connection(info, None, filter, order, page, key)
 
 
 @strawberry.federation.type(
@@ -293,7 +292,7 @@ class Organization:
     @strawberry.field(description="The organization's phone numbers (`orgId` is the id).")
     async def phone_numbers(
         self,
-        info: strawberry.Info,
+        info: strawberry.Info[NumbersContext, None],
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
@@ -302,7 +301,7 @@ class Organization:
 
     @strawberry.field(description="Counts over the organization's numbers the filter matches.")
     async def number_counts(
-        self, info: strawberry.Info, filter: FilterArgument = None
+        self, info: strawberry.Info[NumbersContext, None], filter: FilterArgument = None
     ) -> NumberCounts | None:
         return await caller_numbers(info).number_counts(self.id, filter)
 
@@ -410,6 +409,40 @@ class PageSource(Protocol):
     def total_count(self) -> int: ...
 
 
+class RequestNumbers(Protocol):
+    """What the fields read numbers through: one request's numbers
+    (``pipeline.source.CallerNumbers``), with its caller, loader and cache record."""
+
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        entity_key: EntityKey | None = None,
+        total: bool = False,
+    ) -> PageSource: ...
+
+    async def number_counts(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        *,
+        entity_key: EntityKey | None = None,
+    ) -> NumberCounts: ...
+
+
+class NumbersContext(Protocol):
+    """What the fields need of the GraphQL context (``api.context.RequestContext``)."""
+
+    @property
+    def numbers(self) -> RequestNumbers: ...
+
+
+ContextT = TypeVar("ContextT", bound=NumbersContext)
+
+
 @strawberry.type(description="One page of phone numbers, Relay-style.")
 class PhoneNumberConnection:
     result: strawberry.Private[PageSource]
@@ -431,10 +464,9 @@ class PhoneNumberConnection:
         return self.result.total_count()
 
 
-def caller_numbers(info: strawberry.Info) -> CallerNumbers:
-    """The request's numbers (``gateway.pipeline.source``), through the context."""
-    numbers: CallerNumbers = info.context.numbers
-    return numbers
+def caller_numbers(info: strawberry.Info[ContextT, None]) -> RequestNumbers:
+    """The request's numbers, through the context."""
+    return info.context.numbers
 
 
 def selects(selections: Iterable[Selection], name: str) -> bool:
@@ -450,16 +482,16 @@ def selects(selections: Iterable[Selection], name: str) -> bool:
 
 
 async def numbers_connection(
-    info: strawberry.Info,
+    info: strawberry.Info[ContextT, None],
     org_id: str | None,
     flt: PhoneNumberFilter | None,
     order: PhoneNumberOrder | None,
     page: PageInput | None,
-    pin: Pin | None,
+    entity_key: EntityKey | None,
 ) -> PhoneNumberConnection:
     """What every ``phoneNumbers`` field answers, root or entity: one page of the query."""
     total = selects(info.selected_fields[0].selections, "totalCount")
     result = await caller_numbers(info).phone_numbers(
-        org_id, flt, order, page, pin=pin, total=total
+        org_id, flt, order, page, entity_key=entity_key, total=total
     )
     return PhoneNumberConnection(result=result)

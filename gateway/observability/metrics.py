@@ -66,7 +66,7 @@ class CacheTierView(Protocol):
 
 
 class _StateCollector(Collector):
-    """Gauges read when scraped: the breaker's state and the local cache's size."""
+    """Gauges read when scraped: the breaker's state and the page cache's local size."""
 
     def __init__(self) -> None:
         self.breaker: BreakerView | None = None
@@ -85,12 +85,12 @@ class _StateCollector(Collector):
         cache = self.cache
         yield GaugeMetricFamily(
             "gateway_cache_entries",
-            "Entries in the local response cache (expired ones linger until evicted).",
+            "Entries in the page cache's local tier (expired ones linger until evicted).",
             value=len(cache) if cache is not None else 0,
         )
         yield GaugeMetricFamily(
             "gateway_cache_bytes",
-            "Approximate bytes of the local response cache's entries (their encoded size).",
+            "Approximate bytes of the page cache's local entries (their encoded size).",
             value=cache.size_bytes if cache is not None else 0,
         )
 
@@ -170,7 +170,7 @@ class GatewayMetrics:
         )
         self.cache_lookups = Counter(
             "gateway_cache_lookups_total",
-            "Response cache lookups, by tier and result.",
+            "Page cache lookups (upstream pages), by tier and result.",
             ["tier", "result"],
             registry=self.registry,
         )
@@ -182,14 +182,15 @@ class GatewayMetrics:
         )
         self.cache_failures = Counter(
             "gateway_cache_backend_failures_total",
-            "Shared cache (Redis) operations that failed; the gateway served without it.",
+            "Redis operations (page cache, persisted queries) that failed; the gateway served "
+            "without them.",
             registry=self.registry,
         )
 
         self.responses_reused = Counter(
             "gateway_responses_reused_total",
-            "Repeated operations answered with stored response bytes (no parse, validation "
-            "or execution).",
+            "Repeated operations answered by answer reuse: stored response bytes, no parse, "
+            "validation or execution.",
             registry=self.registry,
         )
         self.operation_cost = Histogram(
@@ -204,7 +205,7 @@ class GatewayMetrics:
         self._state.breaker = breaker
 
     def watch_cache(self, local: CacheTierView | None) -> None:
-        """Report the local cache tier's size in ``gateway_cache_entries`` / ``_bytes``."""
+        """Report the page cache's local tier size in ``gateway_cache_entries`` / ``_bytes``."""
         self._state.cache = local
 
     def observe_operation(

@@ -2,7 +2,7 @@
 
 ``RequestLogMiddleware`` makes one ``RequestFacts`` per HTTP request and puts it in a context
 variable for the request's duration. What happens deeper in fills it in, with no parameter
-threaded through: the GraphQL extension (``operations.OperationObserver``: operation name and
+threaded through: the GraphQL extension (``api.operation_observer``: operation name and
 type, error codes, cache outcomes) and the upstream client's httpx event hooks
 (``observe_upstream_calls``: each upstream request's status, Webex tracking id and duration).
 Tasks a request starts (the loader's batch, a single-flight fetch) copy its context, so what
@@ -60,9 +60,16 @@ def client_field(value: bytes | None) -> str | None:
     return text[:CLIENT_FIELD_MAX] or None
 
 
-def tracking_id_from(headers: httpx.Headers) -> str | None:
-    value = headers.get("trackingid")
-    return value if value is not None and TRACKING_ID.fullmatch(value) else None
+def tracking_id_of(headers: httpx.Headers, body: Any = None) -> str | None:
+    """The Webex tracking id of an upstream answer (its JSON body's ``trackingId`` first,
+    then the ``TrackingID`` header), if it looks like one: the one rule for every log line,
+    span and error that echoes one."""
+    candidates = [body.get("trackingId") if isinstance(body, dict) else None]
+    candidates.append(headers.get("trackingid"))
+    for candidate in candidates:
+        if isinstance(candidate, str) and TRACKING_ID.fullmatch(candidate):
+            return candidate
+    return None
 
 
 @dataclass(slots=True)
@@ -140,7 +147,7 @@ async def _on_upstream_response(response: httpx.Response) -> None:
         return
     call, started = entry
     call.status = response.status_code
-    call.tracking_id = tracking_id_from(response.headers)
+    call.tracking_id = tracking_id_of(response.headers)
     call.duration_ms = round((time.perf_counter() - started) * 1000, 1)
 
 

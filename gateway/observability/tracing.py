@@ -12,9 +12,9 @@ One request's trace::
 
     POST /graphql                      SERVER  (RequestLogMiddleware); parent: the caller's
     │                                          traceparent when valid, else a new trace
-    └─ query NumbersPage               INTERNAL (operations.OperationObserver)
+    └─ query NumbersPage               INTERNAL (api.operation_observer)
        ├─ graphql.parse, graphql.validate
-       ├─ cache.lookup                 (the response cache: hit or miss, tier)
+       ├─ cache.lookup                 (the page cache: hit or miss, tier)
        ├─ cache.single_flight          the leader of a fetch; its upstream calls are children:
        │  └─ GET                       CLIENT  (httpx instrumentation): status, webex.tracking_id
        └─ cache.single_flight          a waiter on another request's fetch, linked to the
@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.observability.request_facts import (
     current_facts,
     observe_upstream_calls,
-    tracking_id_from,
+    tracking_id_of,
 )
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ async def _on_upstream_span_end(span: Span, request: RequestInfo, response: Resp
         return
     span.set_attribute("http.response.status_code", response.status_code)
     if response.headers is not None:
-        tracking_id = tracking_id_from(httpx.Headers(response.headers))
+        tracking_id = tracking_id_of(httpx.Headers(response.headers))
         if tracking_id is not None:
             span.set_attribute("webex.tracking_id", tracking_id)
 

@@ -1,6 +1,6 @@
 """The home of the request pipeline: every consumer of phone numbers goes through here.
 
-``NumbersSource`` is built once in the lifespan from the cache and the upstream client.
+``NumbersSource`` is built once in the lifespan from the page cache and the upstream client.
 ``for_caller`` gives one request its own ``CallerNumbers``: the caller's credentials (checked
 before any upstream call), whether it asked for ``no-cache``, the record of what the cache did,
 and a fresh loader that merges the asks of one operation. Root fields, federation entity
@@ -15,11 +15,11 @@ from collections.abc import Awaitable
 from gateway.errors import Unauthenticated
 from gateway.numbers.arguments import numbers_query, page_window
 from gateway.numbers.connection import PageResult
-from gateway.numbers.query import Fetch, Pin, UpstreamPage
+from gateway.numbers.query import EntityKey, Fetch, UpstreamPage
 from gateway.numbers.reader import to_number_counts
 from gateway.numbers.types import NumberCounts, PageInput, PhoneNumberFilter, PhoneNumberOrder
-from gateway.pipeline.cache import CacheEvent, ResponseCache, cache_key
 from gateway.pipeline.loaders import NumbersLoader
+from gateway.pipeline.page_cache import CacheEvent, PageCache, cache_key
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.slots import caller_of
 
@@ -39,12 +39,12 @@ def usable_authorization(value: str | None) -> str | None:
 
 
 class NumbersSource:
-    """Cache in front of the upstream, per caller. One per app."""
+    """The page cache in front of the upstream, per caller. One per app."""
 
     def __init__(
         self,
         upstream: UpstreamClient,
-        cache: ResponseCache,
+        cache: PageCache,
         *,
         max_page_size: int,
         default_authorization: str | None = None,
@@ -97,19 +97,23 @@ class CallerNumbers:
         order: PhoneNumberOrder | None,
         page: PageInput | None,
         *,
-        pin: Pin | None = None,
+        entity_key: EntityKey | None = None,
         total: bool = False,
     ) -> PageResult:
         """One page of numbers; arguments are validated before any upstream call. ``total``
         asks for the counts too (``details=true``)."""
-        query = numbers_query(org_id, flt, order, pin=pin)
+        query = numbers_query(org_id, flt, order, entity_key=entity_key)
         window = page_window(query, page, self._source.max_page_size)
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
 
     async def number_counts(
-        self, org_id: str | None, flt: PhoneNumberFilter | None, *, pin: Pin | None = None
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        *,
+        entity_key: EntityKey | None = None,
     ) -> NumberCounts:
-        query = numbers_query(org_id, flt, None, pin=pin)
+        query = numbers_query(org_id, flt, None, entity_key=entity_key)
         answer = await self.load(Fetch(query, None, details=True))
         return to_number_counts(answer.count)
 

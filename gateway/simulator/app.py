@@ -201,3 +201,29 @@ def create_simulator_app(
     )
     app.state.simulator = simulator
     return app
+
+
+def serve_simulator(app: Starlette, world: SimulatorWorld, *, host: str, port: int) -> int:
+    """Serve ``app`` until a signal stops it, and say where once the socket is bound: one
+    ``simulator_listening`` log line with the ``/v1`` URL, as ``serve`` logs
+    ``gateway_listening`` (with ``--port 0`` the port exists only then)."""
+    import structlog
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.started:
+                return
+            bound_host, bound_port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            structlog.get_logger("gateway.simulator").info(
+                "simulator_listening",
+                url=f"http://{shown}:{bound_port}/v1",
+                entries=sum(len(org.entries) for org in world.orgs.values()),
+                orgs=len(world.orgs),
+            )
+
+    server = AnnouncingServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server.run()
+    return 0 if server.started else 1

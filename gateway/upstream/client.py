@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,20 +36,21 @@ from gateway.errors import (
     UpstreamUnavailable,
     code_for_upstream_status,
 )
+from gateway.http_syntax import decimal_value
 from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.request_facts import TRACKING_ID
+from gateway.observability.request_facts import tracking_id_of
 from gateway.upstream.body import read_numbers_body
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.slots import FairSlots, caller_of
 
-NUMBERS_PATH = "/telephony/config/numbers"
+# The list-phone-numbers endpoint, relative to the API base (``https://webexapis.com/v1``).
+NUMBERS_ENDPOINT = "/telephony/config/numbers"
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 RATE_LIMIT_STATUSES = frozenset({423, 429})
 DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
 _MESSAGE_LIMIT = 300
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes '²', which int() refuses
 
 log = structlog.get_logger("gateway.upstream")
 
@@ -74,8 +74,9 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if _DIGITS.fullmatch(text):
-        return float(text)
+    seconds = decimal_value(text)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
@@ -83,17 +84,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - now)
-
-
-def tracking_id_of(headers: httpx.Headers, body: Any = None) -> str | None:
-    """The Webex tracking id of an answer (body first, then the header), if it is one."""
-    candidates = [body.get("trackingId") if isinstance(body, dict) else None]
-    candidates.append(headers.get("trackingid"))
-    for candidate in candidates:
-        # Short plain text (ROUTER_<uuid>); anything else is not echoed to the caller.
-        if isinstance(candidate, str) and TRACKING_ID.fullmatch(candidate):
-            return candidate
-    return None
 
 
 def _upstream_message(body: Any) -> str | None:
@@ -186,7 +176,7 @@ class UpstreamClient:
     ) -> None:
         self.http = http
         self.base = httpx.URL(base_url.rstrip("/") + "/")
-        self.numbers_url = httpx.URL(base_url.rstrip("/") + NUMBERS_PATH)
+        self.numbers_url = httpx.URL(base_url.rstrip("/") + NUMBERS_ENDPOINT)
         self.deadline = deadline
         self.max_body_bytes = max_body_bytes
         self.retry = retry or RetryPolicy()
@@ -282,8 +272,8 @@ class UpstreamClient:
         except (httpx.InvalidURL, ValueError):
             safe = False
         if safe:
-            start = url.params.get("start", "")
-            behind = bool(_DIGITS.fullmatch(start)) and int(start) < fetch.window.start + collected
+            start = decimal_value(url.params.get("start"))
+            behind = start is not None and start < fetch.window.start + collected
             if str(url) in exchange.visited or behind:
                 raise UpstreamUnavailable(
                     "The upstream's next link does not advance (it would serve the same "
@@ -392,10 +382,20 @@ class UpstreamClient:
         """The body, decompressed, refusing more than ``max_body_bytes`` as it streams in (a
         small gzip body can expand a thousandfold)."""
         limit = self.max_body_bytes
-        declared = response.headers.get("content-length", "")
+        declared = response.headers.get("content-length")
+        length = decimal_value(declared)
+        if declared is not None and length is None:
+            # The network path never gets here (h11 refuses such a head); a transport that
+            # passes one on is answering with something that is not HTTP.
+            raise UpstreamUnavailable(
+                "The upstream's answer declared a Content-Length that is not a length; it "
+                "was not read.",
+                upstream_status=response.status_code,
+                tracking_id=tracking_id_of(response.headers),
+            )
         chunks: list[bytes] = []
         size = 0
-        if not (declared.isdigit() and int(declared) > limit):
+        if length is None or length <= limit:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:

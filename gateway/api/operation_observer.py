@@ -1,5 +1,8 @@
 """The GraphQL side of a request's facts and trace: a strawberry extension.
 
+It lives in the GraphQL layer (it reads the ``RequestContext``) and writes into the
+foundation's ``RequestFacts``, which know nothing of GraphQL.
+
 ``OperationObserver`` fills the current request's ``RequestFacts`` (operation name and type,
 whether it executed, its error codes, what the cache did) and, with tracing on, makes the
 operation's span (with parse and validation spans under it) current while the operation runs,
@@ -10,10 +13,10 @@ result after ``ContractErrors`` has given every error its contract code.
 
 Why not strawberry's ``OpenTelemetryExtension``: its ``resolve`` hook is resolver middleware,
 which makes every field a span (thousands for one page) and switches off the projection fast
-path (``gateway.api.projection`` runs only without middleware); it records the whole document
-(literals included) as an attribute; and it takes its tracer at construction, while ours is
-the app's, found in the request's facts. The span names and the parse/validate children follow
-it and the OpenTelemetry GraphQL conventions.
+path (``gateway.api.projecting_executor`` runs only without middleware); it records the whole
+document (literals included) as an attribute; and it takes its tracer at construction, while
+ours is the app's, found in the request's facts. The span names and the parse/validate children
+follow it and the OpenTelemetry GraphQL conventions.
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""The projection fast path: a page of phone numbers completed straight from the upstream items.
-
-graphql-core completes a 2,000-item page field by field: for every item a dataclass from the
-reader, then for each of its ~23 selected leaves a resolver call, a ``complete_value`` and a
-scalar ``serialize``. The data only passes through, so this module compiles the selection on
-the list's item type ONCE into a Python function that builds the response dicts directly from
-the raw upstream items (graphql-jit's idea), and runs it instead.
-
-Where it hooks in
-    ``ProjectingExecutionContext`` is the executor strawberry hands to graphql-core
-    (``execution_context_class=``); it extends strawberry's own executor (which gives resolvers
-    the plain variables dict), so every other field runs exactly as before, at the cost of one
-    class check. Its ``execute_field`` recognises the connection's ``nodes`` and ``edges``
-    fields (by field name, whatever the alias) on a ``PhoneNumberConnection`` over a
-    ``PageResult``, root field and entity field alike, before their resolvers run. The two
-    resolvers it stands in for are pure (``PageResult.nodes()`` reads the items with
-    ``reader.PHONE_NUMBER``; ``edges()`` pairs them with ``PageResult.cursor(start + i)``), so
-    not calling them is not observable; it also saves building 2,000 dataclasses per page.
+"""The projection compiler: a selection on a list of phone numbers, compiled once into a Python
+function that builds the response dicts straight from the raw upstream items (graphql-jit's
+idea). Pure: it reads the schema, the reader's tables and a collected selection, and needs
+from the executor only its ``collect_subfields``; ``projecting_executor`` runs what it makes.
 
 What is compiled
     The selection is collected by the executor's own ``collect_subfields`` (the function normal
@@ -33,43 +19,28 @@ Why the answer is the same
       ``__typename`` (and ``cursor``/``node`` on an edge). A field with its own resolver
       (``NumberOwner.person``, ``Location.phoneNumbers``, ``Location.numberCounts``), anything
       outside the tables, ``@defer``/``@stream``, fragment arguments, ``is_type_of`` checks,
-      resolver middleware, strawberry field extensions or permission classes (on the list or
-      on any selected field), or a scalar other than graphql-core's own ``String``, ``ID`` and
-      ``Boolean`` make it not projectable, and the field runs on the normal path.
+      strawberry field extensions or permission classes (on the list or on any selected field),
+      or a scalar other than graphql-core's own ``String``, ``ID`` and ``Boolean`` make it not
+      projectable (``compile_projector`` answers None), and the field runs on the normal path.
     * Values are read by the reader's own rules, so the two paths cannot disagree on data.
     * Nothing is rendered that graphql-core would turn into an error: where the compiled code
       meets a null in a non-null position (the tables make that impossible today, but the guard
       is generated wherever a rule could yield null), it raises ``CannotProject`` and the whole
       list falls back to normal execution, which produces the nulls, the propagation and the
-      errors with their paths. The fast path itself never produces an error. A projector that
-      raises anything else (a bug) is logged, counted, and handed back the same way.
+      errors with their paths. The fast path itself never produces an error.
     * ``tests/test_projection.py`` does not take this on trust: a property test runs random
       selections against random (malformed) upstream items on both paths and compares the
       answers byte for byte, errors included.
-
-Caching
-    Projectors are cached per schema (``projecting_execution_context()`` makes one executor
-    class with its own bounded LRU) under a digest of the document's text, the operation name,
-    the field's path with list indices removed (types included, so ``... on Location`` and ``... on
-    Organization`` under ``_entities`` stay apart), and the values of the variables that
-    ``@skip``/``@include`` read anywhere in the document. A selection found not projectable is
-    cached as such, so it costs one lookup per list.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Final
+from typing import Any, Final, Protocol
 
-import structlog
 from graphql import (
-    FragmentDefinitionNode,
     GraphQLBoolean,
     GraphQLEnumType,
     GraphQLField,
@@ -79,18 +50,12 @@ from graphql import (
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLString,
-    OperationDefinitionNode,
-    SelectionSetNode,
-    VariableNode,
     get_named_type,
 )
-from graphql.execution.collect_fields import FieldDetails, FieldDetailsList
-from graphql.pyutils import Path, Undefined, UndefinedType
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from graphql.execution.collect_fields import CollectedFields, FieldDetails, FieldDetailsList
 
 from gateway.numbers.connection import PageResult
 from gateway.numbers.reader import (
-    PHONE_NUMBER,
     TEXT,
     EnumOrUnknown,
     Flag,
@@ -99,18 +64,15 @@ from gateway.numbers.reader import (
     Reading,
     Text,
 )
-from gateway.numbers.types import PhoneNumberConnection, PhoneNumberEdge
+from gateway.numbers.types import PhoneNumberEdge
 
-log = structlog.get_logger("gateway.projection")
-
+# A compiled selection: a page's upstream items to the list's response dicts.
 Projector = Callable[[PageResult], list[dict[str, Any]]]
 
-DEFAULT_MAX_PROJECTORS: Final = 1024
 # The strawberry definition a GraphQL type or field was built from (its converter's backref).
 _DEFINITION: Final = "strawberry-definition"
-_INCLUSION_DIRECTIVES: Final = frozenset({"skip", "include"})
-_CONNECTION_LISTS: Final = frozenset({"nodes", "edges"})
-_ABSENT: Final = object()  # a variable the operation did not set
+# The only directives a projectable field may carry (collect_subfields applies them).
+INCLUSION_DIRECTIVES: Final = frozenset({"skip", "include"})
 
 
 class CannotProject(Exception):
@@ -121,221 +83,33 @@ class NotProjectable(Exception):
     """The selection needs something only normal execution does."""
 
 
-@dataclass(slots=True)
-class ProjectionStats:
-    """What the fast path did, per schema: for tests and for reading a profile."""
+class SubfieldCollector(Protocol):
+    """What the compiler needs of the executor: graphql-core's own field collection."""
 
-    compiled: int = 0  # selections compiled (projectable or not)
-    projected: int = 0  # lists completed by a projector
-    declined: int = 0  # lists whose selection is not projectable
-    fallbacks: int = 0  # lists a projector handed back (a value it cannot render)
-    failures: int = 0  # lists whose projector raised unexpectedly (a bug; logged)
+    def collect_subfields(
+        self, return_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> CollectedFields: ...
 
 
-class ProjectorCache:
-    """Bounded LRU of compiled projectors (``None``: not projectable) and of the variables
-    each document's ``@skip``/``@include`` read. Thread-safe: strawberry may execute
-    synchronous operations from worker threads."""
-
-    def __init__(self, max_entries: int = DEFAULT_MAX_PROJECTORS) -> None:
-        self.max_entries = max_entries
-        self.stats = ProjectionStats()
-        self._projectors: OrderedDict[tuple[object, ...], Projector | None] = OrderedDict()
-        self._variables: OrderedDict[tuple[object, ...], tuple[str, ...]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._projectors)
-
-    def projector(self, key: tuple[object, ...]) -> Projector | UndefinedType | None:
-        with self._lock:
-            found = self._projectors.get(key, Undefined)
-            if found is not Undefined:
-                self._projectors.move_to_end(key)
-            return found
-
-    def store(self, key: tuple[object, ...], projector: Projector | None) -> None:
-        self._put(self._projectors, key, projector)
-
-    def directive_variables(
-        self,
-        key: tuple[object, ...],
-        operation: OperationDefinitionNode,
-        fragments: Mapping[str, FragmentDefinitionNode],
-    ) -> tuple[str, ...]:
-        with self._lock:
-            found = self._variables.get(key)
-            if found is not None:
-                self._variables.move_to_end(key)
-                return found
-        names = inclusion_variables(operation, fragments)
-        self._put(self._variables, key, names)
-        return names
-
-    def _put(self, entries: OrderedDict[tuple[object, ...], Any], key: Any, value: Any) -> None:
-        with self._lock:
-            entries[key] = value
-            entries.move_to_end(key)
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
-
-
-def inclusion_variables(
-    operation: OperationDefinitionNode, fragments: Mapping[str, FragmentDefinitionNode]
-) -> tuple[str, ...]:
-    """The variables any ``@skip``/``@include`` of the document reads, sorted."""
-    names: set[str] = set()
-    pending: list[SelectionSetNode] = [operation.selection_set]
-    pending.extend(fragment.selection_set for fragment in fragments.values())
-    while pending:
-        for selection in pending.pop().selections:
-            for directive in selection.directives or ():
-                if directive.name.value in _INCLUSION_DIRECTIVES:
-                    for argument in directive.arguments or ():
-                        if isinstance(argument.value, VariableNode):
-                            names.add(argument.value.name.value)
-            selection_set = getattr(selection, "selection_set", None)
-            if selection_set is not None:
-                pending.append(selection_set)
-    return tuple(sorted(names))
-
-
-class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    """strawberry's executor with the projection fast path for lists of phone numbers.
-
-    Use ``projecting_execution_context()``, which binds a projector cache to the class."""
-
-    projectors: ClassVar[ProjectorCache]
-    root_table: ClassVar[ObjectTable] = PHONE_NUMBER
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._document_key: tuple[object, ...] | None = None
-
-    def execute_field(
-        self,
-        parent_type: GraphQLObjectType,
-        source: Any,
-        field_details_list: FieldDetailsList,
-        path: Path,
-        position_context: Any = None,
-    ) -> Any:
-        if source.__class__ is PhoneNumberConnection and position_context is None:
-            projected = self._project(parent_type, source, field_details_list, path)
-            if projected is not None:
-                return projected
-        return super().execute_field(
-            parent_type, source, field_details_list, path, position_context
+def compile_projector(
+    collector: SubfieldCollector,
+    root_table: ObjectTable,
+    parent_type: GraphQLObjectType,
+    field_details_list: FieldDetailsList,
+) -> Projector | None:
+    """The projector of the list field ``field_details_list`` selects on ``parent_type``
+    (``nodes`` or ``edges`` of a connection), or None when the selection is not projectable.
+    ``root_table`` is the reader table of the list's ``PhoneNumber``."""
+    field_name = field_details_list[0].node.name.value
+    field = parent_type.fields.get(field_name)
+    if field is None:
+        return None
+    try:
+        return ProjectorCompiler(collector, root_table).compile(
+            field_name, field, field_details_list
         )
-
-    def _project(
-        self,
-        parent_type: GraphQLObjectType,
-        source: PhoneNumberConnection,
-        field_details_list: FieldDetailsList,
-        path: Path,
-    ) -> list[dict[str, Any]] | None:
-        result = source.result
-        field_name = field_details_list[0].node.name.value  # the field, whatever its alias
-        if result.__class__ is not PageResult or field_name not in _CONNECTION_LISTS:
-            return None
-        if self.middleware_manager is not None and self.middleware_manager.middlewares:
-            return None  # a resolver middleware must see every field it wraps
-        assert isinstance(result, PageResult)
-        stats = self.projectors.stats
-        try:
-            projector = self._projector(parent_type, field_details_list, path)
-            if projector is None:
-                stats.declined += 1
-                return None
-            projected = projector(result)
-        except CannotProject:
-            stats.fallbacks += 1
-            return None
-        except Exception:
-            # A bug in this module must not change an answer: normal execution takes over.
-            stats.failures += 1
-            log.exception("projection_failed", path=path.as_list())
-            return None
-        stats.projected += 1
-        return projected
-
-    def _projector(
-        self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList, path: Path
-    ) -> Projector | None:
-        """The cached projector of this field here, compiled on first sight."""
-        cache = self.projectors
-        key = self._projector_key(path)
-        projector = cache.projector(key) if key is not None else Undefined
-        if isinstance(projector, UndefinedType):
-            projector = self._compile(parent_type, field_details_list)
-            cache.stats.compiled += 1
-            if key is not None:
-                cache.store(key, projector)
-        return projector
-
-    def _projector_key(self, path: Path) -> tuple[object, ...] | None:
-        """Document, operation, the field's path with its types (not its list indices), and
-        the ``@skip``/``@include`` variables' values; None when the document has no text."""
-        document = self._document_key or self._digest_document()
-        if document is None:
-            return None
-        steps: list[tuple[str, str | None]] = []
-        step: Path | None = path
-        while step is not None:
-            if isinstance(step.key, str):
-                steps.append((step.key, step.typename))
-            step = step.prev
-        names = self.projectors.directive_variables(
-            document, self.operation, self.fragment_definitions
-        )
-        coerced = self.variable_values.coerced
-        values = tuple(coerced.get(name, _ABSENT) for name in names)
-        try:
-            hash(values)
-        except TypeError:
-            return None
-        return (*document, tuple(steps), values)
-
-    def _digest_document(self) -> tuple[object, ...] | None:
-        """The schema, a digest of the document's text (a key must not hold a megabyte of
-        text) and the operation's name; once per operation."""
-        location = self.operation.loc
-        if location is None:
-            return None
-        text = location.source.body.encode("utf-8", "surrogatepass")
-        digest = hashlib.blake2b(text, digest_size=16).digest()
-        name = self.operation.name.value if self.operation.name else None
-        self._document_key = (self.schema, digest, name)
-        return self._document_key
-
-    def _compile(
-        self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList
-    ) -> Projector | None:
-        field_name = field_details_list[0].node.name.value
-        field = parent_type.fields.get(field_name)
-        if field is None:
-            return None
-        try:
-            return ProjectorCompiler(self, self.root_table).compile(
-                field_name, field, field_details_list
-            )
-        except NotProjectable:
-            return None
-
-
-def projecting_execution_context(
-    *, max_projectors: int = DEFAULT_MAX_PROJECTORS, root_table: ObjectTable = PHONE_NUMBER
-) -> type[ProjectingExecutionContext]:
-    """An executor class with its own projector cache: pass it to the schema as
-    ``execution_context_class``. ``root_table`` is the reader table of ``PhoneNumber``
-    (tests replace it to exercise the fallback)."""
-
-    class BoundProjectingExecutionContext(ProjectingExecutionContext):
-        projectors = ProjectorCache(max_projectors)
-
-    BoundProjectingExecutionContext.root_table = root_table
-    return BoundProjectingExecutionContext
+    except NotProjectable:
+        return None
 
 
 def _strawberry_origin(graphql_type: GraphQLObjectType) -> object:
@@ -376,8 +150,8 @@ def _list_item_type(field_type: GraphQLOutputType) -> GraphQLObjectType:
 class ProjectorCompiler:
     """Generates one projector's Python source from a collected selection and the tables."""
 
-    def __init__(self, executor: ProjectingExecutionContext, root_table: ObjectTable) -> None:
-        self.executor = executor
+    def __init__(self, collector: SubfieldCollector, root_table: ObjectTable) -> None:
+        self.collector = collector
         self.root_table = root_table
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {"Mapping": Mapping, "CannotProject": CannotProject}
@@ -434,7 +208,7 @@ class ProjectorCompiler:
         if details.defer_usage is not None or details.fragment_variable_values is not None:
             raise NotProjectable
         for directive in details.node.directives or ():
-            if directive.name.value not in _INCLUSION_DIRECTIVES:
+            if directive.name.value not in INCLUSION_DIRECTIVES:
                 raise NotProjectable
 
     def _subfields(
@@ -442,7 +216,7 @@ class ProjectorCompiler:
     ) -> dict[str, FieldDetailsList]:
         if graphql_type.is_type_of is not None:
             raise NotProjectable
-        grouped, new_defer_usages, _ = self.executor.collect_subfields(
+        grouped, new_defer_usages, _ = self.collector.collect_subfields(
             graphql_type, field_details_list
         )
         if new_defer_usages:

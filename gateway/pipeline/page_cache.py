@@ -1,13 +1,13 @@
-"""The response cache across requests: per-caller keys, a TTL, single flight, and an optional
-shared Redis tier for replicas.
+"""The page cache: upstream pages kept across requests under per-caller keys, with a TTL,
+single flight, stale-if-error and an optional shared Redis tier for replicas.
 
 A key is an HMAC-SHA256, under a server secret, of the caller's Authorization value, the org
 (or "own org"), and the exact upstream query; so two tokens never share an entry, even in one
 org (a location admin sees fewer numbers than a full admin), and no key reveals a token. Only
 complete 200 answers are stored (the upstream client raises on anything else, and a partial
 page walk never returns). Concurrent misses of one key share one upstream call; a waiter that
-goes away does not cancel it for the others. With Redis, entries live there too, behind the
-local cache; a Redis that is down or slow is skipped (logged once per outage, counted).
+goes away does not cancel it for the others. Entries live in a ``LocalTier`` and, with Redis,
+in a ``GuardedRedis`` behind it (a Redis that is down or slow is a miss).
 """
 
 from __future__ import annotations
@@ -16,27 +16,22 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
-import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.numbers.query import Fetch, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import SpanContext, annotate, span_context, traced
-
-log = structlog.get_logger("gateway.cache")
+from gateway.pipeline.guarded_redis import GuardedRedis
+from gateway.pipeline.local_tier import LocalTier
 
 KEY_PREFIX = "numbers-gateway:v1:"
 OWN_ORG = "\x00own-org"
-REDIS_OPERATION_TIMEOUT = 0.25  # a slow shared tier must not slow the gateway down
 
 CacheStatus = Literal["hit", "miss", "refresh", "bypass", "stale"]
 CacheTier = Literal["local", "redis", "upstream"]
@@ -48,13 +43,10 @@ def cache_key(secret: bytes, authorization: str, fetch: Fetch) -> str:
     return KEY_PREFIX + hmac.new(secret, material, hashlib.sha256).hexdigest()
 
 
-# What one local entry costs beyond its bytes (the key, the slot, dictionary room), so that
-# many small entries cannot hide from the byte bound.
-ENTRY_OVERHEAD = 512
-
-
 @dataclass(frozen=True, slots=True)
 class CachedPage:
+    """One page cache entry, as this process holds it."""
+
     page: UpstreamPage
     stored_at: float  # this process's monotonic time when the upstream answered
 
@@ -79,98 +71,18 @@ class CachedPage:
         return page, float(data["stored_at"])
 
     @classmethod
+    def from_local(cls, found: tuple[bytes, float] | None) -> CachedPage | None:
+        """The entry a ``LocalTier`` returned (bytes, monotonic time stored), if any."""
+        if found is None:
+            return None
+        page, _ = cls.decode_page(found[0])
+        return cls(page=page, stored_at=found[1])
+
+    @classmethod
     def decode(cls, raw: bytes, clock: Clock) -> CachedPage:
         page, stored_at_wall = cls.decode_page(raw)
         age = max(0.0, clock.wall() - stored_at_wall)
         return cls(page=page, stored_at=clock.monotonic() - age)
-
-
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    raw: bytes  # the encoded entry: what the byte bound counts is what memory holds
-    stored_at: float  # monotonic
-    owner: str  # a hash of the caller's credentials, never the token
-
-
-class LocalTier:
-    """The in-process tier: LRU, expiring after ``ttl``, bounded by entries and by bytes,
-    with each owner (caller) held to ``owner_share`` of the bytes.
-
-    Entries are kept encoded and decoded on a hit, so the byte bound is what the process
-    really holds (decoded pages take several times their JSON size). The owner share keeps
-    one token from filling the cache and evicting every other tenant: past its share, a
-    caller's own oldest entries go first.
-    """
-
-    def __init__(
-        self,
-        ttl: float,
-        max_entries: int,
-        max_bytes: int,
-        clock: Callable[[], float],
-        owner_share: float = 1.0,
-    ) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.max_owner_bytes = max(1, int(max_bytes * owner_share))
-        self.clock = clock
-        self.size_bytes = 0
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
-        self._by_owner: dict[str, OrderedDict[str, None]] = {}
-        self._owner_bytes: Counter[str] = Counter()
-
-    def get_raw(self, key: str) -> tuple[bytes, float] | None:
-        """The stored bytes and when they were stored, unless expired."""
-        slot = self._slots.get(key)
-        if slot is None:
-            return None
-        if self.clock() - slot.stored_at >= self.ttl:
-            self._remove(key)
-            return None
-        self._slots.move_to_end(key)
-        self._by_owner[slot.owner].move_to_end(key)
-        return slot.raw, slot.stored_at
-
-    def get(self, key: str) -> CachedPage | None:
-        found = self.get_raw(key)
-        if found is None:
-            return None
-        page, _ = CachedPage.decode_page(found[0])
-        return CachedPage(page=page, stored_at=found[1])
-
-    def set(self, key: str, raw: bytes, stored_at: float, owner: str) -> None:
-        size = len(raw) + ENTRY_OVERHEAD
-        self._remove(key)
-        if size > self.max_owner_bytes:
-            return  # larger than a caller's whole share: serve it, don't keep it
-        mine = self._by_owner.get(owner)
-        while mine and self._owner_bytes[owner] + size > self.max_owner_bytes:
-            self._remove(next(iter(mine)))
-        while self._slots and (
-            self.size_bytes + size > self.max_bytes or len(self._slots) >= self.max_entries
-        ):
-            self._remove(next(iter(self._slots)))
-        self._slots[key] = _Slot(raw, stored_at, owner)
-        self._by_owner.setdefault(owner, OrderedDict())[key] = None
-        self._owner_bytes[owner] += size
-        self.size_bytes += size
-
-    def _remove(self, key: str) -> None:
-        slot = self._slots.pop(key, None)
-        if slot is None:
-            return
-        size = len(slot.raw) + ENTRY_OVERHEAD
-        self.size_bytes -= size
-        self._owner_bytes[slot.owner] -= size
-        owned = self._by_owner[slot.owner]
-        del owned[key]
-        if not owned:
-            del self._by_owner[slot.owner]
-            del self._owner_bytes[slot.owner]
-
-    def __len__(self) -> int:
-        return len(self._slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,46 +94,8 @@ class CacheEvent:
     age: float = 0.0
 
 
-class GuardedRedis:
-    """Redis where every failure is a miss: the shared tier speeds the gateway up and never
-    breaks it. Each operation is bounded by ``REDIS_OPERATION_TIMEOUT``; an outage is logged
-    once (and its end once), and each failure is counted. Shared by the response cache and
-    the persisted-query store; the app's lifespan closes it."""
-
-    def __init__(self, client: Redis, metrics: GatewayMetrics | None = None) -> None:
-        self.client = client
-        self.metrics = metrics
-        self.down = False
-
-    async def get(self, key: str) -> bytes | None:
-        raw = await self._guard(self.client.get(key))
-        return raw if isinstance(raw, bytes) else None
-
-    async def set(self, key: str, value: bytes, *, ttl_ms: int) -> None:
-        await self._guard(self.client.set(key, value, px=ttl_ms))
-
-    async def _guard(self, operation: Awaitable[Any]) -> Any:
-        try:
-            async with asyncio.timeout(REDIS_OPERATION_TIMEOUT):
-                result = await operation
-        except (RedisError, OSError, TimeoutError) as exc:
-            if self.metrics is not None:
-                self.metrics.cache_failures.inc()
-            if not self.down:
-                self.down = True
-                log.warning("redis_unavailable", error=type(exc).__name__)
-            return None
-        if self.down:
-            self.down = False
-            log.info("redis_recovered")
-        return result
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
 class RedisTier:
-    """The shared tier of the response cache: entries other replicas stored."""
+    """The shared tier of the page cache: entries other replicas stored."""
 
     def __init__(self, redis: GuardedRedis, ttl: float, clock: Clock) -> None:
         self.redis = redis
@@ -241,8 +115,8 @@ class RedisTier:
         await self.redis.set(key, encoded, ttl_ms=self.ttl_ms)
 
 
-class ResponseCache:
-    """Looks up, single-flights and stores upstream answers under per-caller keys."""
+class PageCache:
+    """Looks up, single-flights and stores upstream pages under per-caller keys."""
 
     def __init__(
         self,
@@ -318,7 +192,7 @@ class ResponseCache:
         if self.local is None:
             return None
         now = self.clock.monotonic()
-        entry = self.local.get(key)
+        entry = CachedPage.from_local(self.local.get_raw(key))
         tier: CacheTier = "local"
         if entry is None and self.shared is not None:
             shared = await self.shared.get(key)

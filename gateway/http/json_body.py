@@ -1,0 +1,72 @@
+"""The single-JSON response style: one complete GraphQL response in one body, with the
+status codes of the GraphQL-over-HTTP spec and HTTP caching for GET.
+
+``application/graphql-response+json`` answers a request error with 4xx; legacy
+``application/json`` with 200 (the spec's rule for clients that predate it). A GET carries a
+weak ``ETag``; answered entirely from fresh cache entries it is cacheable by the browser
+(``private, max-age``), otherwise ``private, no-cache``; a matching ``If-None-Match`` gets 304.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.http.negotiation import APPLICATION_JSON
+from gateway.http.operation import Answer
+from gateway.http.refusals import Refusal
+from gateway.http.response_style import VARY
+
+
+class JsonBodyStyle:
+    """Answers with one JSON body of ``media_type`` (a ``ResponseStyle``)."""
+
+    def __init__(self, media_type: str) -> None:
+        self.media_type = media_type
+        self.legacy = media_type == APPLICATION_JSON
+
+    def refused(self, refusal: Refusal, request: Request | None) -> Response:
+        return self._respond(
+            refusal.status_for(legacy=self.legacy), refusal.body(), refusal.headers, request
+        )
+
+    def answered(self, answer: Answer, request: Request) -> Response:
+        status = 400 if answer.rejected and not self.legacy else 200
+        return self._respond(status, answer.body, {}, request, cacheable_for=answer.fresh_for)
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        extra_headers: dict[str, str],
+        request: Request | None,
+        cacheable_for: float | None = None,
+    ) -> Response:
+        headers = {"Vary": VARY, **extra_headers}
+        if request is not None and request.method == "GET":
+            etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            headers["ETag"] = etag
+            if cacheable_for is not None and cacheable_for >= 1 and status == 200:
+                headers["Cache-Control"] = f"private, max-age={math.floor(cacheable_for)}"
+            else:
+                headers["Cache-Control"] = "private, no-cache"
+            if status == 200 and _matches(request.headers.get("if-none-match"), etag):
+                return Response(status_code=304, headers=headers)
+        return Response(
+            body,
+            status_code=status,
+            headers=headers,
+            media_type=f"{self.media_type}; charset=utf-8",
+        )
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in if_none_match.split(","))

@@ -1,0 +1,135 @@
+"""Guards that refuse a request before anything reads it as GraphQL: the body's size and
+arrival time (413, 408) and cross-site request forgery (CSRF). Pure ASGI, so a refused
+request costs no parsing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from urllib.parse import unquote_plus
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.http.asgi import app_path, header, send_refusal
+from gateway.http.graphql_request import GRAPHQL_PARAMETERS
+from gateway.http.refusals import Refusal
+from gateway.http.routes import GRAPHQL_PATH
+from gateway.http_syntax import decimal_value
+
+# Content types a browser may send cross-site without a CORS preflight (Fetch standard).
+SIMPLE_CONTENT_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+
+
+class BodySizeLimitMiddleware:
+    """Refuses bodies over ``max_bytes`` with 413, by declared length or by counting, and
+    bodies that do not arrive within ``read_timeout`` seconds with 408."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float = 30.0) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = Refusal(413, f"The request body is larger than {self.max_bytes} bytes.")
+        declared = decimal_value(header(scope, b"content-length"))
+        if declared is not None and declared > self.max_bytes:
+            await send_refusal(send, too_large)
+            return
+        # Read the body here (bounded in size and time), so a chunked body can't grow past
+        # the limit and a trickling one can't hold the request open.
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await send_refusal(send, too_large)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await send_refusal(
+                send,
+                Refusal(
+                    408,
+                    f"The request body did not arrive within {self.read_timeout:g} s.",
+                    headers={"Connection": "close"},
+                ),
+            )
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _names_a_graphql_parameter(query_string: bytes) -> bool:
+    """Whether a query string names a GraphQL parameter; only the names are decoded (an
+    escaped name such as ``%71uery`` counts, as it will for the view)."""
+    for part in query_string.split(b"&"):
+        name = part.partition(b"=")[0]
+        if b"%" in name or b"+" in name:
+            if unquote_plus(name.decode("latin-1")) in GRAPHQL_PARAMETERS:
+                return True
+        elif name.decode("latin-1") in GRAPHQL_PARAMETERS:
+            return True
+    return False
+
+
+class CsrfPreventionMiddleware:
+    """Apollo Router's CSRF rule: an operation sent with no content type, or a "simple" one
+    a browser can send cross-site without a preflight, needs one of ``required_headers``,
+    non-empty. Only GET and POST run operations: preflights (``OPTIONS``) and other methods pass
+    (to a 405), as does a GET without GraphQL parameters (a browser opening GraphiQL)."""
+
+    def __init__(
+        self, app: ASGIApp, path: str = GRAPHQL_PATH, required_headers: Iterable[str] = ()
+    ) -> None:
+        self.app = app
+        self.path = path
+        self.required_headers = tuple(name.lower().encode() for name in required_headers)
+        names = " or ".join(f"'{name}'" for name in required_headers)
+        self.refusal = Refusal(
+            400,
+            "This operation has been blocked as a potential Cross-Site Request Forgery "
+            f"(CSRF). Send it with 'Content-Type: application/json', or add a non-empty {names} "
+            "header.",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or app_path(scope) != self.path or self._safe(scope):
+            await self.app(scope, receive, send)
+            return
+        await send_refusal(send, self.refusal)
+
+    def _safe(self, scope: Scope) -> bool:
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            return True  # preflights and other methods never run an operation
+        if method == "GET" and not _names_a_graphql_parameter(scope.get("query_string", b"")):
+            return True
+        content_type = header(scope, b"content-type")
+        if content_type is not None:
+            essence = content_type.split(b";")[0].strip().lower().decode("latin-1")
+            if essence and essence not in SIMPLE_CONTENT_TYPES:
+                return True
+        return any(header(scope, name) for name in self.required_headers)
