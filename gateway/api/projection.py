@@ -35,7 +35,9 @@ Why the answer is the same
       outside the tables, ``@defer``/``@stream``, fragment arguments, ``is_type_of`` checks,
       resolver middleware, strawberry field extensions or permission classes (on the list or
       on any selected field), or a scalar other than graphql-core's own ``String``, ``ID`` and
-      ``Boolean`` make it not projectable, and the field runs on the normal path.
+      ``Boolean`` and the schema's ``DateTime`` make it not projectable, and the field runs on
+      the normal path. A ``DateTime`` is rendered by the schema's own scalar ``serialize``
+      (the function normal completion calls), so its text is the same by construction.
     * Values are read by the reader's own rules, so the two paths cannot disagree on data.
     * Nothing is rendered that graphql-core would turn into an error: where the compiled code
       meets a null in a non-null position (the tables make that impossible today, but the guard
@@ -78,6 +80,7 @@ from graphql import (
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
+    GraphQLScalarType,
     GraphQLString,
     OperationDefinitionNode,
     SelectionSetNode,
@@ -94,6 +97,7 @@ from gateway.numbers.reader import (
     TEXT,
     EnumOrUnknown,
     Flag,
+    Instant,
     Nested,
     ObjectTable,
     Reading,
@@ -111,6 +115,7 @@ _DEFINITION: Final = "strawberry-definition"
 _INCLUSION_DIRECTIVES: Final = frozenset({"skip", "include"})
 _CONNECTION_LISTS: Final = frozenset({"nodes", "edges"})
 _ABSENT: Final = object()  # a variable the operation did not set
+_DATETIME_SCALAR: Final = "DateTime"  # strawberry's datetime scalar, by its schema name
 
 
 class CannotProject(Exception):
@@ -535,6 +540,17 @@ class ProjectorCompiler:
             )
         elif isinstance(reading, EnumOrUnknown):
             value = self._enum(named, reading, value, indent)
+        elif isinstance(reading, Instant):
+            if not isinstance(named, GraphQLScalarType) or named.name != _DATETIME_SCALAR:
+                raise NotProjectable
+            # Rare and never on the hot path: the rule reads, the schema's scalar renders
+            # (exactly what normal completion's ``complete_leaf_value`` calls).
+            read = self._bind(reading.read, "instant")
+            serialize = self._bind(named.serialize, "datetime")
+            self._line(indent, f"if {value} is not None:")
+            self._line(indent + 1, f"{value} = {read}({value})")
+            self._line(indent + 1, f"if {value} is not None:")
+            self._line(indent + 2, f"{value} = {serialize}({value})")
         else:
             raise NotProjectable  # Count raises on bad data: normal execution reports it
         if isinstance(field.type, GraphQLNonNull) and _may_read_null(reading):
