@@ -109,8 +109,10 @@ soak: $(TESTING)
 # After changing dependencies in pyproject.toml: re-resolve and re-hash the locks.
 lock: $(TESTING)
 	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
-	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o $(RUNTIME_LOCK)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --extra test -o $(TEST_LOCK)
+	# The runtime lock pins what the test lock pins (a test-only package may hold a shared
+	# dependency back, as wxc_sdk does python-dateutil): tests run what production runs.
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -c $(TEST_LOCK) -o $(RUNTIME_LOCK)
 	printf 'setuptools>=69\n' | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o $(BUILD_LOCK)
 
 # Re-vendors GraphiQL from the npm registry (pinned versions, checksums in MANIFEST.json).

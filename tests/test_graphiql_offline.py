@@ -14,13 +14,8 @@ import io
 import json
 import re
 import shutil
-import socket
 import tarfile
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -29,7 +24,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import strawberry
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -49,6 +43,7 @@ from gateway.http.graphiql import (
     load_manifest,
     render_graphiql_page,
 )
+from tests.conftest import serve_on_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_EXAMPLES = REPO / "schema" / "examples"
@@ -437,30 +432,6 @@ class _PageOrGraphQL:
             return messages.pop(0) if messages else await receive()
 
         await self.graphql(scope, replay, send)
-
-
-@contextmanager
-def serve_on_loopback(app: Starlette) -> Iterator[str]:
-    """uvicorn in a thread on a free 127.0.0.1 port (the socket is bound before it starts)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", ws="none", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 def _chromium() -> str:

@@ -136,7 +136,7 @@ ENUM_VALUES = {
     "type": ["PEOPLE", "PLACE", "VIRTUAL_LINE", "CALL_QUEUE", "GROUP_PAGING", "UNKNOWN"],
 }
 TEXT_KEYS = ["phoneNumber", "extension", "routingPrefix", "esn", "mobileNetwork", "routingProfile"]
-FLAG_KEYS = ["mainNumber", "tollFreeNumber", "isServiceNumber", "isReservedNumber"]
+FLAG_KEYS = ["mainNumber", "tollFreeNumber", "isServiceNumber", "isReservedNumber", "elinEnabled"]
 
 JSON_SCALARS = st.one_of(
     st.none(),
@@ -160,6 +160,27 @@ FLAGS = st.one_of(
 )
 
 
+# Timestamps as the upstream sends them, in other ISO 8601 spellings (offsets, no offset, a
+# date alone, fractions), times with no UTC equivalent, and things that are no time at all.
+TIMES = st.one_of(
+    st.sampled_from(
+        [
+            "2026-01-15T09:30:00.000Z",
+            "2026-01-15T09:30:00+05:30",
+            "2026-01-15T09:30:00",
+            "2026-01-15",
+            "2026-01-15T09:30:00.123456-08:00",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "2026-02-30T00:00:00Z",
+            "soon",
+        ]
+    ),
+    st.datetimes(timezones=st.none() | st.timezones()).map(lambda moment: moment.isoformat()),
+    JSON_VALUES,
+)
+
+
 def enums(key: str) -> st.SearchStrategy[Any]:
     return st.one_of(
         st.sampled_from(ENUM_VALUES[key]),
@@ -173,7 +194,13 @@ LOCATIONS = st.one_of(
     st.fixed_dictionaries({"id": st.just("loc-1")}, optional={"name": TEXTS}),
     JSON_VALUES,
 )
-OWNER_FIELDS = {"type": enums("type"), "firstName": TEXTS, "lastName": TEXTS}
+OWNER_FIELDS = {
+    "type": enums("type"),
+    "firstName": TEXTS,
+    "lastName": TEXTS,
+    "displayName": TEXTS,
+    "elinExpiryTime": TIMES,
+}
 OWNERS = st.one_of(
     st.fixed_dictionaries({}, optional={"id": TEXTS, **OWNER_FIELDS}),
     # An owner is there only with an id that reads as text: most generated ones have one.
@@ -189,7 +216,6 @@ ITEMS = st.fixed_dictionaries(
         **{key: enums(key) for key in ("state", "phoneNumberType", "includedTelephonyTypes")},
         "location": LOCATIONS,
         "owner": OWNERS,
-        "elinEnabled": JSON_VALUES,
     },
 )
 # Non-objects in the list are dropped by the body reader on both paths alike.
@@ -212,11 +238,12 @@ PHONE_NUMBER_LEAVES = [
     "tollFreeNumber",
     "isServiceNumber",
     "isReservedNumber",
+    "elinEnabled",
 ]
 LEAVES = {
     "PhoneNumber": PHONE_NUMBER_LEAVES,
     "Location": ["id", "name"],
-    "NumberOwner": ["id", "type", "firstName", "lastName"],
+    "NumberOwner": ["id", "type", "firstName", "lastName", "displayName", "elinExpiryTime"],
 }
 OBJECTS = {"PhoneNumber": {"location": "Location", "owner": "NumberOwner"}}
 # Fields with their own resolvers: the selection must take the normal path.
@@ -375,7 +402,8 @@ def operations(draw: st.DrawFn) -> Operation:
 EVERY_FIELD = (
     "__typename phoneNumber extension routingPrefix esn state phoneNumberType mainNumber "
     "includedTelephonyTypes mobileNetwork routingProfile tollFreeNumber isServiceNumber "
-    "isReservedNumber location { __typename id name } owner { __typename id type firstName lastName }"
+    "isReservedNumber elinEnabled location { __typename id name } "
+    "owner { __typename id type firstName lastName displayName elinExpiryTime }"
 )
 EVERY_FIELD_PAGE = (
     "{ phoneNumbers(page: {first: 50, offset: 3}) { "
@@ -431,6 +459,8 @@ def demo_items(count: int) -> list[Any]:
     items[4]["mainNumber"] = "true"
     items[5]["extension"] = 4711
     items[6]["isReservedNumber"] = ["yes"]
+    items[7]["owner"] = {"id": "aa", "type": "AUTO_ATTENDANT", "elinExpiryTime": "never"}
+    items[8]["owner"] = {"id": "p", "type": "PEOPLE", "elinExpiryTime": "2026-01-15T10:30+01:00"}
     return items[:count]
 
 
@@ -448,6 +478,11 @@ async def test_a_full_page_of_2000_is_the_same_on_both_paths() -> None:
         assert data["nodes"][3]["owner"] is None
         assert data["nodes"][4]["mainNumber"] is True
         assert data["nodes"][5]["extension"] == "4711"
+        assert data["nodes"][7]["owner"]["elinExpiryTime"] is None
+        assert data["nodes"][8]["owner"]["elinExpiryTime"] == "2026-01-15T09:30:00+00:00"
+        elins = [node for node in data["nodes"] if node["elinEnabled"]]
+        assert elins
+        assert any(node["owner"] and node["owner"]["elinExpiryTime"] for node in elins)
         assert pair.stats.projected == 2  # nodes and edges, both projected
 
 

@@ -68,6 +68,39 @@ def test_demo_org_resembles_the_documented_mix(world: SimulatorWorld) -> None:
     assert mains == dict.fromkeys(world.demo_org.location_ids, 1)
     people = [entry.payload["owner"] for entry in entries if entry.owner_type == "PEOPLE"]
     assert all(owner["firstName"] and owner["lastName"] for owner in people)
+    assert all(
+        owner["displayName"] == f"{owner['firstName']} {owner['lastName']}" for owner in people
+    )
+
+
+def test_features_have_display_names_and_some_numbers_are_elins(world: SimulatorWorld) -> None:
+    entries = world.demo_org.entries
+    owners = [entry.payload["owner"] for entry in entries if entry.owner_type]
+    features = [owner for owner in owners if owner["type"] not in ("PEOPLE", "VIRTUAL_LINE")]
+    assert {owner["type"] for owner in features} >= {"AUTO_ATTENDANT", "CALL_QUEUE", "HUNT_GROUP"}
+    for owner in features:
+        assert owner["displayName"]
+        assert "firstName" not in owner
+        assert "lastName" not in owner
+    elins = [entry for entry in entries if entry.elin]
+    assert 0 < len(elins) < len([entry for entry in entries if entry.phone_number]) / 4
+    assert all(entry.payload["elinEnabled"] is True for entry in elins)
+    assert {entry.telephony_type for entry in elins} == {"PSTN_NUMBER"}
+    expiring = [owner for owner in owners if "elinExpiryTime" in owner]
+    assert 0 < len(expiring) < len(elins)
+    assert all(owner["elinExpiryTime"].endswith("Z") for owner in expiring)
+    # Extension-only entries carry no elinEnabled, numbers always do.
+    assert all(("elinEnabled" in entry.payload) is bool(entry.phone_number) for entry in entries)
+
+
+async def test_owner_name_matches_a_features_display_name(
+    simulator: httpx.AsyncClient, world: SimulatorWorld
+) -> None:
+    queue = first(world, lambda e: e.owner_type == "CALL_QUEUE")
+    name = queue.payload["owner"]["displayName"]
+    items = await walk(simulator, {"ownerName": name.upper()})
+    assert queue.payload in items
+    assert all(name.lower() in item["owner"]["displayName"].lower() for item in items)
 
 
 # --- paging -----------------------------------------------------------------------------------
@@ -248,6 +281,25 @@ async def test_reserved_number(
     )
 
 
+@pytest.mark.parametrize("value", [True, False])
+async def test_assigned(simulator: httpx.AsyncClient, world: SimulatorWorld, value: bool) -> None:
+    items = await walk(simulator, {"assigned": str(value).lower()})
+    assert items
+    assert bag(items) == expected(
+        world, lambda e: e.phone_number is not None and (e.owner_id is not None) is value
+    )
+
+
+@pytest.mark.parametrize("value", [True, False])
+async def test_elin_enabled(
+    simulator: httpx.AsyncClient, world: SimulatorWorld, value: bool
+) -> None:
+    items = await walk(simulator, {"elinEnabled": str(value).lower()})
+    assert items
+    assert bag(items) == expected(world, lambda e: e.phone_number is not None and e.elin is value)
+    assert all(item["elinEnabled"] is value for item in items)
+
+
 @pytest.mark.parametrize("kind", ["PSTN_NUMBER", "MOBILE_NUMBER"])
 async def test_included_telephony_types(
     simulator: httpx.AsyncClient, world: SimulatorWorld, kind: str
@@ -277,11 +329,20 @@ async def test_filters_combine(simulator: httpx.AsyncClient, world: SimulatorWor
 
 
 @pytest.mark.parametrize(
-    "params", [{}, {"ownerType": "PEOPLE"}, {"numberType": "NUMBER", "state": "INACTIVE"}]
+    "params",
+    [
+        {},
+        {"ownerType": "PEOPLE"},
+        {"numberType": "NUMBER", "state": "INACTIVE"},
+        {"assigned": "true"},
+        {"elinEnabled": "true", "locationId": "first"},
+    ],
 )
 async def test_details_counts_agree_with_the_entries(
-    simulator: httpx.AsyncClient, params: dict[str, str]
+    simulator: httpx.AsyncClient, world: SimulatorWorld, params: dict[str, str]
 ) -> None:
+    if params.get("locationId") == "first":
+        params = {**params, "locationId": world.demo_org.location_ids[0]}
     items = await walk(simulator, params)
     response = await simulator.get(NUMBERS, params={**params, "details": "true", "max": 1})
     count = response.json()["count"]
@@ -300,6 +361,10 @@ async def test_details_counts_agree_with_the_entries(
         for item in numbers
     )
     assert count["reservedNumber"] == sum(item.get("isReservedNumber", False) for item in numbers)
+    assert count["elin"] == sum(item["elinEnabled"] for item in numbers)
+    assert count["available"] == sum(
+        "owner" not in item and not item["isReservedNumber"] for item in numbers
+    )
     assert len(response.json()["phoneNumbers"]) == min(1, len(items))
 
 
@@ -317,6 +382,10 @@ async def test_no_count_without_details(simulator: httpx.AsyncClient) -> None:
         {"numberType": "EXTENSION", "available": "false"},
         {"numberType": "EXTENSION", "state": "ACTIVE"},
         {"reservedNumber": "true", "available": "true"},
+        {"reservedNumber": "false", "assigned": "true"},
+        {"numberType": "EXTENSION", "assigned": "false"},
+        {"assigned": "maybe"},
+        {"elinEnabled": "1"},
         {"ownerName": "x" * 256},
         {"ownerType": "ROBOT"},
         {"numberType": "BOTH"},

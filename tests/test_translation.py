@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -91,6 +92,8 @@ def test_fetch_parameters_in_a_stable_order() -> None:
         (PhoneNumberFilter(number_type=NumberType.EXTENSION, available=False), "EXTENSION"),
         (PhoneNumberFilter(number_type=NumberType.EXTENSION, state=NumberState.ACTIVE), "state"),
         (PhoneNumberFilter(reserved_number=False, available=True), "reservedNumber"),
+        (PhoneNumberFilter(reserved_number=True, assigned=False), "reservedNumber.*assigned"),
+        (PhoneNumberFilter(number_type=NumberType.EXTENSION, assigned=True), "assigned.*EXTENSION"),
         (PhoneNumberFilter(owner_name="x" * 256), "256"),
         (PhoneNumberFilter(owner_type=OwnerType.UNKNOWN), "UNKNOWN"),
         (PhoneNumberFilter(state=NumberState.UNKNOWN), "UNKNOWN"),
@@ -109,6 +112,25 @@ def test_allowed_neighbours_of_the_conflicts() -> None:
     numbers_query(None, PhoneNumberFilter(available=False, owner_type=OwnerType.PEOPLE), None)
     numbers_query(None, PhoneNumberFilter(number_type=NumberType.NUMBER, available=True), None)
     numbers_query(None, PhoneNumberFilter(owner_name="x" * 255), None)
+    numbers_query(None, PhoneNumberFilter(number_type=NumberType.NUMBER, assigned=False), None)
+    numbers_query(None, PhoneNumberFilter(assigned=True, owner_type=OwnerType.PEOPLE), None)
+    numbers_query(None, PhoneNumberFilter(available=True, assigned=False), None)
+    numbers_query(
+        None, PhoneNumberFilter(elin_enabled=True, number_type=NumberType.EXTENSION), None
+    )
+
+
+def test_assigned_and_elin_enabled_are_sent_after_the_older_filters() -> None:
+    query = numbers_query(
+        None,
+        PhoneNumberFilter(elin_enabled=False, assigned=True, owner_type=OwnerType.PEOPLE),
+        None,
+    )
+    assert query.params == (
+        ("ownerType", "PEOPLE"),
+        ("assigned", "true"),
+        ("elinEnabled", "false"),
+    )
 
 
 def test_page_window_rules() -> None:
@@ -140,6 +162,10 @@ def test_cursor_is_bound_to_org_filter_and_order() -> None:
             "A",
             PhoneNumberFilter(owner_type=OwnerType.PEOPLE),
             PhoneNumberOrder(by=PhoneNumberSortField.DN),
+        ),
+        numbers_query("A", PhoneNumberFilter(owner_type=OwnerType.PEOPLE, assigned=True), None),
+        numbers_query(
+            "A", PhoneNumberFilter(owner_type=OwnerType.PEOPLE, elin_enabled=False), None
         ),
     ]
     for other in others:
@@ -174,6 +200,41 @@ def test_reader_tolerates_odd_items() -> None:
     assert bare.owner is None
     assert bare.location.id == ""
     assert to_phone_number({"owner": {"type": "PEOPLE"}}).owner is None
+    assert bare.elin_enabled is None
+    assert to_phone_number({"elinEnabled": "true"}).elin_enabled is True
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        ("2026-01-15T09:30:00.000Z", datetime(2026, 1, 15, 9, 30, tzinfo=UTC)),
+        ("2026-01-15T10:30:00+01:00", datetime(2026, 1, 15, 9, 30, tzinfo=UTC)),
+        ("2026-01-15T09:30:00", datetime(2026, 1, 15, 9, 30, tzinfo=UTC)),  # documented UTC
+        ("tomorrow", None),
+        ("2026-13-45T99:00:00Z", None),
+        ("0001-01-01T00:00:00+01:00", None),  # no UTC time exists for it
+        (1768469400, None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_owner_display_name_and_elin_expiry_time(sent: object, read: datetime | None) -> None:
+    owner = to_phone_number(
+        {
+            "owner": {
+                "id": "aa",
+                "type": "AUTO_ATTENDANT",
+                "displayName": "Main AA",
+                "elinExpiryTime": sent,
+            }
+        }
+    ).owner
+    assert owner is not None
+    assert (owner.first_name, owner.last_name, owner.display_name) == (None, None, "Main AA")
+    assert owner.elin_expiry_time == read
+    if read is not None:
+        assert owner.elin_expiry_time is not None
+        assert owner.elin_expiry_time.tzinfo is UTC
 
 
 def test_reader_of_page_bodies() -> None:
@@ -187,6 +248,7 @@ def test_reader_of_page_bodies() -> None:
 def test_counts_ignore_non_integers() -> None:
     counts = to_number_counts({"total": 5, "assigned": "3", "available": True, "elin": 4})
     assert counts.total == 5
+    assert counts.elin == 4
     assert counts.assigned is None
     assert counts.available is None
     assert to_number_counts(None).total is None

@@ -20,8 +20,11 @@ Why the answer is the same
       (``NumberOwner.person``, ``Location.phoneNumbers``, ``Location.numberCounts``), anything
       outside the tables, ``@defer``/``@stream``, fragment arguments, ``is_type_of`` checks,
       strawberry field extensions or permission classes (on the list or on any selected field),
-      or a scalar other than graphql-core's own ``String``, ``ID`` and ``Boolean`` make it not
-      projectable (``compile_projector`` answers None), and the field runs on the normal path.
+      or a scalar other than graphql-core's own ``String``, ``ID`` and ``Boolean`` and the
+      schema's ``DateTime`` make it not projectable (``compile_projector`` answers None), and the
+      field runs on the normal path. A ``DateTime`` is rendered by the schema's own scalar
+      ``serialize`` (the function normal completion calls), so its text is the same by
+      construction.
     * Values are read by the reader's own rules, so the two paths cannot disagree on data.
     * Nothing is rendered that graphql-core would turn into an error: where the compiled code
       meets a null in a non-null position (the tables make that impossible today, but the guard
@@ -49,6 +52,7 @@ from graphql import (
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
+    GraphQLScalarType,
     GraphQLString,
     get_named_type,
 )
@@ -59,6 +63,7 @@ from gateway.numbers.reader import (
     TEXT,
     EnumOrUnknown,
     Flag,
+    Instant,
     Nested,
     ObjectTable,
     Reading,
@@ -73,6 +78,7 @@ Projector = Callable[[PageResult], list[dict[str, Any]]]
 _DEFINITION: Final = "strawberry-definition"
 # The only directives a projectable field may carry (collect_subfields applies them).
 INCLUSION_DIRECTIVES: Final = frozenset({"skip", "include"})
+_DATETIME_SCALAR: Final = "DateTime"  # strawberry's datetime scalar, by its schema name
 
 
 class CannotProject(Exception):
@@ -309,6 +315,17 @@ class ProjectorCompiler:
             )
         elif isinstance(reading, EnumOrUnknown):
             value = self._enum(named, reading, value, indent)
+        elif isinstance(reading, Instant):
+            if not isinstance(named, GraphQLScalarType) or named.name != _DATETIME_SCALAR:
+                raise NotProjectable
+            # Rare and never on the hot path: the rule reads, the schema's scalar renders
+            # (exactly what normal completion's ``complete_leaf_value`` calls).
+            read = self._bind(reading.read, "instant")
+            serialize = self._bind(named.serialize, "datetime")
+            self._line(indent, f"if {value} is not None:")
+            self._line(indent + 1, f"{value} = {read}({value})")
+            self._line(indent + 1, f"if {value} is not None:")
+            self._line(indent + 2, f"{value} = {serialize}({value})")
         else:
             raise NotProjectable  # Count raises on bad data: normal execution reports it
         if isinstance(field.type, GraphQLNonNull) and _may_read_null(reading):

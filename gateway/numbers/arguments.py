@@ -45,6 +45,8 @@ FILTER_PARAMETERS: tuple[tuple[str, str], ...] = (
     ("included_telephony_types", "includedTelephonyTypes"),
     ("service_number", "serviceNumber"),
     ("reserved_number", "reservedNumber"),
+    ("assigned", "assigned"),
+    ("elin_enabled", "elinEnabled"),
 )
 _PARAMETER_OF = dict(FILTER_PARAMETERS)
 _SORT_KEYS = {
@@ -88,10 +90,16 @@ def _check_filter(flt: PhoneNumberFilter) -> None:
             "filter.numberType: EXTENSION cannot be combined with filter.available or "
             "filter.state; extension-only entries have neither."
         )
-    if flt.reserved_number is not None and flt.available is not None:
+    if flt.assigned is not None and flt.number_type is NumberType.EXTENSION:
         raise BadUserInput(
-            "filter.reservedNumber cannot be combined with filter.available. Remove one of them."
+            "filter.assigned cannot be combined with filter.numberType: EXTENSION; "
+            "only numbers are assigned or unassigned. Remove one of them."
         )
+    for other in ("available", "assigned"):
+        if flt.reserved_number is not None and getattr(flt, other) is not None:
+            raise BadUserInput(
+                f"filter.reservedNumber cannot be combined with filter.{other}. Remove one of them."
+            )
     if flt.owner_name is not None and len(flt.owner_name) > OWNER_NAME_MAX_LENGTH:
         raise BadUserInput(
             f"filter.ownerName is {len(flt.owner_name)} characters long; "

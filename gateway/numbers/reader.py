@@ -3,7 +3,8 @@
 Each output type has a table naming, for every field, its upstream key and its reading rule:
 ``Text`` (strings, numbers as text, ``""`` as null), ``Flag`` (booleans, ``"true"``/``"false"``),
 ``EnumOrUnknown`` (values this gateway does not know become ``UNKNOWN``), ``Count`` (a
-non-negative GraphQL ``Int``), and ``Nested`` (an object read by its own table). Unknown keys are
+non-negative GraphQL ``Int``), ``Instant`` (an ISO 8601 time, read in UTC), and ``Nested`` (an
+object read by its own table). Unknown keys are
 ignored and missing keys read as null. ``to_phone_number`` is driven by the table; the projection
 fast path compiles the same table, so the two cannot disagree.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -94,6 +96,25 @@ class Count:
 
 
 @dataclass(frozen=True, slots=True)
+class Instant:
+    """A point in time sent as ISO 8601 text (``2025-05-01T12:00:00.000Z``), read as a UTC
+    ``datetime``; a time without an offset is taken as UTC (the upstream documents UTC).
+    Anything that does not read as one (another type, a malformed text, a time that cannot
+    be put in UTC) is null: one odd timestamp must not fail a page."""
+
+    def read(self, value: object) -> datetime | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                return moment.replace(tzinfo=UTC)
+            return moment.astimezone(UTC)
+        except (ValueError, OverflowError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
 class Nested:
     """An object read by ``table``. When the upstream sends no object (or one without the
     table's ``identified_by`` key), the field is null, or with ``always`` an empty object:
@@ -113,7 +134,7 @@ class Nested:
         return self.table.read(value)
 
 
-Reading = Text | Flag | EnumOrUnknown | Count | Nested
+Reading = Text | Flag | EnumOrUnknown | Count | Instant | Nested
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +164,7 @@ TEXT = Text()
 FLAG = Flag()
 FLAG_OR_FALSE = Flag(default=False)
 COUNT = Count()
+INSTANT = Instant()
 
 LOCATION = ObjectTable(
     Location,
@@ -158,6 +180,8 @@ OWNER = ObjectTable(
         FieldRule("type", "type", EnumOrUnknown(OwnerType, default=OwnerType.UNKNOWN)),
         FieldRule("first_name", "firstName", TEXT),
         FieldRule("last_name", "lastName", TEXT),
+        FieldRule("display_name", "displayName", TEXT),
+        FieldRule("elin_expiry_time", "elinExpiryTime", INSTANT),
     ),
     identified_by="id",
 )
@@ -179,6 +203,7 @@ PHONE_NUMBER = ObjectTable(
         FieldRule("toll_free_number", "tollFreeNumber", FLAG_OR_FALSE),
         FieldRule("is_service_number", "isServiceNumber", FLAG_OR_FALSE),
         FieldRule("is_reserved_number", "isReservedNumber", FLAG),
+        FieldRule("elin_enabled", "elinEnabled", FLAG),
         FieldRule("location", "location", Nested(LOCATION, always=True)),
         FieldRule("owner", "owner", Nested(OWNER)),
     ),
@@ -198,6 +223,7 @@ NUMBER_COUNTS = ObjectTable(
             ("service_number", "serviceNumber"),
             ("reserved_number", "reservedNumber"),
             ("available", "available"),
+            ("elin", "elin"),
         )
     ),
 )

@@ -13,6 +13,7 @@ from the layers above it, not even for type checking.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Protocol, TypeVar
 
@@ -182,7 +183,17 @@ class PhoneNumberFilter:
     reserved_number: bool | None = strawberry.field(
         default=None,
         description="`true`: only reserved numbers; `false`: only non-reserved numbers. "
-        "Cannot be combined with `available`.",
+        "Cannot be combined with `available` or `assigned`.",
+    )
+    assigned: bool | None = strawberry.field(
+        default=None,
+        description="`true`: only numbers assigned to an owner; `false`: only numbers without "
+        "one. Cannot be combined with `numberType: EXTENSION` or `reservedNumber`.",
+    )
+    elin_enabled: bool | None = strawberry.field(
+        default=None,
+        description="`true`: only numbers used as an Emergency Location Identification Number "
+        "(ELIN, the callback number of an emergency call); `false`: only numbers that are not.",
     )
 
 
@@ -316,6 +327,15 @@ class NumberOwner:
     last_name: str | None = strawberry.field(
         description="Last name; only people and virtual lines have one."
     )
+    display_name: str | None = strawberry.field(
+        description="The name the owner is shown with; features such as auto attendants and "
+        "call queues have only this one."
+    )
+    elin_expiry_time: datetime | None = strawberry.field(
+        description="When (UTC) a temporary ELIN assignment to this owner, made when they "
+        "placed an emergency call, expires; null when there is none (or the upstream's value "
+        "cannot be read)."
+    )
 
     @strawberry.field(
         description="The owner as a `Person` entity, so a supergraph can join the people "
@@ -362,6 +382,10 @@ class PhoneNumber:
     is_reserved_number: bool | None = strawberry.field(
         description="True when the number is reserved; null when the upstream does not say."
     )
+    elin_enabled: bool | None = strawberry.field(
+        description="True when the number is used as an Emergency Location Identification "
+        "Number (ELIN) for callbacks after an emergency call; null when the upstream does not say."
+    )
     location: Location = strawberry.field(description="The location the number belongs to.")
     owner: NumberOwner | None = strawberry.field(
         description="Who the number is assigned to; null when unassigned."
@@ -398,6 +422,9 @@ class NumberCounts:
     service_number: int | None = strawberry.field(description="PSTN service numbers.")
     reserved_number: int | None = strawberry.field(description="Reserved numbers.")
     available: int | None = strawberry.field(description="Numbers available for assignment.")
+    elin: int | None = strawberry.field(
+        description="Numbers used as Emergency Location Identification Numbers (ELIN)."
+    )
 
 
 class PageSource(Protocol):

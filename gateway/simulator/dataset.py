@@ -3,6 +3,11 @@
 The data is generated from a seed so every run (and every test) sees the same org. Each entry
 keeps the exact JSON the upstream would send (``payload``) beside the few facts the filters
 need, so serving a page copies nothing.
+
+Owners are shaped as the current spec describes them: people and virtual lines have a first
+name, a last name and a display name; workspaces and features (auto attendants, call queues,
+hunt groups, ...) only a display name. Some PSTN numbers are ELINs (emergency callback numbers),
+and a few of their owners carry a temporary ELIN assignment's ``elinExpiryTime``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 DEMO_ORG_NAME = "Acme Telecom (demo)"
@@ -40,6 +46,34 @@ OWNER_TYPES = (
 )
 NAMED_OWNER_TYPES = frozenset({"PEOPLE", "VIRTUAL_LINE"})
 FEATURE_OWNER_TYPES = ("AUTO_ATTENDANT", "CALL_QUEUE", "HUNT_GROUP")
+# Share of assigned or unassigned PSTN numbers (not toll-free, not mobile) that are ELINs, and
+# of those with a person as owner, the share with a temporary ELIN assignment that expires.
+ELIN_SHARE = 0.12
+ELIN_EXPIRY_SHARE = 0.3
+# Temporary ELIN assignments expire within a day of this instant (fixed: the data is seeded).
+_ELIN_EPOCH = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
+
+_DISPLAY_TOPICS = (
+    "Sales", "Support", "Billing", "Reception", "After Hours", "Front Desk", "Operations",
+    "Facilities", "IT Help", "Main Line",
+)  # fmt: skip
+_DISPLAY_KINDS = {
+    "PLACE": "Workspace",
+    "AUTO_ATTENDANT": "Auto Attendant",
+    "CALL_QUEUE": "Queue",
+    "GROUP_PAGING": "Paging",
+    "PAGING_GROUP": "Paging",
+    "HUNT_GROUP": "Hunt Group",
+    "VOICE_MESSAGING": "Voice Messaging",
+    "OFFICE_ANYWHERE": "Office Anywhere",
+    "BROADWORKS_ANYWHERE": "Anywhere",
+    "CONTACT_CENTER_LINK": "Contact Center Link",
+    "CONTACT_CENTER_ADAPTER": "Contact Center Adapter",
+    "ROUTE_LIST": "Route List",
+    "VOICEMAIL_GROUP": "Voicemail Group",
+    "COLLABORATE_BRIDGE": "Bridge",
+    "AI_RECEPTIONIST": "AI Receptionist",
+}
 
 _FIRST_NAMES = (
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Tim",
@@ -94,7 +128,7 @@ class NumberEntry:
     extension: str | None
     owner_id: str | None
     owner_type: str | None
-    owner_name: str  # "first last", lower-cased, for ownerName search
+    owner_name: str  # "first last" (or the display name), lower-cased, for ownerName search
     last_name: str | None
     state: str | None
     phone_number_type: str | None
@@ -103,6 +137,7 @@ class NumberEntry:
     service: bool
     reserved: bool
     restricted_non_geo: bool
+    elin: bool = False
 
     @property
     def available(self) -> bool:
@@ -115,6 +150,7 @@ class NumberEntry:
         location = payload.get("location") or {}
         owner = payload.get("owner") or {}
         first, last = owner.get("firstName"), owner.get("lastName")
+        names = " ".join(part for part in (first, last) if part) or owner.get("displayName") or ""
         number = payload.get("phoneNumber") or None
         return cls(
             payload=dict(payload),
@@ -123,7 +159,7 @@ class NumberEntry:
             extension=payload.get("extension") or None,
             owner_id=owner.get("id"),
             owner_type=owner.get("type"),
-            owner_name=" ".join(part for part in (first, last) if part).lower(),
+            owner_name=str(names).lower(),
             last_name=last,
             state=payload.get("state"),
             phone_number_type=payload.get("phoneNumberType"),
@@ -132,6 +168,7 @@ class NumberEntry:
             service=bool(payload.get("isServiceNumber")),
             reserved=bool(payload.get("isReservedNumber")),
             restricted_non_geo=bool(payload.get("restrictedNonGeoNumber")),
+            elin=payload.get("elinEnabled") is True,
         )
 
 
@@ -209,6 +246,9 @@ class _OrgBuilder:
         self.extension_counters = [100] * len(locations)
         self.entries: list[NumberEntry] = []
         self.owner_type_cycle = list(OWNER_TYPES)
+        # ELINs and display names draw from their own generator (seeded by the org), so the
+        # rest of the data is what it was before they existed.
+        self.extras = random.Random(self.org_id)
 
     def _uuid(self) -> uuid.UUID:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)
@@ -232,6 +272,10 @@ class _OrgBuilder:
         if owner_type in NAMED_OWNER_TYPES:
             owner["firstName"] = self.rng.choice(_FIRST_NAMES)
             owner["lastName"] = self.rng.choice(_LAST_NAMES)
+            owner["displayName"] = f"{owner['firstName']} {owner['lastName']}"
+        else:
+            topic = self.extras.choice(_DISPLAY_TOPICS)
+            owner["displayName"] = f"{topic} {_DISPLAY_KINDS.get(owner_type, owner_type.title())}"
         return owner
 
     def _pick_owner_type(self) -> str:
@@ -293,13 +337,21 @@ class _OrgBuilder:
             payload["routingProfile"] = "AttRtPf"
         payload["tollFreeNumber"] = toll_free
         payload["isServiceNumber"] = service
+        elin = (
+            with_number
+            and telephony_type == "PSTN_NUMBER"
+            and not toll_free
+            and self.extras.random() < ELIN_SHARE
+        )
         if with_number:
             payload["isReservedNumber"] = reserved
-            # Real responses carry keys no spec lists; readers must ignore them.
-            payload["elinEnabled"] = False
+            payload["elinEnabled"] = elin
         payload["location"] = {"id": location_id, "name": spec.name}
         owner = self._owner(owner_type) if owner_type is not None else None
         if owner is not None:
+            if elin and owner_type == "PEOPLE" and self.extras.random() < ELIN_EXPIRY_SHARE:
+                expiry = _ELIN_EPOCH + timedelta(minutes=self.extras.randrange(24 * 60))
+                owner["elinExpiryTime"] = expiry.strftime("%Y-%m-%dT%H:%M:%S.000Z")
             payload["owner"] = owner
         self.entries.append(
             NumberEntry(
@@ -309,9 +361,12 @@ class _OrgBuilder:
                 extension=extension,
                 owner_id=owner["id"] if owner else None,
                 owner_type=owner_type,
-                owner_name=" ".join(
-                    str(owner[key]) for key in ("firstName", "lastName") if owner and key in owner
-                ).lower(),
+                owner_name=(
+                    " ".join(str(owner[key]) for key in ("firstName", "lastName") if key in owner)
+                    or str(owner["displayName"])
+                ).lower()
+                if owner
+                else "",
                 last_name=owner.get("lastName") if owner else None,
                 state=state,
                 phone_number_type=phone_number_type,
@@ -320,6 +375,7 @@ class _OrgBuilder:
                 service=service,
                 reserved=reserved,
                 restricted_non_geo=restricted_non_geo,
+                elin=elin,
             )
         )
 

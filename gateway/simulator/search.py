@@ -103,6 +103,8 @@ def parse_search(params: Sequence[tuple[str, str]]) -> NumbersSearch:
     number_type = single.get("numberType")
     state = single.get("state")
     reserved = _maybe(single, "reservedNumber", _boolean)
+    assigned = _maybe(single, "assigned", _boolean)
+    elin = _maybe(single, "elinEnabled", _boolean)
 
     if available is True and owner_type is not None:
         raise WebexBadRequest(
@@ -113,9 +115,17 @@ def parse_search(params: Sequence[tuple[str, str]]) -> NumbersSearch:
             "numberType EXTENSION cannot be used along with available or state.",
             ERROR_CODE_CONFLICT,
         )
+    if number_type == "EXTENSION" and assigned is not None:
+        raise WebexBadRequest(
+            "numberType EXTENSION cannot be used along with assigned.", ERROR_CODE_CONFLICT
+        )
     if reserved is not None and available is not None:
         raise WebexBadRequest(
             "reservedNumber cannot be used along with available.", ERROR_CODE_CONFLICT
+        )
+    if reserved is not None and assigned is not None:
+        raise WebexBadRequest(
+            "reservedNumber cannot be used along with assigned.", ERROR_CODE_CONFLICT
         )
 
     if (location_id := single.get("locationId")) is not None:
@@ -160,6 +170,16 @@ def parse_search(params: Sequence[tuple[str, str]]) -> NumbersSearch:
         filters.append(lambda entry: entry.service)
     if reserved is not None:
         filters.append(lambda entry: entry.phone_number is not None and entry.reserved is reserved)
+    # Like reservedNumber, both filter numbers only: an extension is neither assigned (as a
+    # number) nor an ELIN.
+    if assigned is not None:
+        filters.append(
+            lambda entry: (
+                entry.phone_number is not None and (entry.owner_id is not None) is assigned
+            )
+        )
+    if elin is not None:
+        filters.append(lambda entry: entry.phone_number is not None and entry.elin is elin)
     if telephony_types:
         kinds = frozenset(
             _enum("includedTelephonyTypes", t, TELEPHONY_TYPES) for t in telephony_types
@@ -253,7 +273,7 @@ class OrgIndex:
 def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:
     """The ``count`` object over every matched entry, not only the page."""
     assigned = unassigned = inactive = extension_only = toll_free = mobile = 0
-    service = reserved = available = 0
+    service = reserved = available = elin = 0
     for entry in entries:
         if entry.phone_number is None:
             extension_only += 1
@@ -268,6 +288,7 @@ def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:
         service += entry.service and entry.telephony_type == "PSTN_NUMBER"
         reserved += entry.reserved
         available += entry.available
+        elin += entry.elin
     return {
         "assigned": assigned,
         "unAssigned": unassigned,
@@ -279,4 +300,5 @@ def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:
         "serviceNumber": service,
         "reservedNumber": reserved,
         "available": available,
+        "elin": elin,
     }
