@@ -43,6 +43,7 @@ from strawberry.types.execution import ExecutionContext
 
 from gateway.api.context import RequestContext
 from gateway.api.cost import cost_limiter
+from gateway.api.federated_trace import FederatedTrace
 from gateway.api.projection import projecting_execution_context
 from gateway.api.resolvers import Query
 from gateway.errors import BadUserInput, ErrorCode, GatewayError
@@ -372,8 +373,9 @@ def root_field_limit(max_root_fields: int) -> type[ValidationRule]:
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with the limits and production switches of ``settings`` (none if None)."""
-    # OperationObserver first: hooks unwind in reverse, so it sees ContractErrors' codes.
-    extensions: list[Any] = [OperationObserver, ContractErrors, CacheReport]
+    # OperationObserver first: hooks unwind in reverse, so it sees ContractErrors' codes;
+    # FederatedTrace before ContractErrors, so its trace carries the contract errors.
+    extensions: list[Any] = [OperationObserver, FederatedTrace, ContractErrors, CacheReport]
     production = settings is not None and settings.production
     if settings is not None:
         # Factories, not instances: strawberry builds fresh extensions per operation.

@@ -28,6 +28,8 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from gateway.api.context import RequestContext
+from gateway.api.federated_trace import HEADER as FEDERATED_TRACE_HEADER
+from gateway.api.federated_trace import wants_federated_trace
 from gateway.api.schema import INTERNAL_ERROR_MESSAGE
 from gateway.errors import ErrorCode
 from gateway.http.graphiql import graphiql_response
@@ -57,7 +59,7 @@ CACHE_REPORT_HEADER = "gateway-cache-report"
 _OPERATION_KEYWORD = re.compile(r"\b(?:query|mutation|subscription)\b")
 _ALLOWED_METHODS = "GET, POST"
 # Answers depend on these request headers; caches must key on them.
-_VARY = "Accept, Authorization, Gateway-Cache-Report"
+_VARY = "Accept, Authorization, Gateway-Cache-Report, Apollo-Federation-Include-Trace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +159,14 @@ class GraphQLView:
         headers = request.headers
         refresh = "no-cache" in headers.get("cache-control", "").lower()
         report_cache = headers.get(CACHE_REPORT_HEADER, "").lower() in ("1", "true", "yes")
+        federated_trace = wants_federated_trace(headers.get(FEDERATED_TRACE_HEADER))
         reuse: ResponseReuse = request.state.responses
         # Looked up before anything is built for the request: a repeat costs a hash and a
-        # dictionary lookup. The cache report differs each time: those are never reused.
+        # dictionary lookup. The cache report and a federated trace differ each time: those
+        # are never reused.
         reuse_key = (
             None
-            if report_cache
+            if report_cache or federated_trace
             else reuse.key(
                 usable_authorization(headers.get("authorization")),
                 document,
@@ -182,7 +186,9 @@ class GraphQLView:
                     facts.operation_type = stored.operation_type
                     facts.cache.append("reused:answer")
                 return Answer(200, body=stored.body), stored.fresh_for
-        context = self._context(request, refresh=refresh, report_cache=report_cache)
+        context = self._context(
+            request, refresh=refresh, report_cache=report_cache, federated_trace=federated_trace
+        )
         try:
             result: ExecutionResult = await self.schema.execute(
                 document,
@@ -239,7 +245,9 @@ class GraphQLView:
         documents: DocumentPolicy = request.state.documents
         return documents
 
-    def _context(self, request: Request, *, refresh: bool, report_cache: bool) -> RequestContext:
+    def _context(
+        self, request: Request, *, refresh: bool, report_cache: bool, federated_trace: bool
+    ) -> RequestContext:
         source: NumbersSource = request.state.numbers
         numbers = source.for_caller(request.headers.get("authorization"), refresh=refresh)
         return RequestContext(
@@ -248,6 +256,7 @@ class GraphQLView:
             metrics=self.metrics,
             numbers=numbers,
             report_cache=report_cache,
+            include_federated_trace=federated_trace,
         )
 
     def _respond(
