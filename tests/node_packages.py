@@ -1,14 +1,15 @@
 """The Node.js side of the test-suite: the pinned packages of ``tests/js`` and its scripts.
 
 ``tests/js/package.json`` and its ``package-lock.json`` pin Apollo Federation (composition,
-gateway, subgraph, server), The Guild's composer, Apollo Client, urql and graphql-http. They are
-installed with ``npm ci`` once per lockfile into a cache OUTSIDE the repo::
+gateway, subgraph, server), The Guild's composer, Hive Gateway's runtime (with its HTTP
+transport), Apollo's usage-reporting protobuf (to decode ftv1), Apollo Client, urql, graphql-ws
+(with ws), graphql-sse and graphql-http. They are installed with ``npm ci`` once per lockfile into a cache OUTSIDE the repo::
 
     ${NUMBERS_GATEWAY_NODE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/numbers-gateway/node}/<lock16>/
 
 where ``<lock16>`` is the first 16 hex digits of the lockfile's SHA-256. A marker file there
 records a finished install, so later runs skip it; an ``fcntl`` lock keeps two pytest processes
-from installing at once. Delete the folder to reclaim the space (about 120 MB per lockfile).
+from installing at once. Delete the folder to reclaim the space (about 170 MB per lockfile).
 
 The scripts (``tests/js/*.mjs``) are copied next to that ``node_modules``, into
 ``<lock16>/scripts/<scripts16>/`` (content-addressed, so concurrent runs of different checkouts
@@ -38,8 +39,17 @@ The scripts, their arguments and their output (see each script's header comment)
         -> {"ok", "composer", "errors": [msg], "codes": [code], "hints": [msg], "supergraphSdl"}
     people-subgraph.mjs --data people.json [--port 0] [--request-log file.jsonl]
         -> "listening http://127.0.0.1:<port>/"  (a Person/Location federation-2 subgraph)
-    supergraph-gateway.mjs [--port 0] --subgraph name=url...
-        -> "listening http://127.0.0.1:<port>/"  (Apollo Gateway, forwards Authorization)
+    supergraph-gateway.mjs [--port 0] --subgraph name=url... [--subgraph-header name=value...]
+        -> "listening http://127.0.0.1:<port>/"  (Apollo Gateway, forwards Authorization, adds
+            each --subgraph-header to every subgraph request, e.g. Gateway-Router-Secret=xyz)
+    hive-gateway.mjs --supergraph file.graphql [--port 0] [--subgraph name=url...]
+        [--subgraph-header name=value...]
+        -> "listening http://127.0.0.1:<port>/graphql"  (Hive Gateway over a composed supergraph;
+            --subgraph gives each subgraph's real URL, as compose.mjs writes placeholders;
+            forwards Authorization and adds each --subgraph-header, as supergraph-gateway.mjs)
+    decode-ftv1.mjs [<base64>]  (or the base64 on stdin)
+        -> the Apollo Trace as JSON (Trace.toObject: camelCase, longs as numbers, oneofs named);
+           exit 1 with the reason on stderr when it does not decode
     apollo-client.mjs / urql-client.mjs --url URL (--query-file F | --query Q) [--variables JSON]
         [--headers JSON] [--mode post|get] [--apq on|off] [--repeat N]
         -> {"results": [{"data", "errors", "networkError"}], "requests": [{"method", "url",

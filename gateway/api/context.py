@@ -18,3 +18,4 @@ class RequestContext:
     metrics: GatewayMetrics
     numbers: CallerNumbers
     report_cache: bool = False  # the caller asked for extensions.cache (a header)
+    include_federated_trace: bool = False  # a router asked for extensions.ftv1 (a header)

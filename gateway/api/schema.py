@@ -22,6 +22,7 @@ from gateway.api.cache_report import CacheReport
 from gateway.api.contract_errors import ContractErrors
 from gateway.api.cost import cost_limiter
 from gateway.api.document_guards import parsed_documents, root_field_limit
+from gateway.api.federated_trace import FederatedTrace
 from gateway.api.federation import DEFAULT_MAX_ENTITIES, ENTITY_TYPES, GatewaySchema
 from gateway.api.operation_observer import OperationObserver
 from gateway.api.projecting_executor import projecting_execution_context
@@ -34,8 +35,9 @@ VALIDATION_CACHE_DOCUMENTS: Final = 128
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with the limits and production switches of ``settings`` (none if None)."""
-    # OperationObserver first: hooks unwind in reverse, so it sees ContractErrors' codes.
-    extensions: list[Any] = [OperationObserver, ContractErrors, CacheReport]
+    # OperationObserver first: hooks unwind in reverse, so it sees ContractErrors' codes;
+    # FederatedTrace before ContractErrors, so its trace carries the contract errors.
+    extensions: list[Any] = [OperationObserver, FederatedTrace, ContractErrors, CacheReport]
     production = settings is not None and settings.production
     if settings is not None:
         # Factories, not instances: strawberry builds fresh extensions per operation.

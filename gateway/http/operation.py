@@ -49,6 +49,7 @@ class OperationCall:
     queries_only: bool  # only a query may run (a GET: nothing changes state via a link)
     refresh: bool = False  # ``Cache-Control: no-cache``: fresh upstream reads, stored anew
     report_cache: bool = False  # ``extensions.cache`` asked for: never reused
+    federated_trace: bool = False  # ``extensions.ftv1`` asked for by a router: never reused
     # What else shapes the answer's bytes, so two shapes never share a stored answer.
     shape: str = ""
 
@@ -87,10 +88,11 @@ class OperationRunner:
 
         reuse: ResponseReuse = state.responses
         # Looked up before anything is built for the request: a repeat costs a hash and a
-        # dictionary lookup. The cache report differs each time: those are never reused.
+        # dictionary lookup. The cache report and a federated trace differ each time: those
+        # are never reused.
         reuse_key = (
             None
-            if call.report_cache
+            if call.report_cache or call.federated_trace
             else reuse.key(
                 usable_authorization(call.authorization),
                 document,
@@ -166,6 +168,7 @@ class OperationRunner:
             metrics=self.metrics,
             numbers=source.for_caller(call.authorization, refresh=call.refresh),
             report_cache=call.report_cache,
+            include_federated_trace=call.federated_trace,
         )
 
 

@@ -18,7 +18,7 @@ from gateway.http.operation import Answer
 from gateway.http.refusals import Refusal
 
 # Answers depend on these request headers; caches must key on them.
-VARY = "Accept, Authorization, Gateway-Cache-Report"
+VARY = "Accept, Authorization, Gateway-Cache-Report, Apollo-Federation-Include-Trace"
 
 
 class ResponseStyle(Protocol):

@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.federated_trace import HEADER as FEDERATED_TRACE_HEADER
+from gateway.api.federated_trace import wants_federated_trace
 from gateway.errors import ErrorCode
 from gateway.http.graphiql import graphiql_response
 from gateway.http.graphql_request import has_graphql_parameters, params_of
@@ -93,5 +95,6 @@ async def _operation_call(request: Request) -> OperationCall:
         queries_only=request.method == "GET",
         refresh="no-cache" in headers.get("cache-control", "").lower(),
         report_cache=headers.get(CACHE_REPORT_HEADER, "").lower() in ("1", "true", "yes"),
+        federated_trace=wants_federated_trace(headers.get(FEDERATED_TRACE_HEADER)),
         shape=request.method,
     )

@@ -6,7 +6,8 @@
 //          "locations": [{"id", "name", "timeZone"}]}
 //   (the Python test fills it with ids that exist in the numbers gateway's simulator).
 // --request-log: append one JSON line per GraphQL request received:
-//   {"operationName", "authorization", "query"}   (to check what the supergraph forwarded).
+//   {"operationName", "authorization", "routerSecret", "query"}   (to check what the
+//   supergraph forwarded; routerSecret is the Gateway-Router-Secret header).
 // stdout: exactly one line, `listening http://127.0.0.1:<port>/`, once ready. Logs go to stderr.
 // Entities it does not know resolve to null (as a real service answers an unknown id).
 import { appendFileSync, readFileSync } from 'node:fs';
@@ -76,6 +77,7 @@ const { url } = await startStandaloneServer(server, {
       appendFileSync(values['request-log'], `${JSON.stringify({
         operationName: body.operationName ?? null,
         authorization: req.headers.authorization ?? null,
+        routerSecret: req.headers['gateway-router-secret'] ?? null,
         query: body.query ?? null,
       })}\n`);
     }

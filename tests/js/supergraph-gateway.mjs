@@ -2,8 +2,11 @@
 // the numbers gateway with its other services.
 //
 //   node supergraph-gateway.mjs [--port 0] --subgraph numbers=http://127.0.0.1:8000/graphql \
-//                               --subgraph people=http://127.0.0.1:9000/ [...]
+//                               --subgraph people=http://127.0.0.1:9000/ [...] \
+//                               [--subgraph-header Gateway-Router-Secret=xyz ...]
 //
+// --subgraph-header name=value: a static header on every subgraph request, the introspection
+// at start-up included (how a router sends GATEWAY_ROUTER_SECRET), repeatable.
 // stdout: exactly one line, `listening http://127.0.0.1:<port>/`, once the supergraph is composed
 // and served. Exit 1 (reason on stderr) if a subgraph cannot be reached or composition fails.
 //
@@ -23,12 +26,14 @@ noPhoneHome();
 const { values } = cliArgs({
   port: { type: 'string', default: '0' },
   subgraph: { type: 'string', multiple: true, default: [] },
+  'subgraph-header': { type: 'string', multiple: true, default: [] },
 });
 if (values.subgraph.length === 0) fail('usage: supergraph-gateway.mjs --subgraph name=url ...', 2);
 const subgraphs = values.subgraph.map((spec) => {
   const [name, url] = splitPair(spec, '--subgraph');
   return { name, url: loopbackOption(url, '--subgraph') };
 });
+const staticHeaders = values['subgraph-header'].map((spec) => splitPair(spec, '--subgraph-header'));
 
 // Header propagation: the way to forward the caller's credentials to every subgraph.
 //  1. `context` (below, in startStandaloneServer) copies the incoming Authorization header
@@ -36,8 +41,10 @@ const subgraphs = values.subgraph.map((spec) => {
 //  2. this data source's `willSendRequest` copies it onto each subgraph request.
 // Only Authorization is forwarded; the numbers gateway passes it on to Webex unchanged.
 // At start-up IntrospectAndCompose calls willSendRequest with an empty context (no header).
+// The --subgraph-header headers go on every subgraph request, whoever the caller.
 class AuthorizationForwardingDataSource extends RemoteGraphQLDataSource {
   willSendRequest({ request, context }) {
+    for (const [name, value] of staticHeaders) request.http.headers.set(name, value);
     if (context?.authorization) {
       request.http.headers.set('authorization', context.authorization);
     }
