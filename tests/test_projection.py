@@ -44,6 +44,7 @@ from gateway.pipeline.page_cache import PageCache
 from gateway.pipeline.source import CallerNumbers, NumbersSource
 from gateway.simulator import build_demo_world
 from gateway.upstream.client import UpstreamClient
+from tests.conftest import examples
 
 UPSTREAM = "http://webex.test/v1"
 
@@ -421,7 +422,7 @@ def test_fast_path_answers_like_normal_execution() -> None:
         try:
 
             @settings(
-                max_examples=200,
+                max_examples=examples(200),
                 deadline=None,
                 database=None,
                 suppress_health_check=[

@@ -173,7 +173,7 @@ class NumberEntry:
 
 
 @dataclass(slots=True)
-class Organization:
+class SimulatedOrg:
     id: str
     name: str
     location_ids: tuple[str, ...]
@@ -196,11 +196,11 @@ class TokenGrant:
 
 @dataclass(slots=True)
 class SimulatorWorld:
-    orgs: dict[str, Organization]
+    orgs: dict[str, SimulatedOrg]
     tokens: dict[str, TokenGrant] = field(default_factory=dict)
 
     @property
-    def demo_org(self) -> Organization:
+    def demo_org(self) -> SimulatedOrg:
         return next(iter(self.orgs.values()))
 
 
@@ -214,7 +214,7 @@ DEMO_TOKEN_DESCRIPTIONS = {
 
 
 def demo_tokens(
-    demo_org: Organization, partner_customer: Organization | None
+    demo_org: SimulatedOrg, partner_customer: SimulatedOrg | None
 ) -> dict[str, TokenGrant]:
     first_location = frozenset(demo_org.location_ids[:1])
     managed = frozenset({partner_customer.id}) if partner_customer else frozenset()
@@ -379,7 +379,7 @@ class _OrgBuilder:
             )
         )
 
-    def populate(self, size: int) -> Organization:
+    def populate(self, size: int) -> SimulatedOrg:
         location_count = len(self.locations)
         for index in range(location_count):
             # One main number (the location's caller ID) per location, owned by nobody.
@@ -419,7 +419,7 @@ class _OrgBuilder:
                 self.add(index, with_number=True, owner_type=None, toll_free=True)
             else:
                 self.add(index, with_number=True, owner_type=None, restricted_non_geo=True)
-        return Organization(
+        return SimulatedOrg(
             id=self.org_id,
             name=self.name,
             location_ids=tuple(location_id for _, location_id in self.locations),
@@ -445,7 +445,7 @@ def world_from_items(items: Iterable[Mapping[str, Any]], seed: int = 7) -> Simul
     rng = random.Random(seed)
     entries = [NumberEntry.from_payload(item) for item in items]
     location_ids = tuple(dict.fromkeys(entry.location_id for entry in entries))
-    org = Organization(
+    org = SimulatedOrg(
         id=webex_id("ORGANIZATION", uuid.UUID(int=rng.getrandbits(128), version=4)),
         name="Imported org",
         location_ids=location_ids,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
 
-from gateway.simulator.dataset import OWNER_TYPES, NumberEntry, Organization
+from gateway.simulator.dataset import OWNER_TYPES, NumberEntry, SimulatedOrg
 
 DEFAULT_MAX = 2000
 OWNER_NAME_MAX_LENGTH = 255
@@ -233,7 +233,7 @@ _ORDER_VALUE: dict[str, Callable[[NumberEntry], Any]] = {
 class OrgIndex:
     """An org's entries pre-sorted once for every order the upstream offers."""
 
-    def __init__(self, org: Organization) -> None:
+    def __init__(self, org: SimulatedOrg) -> None:
         self.org = org
         by_default = sorted(org.entries, key=_default_key)
         self.orderings: dict[tuple[str | None, bool], list[NumberEntry]] = {
