@@ -27,6 +27,7 @@ def test_committed_sdl_matches_the_code() -> None:
     )
 
 
+@pytest.mark.e2e
 def test_export_schema_command_prints_the_sdl() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "export-schema"],

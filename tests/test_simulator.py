@@ -590,6 +590,7 @@ async def test_serves_a_users_export(world: SimulatorWorld) -> None:
         )
 
 
+@pytest.mark.e2e
 def test_simulator_help_lists_the_demo_tokens_and_faults() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "simulator", "--help"],
@@ -608,6 +609,7 @@ def test_simulator_help_lists_the_demo_tokens_and_faults() -> None:
     assert "retry-after" in result.stdout
 
 
+@pytest.mark.e2e
 def test_simulator_rejects_a_bad_data_file(tmp_path: Path) -> None:
     bad = tmp_path / "numbers.json"
     bad.write_text('{"not": "a list"}')
