@@ -95,12 +95,15 @@ test-fast: lint typecheck layers pytest-fast
 bench: $(TESTING)
 	$(BIN)/python benchmarks/simulator_scale.py
 	$(BIN)/python benchmarks/large_page.py
+	$(BIN)/python benchmarks/phases.py
 	$(BIN)/python benchmarks/repeat_query.py
 	$(BIN)/python benchmarks/cache_memory.py
 
-# Side by side with Hive Gateway (GraphQL Mesh over schema/openapi.yaml); installs the pinned
-# npm packages into a cache folder outside the repo on first use.
-bench-peer: $(RUNTIME)
+# Side by side with Hive Gateway (GraphQL Mesh over schema/openapi.yaml), the hand-written proxy
+# (benchmarks/hand_proxy.py) and bare Starlette: every ratio of issue 22 from one run, with one
+# request's time by phase where a target is missed. Installs the pinned npm packages into a
+# cache folder outside the repo on first use.
+bench-peer: $(TESTING)
 	$(BIN)/python benchmarks/peer_gateway.py
 
 soak: $(TESTING)

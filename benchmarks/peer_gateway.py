@@ -1,14 +1,31 @@
-"""Peer benchmark: numbers-gateway against Hive Gateway over one static upstream (run by hand).
+"""Peer benchmark: numbers-gateway against Hive Gateway and a hand-written proxy over one static
+upstream, every ratio of issue 22 printed side by side from one run (run by hand).
 
-Over HTTP, caching off, both gateways in front of the same static upstream
+Over HTTP, caching off, each server in front of the same static upstream
 (`benchmarks/static_upstream.py`: fixed bytes, a 50-item or a 2,000-item page), each asked
-the same query selecting every PhoneNumber field. The peer is Hive Gateway serving a
-supergraph that GraphQL Mesh composes from `schema/openapi.yaml` (`benchmarks/peer/`).
-Targets: numbers-gateway at least 5x Hive's requests per second on the 2,000-item page and
-2x on the 50-item page. The static upstream alone is measured too, as the ceiling of what this
-load generator and upstream can do on the same cores. Each load client sends its own token,
-so numbers-gateway's single flight (which stays on with caching off) cannot merge the
-clients' asks into one upstream call; `--shared-caller` lets it.
+for every PhoneNumber field. The peer is Hive Gateway serving a supergraph that GraphQL Mesh
+composes from `schema/openapi.yaml` (`benchmarks/peer/`); the floor is
+`benchmarks/hand_proxy.py` (Starlette + httpx + orjson, a dict projection of the same fields,
+no GraphQL), whose items must equal ours field for field. The static upstream alone is
+measured too, as the ceiling of what this load generator and upstream can do on the same
+cores. Each load client sends its own token, so numbers-gateway's single flight (which stays
+on with caching off) cannot merge the clients' asks into one upstream call; `--shared-caller`
+lets it. Every server is asked with the same `Accept-Encoding` (`identity` unless
+`--accept-encoding`): compressing a megabyte is its own cost, and not every server pays it.
+
+Then, in the same run: a repeated 50-item query to a second numbers-gateway with caching on
+against bare Starlette returning the same bytes (`benchmarks/repeat_query.py`'s load: wrk
+when installed), and the in-process 2,000-item page against `orjson.loads` + `dumps` of the
+upstream body (`benchmarks/phases.py`). The ratios and their targets (issue 22):
+
+    2,000 items uncached   >= 0.8x the hand-written proxy (and >= 5x Hive)
+    50 items uncached      >= 1.2x the hand-written proxy
+    a repeated 50-item query >= 0.5x bare Starlette
+    in process, 2,000 items <= 3x the orjson round trip
+
+Where one is missed, one request's time by phase follows (`benchmarks/phases.py`: read,
+decode, project, encode, GraphQL overhead, middleware in process; the server's share is a
+sequential HTTP request's latency less the in-process app).
 
 The npm packages (exact versions in `benchmarks/peer/package-lock.json`) are installed with
 `npm ci` into `${XDG_CACHE_HOME:-~/.cache}/numbers-gateway/peer-<sha16 of the lock>/`, never
@@ -16,6 +33,7 @@ into the repo. Every process it starts listens on 127.0.0.1, and every one is st
 way out (error and Ctrl-C included). Load loops are bounded in time and in requests.
 
     .venv/bin/python benchmarks/peer_gateway.py [--duration 10] [--concurrency 4] [--warmup 3]
+    .venv/bin/python benchmarks/peer_gateway.py --skip-hive   # without node: proxy ratios only
     .venv/bin/python benchmarks/peer_gateway.py --install-only
 """
 
@@ -42,18 +60,26 @@ from types import FrameType
 from typing import Any
 
 import httpx
+import orjson
+import phases
+import repeat_query
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_SOURCES = REPO / "benchmarks" / "peer"
 PEER_FILES = ("package.json", "package-lock.json", "mesh.config.ts")
 OPENAPI = REPO / "schema" / "openapi.yaml"
 STATIC_UPSTREAM = REPO / "benchmarks" / "static_upstream.py"
+HAND_PROXY = REPO / "benchmarks" / "hand_proxy.py"
+OURS, PROXY, HIVE = "numbers-gateway", "hand-written proxy", "hive-gateway"
 # The static upstream wants a bearer token and checks nothing else. Each load client is its
 # own caller unless --shared-caller: numbers-gateway's single flight (on even with caching
 # off) merges identical concurrent asks of one caller, which Hive does not do.
 CALLER_PREFIX = "Bearer peer-benchmark-"
 PAGE_SIZES = (2000, 50)
 TARGETS = {2000: 5.0, 50: 2.0}  # ours / Hive, requests per second
+PROXY_TARGETS = {2000: 0.8, 50: 1.2}  # ours / the hand-written proxy
+REPEAT_TARGET = 0.5  # a repeated 50-item query, ours (caching on) / bare Starlette
+IN_PROCESS_TARGET = 3.0  # the 2,000-item page in process / orjson.loads + dumps
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
 REQUEST_TIMEOUT = 60.0
 START_TIMEOUT = 90.0
@@ -267,6 +293,8 @@ def graphql_body(query: str) -> Callable[[int], bytes | None]:
 async def reference_body(client: httpx.AsyncClient, target: Target, size: int) -> bytes:
     """One answer, checked: a full page with no errors. Later answers must match its length."""
     response = await send(client, target, size, target.body(size), f"{CALLER_PREFIX}check")
+    if response.headers.get("content-encoding", "identity") != "identity":
+        print(f"  {target.name} answers {response.headers['content-encoding']}-encoded")
     if response.status_code != 200:
         raise SystemExit(f"{target.name}: HTTP {response.status_code}: {response.text[:500]}")
     document = response.json()
@@ -325,7 +353,9 @@ async def upstream_calls(client: httpx.AsyncClient, stats_url: str) -> int:
 
 async def measure_all(
     targets: list[Target], stats_url: str, args: argparse.Namespace
-) -> list[Measurement]:
+) -> tuple[list[Measurement], dict[int, float]]:
+    """Every target at every page size, and numbers-gateway's sequential latency (one client,
+    median ms) per size: the over-HTTP side of the phase breakdown."""
     # Ctrl-C or SIGTERM while loading cancels this task: in-flight requests end at once, and
     # the CancelledError unwinds to the `finally` that stops the fleet.
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -334,8 +364,9 @@ async def measure_all(
         loop.add_signal_handler(signum, task.cancel)
     concurrency, duration, warmup = args.concurrency, args.duration, args.warmup
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Accept-Encoding": args.accept_encoding}
     results: list[Measurement] = []
+    sequential: dict[int, float] = {}
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=REQUEST_TIMEOUT) as client:
         for size in PAGE_SIZES:
             pages: dict[str, list[Any]] = {}
@@ -352,10 +383,13 @@ async def measure_all(
                 )
                 result.upstream_calls = await upstream_calls(client, stats_url) - before
                 results.append(result)
+                if target.name == OURS:
+                    alone = await load(client, target, size, len(body), 2.0, 1, True)
+                    sequential[size] = alone.quantile_ms(50)
             first, *others = pages.values()
             if any(other != first for other in others):  # e.g. a reader that drops an item
                 raise SystemExit(f"the gateways' {size}-item pages differ: not the same work")
-    return results
+    return results, sequential
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -366,11 +400,11 @@ def print_table(results: list[Measurement], args: argparse.Namespace) -> None:
     print()
     print(
         f"concurrency {args.concurrency}, {callers}, {args.duration:g} s per row after "
-        f"{args.warmup:g} s warm-up, caching off, {os.cpu_count()} cores shared by the load "
-        "generator, the gateways and the upstream"
+        f"{args.warmup:g} s warm-up, caching off, Accept-Encoding: {args.accept_encoding}, "
+        f"{os.cpu_count()} cores shared by the load generator, the servers and the upstream"
     )
     header = (
-        f"{'gateway':<24}{'page':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'server':<24}{'page':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
         f"{'requests':>10}{'failed':>8}{'upstream/req':>14}"
     )
     print(header)
@@ -382,14 +416,90 @@ def print_table(results: list[Measurement], args: argparse.Namespace) -> None:
             f"{result.quantile_ms(50):>10.1f}{result.quantile_ms(99):>10.1f}"
             f"{result.requests:>10}{result.failures:>8}{per_request:>14.2f}"
         )
-    print()
-    by_key = {(r.target, r.page_size): r for r in results}
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """One of issue 22's ratios: ours / a floor (or a peer), beside its target."""
+
+    label: str
+    ours: float
+    floor: float
+    target: float
+    at_least: bool  # True: the ratio must reach the target; False: stay under it
+    unit: str
+
+    @property
+    def value(self) -> float:
+        return self.ours / self.floor if self.floor else float("inf")
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.target if self.at_least else self.value <= self.target
+
+    def verdict(self) -> str:
+        if self.met:
+            return "met"
+        by = self.target / self.value if self.at_least else self.value / self.target
+        return f"missed by {by:.2f}x"
+
+
+def ratios(
+    results: list[Measurement], repeat: tuple[float, float] | None, in_process: dict[str, float]
+) -> list[Ratio]:
+    by_key = {(r.target, r.page_size): r.per_second for r in results}
+    found: list[Ratio] = []
     for size in PAGE_SIZES:
-        ours, hive = by_key[("numbers-gateway", size)], by_key[("hive-gateway", size)]
-        ratio = ours.per_second / hive.per_second if hive.per_second else float("inf")
-        target = TARGETS[size]
-        verdict = "met" if ratio >= target else "NOT met"
-        print(f"{size:>5}-item page: ours/hive = {ratio:.2f}x   target >= {target:g}x   {verdict}")
+        ours = by_key.get((OURS, size), 0.0)
+        if (PROXY, size) in by_key:
+            found.append(
+                Ratio(
+                    f"{size:,} items uncached: ours / hand-written proxy",
+                    ours,
+                    by_key[PROXY, size],
+                    PROXY_TARGETS[size],
+                    True,
+                    "req/s",
+                )
+            )
+        if (HIVE, size) in by_key:
+            found.append(
+                Ratio(
+                    f"{size:,} items uncached: ours / Hive Gateway",
+                    ours,
+                    by_key[HIVE, size],
+                    TARGETS[size],
+                    True,
+                    "req/s",
+                )
+            )
+    if repeat is not None:
+        found.append(
+            Ratio("50 items repeated: ours / bare Starlette", *repeat, REPEAT_TARGET, True, "req/s")
+        )
+    if in_process:
+        found.append(
+            Ratio(
+                "2,000 items in process: ours / orjson loads+dumps",
+                in_process["execute"],
+                in_process["floor"],
+                IN_PROCESS_TARGET,
+                False,
+                "ms",
+            )
+        )
+    return found
+
+
+def print_ratios(found: list[Ratio]) -> None:
+    print()
+    print(f"{'ratio (one run)':<52}{'ours':>10}{'floor':>10}{'ratio':>8}{'target':>9}  verdict")
+    for ratio in found:
+        sign = ">=" if ratio.at_least else "<="
+        print(
+            f"{ratio.label:<52}{ratio.ours:>10.1f}{ratio.floor:>10.1f}{ratio.value:>7.2f}x"
+            f"{sign:>4}{ratio.target:>4g}x  {ratio.verdict()} ({ratio.unit})"
+        )
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -410,24 +520,23 @@ def stop_on_sigterm() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> None:
-    home = install_peer()
+    home = None if args.skip_hive and not args.install_only else install_peer()
     if args.install_only:
         print(f"peer installed in {home}: {pinned_versions()}")
         return
-    print(f"peer: {pinned_versions()} (in {home})", flush=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=home))
+    if home is not None:
+        print(f"peer: {pinned_versions()} (in {home})", flush=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=home or cache_root()))
     fleet = Fleet(run_dir)
     try:
         env = base_env()
-        upstream_port, ours_port, hive_port = free_port(), free_port(), free_port()
+        upstream_port, ours_port, proxy_port = free_port(), free_port(), free_port()
         upstream_root = f"http://127.0.0.1:{upstream_port}"
         upstream = fleet.start(
             "static-upstream",
             [sys.executable, str(STATIC_UPSTREAM), "--port", str(upstream_port)],
             env,
         )
-        supergraph = run_dir / "supergraph.graphql"
-        compose_supergraph(home, f"{upstream_root}/v1", supergraph)
         ours_env = {
             **env,
             "GATEWAY_UPSTREAM_URL": f"{upstream_root}/v1",
@@ -435,28 +544,25 @@ def run(args: argparse.Namespace) -> None:
             "GATEWAY_LOG_LEVEL": "warning",
         }
         ours = fleet.start(
-            "numbers-gateway",
+            OURS,
             [numbers_gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(ours_port)],
             ours_env,
         )
-        hive_command = [
-            str(home / "node_modules" / ".bin" / "hive-gateway"),
-            "supergraph",
-            str(supergraph),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(hive_port),
-            "--fork",
-            "1",
-        ]
-        # Run from the run folder: started in the cache folder, Hive would load mesh.config.ts
-        # as its own config. NODE_ENV=production is how Node services are deployed (graphql-js
-        # skips its development-only checks).
-        hive = fleet.start("hive-gateway", hive_command, {**env, "NODE_ENV": "production"}, run_dir)
+        proxy = fleet.start(
+            PROXY,
+            [
+                sys.executable,
+                str(HAND_PROXY),
+                "--port",
+                str(proxy_port),
+                "--upstream",
+                f"{upstream_root}/v1",
+            ],
+            env,
+        )
         wait_ready(fleet, "static-upstream", upstream, f"{upstream_root}/healthz")
-        wait_ready(fleet, "numbers-gateway", ours, f"http://127.0.0.1:{ours_port}/readyz")
-        wait_ready(fleet, "hive-gateway", hive, f"http://127.0.0.1:{hive_port}/readiness")
+        wait_ready(fleet, OURS, ours, f"http://127.0.0.1:{ours_port}/readyz")
+        wait_ready(fleet, PROXY, proxy, f"http://127.0.0.1:{proxy_port}/healthz")
         targets = [
             Target(
                 "static upstream (REST)",
@@ -466,30 +572,130 @@ def run(args: argparse.Namespace) -> None:
                 lambda document: list(document["phoneNumbers"]),
             ),
             Target(
-                "numbers-gateway",
+                OURS,
                 f"http://127.0.0.1:{ours_port}/graphql",
                 "POST",
                 graphql_body(OUR_QUERY),
                 lambda document: list(document["data"]["phoneNumbers"]["nodes"]),
             ),
             Target(
-                "hive-gateway",
-                f"http://127.0.0.1:{hive_port}/graphql",
+                PROXY,
+                f"http://127.0.0.1:{proxy_port}/graphql",
                 "POST",
-                graphql_body(HIVE_QUERY),
-                lambda document: list(document["data"]["listPhoneNumbers"]["phoneNumbers"]),
+                graphql_body(OUR_QUERY),
+                lambda document: list(document["data"]["phoneNumbers"]["nodes"]),
             ),
         ]
+        if home is not None:
+            targets.append(start_hive(fleet, home, run_dir, upstream_root, env))
         if args.skip_floor:
             targets = targets[1:]
-        results = asyncio.run(measure_all(targets, f"{upstream_root}/_stats", args))
+        results, sequential = asyncio.run(measure_all(targets, f"{upstream_root}/_stats", args))
         print_table(results, args)
+        repeat = None if args.skip_repeat else measure_repeat(fleet, upstream_root, env, args)
+        fleet.stop_all()  # the in-process figures are taken on a quiet machine
+        print("  in process: the 2,000-item page by phase", flush=True)
+        in_process = asyncio.run(phases.measure(2000, args.rounds))
+        found = ratios(results, repeat, in_process)
+        print_ratios(found)
+        if not all(ratio.met for ratio in found):
+            print_breakdowns(results, sequential, in_process, args)
     finally:
         fleet.stop_all()
         if args.keep_logs:
             print(f"logs and supergraph kept in {run_dir}")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def start_hive(
+    fleet: Fleet, home: Path, run_dir: Path, upstream_root: str, env: Mapping[str, str]
+) -> Target:
+    """Hive Gateway over a supergraph composed from schema/openapi.yaml, ready."""
+    supergraph = run_dir / "supergraph.graphql"
+    compose_supergraph(home, f"{upstream_root}/v1", supergraph)
+    hive_port = free_port()
+    hive_command = [
+        str(home / "node_modules" / ".bin" / "hive-gateway"),
+        "supergraph",
+        str(supergraph),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(hive_port),
+        "--fork",
+        "1",
+    ]
+    # Run from the run folder: started in the cache folder, Hive would load mesh.config.ts
+    # as its own config. NODE_ENV=production is how Node services are deployed (graphql-js
+    # skips its development-only checks).
+    hive = fleet.start(HIVE, hive_command, {**env, "NODE_ENV": "production"}, run_dir)
+    wait_ready(fleet, HIVE, hive, f"http://127.0.0.1:{hive_port}/readiness")
+    return Target(
+        HIVE,
+        f"http://127.0.0.1:{hive_port}/graphql",
+        "POST",
+        graphql_body(HIVE_QUERY),
+        lambda document: list(document["data"]["listPhoneNumbers"]["phoneNumbers"]),
+    )
+
+
+def measure_repeat(
+    fleet: Fleet, upstream_root: str, env: Mapping[str, str], args: argparse.Namespace
+) -> tuple[float, float]:
+    """A repeated 50-item query, req/s: a numbers-gateway with caching on (its answer reused)
+    against bare Starlette returning the same bytes, the load from ``repeat_query``."""
+    cached_port, bare_port = free_port(), free_port()
+    cached = fleet.start(
+        "numbers-gateway-cached",
+        [numbers_gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(cached_port)],
+        {
+            **env,
+            "GATEWAY_UPSTREAM_URL": f"{upstream_root}/v1",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_MAX_IN_FLIGHT": "100000",
+        },
+    )
+    wait_ready(fleet, "numbers-gateway-cached", cached, f"http://127.0.0.1:{cached_port}/readyz")
+    url = str(
+        httpx.URL(
+            f"http://127.0.0.1:{cached_port}/graphql",
+            params={"query": OUR_QUERY, "variables": orjson.dumps({"size": 50}).decode()},
+        )
+    )
+    answer = httpx.get(url, headers=repeat_query.HEADERS, timeout=30)
+    if answer.status_code != 200 or b'"errors"' in answer.content:
+        raise SystemExit(f"the cached gateway: HTTP {answer.status_code}: {answer.text[:300]}")
+    body_file = fleet.log_dir / "answer.json"
+    body_file.write_bytes(answer.content)
+    bare = fleet.start(
+        "bare-starlette",
+        [sys.executable, "-c", repeat_query.BARE_APP, str(bare_port), str(body_file)],
+        env,
+    )
+    bare_url = f"http://127.0.0.1:{bare_port}/graphql"
+    wait_ready(fleet, "bare-starlette", bare, bare_url)
+    loader = "wrk" if shutil.which("wrk") else "httpx (install wrk: the ratio is flattered)"
+    print(f"  repeated 50-item query, {loader}: measuring {args.duration:g} s each", flush=True)
+    ours = repeat_query.measure(url, int(args.duration), args.concurrency * 2)
+    floor = repeat_query.measure(bare_url, int(args.duration), args.concurrency * 2)
+    return ours, floor
+
+
+def print_breakdowns(
+    results: list[Measurement],
+    sequential: dict[int, float],
+    in_process: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
+    """Where one request's time goes, for the targets missed: the 2,000-item page measured
+    already; the 50-item one now."""
+    print()
+    print("where the time goes (benchmarks/phases.py; medians, in process unless said):")
+    phases.print_breakdown(2000, in_process, sequential.get(2000))
+    if 50 in sequential:
+        small = asyncio.run(phases.measure(50, args.rounds * 3))
+        phases.print_breakdown(50, small, sequential[50])
 
 
 def main() -> None:
@@ -506,6 +712,18 @@ def main() -> None:
         help="do not measure the static upstream alone (the ceiling)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the run folder")
+    parser.add_argument("--skip-hive", action="store_true", help="no Hive Gateway (no node)")
+    parser.add_argument(
+        "--skip-repeat", action="store_true", help="do not measure the repeated query"
+    )
+    parser.add_argument(
+        "--accept-encoding",
+        default="identity",
+        help="the Accept-Encoding every server is asked with (default: identity)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=30, help="interleaved rounds of the in-process figures"
+    )
     parser.add_argument(
         "--shared-caller",
         action="store_true",

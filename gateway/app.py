@@ -20,28 +20,38 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from gateway.api.schema import build_schema
+from gateway.changes.registry import ChangeFeeds, build_change_feeds
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http.compression import CompressionMiddleware
 from gateway.http.connections import InFlightLimit
+from gateway.http.document_policy import DocumentPolicy
 from gateway.http.graphiql import graphiql_routes, load_examples, render_graphiql_page
 from gateway.http.operation import OperationRunner
-from gateway.http.persisted import DocumentPolicy, PersistedQueries, TrustedDocuments
 from gateway.http.request_guards import BodySizeLimitMiddleware, CsrfPreventionMiddleware
 from gateway.http.request_log import RequestLogMiddleware
 from gateway.http.reuse import ResponseReuse
 from gateway.http.routes import ASSET_BASE, GRAPHQL_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
-from gateway.http.view import CACHE_REPORT_HEADER, GraphQLView
+from gateway.http.stream_limits import OpenStreams
+from gateway.http.trusted_documents import TrustedDocuments
+from gateway.http.view import GraphQLView
+from gateway.http.websocket import GraphQLWebSocket
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.observability.request_facts import REQUEST_ID_HEADER
 from gateway.observability.tracing import Tracing, instrument_upstream
 from gateway.pipeline.guarded_redis import REDIS_OPERATION_TIMEOUT, GuardedRedis
 from gateway.pipeline.page_cache import PageCache
+from gateway.pipeline.persisted_queries import PersistedQueries
 from gateway.pipeline.source import NumbersSource
 from gateway.settings import Settings, SettingsError
-from gateway.simulator import build_demo_world, create_simulator_app
+from gateway.simulator import (
+    CONTROL_PREFIX,
+    build_demo_world,
+    create_simulator_app,
+    create_simulator_control_app,
+)
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
 
@@ -49,17 +59,6 @@ EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
 # With the embedded simulator, a caller who sends no token acts as its demo full admin.
 EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
 USER_AGENT = "numbers-gateway/0.1"
-# Request headers browser clients send, allowed by CORS preflights.
-CORS_ALLOWED_HEADERS = (
-    "authorization",
-    "content-type",
-    "apollo-require-preflight",
-    "x-apollo-operation-name",
-    "apollographql-client-name",
-    "apollographql-client-version",
-    "x-request-id",
-    CACHE_REPORT_HEADER,
-)
 CORS_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 
 log = structlog.get_logger("gateway.app")
@@ -69,6 +68,8 @@ class LifespanState(TypedDict):
     numbers: NumbersSource
     documents: DocumentPolicy
     responses: ResponseReuse
+    changes: ChangeFeeds
+    streams: OpenStreams
 
 
 def build_upstream_http(
@@ -95,7 +96,10 @@ def build_redis(settings: Settings, metrics: GatewayMetrics) -> GuardedRedis | N
         socket_timeout=REDIS_OPERATION_TIMEOUT,
         socket_connect_timeout=REDIS_OPERATION_TIMEOUT,
     )
-    return GuardedRedis(client, metrics)
+    secret = settings.cache_key_secret  # required with a Redis URL: every replica shares it
+    return GuardedRedis(
+        client, metrics, secret=secret.get_secret_value().encode() if secret is not None else b""
+    )
 
 
 def build_cache(
@@ -141,11 +145,16 @@ def create_app(
     metrics = GatewayMetrics()
     tracing = tracing if tracing is not None else Tracing()
     trusted = load_trusted_documents(settings)
+    simulator_controls: Starlette | None = None
     if settings.embedded_simulator:
         upstream_url = EMBEDDED_UPSTREAM_URL
         if upstream_transport is None:
             world = build_demo_world(size=settings.simulator_size, seed=settings.simulator_seed)
-            upstream_transport = httpx.ASGITransport(app=create_simulator_app(world))
+            simulator = create_simulator_app(world, churn=settings.simulator_churn)
+            upstream_transport = httpx.ASGITransport(app=simulator)
+            # Its changes, faults and stats, so the change feed can be tried offline; only
+            # the gateway's own simulator (never a real upstream, never production).
+            simulator_controls = create_simulator_control_app(simulator)
     else:
         upstream_url = str(settings.upstream_url)
 
@@ -182,6 +191,7 @@ def create_app(
                 upstream,
                 cache,
                 max_page_size=settings.max_page_size,
+                max_stream_items=settings.max_stream_items,
                 default_authorization=(
                     EMBEDDED_DEFAULT_AUTHORIZATION if settings.embedded_simulator else None
                 ),
@@ -190,7 +200,10 @@ def create_app(
                 PersistedQueries(
                     max_entries=settings.persisted_queries_max_entries,
                     max_bytes=settings.persisted_queries_max_bytes,
+                    max_document_bytes=settings.persisted_queries_max_document_bytes,
+                    owner_share=settings.cache_caller_share,
                     redis=redis,
+                    clock=clock.monotonic,
                 )
                 if settings.persisted_queries
                 else None
@@ -211,7 +224,21 @@ def create_app(
                 owner_share=settings.cache_caller_share,
                 clock=clock,
             )
-            yield {"numbers": numbers, "documents": documents, "responses": responses}
+            # Closed before the upstream client: shutdown ends every subscription first.
+            changes = build_change_feeds(settings, clock=clock, metrics=metrics)
+            await changes.start()
+            resources.push_async_callback(changes.close)
+            # Closed first (callbacks unwind in reverse): open streams and WebSockets end
+            # with a final payload while the upstream client is still up.
+            streams = OpenStreams(settings.max_streams_per_caller)
+            resources.push_async_callback(streams.close)
+            yield {
+                "numbers": numbers,
+                "documents": documents,
+                "responses": responses,
+                "changes": changes,
+                "streams": streams,
+            }
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -237,13 +264,29 @@ def create_app(
     )
     runner = OperationRunner(settings=settings, schema=build_schema(settings), metrics=metrics)
     routes: list[BaseRoute] = [
-        Route(GRAPHQL_PATH, GraphQLView(runner=runner, ide_page=ide_page)),
+        Route(
+            GRAPHQL_PATH,
+            GraphQLView(
+                runner=runner,
+                ide_page=ide_page,
+                router_secret=settings.router_secret,
+                batch_max=settings.batch_max,
+            ),
+        ),
+        # graphql-transport-ws: subscriptions (and queries) over a WebSocket, same path.
+        WebSocketRoute(
+            GRAPHQL_PATH,
+            GraphQLWebSocket(runner=runner, allowed_origins=tuple(settings.allowed_origins)),
+        ),
         Route(HEALTH_PATH, healthz, methods=["GET"]),
         Route(READY_PATH, readyz, methods=["GET"]),
-        Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
     ]
+    if serves_metrics_on_main_port(settings):
+        routes.append(Route(METRICS_PATH, metrics_endpoint, methods=["GET"]))
     if ide_page is not None:
         routes += graphiql_routes(asset_base=ASSET_BASE)
+    if simulator_controls is not None:
+        routes.append(Mount(CONTROL_PREFIX, app=simulator_controls))
     middleware = [
         Middleware(RequestLogMiddleware, metrics=metrics, tracing=tracing),
         Middleware(InFlightLimit, max_in_flight=settings.max_in_flight),
@@ -252,7 +295,8 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=list(CORS_ALLOWED_HEADERS),
+            # GATEWAY_CORS_ALLOW_HEADERS: Apollo Client's, OpenTelemetry web's and ours.
+            allow_headers=list(settings.cors_allow_headers),
             expose_headers=[REQUEST_ID_HEADER],
             allow_credentials=False,  # bearer tokens, never cookies: so '*' is safe
             max_age=CORS_MAX_AGE,
@@ -271,4 +315,22 @@ def create_app(
                 required_headers=settings.csrf_required_headers,
             )
         )
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.metrics = metrics  # for the metrics listener (serve, GATEWAY_METRICS_PORT)
+    return app
+
+
+def serves_metrics_on_main_port(settings: Settings) -> bool:
+    """``/metrics`` is on the serving port only in development with no metrics port: in
+    production the numbers are not for every caller (Apollo Router keeps them apart too)."""
+    return settings.metrics_port is None and not settings.production
+
+
+def create_metrics_app(gateway: Starlette) -> Starlette:
+    """The metrics listener's app: ``GET /metrics`` from ``gateway``'s registry, nothing else."""
+    metrics: GatewayMetrics = gateway.state.metrics
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route(METRICS_PATH, metrics_endpoint, methods=["GET"])])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from gateway.simulator.dataset import DEMO_TOKEN_DESCRIPTIONS
 from gateway.simulator.faults import FAULT_SPEC_HELP, FaultSpecError
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
     from starlette.types import ASGIApp
 
 DEMO_TOKENS_HELP = "demo tokens (send as 'Authorization: Bearer <token>'):\n" + "\n".join(
@@ -88,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     simulator.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="a fault rule (see below)"
     )
+    simulator.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="random changes per second to the demo data (assign, unassign, state, add, "
+        "remove), to watch the change feed; default 0. POST /_simulator/changes makes "
+        "chosen ones",
+    )
 
     commands.add_parser("export-schema", help="print the GraphQL SDL")
     return parser
@@ -123,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.http.connections import uvicorn_limits
-    from gateway.observability.logs import configure_logging
+    from gateway.observability.logs import configure_logging, uvicorn_log_config
 
     tracing = Tracing()
     try:
@@ -141,6 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "log_level": "warning",
+        # uvicorn's loggers keep no formatter of their own: their lines are JSON like ours.
+        "log_config": uvicorn_log_config(),
         "access_log": False,  # RequestLogMiddleware logs each request, with more in it
         "proxy_headers": settings.forwarded_allow_ips is not None,
         "forwarded_allow_ips": list(settings.forwarded_allow_ips or ()) or None,
@@ -152,6 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=settings.max_connections,
             header_timeout=settings.header_timeout,
             keep_alive_timeout=settings.keep_alive_timeout,
+            max_connections_per_client=settings.max_connections_per_client,
+            trusted_proxies=settings.forwarded_allow_ips,
         ),
     }
     if settings.workers > 1:
@@ -162,7 +177,11 @@ def _serve(args: argparse.Namespace) -> int:
         config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
         return _serve_workers(config, settings)
     try:
-        return _serve_here(uvicorn.Config(app, **options), settings)
+        metrics_config = _metrics_config(
+            app, args.host, settings.metrics_port, header_timeout=settings.header_timeout
+        )
+        settle_heap()
+        return _serve_here(uvicorn.Config(app, **options), settings, metrics_config)
     finally:
         tracing.shutdown()
 
@@ -178,12 +197,56 @@ def worker_app() -> ASGIApp:
     settings = load_settings()
     configure_logging(settings.log_level)
     configure_connection_limits(
-        max_connections=settings.max_connections, header_timeout=settings.header_timeout
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        max_connections_per_client=settings.max_connections_per_client,
+        trusted_proxies=settings.forwarded_allow_ips,
     )
-    return create_app(settings, tracing=Tracing.start(TracingConfig.from_environment()))
+    app = create_app(settings, tracing=Tracing.start(TracingConfig.from_environment()))
+    settle_heap()
+    return app
 
 
-def _serve_here(config: Any, settings: Settings) -> int:
+def settle_heap() -> None:
+    """Everything built before serving (modules, the schema, the app) lives as long as the
+    process: moved out of the collector's reach, so a collection walks only what requests
+    made. A 2,000-item page makes thousands of dicts; without this, the collections they
+    trigger walked the whole schema too, about a third of the page's CPU time (issue 22)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _metrics_config(app: Starlette, host: str, port: int | None, *, header_timeout: float) -> Any:
+    """The metrics listener's uvicorn config (GATEWAY_METRICS_PORT), or None."""
+    import uvicorn
+
+    from gateway.app import create_metrics_app
+    from gateway.http.connections import scrape_limits
+    from gateway.observability.logs import uvicorn_log_config
+
+    if port is None:
+        return None
+    return uvicorn.Config(
+        create_metrics_app(app),
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=uvicorn_log_config(),
+        access_log=False,
+        lifespan="off",
+        # Scrapers, not callers: a few at once, behind the same guards as the main port (a
+        # head deadline, idle sockets closed first when full), so held sockets cannot
+        # starve a scrape.
+        **scrape_limits(header_timeout=header_timeout),
+    )
+
+
+def _serve_here(config: Any, settings: Settings, metrics_config: Any = None) -> int:
+    """Serve on this process's loop: the gateway, and with GATEWAY_METRICS_PORT a second
+    listener for ``/metrics`` on the same loop (so it shares the app's registry). The gateway's
+    server owns the signals: on SIGTERM it drains, then the metrics listener stops."""
+    import asyncio
+
     import uvicorn
 
     class AnnouncingServer(uvicorn.Server):
@@ -192,13 +255,70 @@ def _serve_here(config: Any, settings: Settings) -> int:
             if self.started:
                 _announce(self.servers[0].sockets[0].getsockname(), settings)
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn runs the lifespan's end (which ends streams) only once every connection
+            # has closed, so open streams would hold SIGTERM until --shutdown-timeout. They
+            # end first, with their final payload, while new connections are refused.
+            for listener in self.servers:
+                listener.close()
+            await end_open_streams(getattr(self.lifespan, "state", {}))
+            await super().shutdown(sockets=sockets)
+
+    class MetricsServer(uvicorn.Server):
+        bound = asyncio.Event()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield  # the gateway's server handles SIGTERM/SIGINT for both
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            self.bound.set()
+
     server = AnnouncingServer(config)
+    metrics_server = MetricsServer(metrics_config) if metrics_config is not None else None
+
+    async def serve_both() -> None:
+        if metrics_server is None:
+            await server.serve()
+            return
+        listening = asyncio.create_task(metrics_server.serve())
+        bound = asyncio.create_task(metrics_server.bound.wait())
+        await asyncio.wait({listening, bound}, return_when=asyncio.FIRST_COMPLETED)
+        bound.cancel()
+        if not metrics_server.started:
+            await listening  # it could not bind: its error is logged, start-up fails
+            return
+        address = metrics_server.servers[0].sockets[0].getsockname()
+        _log().info("metrics_listening", url=f"http://{_shown(address)}/metrics")
+        try:
+            await server.serve()
+        finally:
+            metrics_server.should_exit = True
+            await listening
+
     # uvicorn re-raises a signal it handled once its graceful shutdown is over, for the
     # default action; for SIGTERM that is death by signal. Finished is finished: exit 0.
     signal.signal(signal.SIGTERM, _after_graceful_shutdown)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        asyncio.run(serve_both())
     return 0 if server.started else STARTUP_FAILURE
+
+
+async def end_open_streams(lifespan_state: Mapping[str, Any]) -> None:
+    """Shutdown has begun: every subscription completes and every change feed stops
+    (``ChangeFeeds.close``), then every streamed response writes its final payload
+    (``OpenStreams.close``, which waits a few seconds at most). Both are closed again, as no-ops,
+    by the lifespan's end."""
+    from gateway.changes.registry import ChangeFeeds
+    from gateway.http.stream_limits import OpenStreams
+
+    changes = lifespan_state.get("changes")
+    if isinstance(changes, ChangeFeeds):
+        await changes.close()
+    streams = lifespan_state.get("streams")
+    if isinstance(streams, OpenStreams):
+        await streams.close()
 
 
 def _serve_workers(config: Any, settings: Settings) -> int:
@@ -217,15 +337,30 @@ def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
     """Nothing left to do: uvicorn has drained the requests and run the lifespan's end."""
 
 
-def _announce(address: Any, settings: Settings) -> None:
-    """Say where the gateway listens, once its socket is bound (so the URL answers)."""
+def _log() -> Any:
     import structlog
 
+    return structlog.get_logger("gateway.cli")
+
+
+def _shown(address: Any) -> str:
     host, port = address[0], address[1]
-    shown = f"[{host}]" if ":" in host else host
-    structlog.get_logger("gateway.cli").info(
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _announce(address: Any, settings: Settings) -> None:
+    """Say where the gateway listens, once its socket is bound (so the URL answers)."""
+    from gateway.app import serves_metrics_on_main_port
+
+    if settings.metrics_port is None and not serves_metrics_on_main_port(settings):
+        _log().info(
+            "metrics_not_served",
+            reason="production serves no /metrics on the main port; set GATEWAY_METRICS_PORT "
+            "to serve it on a port of its own",
+        )
+    _log().info(
         "gateway_listening",
-        url=f"http://{shown}:{port}{settings.root_path}/graphql",
+        url=f"http://{_shown(address)}{settings.root_path}/graphql",
         upstream="embedded simulator"
         if settings.embedded_simulator
         else str(settings.upstream_url),
@@ -236,7 +371,7 @@ def _announce(address: Any, settings: Settings) -> None:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    from gateway.observability.logs import configure_logging
+    from gateway.observability.logs import configure_logging, uvicorn_log_config
     from gateway.simulator import (
         FaultPlan,
         FaultRule,
@@ -255,6 +390,9 @@ def _simulator(args: argparse.Namespace) -> int:
         print(
             "numbers-gateway simulator: --size must be 1..100000, --page-cap >= 1", file=sys.stderr
         )
+        return 2
+    if not 0 <= args.churn <= 10_000:
+        print("numbers-gateway simulator: --churn must be 0..10000 per second", file=sys.stderr)
         return 2
     if args.data is not None:
         try:
@@ -275,10 +413,13 @@ def _simulator(args: argparse.Namespace) -> int:
     else:
         world = build_demo_world(size=args.size, seed=args.seed)
     app = create_simulator_app(
-        world, page_cap=args.page_cap, faults=FaultPlan(rules, seed=args.seed)
+        world, page_cap=args.page_cap, faults=FaultPlan(rules, seed=args.seed), churn=args.churn
     )
     configure_logging()
-    return serve_simulator(app, world, host=args.host, port=args.port)
+    # uvicorn's own lines (a bad request, a failed bind) are JSON like serve's.
+    return serve_simulator(
+        app, world, host=args.host, port=args.port, log_config=uvicorn_log_config()
+    )
 
 
 def _export_schema() -> int:

@@ -9,16 +9,22 @@
         ├── UpstreamTimeout      UPSTREAM_TIMEOUT: the exchange's deadline passed
         └── UpstreamUnavailable  UPSTREAM_UNAVAILABLE: 5xx, connection failure, unreadable body
 
-Anything else raised while resolving is a bug and is masked as INTERNAL_SERVER_ERROR.
+A document that does not parse is GRAPHQL_PARSE_FAILED, one that does not validate
+GRAPHQL_VALIDATION_FAILED (Apollo's codes, given in ``gateway.api.contract_errors``); variables
+that do not coerce and the operation limits (depth, aliases, tokens, root fields, cost,
+entities) are BAD_USER_INPUT. Anything else raised while resolving is a bug and is masked as
+INTERNAL_SERVER_ERROR.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 
 class ErrorCode(StrEnum):
+    GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"  # Apollo's: the document does not parse
+    GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"  # Apollo's: it does not validate
     BAD_USER_INPUT = "BAD_USER_INPUT"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     FORBIDDEN = "FORBIDDEN"
@@ -29,6 +35,11 @@ class ErrorCode(StrEnum):
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
     PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
     PERSISTED_QUERY_NOT_IN_LIST = "PERSISTED_QUERY_NOT_IN_LIST"
+
+
+# What a caller sees instead of an unexpected error (a bug), wherever it is masked: the error
+# contract, the HTTP view, a change feed's end.
+INTERNAL_ERROR_MESSAGE: Final = "Internal server error."
 
 
 class GatewayError(Exception):

@@ -31,6 +31,23 @@ DEVELOPMENT_CORS_ORIGINS = tuple(
     for port in (3000, 4200, 5173, 8080)
     for host in ("localhost", "127.0.0.1")
 )
+# Request headers browser clients send (Apollo Client, OpenTelemetry web, the cache
+# report and no-cache bypass), allowed by CORS preflights unless configured otherwise.
+DEFAULT_CORS_ALLOW_HEADERS = (
+    "content-type",
+    "authorization",
+    "apollo-require-preflight",
+    "x-apollo-operation-name",
+    "apollographql-client-name",
+    "apollographql-client-version",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "cache-control",
+    "gateway-cache-report",
+    "x-request-id",
+)
+MIN_ROUTER_SECRET_BYTES = 32
 # Apollo Router's defaults for CSRF prevention.
 DEFAULT_CSRF_REQUIRED_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight")
 _ORIGIN = re.compile(
@@ -38,6 +55,29 @@ _ORIGIN = re.compile(
 )
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 CommaList = Annotated[tuple[str, ...], NoDecode]
+MIN_CACHE_KEY_SECRET_BYTES = 32
+# Example values from deploy/kubernetes/secret.yaml and compose.yaml, and words people type
+# when a value is required: refused in production however long they are.
+KNOWN_PLACEHOLDER_SECRETS = frozenset(
+    {
+        "replace-me-example-placeholder-not-a-secret",
+        "local-only-insecure-cache-key-secret",
+    }
+)
+_PLACEHOLDER_WORDS = re.compile(
+    r"replace[-_ ]?me|change[-_ ]?me|placeholder|example|insecure|not[-_ ]a[-_ ]secret"
+    r"|your[-_ ]secret|^(secret|password|abc|test|default|x+|0+)+$",
+    re.IGNORECASE,
+)
+
+
+def _is_placeholder(value: str) -> bool:
+    """A value a person copied from an example or typed as filler (never a random key)."""
+    return value.strip().lower() in KNOWN_PLACEHOLDER_SECRETS or bool(
+        _PLACEHOLDER_WORDS.search(value.strip())
+    )
+
+
 # Variables renamed, and the former name each still answers to (deprecated).
 DEPRECATED_VARIABLES = {"GATEWAY_ANSWER_REUSE_MAX_BYTES": "GATEWAY_RESPONSE_CACHE_MAX_BYTES"}
 
@@ -79,8 +119,9 @@ class Settings(BaseSettings):
         default=0.25,
         gt=0,
         le=1,
-        description="The most of GATEWAY_CACHE_MAX_BYTES one caller (token) may hold, so one "
-        "token cannot evict every other tenant.",
+        description="The most of each store's entries and bytes (pages, reused answers, "
+        "persisted documents) one caller may hold, so one caller cannot evict every other "
+        "tenant.",
     )
     answer_reuse_max_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -118,7 +159,7 @@ class Settings(BaseSettings):
         "free slots go to waiting callers in turn.",
     )
     max_upstream_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=16 * 1024 * 1024,
         ge=1024,
         description="Largest upstream answer, counted after decompression; larger fails the "
         "field with UPSTREAM_UNAVAILABLE.",
@@ -155,6 +196,20 @@ class Settings(BaseSettings):
         description="Open client connections, at most (serve); past it, a new connection is "
         "answered 503 and closed.",
     )
+    max_connections_per_client: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Open connections from one client address, at most (serve; the forwarded "
+        "address behind a trusted proxy); past it, 503 and closed.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65_535,
+        description="Serve `/metrics` only on this port, on a second listener (serve); unset: "
+        "on the main port in development, nowhere in production.",
+    )
     header_timeout: float = Field(
         default=10.0,
         gt=0,
@@ -187,10 +242,25 @@ class Settings(BaseSettings):
         "pages may return, times the lists around them); costlier operations are refused.",
     )
     max_entities: int = Field(
-        default=100,
+        default=1000,
         ge=1,
         le=10_000,
         description="Entity representations per `_entities` request (federation), at most.",
+    )
+    max_stream_items: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Largest `page.first` of a list delivered with `@stream` (without it, "
+        "`max_page_size` is the ceiling).",
+    )
+    max_streams_per_caller: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Incremental responses (`@defer`/`@stream` over multipart or SSE) one "
+        "caller (token) may have in flight in one process; past it a new one is RATE_LIMITED "
+        "(429).",
     )
     cors_origins: CommaList | None = Field(
         default=None,
@@ -219,16 +289,68 @@ class Settings(BaseSettings):
         ge=1024,
         description="Bytes of registered APQ documents kept locally.",
     )
+    persisted_queries_max_document_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest document (UTF-8 bytes) APQ registers; larger ones run but are "
+        "not kept.",
+    )
     trusted_documents: FilePath | None = Field(
         default=None,
         description="A manifest of trusted operations (Apollo's persisted query manifest or "
         "GraphQL Codegen's persisted-documents.json). In production, only these run.",
+    )
+    router_secret: SecretStr | None = Field(
+        default=None,
+        description="A shared secret federation routers send in the `Gateway-Router-Secret` "
+        "header: such requests may run federation operations (`_entities`, `_service`) "
+        "outside GATEWAY_TRUSTED_DOCUMENTS. At least 32 bytes in production.",
+    )
+    cors_allow_headers: CommaList = Field(
+        default=DEFAULT_CORS_ALLOW_HEADERS,
+        description="Request headers browsers may send cross-origin (CORS preflights), "
+        "comma-separated header names.",
+    )
+    batch_max: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Operations one POST may carry as a JSON array (batching); 0 turns "
+        "batching off and a JSON array is refused.",
     )
     compression_min_bytes: int = Field(
         default=1024,
         ge=0,
         description="Responses at least this large are compressed (br or gzip) when the "
         "client accepts it.",
+    )
+    changes_poll_interval: float = Field(
+        default=30.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between two polls of one change feed (`phoneNumberChanges`).",
+    )
+    changes_max_items: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="Entries a change feed's filter may match at most; a larger one is "
+        "refused (BAD_USER_INPUT) with a request for a narrower filter.",
+    )
+    max_subscriptions_per_caller: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="Open subscriptions of one caller (token) in one process, at most; past "
+        "it a new one is RATE_LIMITED.",
+    )
+    max_subscriptions: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open subscriptions in one process, at most; past it a new one is "
+        "RATE_LIMITED.",
     )
     env: Environment = Field(
         default=Environment.DEVELOPMENT,
@@ -238,6 +360,13 @@ class Settings(BaseSettings):
         default=1000, ge=10, le=100_000, description="Entries in the embedded simulator's org."
     )
     simulator_seed: int = Field(default=7, description="Seed of the embedded simulator's data.")
+    simulator_churn: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="Random changes per second to the embedded simulator's data (to watch the "
+        "change feed offline); ignored with GATEWAY_UPSTREAM_URL.",
+    )
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     workers: int = Field(
         default=1,
@@ -266,7 +395,13 @@ class Settings(BaseSettings):
         "`/numbers` (`serve --root-path`).",
     )
 
-    @field_validator("cors_origins", "csrf_required_headers", "forwarded_allow_ips", mode="before")
+    @field_validator(
+        "cors_origins",
+        "csrf_required_headers",
+        "forwarded_allow_ips",
+        "cors_allow_headers",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -296,6 +431,14 @@ class Settings(BaseSettings):
                     ) from None
         return value
 
+    @field_validator("cors_allow_headers")
+    @classmethod
+    def _allowed_header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+        return tuple(dict.fromkeys(name.lower() for name in value))
+
     @field_validator("csrf_required_headers")
     @classmethod
     def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -312,6 +455,46 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GATEWAY_CACHE_KEY_SECRET is required when GATEWAY_REDIS_URL is set, "
                 "so that replicas derive the same cache keys"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_metrics_listener_per_registry(self) -> Settings:
+        if self.metrics_port is not None and self.workers > 1:
+            raise ValueError(
+                "GATEWAY_METRICS_PORT: with GATEWAY_WORKERS > 1 each worker has its own "
+                "metrics and one port cannot serve them all; run one worker per container "
+                "(more replicas), or unset GATEWAY_METRICS_PORT"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_cache_key_secret(self) -> Settings:
+        secret = self.cache_key_secret
+        if self.production and secret is not None:
+            value = secret.get_secret_value()
+            if len(value.encode()) < MIN_CACHE_KEY_SECRET_BYTES:
+                raise ValueError(
+                    f"GATEWAY_CACHE_KEY_SECRET: production needs at least "
+                    f"{MIN_CACHE_KEY_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)"
+                )
+            if _is_placeholder(value):
+                raise ValueError(
+                    "GATEWAY_CACHE_KEY_SECRET: this is a known example value, not a secret; "
+                    "set at least 32 random bytes (e.g. openssl rand -base64 48)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_a_long_router_secret(self) -> Settings:
+        secret = self.router_secret
+        too_short = secret is not None and (
+            len(secret.get_secret_value().encode()) < MIN_ROUTER_SECRET_BYTES
+        )
+        if self.production and too_short:
+            raise ValueError(
+                f"GATEWAY_ROUTER_SECRET: production needs at least "
+                f"{MIN_ROUTER_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)"
             )
         return self
 
@@ -352,7 +535,9 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # A Redis URL may carry a password; a secret is a secret.
-_VALUES_NEVER_ECHOED = frozenset({"GATEWAY_CACHE_KEY_SECRET", "GATEWAY_REDIS_URL"})
+_VALUES_NEVER_ECHOED = frozenset(
+    {"GATEWAY_CACHE_KEY_SECRET", "GATEWAY_REDIS_URL", "GATEWAY_ROUTER_SECRET"}
+)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -360,7 +545,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     location = [str(part) for part in error["loc"]]
     message = str(error["msg"]).removeprefix("Value error, ")
     if not location:
-        return f"invalid settings: {message}"
+        # A rule across settings names its variable first itself.
+        return message if message.startswith(ENV_PREFIX) else f"invalid settings: {message}"
     # A field read through an alias is located by the variable's own name.
     name = location[0].upper()
     variable = name if name.startswith(ENV_PREFIX) else ENV_PREFIX + name

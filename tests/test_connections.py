@@ -1,6 +1,6 @@
 """Bounds on what clients can hold, with a real uvicorn server on a loopback port: requests in
 flight (503 with Retry-After), connections (503 and closed), request heads that never arrive
-(408 and closed). Time is bounded by the settings under test, never by sleeps in asserts."""
+(408 and closed), connections per client address, and oversized heads (431). Time is bounded by the settings under test, never by sleeps in asserts."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.http.connections import uvicorn_limits
+from gateway.http.connections import client_key, uvicorn_limits
 from tests.conftest import GatedTransport, eventually, live_settings, running_gateway
 
 
@@ -55,9 +56,17 @@ async def _hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
 
 
+HOLD = asyncio.Event()  # requests to /hold wait for it: connections that are busy
+
+
+async def _hold(request: Request) -> PlainTextResponse:
+    await HOLD.wait()
+    return PlainTextResponse("held")
+
+
 @asynccontextmanager
 async def guarded_server(**limits: float) -> AsyncIterator[int]:
-    app = Starlette(routes=[Route("/", _hello)])
+    app = Starlette(routes=[Route("/", _hello), Route("/hold", _hold)])
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -66,8 +75,10 @@ async def guarded_server(**limits: float) -> AsyncIterator[int]:
         lifespan="off",
         **uvicorn_limits(
             max_connections=int(limits.get("max_connections", 100)),
+            max_connections_per_client=int(limits.get("max_connections_per_client", 100)),
             header_timeout=limits.get("header_timeout", 10.0),
             keep_alive_timeout=limits.get("keep_alive_timeout", 5.0),
+            trusted_proxies=("127.0.0.1",) if limits.get("behind_proxy") else None,
         ),
     )
     server = uvicorn.Server(config)
@@ -102,17 +113,131 @@ async def test_a_connection_that_sends_no_request_head_is_closed_with_408() -> N
         assert ok.text == "hello", "a prompt client is served as usual"
 
 
-async def test_connections_past_the_bound_are_refused_at_once() -> None:
+async def test_connections_past_the_bound_are_refused_at_once_when_none_is_idle() -> None:
+    HOLD.clear()
     async with guarded_server(max_connections=5, header_timeout=30) as port:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        for _, held_writer in held:
+            held_writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+            await held_writer.drain()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         refused = await _read_all(reader)
         writer.close()
         assert refused.startswith(b"HTTP/1.1 503")
         assert b"retry-after: 1" in refused.lower()
         assert b"RATE_LIMITED" in refused
+        HOLD.set()
+        for held_reader, held_writer in held:
+            async with asyncio.timeout(10):
+                assert (await held_reader.readuntil(b"held")).startswith(b"HTTP/1.1 200")
+            held_writer.close()
+
+
+async def test_at_the_bound_the_heaviest_client_s_idle_connection_makes_room() -> None:
+    async with guarded_server(max_connections=6, header_timeout=30) as port:
+        # 127.0.0.2 holds four idle sockets, 127.0.0.4 two: the server is full.
+        heavy = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))]
+        heavy += [
+            await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            for _ in range(3)
+        ]
+        light = [
+            await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.4", 0))
+            for _ in range(2)
+        ]
+        async with httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        ) as client:
+            ok = await client.get(f"http://127.0.0.1:{port}/")
+        assert ok.text == "hello"
+        shed = await _read_all(heavy[0][0])
+        # Closed without a word: a 503 written unasked would be read as the answer to a
+        # request crossing the close, which its client would then not retry.
+        assert shed == b"", "the heaviest client's oldest idle socket, closed silently"
+        for reader, writer in [*heavy[1:], *light]:
+            assert not reader.at_eof(), "the others stay open"
+            writer.close()
+        heavy[0][1].close()
+
+
+async def test_a_keep_alive_victim_is_closed_without_an_answer() -> None:
+    async with guarded_server(max_connections=2, header_timeout=30) as port:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
+        other = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        async with httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        ) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
+        # The kept-alive connection was the oldest idle one: closed, nothing written after
+        # the answer it had already read.
+        assert await _read_all(reader) == b""
+        writer.close()
+        other[1].close()
+
+
+def test_ipv6_clients_count_by_their_64_prefix() -> None:
+    assert client_key("2001:db8:0:0:1::7") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::7") != client_key("2001:db8::7")
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert client_key("192.0.2.1") == "192.0.2.1"
+    assert client_key("not-an-address") == "not-an-address"
+
+
+async def test_forwarded_ipv6_clients_of_one_64_share_a_bound() -> None:
+    async with guarded_server(
+        max_connections_per_client=2, header_timeout=30, behind_proxy=True
+    ) as port:
+
+        async def ask(forwarded_for: str) -> tuple[bytes, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = f"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n"
+            writer.write(head.encode())
+            async with asyncio.timeout(10):
+                answer = await reader.readuntil(b"\r\n\r\n")
+            return answer, writer
+
+        answers = [await ask(f"2001:db8::{n}") for n in (1, 2, 3)]
+        assert [head[:12] for head, _ in answers] == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"]
+        elsewhere, writer = await ask("2001:db8:0:1::1")
+        assert elsewhere.startswith(b"HTTP/1.1 200"), "another /64 is another client"
+        for _, held in [*answers, (elsewhere, writer)]:
+            held.close()
+
+
+async def test_connections_past_the_per_client_bound_are_refused() -> None:
+    async with guarded_server(max_connections_per_client=2, header_timeout=30) as port:
+        held = [
+            await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            for _ in range(2)
+        ]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+        )
+        assert (await _read_all(reader)).startswith(b"HTTP/1.1 503")
+        writer.close()
+        async with httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        ) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
         for _, held_writer in held:
             held_writer.close()
+
+
+async def test_a_request_head_over_64_kib_gets_431() -> None:
+    async with guarded_server() as port:
+        whole = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(whole)  # all at once: the head is complete, and too large
+        assert (await _read_all(reader)).startswith(b"HTTP/1.1 431")
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(whole[:-4])  # never finished: cut off once past the bound
+        assert (await _read_all(reader)).startswith(b"HTTP/1.1 431")
+        writer.close()
 
 
 async def test_a_body_that_never_arrives_gets_408() -> None:
@@ -137,3 +262,56 @@ async def test_a_body_that_never_arrives_gets_408() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_websocket_connections_keep_their_client_s_place_until_they_close() -> None:
+    import websockets
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def echo(socket: WebSocket) -> None:
+        await socket.accept()
+        async for message in socket.iter_text():
+            await socket.send_text(message)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="error",
+        lifespan="off",
+        **uvicorn_limits(
+            max_connections=10,
+            header_timeout=5,
+            keep_alive_timeout=5,
+            max_connections_per_client=2,
+        ),
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, "the server is listening")
+    url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/ws"
+    try:
+        first = await websockets.connect(url)
+        second = await websockets.connect(url)
+        await first.send("ping")
+        assert await first.recv() == "ping"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url)
+        assert refused.value.response.status_code == 503, "past the per-client bound"
+        await first.close()
+        await eventually(lambda: not _upgraded_held(), "a closed WebSocket gives its place back")
+        third = await websockets.connect(url)
+        await third.close()
+        await second.close()
+    finally:
+        server.should_exit = True
+        await task
+
+
+def _upgraded_held() -> bool:
+    """Whether any client holds two connections (both places taken) in any server's table."""
+    from gateway.http.connections import _TABLES
+
+    return any(len(held) >= 2 for table in _TABLES.values() for held in table.by_client.values())

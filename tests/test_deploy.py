@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.settings import Settings
 
@@ -43,6 +44,7 @@ RUNTIME_LOCK = ROOT / "deploy" / "requirements.lock"
 TEST_LOCK = ROOT / "deploy" / "requirements-test.lock"
 
 GATEWAY_PORT = 8000
+METRICS_PORT = 9464
 GATEWAY_UID = 10001
 
 SETTING_NAME = re.compile(r"\bGATEWAY_[A-Z0-9_]*[A-Z0-9]\b")
@@ -180,7 +182,7 @@ def test_gateway_probes_and_graceful_drain() -> None:
     deployment = _gateway_deployment()
     container = _gateway_container()
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"http": GATEWAY_PORT}
+    assert ports == {"http": GATEWAY_PORT, "metrics": METRICS_PORT}
     expected = {
         "startupProbe": "/healthz",
         "livenessProbe": "/healthz",
@@ -214,10 +216,17 @@ def test_gateway_settings_come_from_the_configmap_and_the_secret(
     assert [p["port"] for p in redis_service["spec"]["ports"]] == [6379]
 
     literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The example value is refused in production: a copy applied as it is does not start.
+    with pytest.raises(ValidationError, match="GATEWAY_CACHE_KEY_SECRET: this is a known example"):
+        _settings_from(
+            {**config, **literal, "GATEWAY_CACHE_KEY_SECRET": secret[ref["key"]]}, monkeypatch
+        )
     settings = _settings_from(
-        {**config, **literal, "GATEWAY_CACHE_KEY_SECRET": secret[ref["key"]]}, monkeypatch
+        {**config, **literal, "GATEWAY_CACHE_KEY_SECRET": "q7Vx2mPz9LrT4wYb8NcE3hJ6uFsA1dG0oK5"},
+        monkeypatch,
     )
     assert settings.production
+    assert settings.metrics_port == METRICS_PORT
     assert not settings.embedded_simulator
     assert settings.redis_url is not None
 
@@ -234,7 +243,7 @@ def test_services_autoscaler_budget_and_policy_select_real_pods() -> None:
 
     gateway_service = _find("Service", "numbers-gateway")
     assert selects(gateway_service["spec"]["selector"], "numbers-gateway")
-    assert [p["targetPort"] for p in gateway_service["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in gateway_service["spec"]["ports"]] == ["http", "metrics"]
     redis_service = _find("Service", "numbers-gateway-redis")
     assert selects(redis_service["spec"]["selector"], "numbers-gateway-redis")
     assert not selects(redis_service["spec"]["selector"], "numbers-gateway")
@@ -323,9 +332,9 @@ def test_compose_runs_two_gateway_replicas_sharing_one_redis(
         }, name
         for mapping in service["ports"]:
             *host, container = str(mapping).split(":")
-            assert int(container) == GATEWAY_PORT, name
+            assert int(container) in (GATEWAY_PORT, METRICS_PORT), name
             host_ports.add(int(host[-1]))
-    assert host_ports == {8000, 8002}
+    assert host_ports == {8000, 8002, 9464, 9465}
 
     for name, service in services.items():
         assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
@@ -425,3 +434,25 @@ def test_the_wheel_carries_every_file_of_the_package(tmp_path: Path) -> None:
     assert not missing, (
         f"not in the wheel (see [tool.setuptools.package-data]), so missing from the image: {missing}"
     )
+
+
+def test_prometheus_scrapes_the_metrics_port_only() -> None:
+    template = _gateway_deployment()["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    service = _find("Service", "numbers-gateway")
+    ports = {port["name"]: port["targetPort"] for port in service["spec"]["ports"]}
+    assert ports == {"http": "http", "metrics": "metrics"}
+    operator_dir = KUBERNETES_DIR / "prometheus-operator"
+    (kustomization,) = _documents(operator_dir / "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == ["..", "servicemonitor.yaml"]
+    (monitor,) = _documents(operator_dir / "servicemonitor.yaml")
+    assert monitor["kind"] == "ServiceMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert compose["x-gateway"]["environment"]["GATEWAY_METRICS_PORT"] == str(METRICS_PORT)

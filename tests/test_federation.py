@@ -59,7 +59,7 @@ async def test_service_sdl_is_the_committed_subgraph_sdl_in_every_environment(
             assert body["data"]["_service"]["sdl"].strip() == export_sdl().strip()
             if env == "production":
                 denied = await graphql(client, "{ __schema { types { name } } }", status=400)
-                assert denied["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+                assert denied["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     sdl = export_sdl()
     assert '@link(url: "https://specs.apollo.dev/federation/v2.7"' in sdl
     for entity in ("Location", "Person", "Organization"):

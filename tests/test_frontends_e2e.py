@@ -179,6 +179,7 @@ def gateway(pages: Pages) -> Iterator[LiveGateway]:
         "GATEWAY_CORS_ORIGINS": pages.allowed,
         "GATEWAY_SIMULATOR_SIZE": str(SIMULATOR_SIZE),
         "GATEWAY_LOG_LEVEL": "info",
+        "GATEWAY_BATCH_MAX": "5",  # Apollo Client's BatchHttpLink (test_apollo_batch_http_link)
     }
     with gateway_process(env=env) as process:
         yield LiveGateway(process)
@@ -291,6 +292,47 @@ def test_client_runs_an_apq_pair_then_sends_only_the_hash(
         assert warm["body"] is None
 
 
+def test_apollo_batch_http_link_sends_one_array_and_gets_answers_in_order(
+    gateway: LiveGateway,
+) -> None:
+    """Apollo Client's BatchHttpLink: three runs at once travel as one POST of a JSON array,
+    each gets its own answer, and the batch's equal asks cost one upstream call."""
+    require_node()
+    query = (
+        "query BatchedOwners { phoneNumbers(filter: {ownerType: PEOPLE}, page: {first: 4}) "
+        "{ nodes { phoneNumber owner { id } } totalCount } }"
+    )
+    mark = gateway.log_size()
+    outcome: dict[str, Any] = run_node_json(
+        CLIENTS["apollo"],
+        *("--url", gateway.graphql, "--query", query, "--apq", "off", "--repeat", "3"),
+        "--batch",
+        timeout=60,
+    )
+    results, requests = outcome["results"], outcome["requests"]
+    shown = _show(outcome)
+    assert len(requests) == 1, shown
+    [request] = requests
+    assert request["method"] == "POST", shown
+    assert [operation["operationName"] for operation in request["body"]] == ["BatchedOwners"] * 3
+    assert request["status"] == 200, shown
+    assert isinstance(request["response"], list), shown
+    assert len(request["response"]) == 3, shown
+    for result in results:
+        assert result["networkError"] is None, shown
+        assert result["errors"] == [], shown
+        assert len(result["data"]["phoneNumbers"]["nodes"]) == 4, shown
+    assert results[0]["data"] == results[1]["data"] == results[2]["data"]
+    gateway.wait_for_request(mark, lambda request: request[1] == "/graphql")
+    [line] = [
+        entry
+        for entry in gateway.process.events("http_request", mark)
+        if entry["route"] == "/graphql"
+    ]
+    assert [entry["operationName"] for entry in line["batch"]] == ["BatchedOwners"] * 3
+    assert line["upstreamCalls"] <= 1  # one call shared by the batch (0: a warm cache)
+
+
 ERROR_CASES = {
     # a field-level argument error: the operation runs, the field is null
     "first-zero": (
@@ -305,8 +347,8 @@ ERROR_CASES = {
         "Bearer demo-no-scope",
         "FORBIDDEN",
     ),
-    # fails validation, before execution
-    "invalid": ("query {name} {{ numberCounts {{ nope }} }}", None, "BAD_USER_INPUT"),
+    # fails validation, before execution (Apollo's code)
+    "invalid": ("query {name} {{ numberCounts {{ nope }} }}", None, "GRAPHQL_VALIDATION_FAILED"),
 }
 
 

@@ -278,12 +278,14 @@ INVALID_FOR_THE_SCHEMA = {"filter: {ownerType: ROBOT}", "page: {first: 999999999
 async def test_invalid_arguments_fail_before_any_upstream_call(
     gateway: httpx.AsyncClient, recorder: RecordingTransport, arguments: str
 ) -> None:
-    # Arguments the schema itself rejects fail validation (400); the rest fail in the resolver.
-    status = 400 if arguments in INVALID_FOR_THE_SCHEMA else 200
+    # Arguments the schema itself rejects fail validation (400, Apollo's
+    # GRAPHQL_VALIDATION_FAILED); the rest fail in the resolver (BAD_USER_INPUT).
+    invalid = arguments in INVALID_FOR_THE_SCHEMA
     body = await graphql(
-        gateway, f"{{ phoneNumbers({arguments}) {{ totalCount }} }}", status=status
+        gateway, f"{{ phoneNumbers({arguments}) {{ totalCount }} }}", status=400 if invalid else 200
     )
-    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+    code = "GRAPHQL_VALIDATION_FAILED" if invalid else "BAD_USER_INPUT"
+    assert body["errors"][0]["extensions"]["code"] == code, body
     assert body["errors"][0]["message"]
     assert recorder.calls == 0
 
@@ -307,14 +309,14 @@ async def test_a_cursor_from_another_query_is_rejected(
 
 
 async def test_an_invalid_document_has_a_contract_code(gateway: httpx.AsyncClient) -> None:
-    for query in (
-        "{ phoneNumbers { nope } }",
-        "{ phoneNumbers(",
-        "query($x: Int!) { numberCounts { total } }",
+    for query, code in (
+        ("{ phoneNumbers { nope } }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ phoneNumbers(", "GRAPHQL_PARSE_FAILED"),
+        ("query($x: Int!) { numberCounts { total } }", "GRAPHQL_VALIDATION_FAILED"),
     ):
         body = await graphql(gateway, query, status=400)
         assert "data" not in body, "a request error has no data entry"
-        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+        assert body["errors"][0]["extensions"]["code"] == code, body
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -10,16 +10,18 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.http.router_access import SERVICE_ONLY, only_root_fields
 from gateway.settings import load_settings
 from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
 
 INTROSPECTION = "{ __schema { queryType { name } } }"
+INVALID = "GRAPHQL_VALIDATION_FAILED"  # Apollo's code for a document that does not validate
 
 
-async def rejected(client: httpx.AsyncClient, query: str) -> str:
+async def rejected(client: httpx.AsyncClient, query: str, code: str = "BAD_USER_INPUT") -> str:
     body = await graphql(client, query, status=400, headers={"Authorization": "Bearer demo-admin"})
     assert "data" not in body, "a request error has no data entry"
-    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert body["errors"][0]["extensions"]["code"] == code
     message: str = body["errors"][0]["message"]
     return message
 
@@ -169,19 +171,19 @@ async def test_production_turns_off_introspection_ide_and_suggestions(
     recorder: RecordingTransport,
 ) -> None:
     async with running_gateway(live_settings(env="production"), recorder) as client:
-        message = await rejected(client, INTROSPECTION)
+        message = await rejected(client, INTROSPECTION, INVALID)
         assert "introspection" in message.lower()
         ide = await client.get("/graphql", headers={"Accept": "text/html"})
         assert ide.status_code == 406, "no GraphiQL in production: HTML cannot be served"
         assert "graphiql" not in ide.text.lower()
         assets = await client.get("/graphql/assets/graphiql-4.1.2/graphiql.min.js")
         assert assets.status_code != 200
-        typo = await rejected(client, "{ numberCount { total } }")
+        typo = await rejected(client, "{ numberCount { total } }", INVALID)
         assert "Did you mean" not in typo
     async with running_gateway(live_settings(), recorder) as client:
         development = await graphql(client, INTROSPECTION)
         assert development["data"]["__schema"]["queryType"]["name"] == "Query"
-        assert "Did you mean" in await rejected(client, "{ numberCount { total } }")
+        assert "Did you mean" in await rejected(client, "{ numberCount { total } }", INVALID)
 
 
 # --- masking and secrets ------------------------------------------------------------------
@@ -271,3 +273,121 @@ async def test_embedded_gateway_rejects_garbage_too() -> None:
             "/graphql", content=b"\x00\x01", headers={"Content-Type": "application/json"}
         )
     assert response.status_code == 400
+
+
+async def test_tokenless_operations_cannot_take_the_metric_labels(
+    recorder: RecordingTransport,
+) -> None:
+    """150 tokenless `query JunkN { __typename }` once filled every operation-name slot."""
+    async with running_gateway(live_settings(), recorder) as client:
+        for n in range(150):
+            await graphql(client, f"query Junk{n} {{ __typename }}")
+        await graphql(
+            client,
+            "query Inventory { numberCounts { total } }",
+            headers={"Authorization": "Bearer demo-admin"},
+        )
+        metrics = (await client.get("/metrics")).text
+    assert 'operation="Inventory",outcome="success"' in metrics
+    assert 'operation="Junk' not in metrics
+    assert (
+        'gateway_graphql_operations_total{operation="(other)",outcome="success"} 150.0' in metrics
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "code"),
+    [
+        ("{", "GRAPHQL_PARSE_FAILED"),
+        ("query { phoneNumbers(page: {first: }) { totalCount } }", "GRAPHQL_PARSE_FAILED"),
+        ("{}", "GRAPHQL_PARSE_FAILED"),
+        ("{ nope }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ ...Missing }", "GRAPHQL_VALIDATION_FAILED"),
+        ("fragment A on Query { ...A } { ...A }", "GRAPHQL_VALIDATION_FAILED"),
+        ('{ phoneNumbers(page: {first: "x"}) { totalCount } }', "GRAPHQL_VALIDATION_FAILED"),
+        ("{ phoneNumbers { nodes { owner { person { id } } } } }", "BAD_USER_INPUT"),  # depth
+        ("{ a: numberCounts { total } b: numberCounts { total } }", "BAD_USER_INPUT"),  # aliases
+        ("{ " + "numberCounts { total } " * 60 + "}", "BAD_USER_INPUT"),  # tokens
+        ("{ numberCounts { total } " + "__typename " * 5 + "}", "BAD_USER_INPUT"),  # root fields
+    ],
+)
+async def test_error_codes_are_apollos(
+    recorder: RecordingTransport, document: str, code: str
+) -> None:
+    """Parse and validation failures take Apollo Server's codes; limits are the caller's
+    input (BAD_USER_INPUT); none of them costs an upstream call."""
+    settings = live_settings(max_query_depth=2, max_aliases=1, max_tokens=120, max_root_fields=4)
+    async with running_gateway(settings, recorder) as client:
+        body = await graphql(client, document, status=400)
+    assert "data" not in body
+    assert [error["extensions"]["code"] for error in body["errors"]][:1] == [code], body
+    assert recorder.calls == 0
+
+
+async def test_variable_coercion_errors_stay_bad_user_input(gateway: httpx.AsyncClient) -> None:
+    document = "query ($n: Int!) { phoneNumbers(page: {first: $n}) { totalCount } }"
+    for variables in ({"n": "many"}, {}, {"n": 2**40}):
+        body = await graphql(gateway, document, variables, status=400)
+        assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT"}, body
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variables"),
+    [
+        ("orgId: $text", {"text": "O" * 100_000}),
+        ("filter: {ownerId: $text}", {"text": "P" * 5000}),
+        ("filter: {locationId: $text}", {"text": "é" * 600}),  # 1,200 bytes of UTF-8
+        ("filter: {phoneNumber: $text}", {"text": "1" * 2000}),
+        ("filter: {extension: $text}", {"text": "9" * 1025}),
+        ("page: {after: $text}", {"text": "c" * 100_000}),
+    ],
+)
+async def test_strings_too_long_for_an_upstream_url_are_refused_before_any_call(
+    gateway: httpx.AsyncClient,
+    recorder: RecordingTransport,
+    arguments: str,
+    variables: dict[str, Any],
+) -> None:
+    """A 100,000-character id was an httpx.InvalidURL, answered INTERNAL_SERVER_ERROR."""
+    document = f"query ($text: String) {{ phoneNumbers({arguments}) {{ totalCount }} }}"
+    if "orgId" in arguments or "Id:" in arguments:
+        document = document.replace("$text: String", "$text: ID")
+    body = await graphql(gateway, document, variables)
+    error = body["errors"][0]
+    assert error["extensions"] == {"code": "BAD_USER_INPUT"}, error
+    assert "too long" in error["message"]
+    assert recorder.calls == 0
+
+
+async def test_a_cycle_of_doubling_fragments_is_refused_before_any_walk(
+    recorder: RecordingTransport,
+) -> None:
+    # Thirty fragments, each spreading the next twice, the last spreading the first: it
+    # selects no field, so the expansion bound passes it, but a walk of every path (the
+    # root-field limit's) would visit 2**30 spreads. Refused at parse, as validation would.
+    names = [f"F{n}" for n in range(30)]
+    fragments = " ".join(
+        f"fragment {name} on Query {{ ...{names[(n + 1) % 30]} ...{names[(n + 1) % 30]} }}"
+        for n, name in enumerate(names)
+    )
+    query = "{ ...F0 } " + fragments
+    async with running_gateway(live_settings(max_tokens=2000), recorder) as client:
+        message = await rejected(client, query, "GRAPHQL_VALIDATION_FAILED")
+    assert "within itself" in message
+    assert recorder.calls == 0
+
+
+def test_the_router_check_spreads_fragments_with_the_shared_walk() -> None:
+    service = "fragment S on Query { _service { sdl } } { ...S }"
+    assert only_root_fields(service, SERVICE_ONLY)
+    smuggled = "fragment S on Query { _service { sdl } phoneNumbers { totalCount } } { ...S }"
+    assert not only_root_fields(smuggled, SERVICE_ONLY)
+    assert not only_root_fields("{ _service { sdl } ...Missing }", SERVICE_ONLY)
+    names = [f"F{n}" for n in range(30)]
+    doubling = " ".join(
+        f"fragment {name} on Query {{ ...{names[n + 1]} ...{names[n + 1]} }}"
+        for n, name in enumerate(names[:-1])
+    )
+    assert not only_root_fields(
+        f"{{ ...F0 }} {doubling} fragment F29 on Query {{ _service {{ sdl }} }}", SERVICE_ONLY
+    )

@@ -14,6 +14,7 @@ import brotli
 import httpx
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.app import create_app
 from gateway.settings import SettingsError
@@ -57,20 +58,24 @@ async def test_media_type_follows_accept(gateway: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "document",
-    ["{ nope }", "{ numberCounts(", "query ($x: Int!) { numberCounts { total } }"],
+    ("document", "code"),
+    [
+        ("{ nope }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ numberCounts(", "GRAPHQL_PARSE_FAILED"),
+        ("query ($x: Int!) { numberCounts { total } }", "GRAPHQL_VALIDATION_FAILED"),  # unused
+    ],
 )
 async def test_request_errors_are_4xx_for_graphql_response_json_and_200_for_json(
-    gateway: httpx.AsyncClient, recorder: RecordingTransport, document: str
+    gateway: httpx.AsyncClient, recorder: RecordingTransport, document: str, code: str
 ) -> None:
     modern = await post(gateway, {"query": document}, Accept=GRAPHQL_RESPONSE)
     assert modern.status_code == 400
     assert "data" not in modern.json()
-    assert code_of(modern) == "BAD_USER_INPUT"
+    assert code_of(modern) == code
     legacy = await post(gateway, {"query": document}, Accept="application/json")
     assert legacy.status_code == 200
     assert "data" not in legacy.json()
-    assert code_of(legacy) == "BAD_USER_INPUT"
+    assert code_of(legacy) == code
     assert recorder.calls == 0
 
 
@@ -280,6 +285,48 @@ def test_cors_origins_must_be_origins(value: str) -> None:
         live_settings(cors_origins=value)
 
 
+async def test_cors_allows_tracing_and_no_cache_headers_by_default(
+    recorder: RecordingTransport,
+) -> None:
+    """OpenTelemetry web's trace headers and the documented ``Cache-Control: no-cache``
+    bypass pass a preflight from an allowed origin."""
+    settings = live_settings(cors_origins="https://admin.example.com")
+    async with running_gateway(settings, recorder) as client:
+        allowed = await client.options(
+            "/graphql",
+            headers=preflight(
+                "https://admin.example.com",
+                "content-type,traceparent,tracestate,baggage,cache-control",
+            ),
+        )
+    assert allowed.status_code == 200, allowed.text
+    granted = allowed.headers["access-control-allow-headers"].lower()
+    for name in ("traceparent", "tracestate", "baggage", "cache-control", "gateway-cache-report"):
+        assert name in granted
+
+
+async def test_cors_allow_headers_replace_the_default_list(recorder: RecordingTransport) -> None:
+    settings = live_settings(
+        cors_origins="https://admin.example.com",
+        cors_allow_headers="Content-Type, Authorization, X-Tenant",
+    )
+    async with running_gateway(settings, recorder) as client:
+        custom = await client.options(
+            "/graphql", headers=preflight("https://admin.example.com", "x-tenant,content-type")
+        )
+        traced = await client.options(
+            "/graphql", headers=preflight("https://admin.example.com", "traceparent")
+        )
+    assert custom.status_code == 200
+    assert traced.status_code == 400  # not configured: the browser may not send it
+
+
+@pytest.mark.parametrize("value", ["x tenant", "x-tenant,bad:header", "é"])
+def test_cors_allow_headers_must_be_header_names(value: str) -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_CORS_ALLOW_HEADERS"):
+        live_settings(cors_allow_headers=value)
+
+
 # --- CSRF ---------------------------------------------------------------------------------
 
 
@@ -367,6 +414,7 @@ async def test_apq_store_is_bounded(recorder: RecordingTransport) -> None:
     settings = live_settings(persisted_queries_max_entries=2)
     documents = [f'{{ numberCounts(filter: {{extension: "{i}"}}) {{ total }} }}' for i in range(3)]
     async with running_gateway(settings, recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"  # only callers register
         for document in documents:
             await post(client, {"query": document, "extensions": apq(sha256(document))})
         oldest = await post(client, {"extensions": apq(sha256(documents[0]))})
@@ -389,7 +437,9 @@ async def test_apq_documents_are_shared_through_redis(
     settings = live_settings(redis_url=redis_server.url, cache_key_secret="s" * 32)
     digest = sha256(COUNTS)
     async with running_gateway(settings, recorder) as first:
-        await post(first, {"query": COUNTS, "extensions": apq(digest)})
+        await post(
+            first, {"query": COUNTS, "extensions": apq(digest)}, Authorization="Bearer demo-admin"
+        )
     async with running_gateway(settings, recorder) as second:
         response = await post(
             second, {"extensions": apq(digest)}, Authorization="Bearer demo-admin"
@@ -451,6 +501,83 @@ async def test_trusted_documents_in_development_allow_others_too(
         other = await post(client, {"query": PAGE})
     assert by_id.json()["data"]["numberCounts"]["total"] > 0
     assert other.json()["data"]["phoneNumbers"]["nodes"]
+
+
+ROUTER_SECRET = "a-router-secret-of-at-least-32-bytes-for-tests"
+SERVICE = "{ _service { sdl } }"
+ENTITIES = (
+    "query Plan__numbers__1($representations: [_Any!]!) { _entities(representations: "
+    "$representations) { ... on Location { numberCounts { total } } } }"
+)
+
+
+async def test_routers_run_federation_operations_outside_the_trusted_documents(
+    tmp_path: Path, recorder: RecordingTransport
+) -> None:
+    """Production with a manifest: ``_service`` answers anyone; ``_entities`` runs with the
+    router secret only; a client document through the router is still refused."""
+    manifest = apollo_manifest(tmp_path / "manifest.json", COUNTS)
+    settings = live_settings(
+        env="production", trusted_documents=str(manifest), router_secret=ROUTER_SECRET
+    )
+    location = {"__typename": "Location", "id": "any-location-id"}
+    entities = {"query": ENTITIES, "variables": {"representations": [location]}}
+    async with running_gateway(settings, recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        service = await post(client, {"query": SERVICE}, Accept=GRAPHQL_RESPONSE)
+        no_secret = await post(client, entities, Accept=GRAPHQL_RESPONSE)
+        wrong = await post(
+            client, entities, Accept=GRAPHQL_RESPONSE, **{"Gateway-Router-Secret": "nope"}
+        )
+        assert recorder.calls == 0
+        as_router = await post(
+            client, entities, Accept=GRAPHQL_RESPONSE, **{"Gateway-Router-Secret": ROUTER_SECRET}
+        )
+        refused = [
+            await post(
+                client,
+                {"query": document},
+                Accept=GRAPHQL_RESPONSE,
+                **{"Gateway-Router-Secret": ROUTER_SECRET},
+            )
+            for document in (
+                PAGE,  # a client's own document through the router
+                "{ _service { sdl } numberCounts { total } }",  # smuggled beside _service
+                "{ __schema { types { name } } }",
+                "query A { _service { sdl } } query B { numberCounts { total } }",
+            )
+        ]
+    assert service.status_code == 200
+    assert "type PhoneNumber" in service.json()["data"]["_service"]["sdl"]
+    for response in (no_secret, wrong, *refused):
+        assert response.status_code == 400, response.text
+        assert code_of(response) == "PERSISTED_QUERY_NOT_IN_LIST"
+    assert as_router.status_code == 200, as_router.text
+    assert "errors" not in as_router.json()
+    assert as_router.json()["data"]["_entities"][0]["numberCounts"]["total"] == 0
+    assert recorder.calls == 1
+
+
+async def test_the_router_secret_is_never_logged(
+    tmp_path: Path, recorder: RecordingTransport
+) -> None:
+    manifest = apollo_manifest(tmp_path / "manifest.json", COUNTS)
+    settings = live_settings(
+        env="production", trusted_documents=str(manifest), router_secret=ROUTER_SECRET
+    )
+    with capture_logs() as logs:
+        async with running_gateway(settings, recorder) as client:
+            await post(client, {"query": SERVICE}, **{"Gateway-Router-Secret": ROUTER_SECRET})
+            await post(client, {"query": PAGE}, **{"Gateway-Router-Secret": ROUTER_SECRET})
+    assert logs
+    assert ROUTER_SECRET not in json.dumps(logs, default=str)
+
+
+def test_a_short_router_secret_stops_production_start_up_without_echoing_it() -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_ROUTER_SECRET") as raised:
+        live_settings(env="production", router_secret="short-secret")
+    assert "short-secret" not in str(raised.value)
+    assert live_settings(router_secret="short-secret").router_secret is not None  # development
 
 
 @pytest.mark.parametrize(
@@ -629,7 +756,7 @@ async def test_apq_never_registers_a_document_that_does_not_validate(
     broken = "{ phoneNumbers { nope } }"
     digest = sha256(broken)
     refused = await post(gateway, {"query": broken, "extensions": apq(digest)})
-    assert code_of(refused) == "BAD_USER_INPUT"
+    assert code_of(refused) == "GRAPHQL_VALIDATION_FAILED"
     by_hash = await post(gateway, {"extensions": apq(digest)})
     assert code_of(by_hash) == "PERSISTED_QUERY_NOT_FOUND"
 
@@ -717,3 +844,168 @@ async def test_every_refusal_before_execution_has_the_one_body(
         assert error["message"]
         assert error["extensions"]["code"] in ("BAD_USER_INPUT", "PERSISTED_QUERY_NOT_FOUND")
     assert [r.status_code for r in refusals] == [405, 406, 415, 400, 413, 400, 200, 200]
+
+
+# --- batching (GATEWAY_BATCH_MAX) -----------------------------------------------------------
+
+TOTALS = "query Totals { numberCounts { total } }"
+FIRST_FIVE = (
+    "query FirstFive { phoneNumbers(page: {first: 5}) { totalCount nodes { phoneNumber } } }"
+)
+
+
+async def test_a_batch_answers_in_order_with_one_upstream_call_for_equal_filter_sets(
+    recorder: RecordingTransport,
+) -> None:
+    """A page and the counts of the same filter set are one upstream call when they share a
+    loader (a batch), two when they do not (two requests)."""
+    async with running_gateway(live_settings(batch_max=3, cache_ttl=0), recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        with capture_logs() as logs:
+            batch = await post(
+                client, [{"query": TOTALS}, {"query": FIRST_FIVE}], Accept=GRAPHQL_RESPONSE
+            )
+        assert recorder.calls == 1
+        assert ("details", "true") in recorder.params()
+        apart = [await post(client, {"query": TOTALS}), await post(client, {"query": FIRST_FIVE})]
+        assert recorder.calls == 3
+    assert batch.status_code == 200
+    assert batch.headers["content-type"].startswith(GRAPHQL_RESPONSE)
+    totals, first_five = batch.json()
+    assert totals == apart[0].json()
+    assert first_five == apart[1].json()
+    assert (
+        first_five["data"]["phoneNumbers"]["totalCount"] == totals["data"]["numberCounts"]["total"]
+    )
+    [line] = [line for line in logs if line["event"] == "http_request"]
+    assert [entry["operationName"] for entry in line["batch"]] == ["Totals", "FirstFive"]
+    assert [entry["outcome"] for entry in line["batch"]] == ["success", "success"]
+    assert line["upstreamCalls"] == 1
+
+
+async def test_each_operation_of_a_batch_has_its_own_errors_and_limits(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(
+        live_settings(batch_max=4, cache_ttl=0, max_page_size=10), recorder
+    ) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        with capture_logs() as logs:
+            response = await post(
+                client,
+                [
+                    {"query": "{ nope }"},  # does not validate
+                    {"query": "{ phoneNumbers(page: {first: 11}) { totalCount } }"},  # a limit
+                    {"query": 7},  # not an operation at all
+                    {"query": TOTALS},
+                ],
+            )
+    assert response.status_code == 200
+    invalid, over_limit, malformed, totals = response.json()
+    assert "data" not in invalid
+    assert invalid["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert over_limit["data"]["phoneNumbers"] is None
+    assert over_limit["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert malformed == {
+        "errors": [
+            {
+                "message": "'query' must be a string or null.",
+                "extensions": {"code": "BAD_USER_INPUT"},
+            }
+        ]
+    }
+    assert totals["data"]["numberCounts"]["total"] > 0
+    assert recorder.calls == 1
+    [line] = [line for line in logs if line["event"] == "http_request"]
+    assert [entry["outcome"] for entry in line["batch"]] == [
+        "rejected",
+        "error",
+        "rejected",
+        "success",
+    ]
+    assert [entry["upstreamCalls"] for entry in line["batch"]] == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("size", [0, 4])
+async def test_a_batch_over_the_bound_or_empty_is_a_request_error(
+    recorder: RecordingTransport, size: int
+) -> None:
+    async with running_gateway(live_settings(batch_max=3), recorder) as client:
+        modern = await post(client, [{"query": TOTALS}] * size, Accept=GRAPHQL_RESPONSE)
+        legacy = await post(client, [{"query": TOTALS}] * size)
+    for response in (modern, legacy):
+        assert response.status_code == 400
+        assert "data" not in response.json()
+        assert code_of(response) == "BAD_USER_INPUT"
+    assert "GATEWAY_BATCH_MAX" in modern.text or size == 0
+    assert recorder.calls == 0
+
+
+async def test_a_batch_of_one_and_persisted_queries_per_operation(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(batch_max=2), recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        one = await post(client, [{"query": TOTALS}])
+        misses = await post(
+            client,
+            [{"extensions": apq(sha256(TOTALS))}, {"extensions": apq(sha256(FIRST_FIVE))}],
+        )
+        registered = await post(
+            client, [{"query": TOTALS, "extensions": apq(sha256(TOTALS))}, {"query": COUNTS}]
+        )
+        by_hash = await post(client, [{"extensions": apq(sha256(TOTALS))}])
+        # GET stays single: a batch is a POST body only.
+        get = await client.get(
+            "/graphql", params={"query": TOTALS}, headers={"Apollo-Require-Preflight": "1"}
+        )
+    [answer] = one.json()
+    assert answer["data"]["numberCounts"]["total"] > 0
+    assert [entry["errors"][0]["extensions"]["code"] for entry in misses.json()] == [
+        "PERSISTED_QUERY_NOT_FOUND"
+    ] * 2
+    assert registered.json()[0]["data"] == answer["data"]
+    assert [entry["data"] for entry in by_hash.json()] == [answer["data"]]
+    assert get.json()["data"] == answer["data"]
+
+
+def _window(first: int) -> str:
+    """An operation costing 50 + ``first`` whose upstream call no other ``first`` shares."""
+    return f"{{ phoneNumbers(page: {{first: {first}}}) {{ nodes {{ phoneNumber }} }} }}"
+
+
+async def test_a_batch_s_operations_share_one_cost_budget(recorder: RecordingTransport) -> None:
+    """Each operation fits GATEWAY_MAX_COST alone (150 of 300); together the first two fill
+    it, and the rest are refused before any operation runs: one POST costs what one
+    operation may, not GATEWAY_BATCH_MAX times it."""
+    async with running_gateway(
+        live_settings(batch_max=5, cache_ttl=0, max_cost=300), recorder
+    ) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        response = await post(client, [{"query": _window(first)} for first in range(100, 95, -1)])
+    assert response.status_code == 200
+    answers = response.json()
+    assert [len(answer["data"]["phoneNumbers"]["nodes"]) for answer in answers[:2]] == [100, 99]
+    for refused in answers[2:]:
+        assert "data" not in refused
+        assert refused["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        assert "GATEWAY_MAX_COST" in refused["errors"][0]["message"]
+    assert recorder.calls == 2, "operations past the budget make no upstream call"
+
+
+async def test_each_operation_of_a_batch_reports_only_its_own_cache_events(
+    recorder: RecordingTransport,
+) -> None:
+    people = "{ phoneNumbers(filter: {ownerType: PEOPLE}, page: {first: 5}) { totalCount } }"
+    async with running_gateway(live_settings(batch_max=2, cache_ttl=60), recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        await post(client, {"query": TOTALS})  # cached: the batch's TOTALS is a hit
+        response = await post(
+            client,
+            [{"query": TOTALS}, {"query": people}],
+            **{"Gateway-Cache-Report": "true"},
+        )
+        assert recorder.calls == 2, "the batch made one call: its second operation's"
+    totals, page = response.json()
+    assert [call["status"] for call in totals["extensions"]["cache"]["calls"]] == ["hit"]
+    assert [call["status"] for call in page["extensions"]["cache"]["calls"]] == ["miss"]

@@ -4,15 +4,38 @@ and the breaker, upstream body bounds and faults, and cache bounds that hold."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import tracemalloc
 from collections.abc import Awaitable
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from graphql import GraphQLError, parse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.api.cost import CALL_COST, operation_cost
+from gateway.api.document_guards import (
+    PARSE_CACHE_BYTES,
+    PARSED_BYTES_PER_CHARACTER,
+    parsed_documents,
+)
+from gateway.app import create_app
+from gateway.errors import BadUserInput
+from gateway.numbers.arguments import numbers_query, page_window
+from gateway.numbers.types import PageInput
+from gateway.simulator import create_simulator_app
+from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (
+    GATEWAY_BASE,
     RecordingTransport,
     eventually,
+    examples,
     graphql,
     live_settings,
     metric,
@@ -60,7 +83,8 @@ async def test_ordinary_frontend_operations_pass_and_report_their_cost(
     """
     body = await graphql(gateway, document)
     assert "errors" not in body, body
-    assert body["extensions"]["cost"] == {"estimated": 3 * 150 + 50, "limit": 10_000}
+    # Two pages of 100 items and two calls that answer no item (totalCount, numberCounts).
+    assert body["extensions"]["cost"] == {"estimated": 2 * 150 + 2 * 50, "limit": 10_000}
     single = await graphql(gateway, aliased_pages(1, 2000))
     assert single["extensions"]["cost"]["estimated"] == 2050
 
@@ -76,7 +100,7 @@ async def test_cost_reads_first_from_variables_and_multiplies_nested_lists(
     }
     """
     small = await graphql(gateway, nested, {"page": {"first": 5}})
-    assert small["extensions"]["cost"]["estimated"] == 55 + 5 * 60
+    assert small["extensions"]["cost"]["estimated"] == 55 + 5 * CALL_COST
     huge = await graphql(gateway, nested, {"page": {"first": 2000}}, status=400)
     assert "estimated cost is" in huge["errors"][0]["message"]
     calls = recorder.calls
@@ -91,7 +115,7 @@ async def test_cost_multiplies_entity_representations(
     recorder: RecordingTransport,
 ) -> None:
     document = """query ($r: [_Any!]!) { _entities(representations: $r) {
-        ... on Location { phoneNumbers(page: {first: 1000}) { totalCount } } } }"""
+        ... on Location { phoneNumbers(page: {first: 1000}) { nodes { phoneNumber } } } } }"""
     representations = [{"__typename": "Location", "id": f"L{i}"} for i in range(20)]
     async with running_gateway(live_settings(), recorder) as client:
         client.headers["Authorization"] = "Bearer demo-admin"
@@ -107,47 +131,65 @@ async def test_max_cost_is_a_setting_and_production_does_not_report_it(
         client.headers["Authorization"] = "Bearer demo-admin"
         refused = await graphql(client, aliased_pages(2, 100), status=400)
         assert "limit of 200" in refused["errors"][0]["message"]
-    async with running_gateway(live_settings(env="production"), recorder) as client:
+    app = create_app(live_settings(env="production"), upstream_transport=recorder)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url=GATEWAY_BASE
+        ) as client,
+    ):
         client.headers["Authorization"] = "Bearer demo-admin"
-        del client.headers["Gateway-Cache-Report"]
         body = await graphql(client, aliased_pages(1, 10))
         assert "extensions" not in body
-        metrics = (await client.get("/metrics")).text
-        assert "gateway_operation_cost_count 1.0" in metrics
+    # Production serves /metrics only on its own listener; the registry is the same.
+    assert b"gateway_operation_cost_count 1.0" in app.state.metrics.render()
 
 
 # --- production hides the schema ------------------------------------------------------------
 
 
+INVALID = "GRAPHQL_VALIDATION_FAILED"
+COERCION = "BAD_USER_INPUT"  # variables that do not coerce (Apollo's code too)
+
+
 @pytest.mark.parametrize(
-    ("document", "variables"),
+    ("document", "variables", "code"),
     [
-        ("{ numberCount { total } }", None),
-        ("{ phoneNumbers(filtr: {}) { totalCount } }", None),
-        ('{ phoneNumbers(filter: {ownerNam: "x"}) { totalCount } }', None),
-        ("{ phoneNumbers(filter: {ownerType: PEOPL}) { totalCount } }", None),
-        ("{ ...F } fragment F on Quer { numberCounts { total } }", None),
-        ("query ($f: PhoneNumberFiltr) { phoneNumbers(filter: $f) { totalCount } }", None),
+        ("{ numberCount { total } }", None, INVALID),
+        ("{ phoneNumbers(filtr: {}) { totalCount } }", None, INVALID),
+        ('{ phoneNumbers(filter: {ownerNam: "x"}) { totalCount } }', None, INVALID),
+        ("{ phoneNumbers(filter: {ownerType: PEOPL}) { totalCount } }", None, INVALID),
+        ("{ ...F } fragment F on Quer { numberCounts { total } }", None, INVALID),
+        (
+            "query ($f: PhoneNumberFiltr) { phoneNumbers(filter: $f) { totalCount } }",
+            None,
+            INVALID,
+        ),
         (
             "query ($f: PhoneNumberFilter) { phoneNumbers(filter: $f) { totalCount } }",
             {"f": {"ownerType": "PEOPL"}},
+            COERCION,
         ),
         (
             "query ($f: PhoneNumberFilter) { phoneNumbers(filter: $f) { totalCount } }",
             {"f": {"ownerNam": "x"}},
+            COERCION,
         ),
-        ("{ phoneNumbers { nodes { phoneNumbr } } }", None),
+        ("{ phoneNumbers { nodes { phoneNumbr } } }", None, INVALID),
     ],
 )
 async def test_production_suggests_nothing(
-    recorder: RecordingTransport, document: str, variables: dict[str, Any] | None
+    recorder: RecordingTransport,
+    document: str,
+    variables: dict[str, Any] | None,
+    code: str,
 ) -> None:
     async with running_gateway(live_settings(env="production"), recorder) as client:
         production = await graphql(client, document, variables, status=400)
     assert production["errors"], production
     for error in production["errors"]:
         assert "Did you mean" not in error["message"], error
-        assert error["extensions"]["code"] == "BAD_USER_INPUT"
+        assert error["extensions"]["code"] == code
     async with running_gateway(live_settings(), recorder) as client:
         development = await graphql(client, document, variables, status=400)
     assert any("Did you mean" in e["message"] for e in development["errors"]), (
@@ -500,3 +542,345 @@ async def test_a_fragment_bomb_is_refused_quickly_before_validation(
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "expands to more than" in body["errors"][0]["message"]
     assert recorder.calls == 0
+
+
+# --- cost: declared variable defaults (issue 18.1) ------------------------------------------
+
+FAN_OUT = """nodes { owner { person { phoneNumbers(page: {first: 1}) { totalCount } } } }"""
+DEFAULTED_OPERATIONS = [
+    f"""query ($f: Int = 2000) {{ phoneNumbers(page: {{first: $f}},
+        filter: {{ownerType: PEOPLE}}) {{ {FAN_OUT} }} }}""",
+    f"""query ($p: PageInput = {{first: 2000}}) {{ phoneNumbers(page: $p,
+        filter: {{ownerType: PEOPLE}}) {{ {FAN_OUT} }} }}""",
+    f"""query ($x: PhoneNumberFilter = {{ownerType: PEOPLE}}, $p: PageInput = {{first: 2000}})
+        {{ phoneNumbers(filter: $x, page: $p) {{ {FAN_OUT} }} }}""",
+]
+
+
+@pytest.mark.parametrize("document", DEFAULTED_OPERATIONS)
+async def test_variable_defaults_count_in_the_cost_before_any_upstream_call(
+    gateway: httpx.AsyncClient, recorder: RecordingTransport, document: str
+) -> None:
+    """Estimated at 5,250 once (first read as the default 100), they made 314 calls."""
+    body = await graphql(gateway, document, status=400)
+    error = body["errors"][0]
+    assert error["extensions"] == {"code": "BAD_USER_INPUT"}
+    assert f"estimated cost is {2050 + 2000 * CALL_COST}" in error["message"]
+    assert recorder.calls == 0
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_literal(v)}" for k, v in value.items()) + "}"
+    return "null" if value is None else str(value)
+
+
+@st.composite
+def defaulted_operations(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """An operation whose pages take ``first`` from variables with declared defaults (an
+    Int, a PageInput, nested pages), and the defaults as a request would send them."""
+    declared: list[str] = []
+    defaults: dict[str, Any] = {}
+    firsts = st.one_of(st.none(), st.integers(min_value=1, max_value=3000))
+
+    def page_argument(slot: str) -> str:
+        form = draw(st.sampled_from(["int", "page", "literal", "none"]))
+        first = draw(firsts)
+        if form == "int":
+            declared.append(f"${slot}: Int = {_literal(first)}")
+            defaults[slot] = first
+            return f"page: {{first: ${slot}}}"
+        if form == "page":
+            value = {} if first is None else {"first": first}
+            declared.append(f"${slot}: PageInput = {_literal(value)}")
+            defaults[slot] = value
+            return f"page: ${slot}"
+        if form == "literal" and first is not None:
+            return f"page: {{first: {first}}}"
+        return ""
+
+    fields = []
+    for root in range(draw(st.integers(min_value=1, max_value=3))):
+        inner = "totalCount"
+        if draw(st.booleans()):
+            nested = page_argument(f"n{root}")
+            arguments = f"({nested})" if nested else ""
+            inner = f"nodes {{ owner {{ person {{ phoneNumbers{arguments} {{ totalCount }} }} }} }}"
+        if draw(st.booleans()):
+            declared.append(f"$x{root}: PhoneNumberFilter = {{ownerType: PEOPLE}}")
+            defaults[f"x{root}"] = {"ownerType": "PEOPLE"}
+        page = page_argument(f"p{root}")
+        arguments = f"({page})" if page else ""
+        fields.append(f"r{root}: phoneNumbers{arguments} {{ {inner} }}")
+    variables = f"({', '.join(declared)})" if declared else ""
+    return f"query {variables} {{ {' '.join(fields)} }}", defaults
+
+
+@settings(max_examples=examples(300), deadline=None, database=None)
+@given(operation=defaulted_operations(), sent=st.data())
+def test_a_default_never_costs_less_than_the_same_value_sent(
+    operation: tuple[str, dict[str, Any]], sent: st.DataObject
+) -> None:
+    document, defaults = operation
+    parsed = parse(document)
+    # Some defaults sent explicitly, the rest left to the declaration.
+    explicit = {
+        name: value for name, value in defaults.items() if sent.draw(st.booleans(), label=name)
+    }
+    limits = {"max_page_size": 2000, "max_entities": 1000}
+    with_defaults = operation_cost(parsed, None, explicit, **limits)
+    all_sent = operation_cost(parsed, None, defaults, **limits)
+    assert with_defaults is not None
+    assert all_sent is not None
+    assert with_defaults >= all_sent, document
+
+
+# --- cost: a page's items count only when its items are selected (issue 19.1) --------------
+
+ITEM_PIECES = ["nodes { phoneNumber }", "edges { cursor }", "edges { node { phoneNumber } }"]
+CALL_PIECES = ["totalCount", "pageInfo { hasNextPage endCursor }", "__typename"]
+
+
+@dataclass(frozen=True)
+class ConnectionSelection:
+    """One ``phoneNumbers`` page (at the root or under ``_entities``) whose selection mixes
+    item lists and call-only fields, each bare, in an inline fragment or a named fragment."""
+
+    selection: list[str]
+    fragments: list[str]
+    first: int | None
+    entities: int
+    holds_items: bool
+
+    def document(self, *more: str) -> str:
+        arguments = "" if self.first is None else f"(page: {{first: {self.first}}})"
+        page = f"phoneNumbers{arguments} {{ {' '.join([*self.selection, *more])} }}"
+        if self.entities:
+            representations = ", ".join(['{__typename: "Person", id: "p"}'] * self.entities)
+            page = (
+                f"_entities(representations: [{representations}]) {{ ... on Person {{ {page} }} }}"
+            )
+        return f"{{ {page} }} {' '.join(self.fragments)}"
+
+
+@st.composite
+def connection_selections(draw: st.DrawFn) -> ConnectionSelection:
+    pieces = draw(
+        st.lists(st.sampled_from(ITEM_PIECES + CALL_PIECES), min_size=1, max_size=4, unique=True)
+    )
+    fragments: list[str] = []
+    selection: list[str] = []
+    for index, piece in enumerate(pieces):
+        wrapping = draw(st.sampled_from(["bare", "typed", "untyped", "named"]))
+        if wrapping == "typed":
+            selection.append(f"... on PhoneNumberConnection {{ {piece} }}")
+        elif wrapping == "untyped":
+            selection.append(f"... {{ {piece} }}")
+        elif wrapping == "named":
+            selection.append(f"...F{index}")
+            fragments.append(f"fragment F{index} on PhoneNumberConnection {{ {piece} }}")
+        else:
+            selection.append(piece)
+    return ConnectionSelection(
+        selection=selection,
+        fragments=fragments,
+        first=draw(st.one_of(st.none(), st.integers(min_value=1, max_value=2000))),
+        entities=draw(st.integers(min_value=0, max_value=1000)),
+        holds_items=any(piece in ITEM_PIECES for piece in pieces),
+    )
+
+
+@settings(max_examples=examples(300), deadline=None, database=None)
+@given(page=connection_selections())
+def test_a_page_counts_its_items_exactly_when_its_selection_reaches_them(
+    page: ConnectionSelection,
+) -> None:
+    limits = {"max_page_size": 2000, "max_entities": 1000}
+    cost = operation_cost(parse(page.document()), None, None, **limits)
+    first = 100 if page.first is None else page.first
+    per_page = CALL_COST + first if page.holds_items else CALL_COST
+    assert cost == max(1, page.entities) * per_page, page.document()
+    # The same page with an item list added counts every item: nothing undercounts.
+    with_items = operation_cost(parse(page.document("nodes { phoneNumber }")), None, None, **limits)
+    assert with_items == max(1, page.entities) * (CALL_COST + first), page.document()
+
+
+def test_items_count_through_fragments_and_call_only_fields_do_not() -> None:
+    limits = {"max_page_size": 2000, "max_entities": 1000}
+
+    def cost(document: str) -> int | None:
+        return operation_cost(parse(document), None, None, **limits)
+
+    assert cost("{ phoneNumbers(page: {first: 2000}) { totalCount } }") == CALL_COST
+    assert cost("{ phoneNumbers(page: {first: 2000}) { pageInfo { hasNextPage } } }") == 50
+    assert cost("{ phoneNumbers(page: {first: 2000}) { nodes { phoneNumber } } }") == 2050
+    assert cost("{ phoneNumbers(page: {first: 2000}) { edges { cursor } totalCount } }") == 2050
+    spread = """{ phoneNumbers(page: {first: 2000}) { totalCount ...Items } }
+        fragment Items on PhoneNumberConnection { ... { edges { cursor } } }"""
+    assert cost(spread) == 2050
+    # The page's own sub-selections never count as item lists: only nodes/edges do.
+    assert cost("{ phoneNumbers { pageInfo { endCursor } totalCount __typename } }") == 50
+
+
+async def test_a_routers_150_person_totals_plan_fits_the_default_cost(
+    world: SimulatorWorld,
+) -> None:
+    """Issue 19: the plan ``people { phoneNumbers { totalCount } }`` of 150 people (and the
+    101 of ``people(first: 101)``) runs at the default GATEWAY_MAX_COST; asking for the
+    same people's numbers themselves still counts every item and is refused before a call."""
+    owners = (entry.owner_id for entry in world.demo_org.entries if entry.owner_type == "PEOPLE")
+    keys = list(dict.fromkeys(owner for owner in owners if owner))[:150]
+    assert len(keys) == 150
+    totals = """query ($r: [_Any!]!) { _entities(representations: $r) {
+        ... on Person { phoneNumbers { totalCount pageInfo { hasNextPage } } } } }"""
+    recorder = RecordingTransport(httpx.ASGITransport(app=create_simulator_app(world)))
+    async with running_gateway(live_settings(cache_ttl=0), recorder) as client:
+        client.headers["Authorization"] = "Bearer demo-admin"
+        for count in (150, 101):
+            representations = [{"__typename": "Person", "id": key} for key in keys[:count]]
+            calls = recorder.calls
+            body = await graphql(client, totals, {"r": representations})
+            assert "errors" not in body, body
+            assert body["extensions"]["cost"] == {"estimated": count * CALL_COST, "limit": 10_000}
+            answers = body["data"]["_entities"]
+            assert [answer["phoneNumbers"]["totalCount"] for answer in answers] == [
+                sum(entry.owner_id == key for entry in world.demo_org.entries)
+                for key in keys[:count]
+            ]
+            # What it made the gateway do is within the estimate: calls, and no item answered.
+            assert (recorder.calls - calls) * CALL_COST <= count * CALL_COST
+        numbers = totals.replace("pageInfo { hasNextPage }", "nodes { phoneNumber }")
+        representations = [{"__typename": "Person", "id": key} for key in keys]
+        calls = recorder.calls
+        refused = await graphql(client, numbers, {"r": representations}, status=400)
+        assert f"estimated cost is {150 * (CALL_COST + 100)}" in refused["errors"][0]["message"]
+        assert recorder.calls == calls
+
+
+# --- cost: streamed lists (issue 20.2; @stream is not enabled in the schema yet) -------------
+
+STREAM_LIMITS = {"max_page_size": 2000, "max_entities": 1000, "max_stream_items": 100_000}
+
+
+def cost_of(document: str, variables: dict[str, Any] | None = None) -> int | None:
+    return operation_cost(parse(document), None, variables, **STREAM_LIMITS)
+
+
+def test_a_streamed_list_costs_the_upstream_pages_it_walks_not_its_items() -> None:
+    # 100,000 items walked 2,000 at a time: 50 calls.
+    streamed = "{ phoneNumbers(page: {first: 100000}) { nodes @stream { phoneNumber } } }"
+    assert cost_of(streamed) == 50 * CALL_COST
+    edges = "{ phoneNumbers(page: {first: 100000}) { edges @stream { cursor } } }"
+    assert cost_of(edges) == 50 * CALL_COST
+    assert cost_of(streamed.replace("100000", "2001")) == 2 * CALL_COST
+    assert cost_of(streamed.replace("100000", "7")) == CALL_COST
+    # Through fragments, with the ceiling read as the stream's.
+    fragment = """{ ...F } fragment F on Query { phoneNumbers(page: {first: 500000})
+        { ... on PhoneNumberConnection { nodes @stream(initialCount: 10) { phoneNumber } } } }"""
+    assert cost_of(fragment) == 50 * CALL_COST
+
+
+def test_an_unstreamed_list_counts_every_item_up_to_the_page_ceiling() -> None:
+    assert cost_of("{ phoneNumbers(page: {first: 100000}) { nodes { phoneNumber } } }") == 2050
+    # One unstreamed item list holds the whole page: the page is costed as unstreamed.
+    mixed = """{ phoneNumbers(page: {first: 100000})
+        { nodes @stream { phoneNumber } edges { cursor } } }"""
+    assert cost_of(mixed) == 2050
+    off = "{ phoneNumbers(page: {first: 100000}) { nodes @stream(if: false) { phoneNumber } } }"
+    assert cost_of(off) == 2050
+    by_default = """query ($s: Boolean = false) { phoneNumbers(page: {first: 100000})
+        { nodes @stream(if: $s) { phoneNumber } } }"""
+    assert cost_of(by_default) == 2050
+    assert cost_of(by_default, {"s": True}) == 2500
+    assert cost_of("{ phoneNumbers(page: {first: 10}) { edges { cursor } } }") == 60
+
+
+def test_fields_under_streamed_items_still_count_once_per_item() -> None:
+    document = """{ phoneNumbers(page: {first: 100000}) { nodes @stream {
+        owner { person { phoneNumbers(page: {first: 1}) { totalCount } } } } } }"""
+    assert cost_of(document) == 2500 + 100_000 * CALL_COST
+    leaves = """{ phoneNumbers(page: {first: 100000}) { nodes @stream { owner { id } } } }"""
+    assert cost_of(leaves) == 2500
+
+
+def test_page_first_may_reach_the_stream_ceiling_only_when_streamed() -> None:
+    query = numbers_query(None, None, None)
+    limits = {"max_stream_items": 100_000}
+    assert page_window(query, PageInput(first=100_000), 2000, streamed=True, **limits).size == (
+        100_000
+    )
+    with pytest.raises(BadUserInput, match=r"between 1 and 2000.*under @stream"):
+        page_window(query, PageInput(first=2001), 2000, **limits)
+    with pytest.raises(BadUserInput, match="between 1 and 100000"):
+        page_window(query, PageInput(first=100_001), 2000, streamed=True, **limits)
+    with pytest.raises(BadUserInput, match=r"between 1 and 2000, got 2001\.$"):
+        page_window(query, PageInput(first=2001), 2000)
+
+
+def _parse(documents: type[Any], query: str, refused_by_validation: bool = False) -> None:
+    """One operation's parse (and validation outcome) through the parse cache's hooks."""
+    context = SimpleNamespace(
+        query=query, parse_options={}, graphql_document=None, pre_execution_errors=None
+    )
+    extension = documents()
+    extension.execution_context = context
+    with contextlib.suppress(GraphQLError):
+        for _ in extension.on_parse():
+            pass
+    if refused_by_validation:
+        context.pre_execution_errors = [GraphQLError("too many aliases")]
+    for _ in extension.on_validate():
+        pass
+
+
+def _tree_bytes(query: str) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        document = parse(query)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del document
+    return held
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{ " + " ".join("a" for _ in range(2000)) + " }",
+        "{ " + "a{b{c{d{e{f}}}}} " * 300 + "}",
+        "{a" * 100 + "}" * 100,
+        "{ " + " ".join(f"a{n}:__typename" for n in range(660)) + " }",
+        "query(" + " ".join(f"$v{n}:Int=1" for n in range(300)) + ") { a(x: [1, 2, 3]) }",
+    ],
+)
+def test_the_parse_cache_never_underestimates_a_parsed_tree(query: str) -> None:
+    assert _tree_bytes(query) <= len(query) * PARSED_BYTES_PER_CHARACTER
+
+
+def test_thousands_of_distinct_large_documents_keep_the_parse_cache_in_bound() -> None:
+    documents = parsed_documents()
+    cache = documents.cache  # type: ignore[attr-defined]
+    shape = "{ " + " ".join(f"a{n}: numberCounts {{ total }}" for n in range(60)) + " }"
+    real = _tree_bytes(shape)
+    for n in range(2_000):
+        _parse(documents, f"query Q{n} {shape}")
+    assert cache.currsize <= PARSE_CACHE_BYTES
+    # What the entries really hold, not the accounting alone, is within the bound.
+    assert 0 < len(cache) * real <= PARSE_CACHE_BYTES
+
+
+def test_documents_refused_are_not_kept_with_their_trees() -> None:
+    documents = parsed_documents()
+    cache = documents.cache  # type: ignore[attr-defined]
+    aliased = "{ " + " ".join(f"a{n}: __typename" for n in range(660)) + " }"
+    for n in range(50):  # refused by a validation limit (the alias limit): dropped
+        _parse(documents, f"query Q{n} {aliased}", refused_by_validation=True)
+    assert len(cache) == 0
+    cycle = "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }"
+    _parse(documents, cycle)  # refused by the guards: its refusal alone is kept
+    (entry,) = cache.values()
+    assert entry.document is None
+    assert entry.refused is not None
+    assert entry.cost < len(cycle) + 2048

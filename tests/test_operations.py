@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
 from gateway.observability.metrics import OTHER, BoundedLabel, GatewayMetrics
-from gateway.observability.request_facts import client_field, request_id_from
+from gateway.observability.request_facts import (
+    RequestFacts,
+    UpstreamCall,
+    client_field,
+    request_id_from,
+)
 from gateway.observability.tracing import Tracing, TracingConfig, TracingConfigError
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (
@@ -144,11 +151,14 @@ async def test_a_forbidden_caller_logs_the_upstreams_status_and_tracking_id(
 
 
 @pytest.mark.parametrize(
-    ("document", "operation_type"),
-    [("{ phoneNumbers { nope } }", "query"), ("{ phoneNumbers(", None)],
+    ("document", "operation_type", "code"),
+    [
+        ("{ phoneNumbers { nope } }", "query", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ phoneNumbers(", None, "GRAPHQL_PARSE_FAILED"),
+    ],
 )
 async def test_a_rejected_document_logs_its_code_and_no_upstream_call(
-    recorder: RecordingTransport, document: str, operation_type: str | None
+    recorder: RecordingTransport, document: str, operation_type: str | None, code: str
 ) -> None:
     async with running_gateway(live_settings(), recorder) as client:
         with capture_logs() as logs:
@@ -156,7 +166,7 @@ async def test_a_rejected_document_logs_its_code_and_no_upstream_call(
     line = only_graphql_line(logs)
     assert line["status"] == 400
     assert line["outcome"] == "rejected"
-    assert line["errorCodes"] == ["BAD_USER_INPUT"]
+    assert line["errorCodes"] == [code]
     assert line["operationType"] == operation_type
     assert line["upstreamCalls"] == 0
     assert recorder.calls == 0
@@ -249,12 +259,21 @@ def test_bounded_label_keeps_the_first_values_and_folds_the_rest() -> None:
     assert label("d", admit=False) == OTHER
 
 
-def test_operation_labels_are_bounded_and_never_taken_by_rejected_documents() -> None:
+def test_operation_labels_are_bounded_and_never_taken_by_rejected_or_unvouched_ones() -> None:
     metrics = GatewayMetrics(label_values_max=2)
-    for name, executed in [("Rejected", False), ("A", True), ("B", True), ("C", True)]:
+    seen = [
+        ("Rejected", False, True),
+        ("Unvouched", True, False),  # tokenless, or a token the upstream never accepted
+        ("A", True, True),
+        ("B", True, True),
+        ("C", True, True),
+        ("A", True, False),  # a name with a label keeps it, whoever sends it
+    ]
+    for name, executed, may_take_label in seen:
         metrics.observe_operation(
             operation_name=name,
             executed=executed,
+            may_take_label=may_take_label,
             outcome="success" if executed else "rejected",
             client_name=name,
             seconds=0.01,
@@ -262,6 +281,7 @@ def test_operation_labels_are_bounded_and_never_taken_by_rejected_documents() ->
     metrics.observe_operation(
         operation_name=None,
         executed=True,
+        may_take_label=True,
         outcome="success",
         client_name=None,
         seconds=0.01,
@@ -269,8 +289,72 @@ def test_operation_labels_are_bounded_and_never_taken_by_rejected_documents() ->
     text = metrics.render().decode()
     operations = set(re.findall(r'gateway_graphql_operations_total\{operation="([^"]+)"', text))
     assert operations == {"(other)", "A", "B", "(anonymous)"}
+    assert 'gateway_graphql_operations_total{operation="A",outcome="success"} 2.0' in text
     clients = set(re.findall(r'gateway_graphql_client_operations_total\{client="([^"]+)"', text))
-    assert clients == {"Rejected", "A", "(other)", "(none)"}
+    assert clients == {"Rejected", "Unvouched", "(other)", "(none)"}
+
+
+def test_a_label_needs_an_accepted_credential_or_a_trusted_document() -> None:
+    facts = RequestFacts(request_id="r")
+    assert not facts.may_take_label
+    facts.upstream_calls.append(UpstreamCall(status=401))
+    facts.upstream_calls.append(UpstreamCall(status=None))  # no answer
+    facts.cache.append("reused:answer")  # a stored whole answer proves no credential
+    assert not facts.may_take_label
+    for event in ("miss:upstream", "hit:local", "hit:redis", "stale:local", "bypass:upstream"):
+        assert RequestFacts(request_id="r", cache=[event]).may_take_label, event
+    assert RequestFacts(request_id="r", upstream_calls=[UpstreamCall(status=200)]).may_take_label
+    assert RequestFacts(request_id="r", trusted_document=True).may_take_label
+
+
+def operation_labels(text: str) -> set[str]:
+    return set(re.findall(r'gateway_graphql_operations_total\{operation="([^"]+)"', text))
+
+
+async def test_junk_operations_with_made_up_tokens_cannot_take_the_label_slots(
+    recorder: RecordingTransport,
+) -> None:
+    """Issue 18.6: 150 ``query JunkN { __typename }`` (each with its own made-up token, and
+    tokenless), plus junk that reaches the upstream and is refused, take no label; a real
+    operation with a real token afterwards still gets its own."""
+    async with running_gateway(live_settings(), recorder) as client:
+        for index in range(150):
+            junk = f"query Junk{index} {{ __typename }}"
+            await graphql(client, junk, headers={"Authorization": f"Bearer junk-{index}"})
+            await graphql(client, junk.replace("Junk", "Tokenless"))
+        refused = await graphql(
+            client,
+            "query JunkCounts { numberCounts { total } }",
+            headers={"Authorization": "Bearer junk"},
+        )
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        assert recorder.calls == 1
+        real = await graphql(client, NAMED, headers=ADMIN)
+        assert "errors" not in real, real
+        # A repeat answered from the caller's own cache entry keeps it too.
+        await graphql(client, NAMED, headers=ADMIN)
+        text = (await client.get("/metrics")).text
+    assert operation_labels(text) == {"(other)", "CountEverything"}
+    assert 'gateway_graphql_operations_total{operation="(other)",outcome="success"} 300.0' in text
+    assert (
+        'gateway_graphql_operations_total{operation="CountEverything",outcome="success"} 2.0'
+        in text
+    )
+
+
+async def test_a_trusted_document_takes_its_label_without_an_upstream_call(
+    tmp_path: Path, recorder: RecordingTransport
+) -> None:
+    listed = "query Listed { __typename }"
+    manifest = tmp_path / "persisted-documents.json"
+    manifest.write_text(json.dumps({hashlib.sha256(listed.encode()).hexdigest(): listed}))
+    settings = live_settings(trusted_documents=str(manifest))
+    async with running_gateway(settings, recorder) as client:
+        await graphql(client, listed)
+        await graphql(client, "query Unlisted { __typename }")
+        text = (await client.get("/metrics")).text
+    assert operation_labels(text) == {"Listed", "(other)"}
+    assert recorder.calls == 0
 
 
 async def test_metrics_by_operation_and_client_stay_bounded_under_a_flood(

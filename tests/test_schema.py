@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,22 @@ from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
     GraphQLObjectType,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
 )
 
 from gateway.api.schema import build_schema, export_sdl
+from gateway.app import create_app
 from gateway.settings import load_settings
 from tests.conftest import graphql, running_gateway
+from tests.test_transports import multipart_parts
+
+with warnings.catch_warnings():
+    # starlette's TestClient warns about its httpx dependency on import; only the WebSocket
+    # test client is used here.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 SDL_PATH = Path(__file__).resolve().parents[1] / "schema" / "numbers.graphql"
 
@@ -109,12 +121,57 @@ def test_there_are_example_operations() -> None:
     assert len(EXAMPLES) >= 3
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLE_TEXT))
+def _is_subscription(text: str) -> bool:
+    return any(
+        isinstance(node, OperationDefinitionNode) and node.operation == OperationType.SUBSCRIPTION
+        for node in parse(text).definitions
+    )
+
+
+@pytest.mark.parametrize(
+    "name", sorted(name for name, text in EXAMPLE_TEXT.items() if not _is_subscription(text))
+)
 async def test_example_operations_run_against_the_simulator(name: str) -> None:
+    text = EXAMPLE_TEXT[name]
     async with running_gateway(load_settings()) as client:
-        body = await graphql(client, EXAMPLE_TEXT[name])
-    assert "errors" not in body, body
-    assert all(value is not None for value in body["data"].values())
+        if "@stream" not in text and "@defer" not in text:
+            body = await graphql(client, text)
+            assert "errors" not in body, body
+            assert all(value is not None for value in body["data"].values())
+            return
+        # Incremental examples run as GraphiQL and Apollo Client run them: over multipart.
+        response = await client.post(
+            "/graphql", json={"query": text}, headers={"Accept": "multipart/mixed"}
+        )
+    assert response.status_code == 200, response.text
+    payloads = [payload for _, payload in multipart_parts(response.content)]
+    assert payloads[0]["hasNext"] is True
+    assert payloads[-1]["hasNext"] is False
+    for payload in payloads:
+        assert "errors" not in payload, payload
+        for entry in payload.get("incremental", ()):
+            assert "errors" not in entry, entry
+    assert all(value is not None for value in payloads[0]["data"].values())
+
+
+@pytest.mark.parametrize(
+    "name", sorted(name for name, text in EXAMPLE_TEXT.items() if _is_subscription(text))
+)
+def test_example_subscriptions_run_against_the_simulator(name: str) -> None:
+    """A subscription example is run as GraphiQL runs it over graphql-transport-ws: its first
+    event (the feed's baseline) arrives without errors."""
+    with (
+        TestClient(create_app(load_settings())) as client,
+        client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as socket,
+    ):
+        socket.send_json({"type": "connection_init", "payload": {}})
+        assert socket.receive_json()["type"] == "connection_ack"
+        socket.send_json({"type": "subscribe", "id": "1", "payload": {"query": EXAMPLE_TEXT[name]}})
+        message = socket.receive_json()
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message
+        assert all(value is not None for value in message["payload"]["data"].values())
+        socket.send_json({"type": "complete", "id": "1"})
 
 
 async def test_graphiql_opens_with_a_tab_for_every_example() -> None:

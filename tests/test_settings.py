@@ -132,3 +132,85 @@ def test_answer_reuse_size_keeps_its_former_name_as_a_deprecated_alias(
     message = str(caught.value)
     assert message.startswith("GATEWAY_ANSWER_REUSE_MAX_BYTES:")
     assert "GATEWAY_RESPONSE_CACHE_MAX_BYTES" in message
+
+
+PRODUCTION = {"GATEWAY_ENV": "production", "GATEWAY_UPSTREAM_URL": "https://webexapis.com/v1"}
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "abc",
+        "changeme",
+        "secret",
+        "x" * 31,
+        "REPLACE-ME-example-placeholder-not-a-secret",  # deploy/kubernetes/secret.yaml
+        "local-only-insecure-cache-key-secret",  # compose.yaml
+        "changeme-changeme-changeme-changeme",
+        "secretsecretsecretsecretsecretsecret",
+    ],
+)
+def test_production_refuses_a_short_or_placeholder_cache_key_secret(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    for name, value in {**PRODUCTION, "GATEWAY_CACHE_KEY_SECRET": secret}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("GATEWAY_CACHE_KEY_SECRET:")
+    assert "\n" not in message
+    assert secret not in message or len(secret) < 8
+
+
+def test_a_random_secret_passes_and_development_takes_any(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_CACHE_KEY_SECRET", "abc")
+    assert load_settings().cache_key_secret is not None, "development: any value"
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(
+        "GATEWAY_CACHE_KEY_SECRET", "Qm9ndXMtYnV0LXJhbmRvbS1sb29raW5nLTQ4LWJ5dGVzLWhlcmU"
+    )
+    assert load_settings().production
+
+
+def test_a_metrics_port_needs_one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_METRICS_PORT", "9464")
+    monkeypatch.setenv("GATEWAY_WORKERS", "2")
+    with pytest.raises(SettingsError, match=r"^GATEWAY_METRICS_PORT:"):
+        load_settings()
+
+
+def _serve_exit(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OTEL_"))
+    } | env_extra
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "extra"),
+    [
+        ("GATEWAY_CACHE_KEY_SECRET", "changeme", PRODUCTION),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", {}),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://", {}),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999", PRODUCTION),
+    ],
+)
+def test_serve_refuses_to_start_in_one_line(
+    variable: str, value: str, extra: dict[str, str]
+) -> None:
+    result = _serve_exit({**extra, variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert variable in lines[0]

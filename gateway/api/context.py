@@ -19,3 +19,8 @@ class RequestContext:
     numbers: CallerNumbers
     report_cache: bool = False  # the caller asked for extensions.cache (a header)
     include_federated_trace: bool = False  # a router asked for extensions.ftv1 (a header)
+    # The response sends each payload as it comes (multipart, SSE, a WebSocket). Only then is
+    # an @stream list walked while the client takes it, priced by its upstream pages and
+    # allowed up to GATEWAY_MAX_STREAM_ITEMS; merged into one JSON body it is held whole, so
+    # it is priced and bounded as unstreamed (api.cost, numbers.types).
+    incremental_delivery: bool = False

@@ -1,14 +1,27 @@
 """Operation cost: what one operation can make the gateway do, estimated before it runs.
 
-Each upstream call costs ``CALL_COST``; each item a page may return costs 1. A field's cost is
+Each upstream call costs ``CALL_COST``; each item a page may answer costs 1. A field's cost is
 multiplied by the sizes of the lists around it, so ``phoneNumbers(page: {first: 2000})`` costs
 2,050, ten aliased copies of it 20,500, and ``owner { person { phoneNumbers } }`` under a page of
 2,000 nodes costs 2,000 times a whole page. ``_entities`` multiplies by its representations.
-``first`` comes from literals or variables (100 when absent, the most when unreadable); ``@skip``
-and ``@include`` are ignored, so the estimate never undercounts. It runs once validation is
-known (from strawberry's cache, or about to run), before execution: an operation over
-``GATEWAY_MAX_COST`` costs nothing upstream. Its walk is linear in the document's expanded
-size, which ``ParsedDocuments`` bounds before anything walks it.
+A page's items count only when its selection reaches ``nodes`` or ``edges`` (through fragments
+too): ``phoneNumbers { totalCount pageInfo { hasNextPage } }`` builds and answers no item, so
+it costs the call alone, and a router's plan of 150 people asking ``totalCount`` costs 7,500.
+``first`` comes from literals or variables, and a variable the request does not send takes the
+default its operation declares (``$f: Int = 2000``, ``$p: PageInput = {first: 2000}``), as
+execution will; 100 when absent, the most when unreadable. ``@skip`` and ``@include`` are
+ignored, so the estimate never undercounts.
+
+A streamed connection (its ``nodes``/``edges`` all under ``@stream``) is not held whole: its
+items cost nothing, the upstream pages it walks cost a call each (``first`` may then reach
+``GATEWAY_MAX_STREAM_ITEMS``, and is read against that ceiling); fields under its items that
+make upstream calls of their own still count once per item. Only when the response streams
+(``RequestContext.incremental_delivery``): merged into one JSON body the list is held whole,
+so it is costed and bounded as unstreamed.
+
+It runs once validation is known (from strawberry's cache, or about to run), before execution:
+an operation over ``GATEWAY_MAX_COST`` costs nothing upstream. Its walk is linear in the
+document's expanded size, which ``ParsedDocuments`` bounds before anything walks it.
 """
 
 from __future__ import annotations
@@ -19,26 +32,43 @@ from typing import Any
 from graphql import (
     DocumentNode,
     FieldNode,
-    FragmentDefinitionNode,
-    FragmentSpreadNode,
     GraphQLError,
-    InlineFragmentNode,
-    IntValueNode,
-    ListValueNode,
-    ObjectValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
     ValueNode,
-    VariableNode,
+    value_from_ast_untyped,
 )
+from graphql.pyutils import Undefined
 from strawberry.extensions import SchemaExtension
 
-from gateway.numbers.arguments import DEFAULT_PAGE_SIZE
+from gateway.api.fragment_walk import Spreading, fragment_definitions, selected_fields
+from gateway.errors import ErrorCode
+from gateway.numbers.arguments import DEFAULT_PAGE_SIZE, page_ceiling
 
 CALL_COST = 50
 PAGE_FIELDS = frozenset({"phoneNumbers"})
 COUNT_FIELDS = frozenset({"numberCounts"})
 ITEM_LISTS = frozenset({"nodes", "edges"})
+STREAM = "stream"
+
+
+def upstream_pages(first: int, upstream_page_size: int) -> int:
+    """Upstream calls a walk of ``first`` items makes, ``upstream_page_size`` at a time."""
+    return max(1, -(-first // upstream_page_size))
+
+
+def operation_variables(
+    operation: OperationDefinitionNode, variables: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The variables execution will see: those sent, and the declared default of each one
+    not sent (an explicit null is sent, and stays null)."""
+    effective: dict[str, Any] = {}
+    for definition in operation.variable_definitions or ():
+        if definition.default_value is not None:
+            name = definition.variable.name.value
+            effective[name] = value_from_ast_untyped(definition.default_value)
+    effective.update(variables or {})
+    return effective
 
 
 class CostEstimate:
@@ -51,47 +81,34 @@ class CostEstimate:
         *,
         max_page_size: int,
         max_entities: int,
+        max_stream_items: int | None = None,
+        incremental: bool = True,
     ) -> None:
-        self.variables = variables or {}
+        self.variables: dict[str, Any] = dict(variables or {})
+        self.incremental = incremental  # the response streams: @stream lists are not held
         self.max_page_size = max_page_size
+        self.max_stream_items = max_page_size if max_stream_items is None else max_stream_items
         self.max_entities = max_entities
-        self.fragments = {
-            node.name.value: node
-            for node in document.definitions
-            if isinstance(node, FragmentDefinitionNode)
-        }
+        self.fragments = fragment_definitions(document)
         self.total = 0
 
     def operation(self, operation: OperationDefinitionNode) -> int:
+        self.variables = operation_variables(operation, self.variables)
         self.total = 0
         self._walk(operation.selection_set, 1, ())
         return self.total
 
     def _fields(
-        self, selection_set: SelectionSetNode, spreading: tuple[str, ...]
-    ) -> Iterator[tuple[FieldNode, tuple[str, ...]]]:
-        for selection in selection_set.selections:
-            if isinstance(selection, FieldNode):
-                yield selection, spreading
-            elif isinstance(selection, InlineFragmentNode):
-                yield from self._fields(selection.selection_set, spreading)
-            elif isinstance(selection, FragmentSpreadNode):
-                name = selection.name.value
-                fragment = self.fragments.get(name)
-                if fragment is not None and name not in spreading:  # cycles fail validation
-                    yield from self._fields(fragment.selection_set, (*spreading, name))
+        self, selection_set: SelectionSetNode, spreading: Spreading
+    ) -> Iterator[tuple[FieldNode, Spreading]]:
+        return selected_fields(selection_set, self.fragments, spreading)
 
-    def _walk(
-        self, selection_set: SelectionSetNode, multiplier: int, spreading: tuple[str, ...]
-    ) -> None:
+    def _walk(self, selection_set: SelectionSetNode, multiplier: int, spreading: Spreading) -> None:
         for field, path in self._fields(selection_set, spreading):
             name = field.name.value
             inner = multiplier
             if name in PAGE_FIELDS:
-                first = self._first(field)
-                self.total += multiplier * (CALL_COST + first)
-                if field.selection_set is not None:
-                    self._walk_page(field.selection_set, multiplier, first, path)
+                self._page(field, multiplier, path)
                 continue
             if name in COUNT_FIELDS:
                 self.total += multiplier * CALL_COST
@@ -100,12 +117,31 @@ class CostEstimate:
             if field.selection_set is not None:
                 self._walk(field.selection_set, inner, path)
 
+    def _page(self, field: FieldNode, multiplier: int, spreading: Spreading) -> None:
+        holds_items = bool(self._item_lists(field.selection_set, spreading))
+        streamed = (
+            self.incremental
+            and field.selection_set is not None
+            and self.streamed(field.selection_set, spreading)
+        )
+        first = self._first(field, streamed=streamed)
+        if streamed:
+            # Held a chunk at a time, never whole: the walk's calls are what it costs.
+            self.total += multiplier * upstream_pages(first, self.max_page_size) * CALL_COST
+        elif holds_items:
+            self.total += multiplier * (CALL_COST + first)
+        else:
+            # Only totalCount/pageInfo: no item is built or answered, the call is the cost.
+            self.total += multiplier * CALL_COST
+        if field.selection_set is not None:
+            self._walk_page(field.selection_set, multiplier, first, spreading)
+
     def _walk_page(
         self,
         selection_set: SelectionSetNode,
         multiplier: int,
         first: int,
-        spreading: tuple[str, ...],
+        spreading: Spreading,
     ) -> None:
         for field, path in self._fields(selection_set, spreading):
             if field.selection_set is None:
@@ -113,40 +149,68 @@ class CostEstimate:
             items = multiplier * first if field.name.value in ITEM_LISTS else multiplier
             self._walk(field.selection_set, items, path)
 
-    def _argument(self, field: FieldNode, name: str) -> ValueNode | None:
-        for argument in field.arguments or ():
+    def streamed(self, connection: SelectionSetNode, spreading: Spreading = ()) -> bool:
+        """Whether a connection's selection streams its items: it selects ``nodes`` or
+        ``edges``, and every one of them carries an active ``@stream``. One unstreamed item
+        list makes the whole page be held, so it is costed (and bounded) as unstreamed."""
+        item_lists = self._item_lists(connection, spreading)
+        return bool(item_lists) and all(self._streams(field) for field in item_lists)
+
+    def _item_lists(
+        self, connection: SelectionSetNode | None, spreading: Spreading
+    ) -> list[FieldNode]:
+        """The ``nodes``/``edges`` fields a connection's selection reaches, through fragments."""
+        if connection is None:
+            return []
+        return [
+            field
+            for field, _ in self._fields(connection, spreading)
+            if field.name.value in ITEM_LISTS
+        ]
+
+    def _streams(self, field: FieldNode) -> bool:
+        for directive in field.directives or ():
+            if directive.name.value == STREAM:
+                condition = self._value(self._argument(directive.arguments, "if"))
+                return condition is not False  # absent, true or unreadable: it streams
+        return False
+
+    @staticmethod
+    def _argument(arguments: Any, name: str) -> ValueNode | None:
+        for argument in arguments or ():
             if argument.name.value == name:
-                return argument.value
+                return argument.value  # type: ignore[no-any-return]
         return None
 
     def _value(self, node: ValueNode | None) -> Any:
-        if isinstance(node, VariableNode):
-            return self.variables.get(node.name.value)
-        if isinstance(node, IntValueNode):
-            return int(node.value)
-        if isinstance(node, ObjectValueNode):
-            return {field.name.value: field.value for field in node.fields}
-        if isinstance(node, ListValueNode):
-            return list(node.values)
-        return None
+        """The Python value of an argument, variables (and their defaults) substituted;
+        None when absent or not sent."""
+        if node is None:
+            return None
+        value = value_from_ast_untyped(node, self.variables)
+        return None if value is Undefined else value
 
-    def _first(self, field: FieldNode) -> int:
-        page = self._value(self._argument(field, "page"))
+    def _first(self, field: FieldNode, *, streamed: bool) -> int:
+        ceiling = page_ceiling(
+            max_page_size=self.max_page_size,
+            max_stream_items=self.max_stream_items,
+            streamed=streamed,
+        )
+        page = self._value(self._argument(field.arguments, "page"))
         if page is None:
-            return min(DEFAULT_PAGE_SIZE, self.max_page_size)
+            return min(DEFAULT_PAGE_SIZE, ceiling)
         if not isinstance(page, Mapping):
-            return self.max_page_size
-        first = page.get("first")
-        if isinstance(first, ValueNode):
-            first = self._value(first)
-        if first is None:
-            return min(DEFAULT_PAGE_SIZE, self.max_page_size)
+            return ceiling
+        first = page.get("first", None)
+        if first is None or first is Undefined:
+            return min(DEFAULT_PAGE_SIZE, ceiling)
         if isinstance(first, int) and not isinstance(first, bool):
-            return max(1, min(first, self.max_page_size))
-        return self.max_page_size
+            # Over the ceiling is refused before any call; the estimate stays at it.
+            return max(1, min(first, ceiling))
+        return ceiling
 
     def _representations(self, field: FieldNode) -> int:
-        representations = self._value(self._argument(field, "representations"))
+        representations = self._value(self._argument(field.arguments, "representations"))
         if isinstance(representations, list):
             return max(1, min(len(representations), self.max_entities))
         return self.max_entities
@@ -159,6 +223,8 @@ def operation_cost(
     *,
     max_page_size: int,
     max_entities: int,
+    max_stream_items: int | None = None,
+    incremental: bool = True,
 ) -> int | None:
     """The cost of the operation that would run, or None when none can be chosen (the
     request then fails on its own, before execution)."""
@@ -168,16 +234,27 @@ def operation_cost(
     if len(operations) != 1:
         return None
     estimate = CostEstimate(
-        document, variables, max_page_size=max_page_size, max_entities=max_entities
+        document,
+        variables,
+        max_page_size=max_page_size,
+        max_entities=max_entities,
+        max_stream_items=max_stream_items,
+        incremental=incremental,
     )
     return estimate.operation(operations[0])
 
 
 def cost_limiter(
-    *, max_cost: int, max_page_size: int, max_entities: int, report: bool
+    *,
+    max_cost: int,
+    max_page_size: int,
+    max_entities: int,
+    report: bool,
+    max_stream_items: int | None = None,
 ) -> type[SchemaExtension]:
     """A schema extension refusing operations over ``max_cost`` before execution, and
-    reporting the estimate (``extensions.cost`` when ``report``; the metric always)."""
+    reporting the estimate (``extensions.cost`` when ``report``; the metric always).
+    ``max_stream_items`` is the ceiling of a streamed ``first`` (``max_page_size`` if None)."""
 
     class OperationCost(SchemaExtension):
         cost: int | None = None
@@ -187,21 +264,32 @@ def cost_limiter(
             document = context.graphql_document
             # Validation may already have run (ValidationCache); its errors come first.
             if document is not None and not context.pre_execution_errors:
+                # Merged into one JSON body, an @stream list is held whole (RequestContext).
+                incremental = getattr(context.context, "incremental_delivery", True)
                 self.cost = operation_cost(
                     document,
                     context.operation_name,
                     context.variables,
                     max_page_size=max_page_size,
                     max_entities=max_entities,
+                    max_stream_items=max_stream_items,
+                    incremental=incremental,
                 )
                 if self.cost is not None and self.cost > max_cost:
+                    hint = (
+                        ""
+                        if incremental or "@stream" not in (context.query or "")
+                        else " Lists under @stream count their upstream calls, not their "
+                        "items, only when the response streams: accept multipart/mixed or "
+                        "text/event-stream."
+                    )
                     context.pre_execution_errors = [
                         GraphQLError(
                             f"The operation's estimated cost is {self.cost}, above the limit "
                             f"of {max_cost}. Each upstream call counts {CALL_COST} and each "
                             "item a page may return counts 1, times the lists around it: ask "
-                            "for fewer or smaller pages, or split the operation.",
-                            extensions={"code": "BAD_USER_INPUT"},
+                            f"for fewer or smaller pages, or split the operation.{hint}",
+                            extensions={"code": ErrorCode.BAD_USER_INPUT.value},
                         )
                     ]
             yield

@@ -19,7 +19,10 @@ from gateway.numbers.types import Location, Organization, Person
 # The federation version in the SDL's @link: one that @apollo/composition 2.x and
 # @theguild/federation-composition both accept (tests compose with both).
 FEDERATION_VERSION: Final = "2.7"
-DEFAULT_MAX_ENTITIES: Final = 100
+DEFAULT_MAX_ENTITIES: Final = 1000
+# The longest entity id: Webex ids are about 80 characters (UUIDs 36, broadsoftIds fewer), and
+# an id travels in the upstream URL, so a longer one is refused before it could reach it.
+ENTITY_ID_MAX_LENGTH: Final = 1024
 
 # Entity references this subgraph resolves: __typename -> the object for a key.
 ENTITY_REFERENCES: Final[Mapping[str, Callable[[strawberry.ID], object]]] = {
@@ -50,9 +53,11 @@ class GatewaySchema(strawberry.federation.Schema):
         representations: list[FederationAny],
     ) -> list[FederationAny]:
         """Entity references, checked as a whole before any of their fields run: more than
-        ``max_entities``, an unknown ``__typename`` or a representation without an ``id`` is
-        ``BAD_USER_INPUT``, so a bad request costs no upstream call. Each entity's fields then
-        go through the request's loader like root fields: repeats share a call."""
+        ``max_entities``, an unknown ``__typename``, a representation without an ``id`` or
+        with one too long for an upstream URL is ``BAD_USER_INPUT``, so a bad request costs no
+        upstream call. Each entity's fields then go through the request's loader like root
+        fields: repeats share a call, and a batch of people or locations asking the same thing
+        may be answered by one walk (``pipeline.entity_batches``)."""
         if len(representations) > self.max_entities:
             raise BadUserInput(
                 f"_entities got {len(representations)} representations; at most "
@@ -79,4 +84,8 @@ def entity_reference(representation: object, index: int) -> object:
         key = str(key)
     if not isinstance(key, str) or not key.strip() or not key.isprintable():
         raise BadUserInput(f"{where} has no usable id: a {typename} is keyed by its id.")
+    if len(key) > ENTITY_ID_MAX_LENGTH:
+        raise BadUserInput(
+            f"{where}.id is {len(key)} characters long; the most is {ENTITY_ID_MAX_LENGTH}."
+        )
     return build(strawberry.ID(key))

@@ -18,6 +18,22 @@ Where it hooks in
     not calling them is not observable; it also saves building 2,000 dataclasses per page.
     With resolver middleware the normal path runs (a middleware must see every field it wraps).
 
+Streamed lists (``@stream``)
+    A connection list under an active ``@stream`` is completed here too, a chunk at a time:
+    the first ``initialCount`` items go in the initial payload, and the rest is registered
+    with graphql-core's incremental executor as an ``ItemStream`` over ``ProjectedChunks``,
+    whose batches are whole projected chunks: the rest of the first chunk, then one per
+    upstream page of the walk (``StreamedPageResult.tail``). graphql-core asks a stream for
+    its next batch only once the consumer has taken the previous one, and the walk fetches a
+    page only when asked, so the gateway reads one upstream page ahead of the client at most;
+    when the stream is aborted (the client went away), the walk is closed and no further
+    upstream call is made. A chunk the projector hands back is completed item by item the
+    normal way (``complete_stream_item``); a selection that is not projectable, an
+    ``initialCount`` past the first chunk, or resolver middleware leave the whole list to
+    normal execution, which streams the resolver's async iterator item by item. An upstream
+    failure mid-walk fails the stream: graphql-core ends it with a ``completed`` entry carrying
+    the located error, and ``hasNext: false`` once nothing else is pending.
+
 When a projector hands back
     A projector raising ``CannotProject`` (a value it cannot render exactly) leaves the whole
     list to normal execution, which produces the nulls, the propagation and the errors with
@@ -37,20 +53,31 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import structlog
 from cachetools import LRUCache
 from graphql import (
+    FieldNode,
     FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLList,
+    GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLResolveInfo,
     OperationDefinitionNode,
     SelectionSetNode,
     VariableNode,
+    located_error,
 )
-from graphql.execution.collect_fields import FieldDetailsList
+from graphql.execution.collect_fields import FieldDetails, FieldDetailsList
+from graphql.execution.executor import StreamUsage
+from graphql.execution.incremental.incremental_executor import ItemStream, StreamItemValue
+from graphql.execution.incremental.work_queue import WorkResult
 from graphql.pyutils import Path, Undefined, UndefinedType
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -60,7 +87,7 @@ from gateway.api.projection_compiler import (
     Projector,
     compile_projector,
 )
-from gateway.numbers.connection import PageResult
+from gateway.numbers.connection import PageResult, StreamedPageResult
 from gateway.numbers.reader import PHONE_NUMBER, ObjectTable
 from gateway.numbers.types import PhoneNumberConnection
 
@@ -69,6 +96,7 @@ log = structlog.get_logger("gateway.projection")
 DEFAULT_MAX_PROJECTORS: Final = 1024
 _CONNECTION_LISTS: Final = frozenset({"nodes", "edges"})
 _ABSENT: Final = object()  # a variable the operation did not set
+_STREAM: Final = "stream"
 
 # A projector's key: the schema, the document's digest and operation name, then the field's
 # path and the inclusion variables' values (see ``ProjectingExecutionContext._projector_key``).
@@ -84,6 +112,8 @@ class ProjectionStats:
     declined: int = 0  # lists whose selection is not projectable
     fallbacks: int = 0  # lists a projector handed back (a value it cannot render)
     failures: int = 0  # lists whose projector raised unexpectedly (a bug; logged)
+    streamed: int = 0  # lists under @stream delivered a projected chunk at a time
+    chunks: int = 0  # chunks of streamed lists projected after the initial payload
 
 
 class ProjectorCache:
@@ -168,10 +198,14 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         path: Path,
         position_context: Any = None,
     ) -> Any:
-        if source.__class__ is PhoneNumberConnection and position_context is None:
-            projected = self._project(parent_type, source, field_details_list, path)
-            if projected is not None:
-                return projected
+        if source.__class__ is PhoneNumberConnection:
+            streamed = self._stream(parent_type, source, field_details_list, path)
+            if streamed is not None:
+                return streamed
+            if position_context is None:
+                projected = self._project(parent_type, source, field_details_list, path)
+                if projected is not None:
+                    return projected
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )
@@ -208,15 +242,121 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         stats.projected += 1
         return projected
 
+    def _stream(
+        self,
+        parent_type: GraphQLObjectType,
+        source: PhoneNumberConnection,
+        field_details_list: FieldDetailsList,
+        path: Path,
+    ) -> list[dict[str, Any]] | None:
+        """The initial items of a connection list under an active ``@stream``, its rest
+        registered as a stream of projected chunks; None: normal execution does it."""
+        result = source.result
+        field_name = field_details_list[0].node.name.value
+        if field_name not in _CONNECTION_LISTS:
+            return None
+        if not isinstance(result, PageResult | StreamedPageResult):
+            return None
+        if self.middleware_manager is not None and self.middleware_manager.middlewares:
+            return None
+        try:
+            usage = self.get_stream_usage(field_details_list, path)
+        except Exception:  # a bad initialCount: normal execution reports it on the field
+            return None
+        if usage is None:
+            return None
+        head = result if isinstance(result, PageResult) else result.head()
+        initial_count = usage.initial_count
+        if initial_count > len(head.page.items) and isinstance(result, StreamedPageResult):
+            return None  # the initial payload would wait on the walk: normal execution
+        stats = self.projectors.stats
+        try:
+            projector = self._projector(parent_type, field_details_list, path)
+            if projector is None:
+                stats.declined += 1
+                return None
+            projected = projector(head)
+        except CannotProject:
+            stats.fallbacks += 1
+            return None
+        except Exception:
+            stats.failures += 1
+            log.exception("projection_failed", path=path.as_list())
+            return None
+        tail = result.tail() if isinstance(result, StreamedPageResult) else None
+        rest = [_stream_item(item) for item in projected[initial_count:]]
+        if tail is not None and not head.page.has_more:
+            tail = None  # the first chunk is the whole window
+        if not rest and tail is None:
+            return projected  # nothing left to stream
+        chunks = ProjectedChunks(
+            rest, tail, self._chunk_completer(parent_type, projector, usage, path), path, usage
+        )
+        self.streams.append(ItemStream(path, usage.label, cast("Any", chunks), initial_count))
+        stats.streamed += 1
+        return projected[:initial_count]
+
+    def _chunk_completer(
+        self, parent_type: GraphQLObjectType, projector: Projector, usage: StreamUsage, path: Path
+    ) -> Callable[[PageResult, int], Awaitable[list[WorkResult]]]:
+        """How a later chunk becomes stream items: projected, or (when the projector hands
+        it back) completed item by item as graphql-core completes a stream item."""
+        stats = self.projectors.stats
+        field_details_list = usage.field_details_list
+        field_name = field_details_list[0].node.name.value
+        field_def = parent_type.fields[field_name]
+
+        async def complete(chunk: PageResult, index: int) -> list[WorkResult]:
+            try:
+                projected = projector(chunk)
+            except Exception as failure:
+                if not isinstance(failure, CannotProject):
+                    stats.failures += 1
+                    log.exception("projection_failed", path=path.as_list())
+                stats.fallbacks += 1
+            else:
+                stats.chunks += 1
+                return [_stream_item(item) for item in projected]
+            info = self.build_resolve_info(
+                field_def, [d.node for d in field_details_list], parent_type, path
+            )
+            items = chunk.nodes() if field_name == "nodes" else chunk.edges()
+            return [
+                await self._complete_item(info, field_details_list, path.add_key(at, None), item)
+                for at, item in enumerate(items, start=index)
+            ]
+
+        return complete
+
+    async def _complete_item(
+        self,
+        info: GraphQLResolveInfo[Any],
+        field_details_list: FieldDetailsList,
+        item_path: Path,
+        item: Any,
+    ) -> WorkResult:
+        item_type = _item_type(info.return_type)
+        sub_executor = self.create_sub_executor()
+        completed = sub_executor.complete_stream_item(
+            item_path, item, field_details_list, info, item_type
+        )
+        if self.is_awaitable(completed):
+            return cast("WorkResult", await completed)
+        return cast("WorkResult", completed)
+
     def _projector(
         self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList, path: Path
     ) -> Projector | None:
-        """The cached projector of this field here, compiled on first sight."""
+        """The cached projector of this field here, compiled on first sight. A list's own
+        ``@stream`` only says how it is delivered, so it is compiled without it: a streamed
+        and an unstreamed list of the same selection share one projector."""
         cache = self.projectors
         key = self._projector_key(path)
         projector = cache.projector(key) if key is not None else Undefined
         if isinstance(projector, UndefinedType):
-            projector = compile_projector(self, self.root_table, parent_type, field_details_list)
+            projector = compile_projector(
+                self, self.root_table, parent_type, _without_stream(field_details_list)
+            )
             cache.stats.compiled += 1
             if key is not None:
                 cache.store(key, projector)
@@ -256,6 +396,109 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         name = self.operation.name.value if self.operation.name else None
         self._document_key = (self.schema, digest, name)
         return self._document_key
+
+
+def _stream_item(item: Any) -> WorkResult:
+    return WorkResult(StreamItemValue(item, None))
+
+
+def _item_type(list_type: GraphQLOutputType) -> GraphQLOutputType:
+    inner = list_type.of_type if isinstance(list_type, GraphQLNonNull) else list_type
+    assert isinstance(inner, GraphQLList)
+    return cast("GraphQLOutputType", inner.of_type)
+
+
+def _without_stream(field_details_list: FieldDetailsList) -> FieldDetailsList:
+    """The field details with the list's own ``@stream`` removed (other directives kept)."""
+    stripped: FieldDetailsList = []
+    for details in field_details_list:
+        node = details.node
+        directives = node.directives or ()
+        if any(directive.name.value == _STREAM for directive in directives):
+            kept = tuple(d for d in directives if d.name.value != _STREAM)
+            fields = {key: getattr(node, key) for key in node.keys if key != "directives"}
+            node = FieldNode(**fields, directives=kept)
+        stripped.append(FieldDetails(node, details.defer_usage, details.fragment_variable_values))
+    return stripped
+
+
+class ProjectedChunks:
+    """The rest of a streamed list as graphql-core's stream queue (``StreamQueue``: batches,
+    is_stopped, abort): the rest of the first chunk as one batch, then one batch per later
+    chunk, asked for only when graphql-core wants the next batch (the consumer took the
+    last). Aborting closes the walk."""
+
+    def __init__(
+        self,
+        first: list[WorkResult],
+        tail: AsyncIterator[PageResult] | None,
+        complete: Callable[[PageResult, int], Awaitable[list[WorkResult]]],
+        path: Path,
+        usage: StreamUsage,
+    ) -> None:
+        self._first = first
+        self._tail = tail
+        self._complete = complete
+        self._path = path
+        self._usage = usage
+        self._stopped = False
+        self._batches: Any = None
+
+    def batches(self) -> AsyncIterator[Sequence[WorkResult]]:
+        self._batches = self._produce()
+        return cast("AsyncIterator[Sequence[WorkResult]]", self._batches)
+
+    async def _produce(self) -> AsyncIterator[Sequence[WorkResult]]:
+        tail = self._tail
+        index = self._usage.initial_count
+        try:
+            first, self._first = self._first, []
+            self._stopped = tail is None
+            if first:
+                index += len(first)
+                yield first
+            while tail is not None:
+                try:
+                    chunk = await anext(tail)
+                except StopAsyncIteration:
+                    self._stopped = True
+                    return
+                except Exception as failure:
+                    raise self._located(failure) from failure
+                # Peeking ahead: the last batch carries the stream's completion with it.
+                self._stopped = not chunk.page.has_more
+                batch = await self._complete(chunk, index)
+                index += len(batch)
+                if batch:
+                    yield batch
+                if self._stopped:
+                    return
+        finally:
+            await self._close_tail()
+
+    def _located(self, failure: Exception) -> GraphQLError:
+        nodes = [details.node for details in self._usage.field_details_list]
+        return located_error(failure, nodes, self._path.as_list())
+
+    def is_stopped(self) -> bool:
+        return self._stopped
+
+    def abort(self, reason: BaseException | None = None) -> Awaitable[None] | None:
+        """Stop: close the batches (and so the walk) unless graphql-core is inside them right
+        now, in which case cancelling its pump closes them."""
+        batches = self._batches
+        if batches is None:
+            return self._close_tail() if self._tail is not None else None
+        if batches.ag_running:
+            return None
+        return cast("Awaitable[None]", batches.aclose())
+
+    async def _close_tail(self) -> None:
+        tail, self._tail = self._tail, None
+        aclose = getattr(tail, "aclose", None)
+        if aclose is not None:
+            with suppress(Exception):
+                await aclose()
 
 
 def projecting_execution_context(

@@ -11,9 +11,7 @@ import strawberry
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
-    QueryDepthLimiter,
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
@@ -21,12 +19,13 @@ from strawberry.schema.config import StrawberryConfig
 from gateway.api.cache_report import CacheReport
 from gateway.api.contract_errors import ContractErrors
 from gateway.api.cost import cost_limiter
-from gateway.api.document_guards import parsed_documents, root_field_limit
+from gateway.api.document_guards import limit_rules, parsed_documents
 from gateway.api.federated_trace import FederatedTrace
 from gateway.api.federation import DEFAULT_MAX_ENTITIES, ENTITY_TYPES, GatewaySchema
 from gateway.api.operation_observer import OperationObserver
 from gateway.api.projecting_executor import projecting_execution_context
 from gateway.api.resolvers import Query
+from gateway.api.subscriptions import Subscription
 from gateway.settings import Settings
 
 # Validated documents strawberry's ValidationCache keeps, bounded by count.
@@ -43,16 +42,15 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         # Factories, not instances: strawberry builds fresh extensions per operation.
         extensions += [
             partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
-            # strawberry's limiters make a new rule class per instance, and so per operation;
-            # built once here, the rules are the same each time and validation results can be
-            # cached (ValidationCache keys on them).
+            # Built once here, so validation results can be cached (ValidationCache keys on
+            # the rules); their errors are BAD_USER_INPUT, not GRAPHQL_VALIDATION_FAILED.
             partial(
                 AddValidationRules,
-                [
-                    *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-                    *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
-                    root_field_limit(settings.max_root_fields),
-                ],
+                limit_rules(
+                    max_depth=settings.max_query_depth,
+                    max_aliases=settings.max_aliases,
+                    max_root_fields=settings.max_root_fields,
+                ),
             ),
             # Documents seen a moment ago skip parsing and validation (bounded LRUs).
             parsed_documents(),
@@ -62,6 +60,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
                 max_cost=settings.max_cost,
                 max_page_size=settings.max_page_size,
                 max_entities=settings.max_entities,
+                max_stream_items=settings.max_stream_items,
                 report=not production,
             ),
         ]
@@ -69,9 +68,15 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions.append(DisableIntrospection)
     return GatewaySchema(
         query=Query,
+        subscription=Subscription,
         types=list(ENTITY_TYPES),
         extensions=extensions,
-        config=StrawberryConfig(disable_field_suggestions=production),
+        # @defer and @stream (graphql-core 3.3's incremental executor, which the projecting
+        # executor extends): lists under @stream are walked while the client takes them.
+        config=StrawberryConfig(
+            disable_field_suggestions=production,
+            enable_experimental_incremental_execution=True,
+        ),
         max_entities=settings.max_entities if settings is not None else DEFAULT_MAX_ENTITIES,
         # Lists of phone numbers are projected from the upstream items by a function compiled
         # once per document, instead of completed leaf by leaf (api/projecting_executor.py).

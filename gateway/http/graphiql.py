@@ -4,7 +4,9 @@ The page is ours (strawberry's template loads its scripts from a public CDN): a 
 document that loads React, ReactDOM and GraphiQL from the gateway's own origin (the files
 vendored under ``static/graphiql/`` and listed in its ``MANIFEST.json``, see
 ``gateway.http.graphiql_refresh``), and mounts GraphiQL with one tab per example operation,
-the headers editor open, and a fetcher that POSTs ``application/json`` to the GraphQL path.
+the headers editor open, and a fetcher that POSTs ``application/json`` to the GraphQL path
+(operations with ``@defer``/``@stream`` and subscriptions ask for ``text/event-stream`` and
+hand GraphiQL each payload as it arrives).
 
 - ``render_graphiql_page(...)``: the HTML. Its one inline script is constant (the examples
   travel in a JSON data block), so ``GRAPHIQL_CSP`` can name it by hash.
@@ -70,8 +72,55 @@ BOOT_SCRIPT = """
     return;
   }
 
+  // Operations that stream (@defer, @stream, subscriptions) go as GraphQL over SSE and come
+  // back as an async iterable, whose payloads GraphiQL shows (and merges) as they arrive.
+  var STREAMING = /@(defer|stream)\\b|\\bsubscription\\b/;
+
+  function readEvents(response) {
+    var reader = response.body.getReader();
+    var decoder = new TextDecoder();
+    var buffered = "";
+    var queue = [];
+    var finished = false;
+    function pull() {
+      if (queue.length) { return Promise.resolve({value: queue.shift(), done: false}); }
+      if (finished) { return Promise.resolve({value: undefined, done: true}); }
+      return reader.read().then(function (chunk) {
+        if (chunk.done) { finished = true; return pull(); }
+        buffered += decoder.decode(chunk.value, {stream: true});
+        var blocks = buffered.split("\\n\\n");
+        buffered = blocks.pop();
+        blocks.forEach(function (block) {
+          var event = null;
+          var data = "";
+          block.split("\\n").forEach(function (line) {
+            if (line.indexOf("event: ") === 0) { event = line.slice(7); }
+            else if (line.indexOf("data: ") === 0) { data += line.slice(6); }
+          });
+          if (event === "next") { queue.push(JSON.parse(data)); }
+          else if (event === "complete") { finished = true; }
+        });
+        return pull();
+      });
+    }
+    var iterator = {
+      next: pull,
+      return: function () {
+        finished = true;
+        reader.cancel();
+        return Promise.resolve({value: undefined, done: true});
+      }
+    };
+    iterator[Symbol.asyncIterator] = function () { return iterator; };
+    return iterator;
+  }
+
   function fetcher(params, options) {
-    var headers = {"Content-Type": "application/json", "Accept": "application/json"};
+    var streaming = STREAMING.test(params.query || "");
+    var headers = {
+      "Content-Type": "application/json",
+      "Accept": streaming ? "text/event-stream, application/json" : "application/json"
+    };
     var extra = (options && options.headers) || {};
     Object.keys(extra).forEach(function (name) { headers[name] = String(extra[name]); });
     return fetch(config.url, {
@@ -80,6 +129,8 @@ BOOT_SCRIPT = """
       body: JSON.stringify(params),
       credentials: "same-origin"
     }).then(function (response) {
+      var type = response.headers.get("Content-Type") || "";
+      if (type.indexOf("text/event-stream") === 0) { return readEvents(response); }
       return response.text().then(function (text) {
         try {
           return JSON.parse(text);

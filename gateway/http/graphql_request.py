@@ -43,6 +43,14 @@ class GraphQLParams:
         return digest if isinstance(digest, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A POST body holding a JSON array of operations (``GATEWAY_BATCH_MAX`` > 0), in order:
+    each one's parameters, or why it cannot run."""
+
+    operations: tuple[GraphQLParams | Refusal, ...]
+
+
 def nesting_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether JSON ``value`` nests deeper than ``limit``; iterative, so any depth is safe."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -111,14 +119,39 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def params_from_body(body: bytes) -> GraphQLParams:
-    """A POST body: one JSON object (a batch, a JSON array, is refused)."""
+def params_from_body(body: bytes, *, batch_max: int = 0) -> GraphQLParams | Batch:
+    """A POST body: one JSON object, or (with ``batch_max`` > 0) a JSON array of at most
+    ``batch_max`` of them. A batch element that is not a valid operation becomes that
+    operation's refusal; the others still run."""
     data = _json(body, "The request body")
     if isinstance(data, list):
-        raise Refusal(400, "Batched operations are not supported: send one JSON object.")
+        return _batch(data, batch_max)
     if not isinstance(data, dict):
         raise Refusal(400, "The request body must be a JSON object with a 'query' string.")
     return _params(data)
+
+
+def _batch(data: list[Any], batch_max: int) -> Batch:
+    if batch_max <= 0:
+        raise Refusal(400, "Batched operations are not supported here: send one JSON object.")
+    if not data:
+        raise Refusal(400, "The batch is empty: send at least one operation.")
+    if len(data) > batch_max:
+        raise Refusal(
+            400,
+            f"The batch has {len(data)} operations; at most {batch_max} are allowed "
+            "(GATEWAY_BATCH_MAX).",
+        )
+    return Batch(tuple(_batch_element(element) for element in data))
+
+
+def _batch_element(element: Any) -> GraphQLParams | Refusal:
+    if not isinstance(element, dict):
+        return Refusal(400, "Each operation of a batch must be a JSON object with a 'query'.")
+    try:
+        return _params(element)
+    except Refusal as refusal:
+        return refusal
 
 
 def params_from_query_string(query_params: QueryParams) -> GraphQLParams:
@@ -137,8 +170,9 @@ def params_from_query_string(query_params: QueryParams) -> GraphQLParams:
     return _params(data)
 
 
-async def params_of(request: Request) -> GraphQLParams:
-    """A GET's or a POST's parameters; a POST must be JSON (415 otherwise)."""
+async def params_of(request: Request, *, batch_max: int = 0) -> GraphQLParams | Batch:
+    """A GET's or a POST's parameters; a POST must be JSON (415 otherwise) and may be a
+    batch when ``batch_max`` > 0 (a GET never is)."""
     if request.method == "GET":
         return params_from_query_string(request.query_params)
     content_type = request.headers.get("content-type", "")
@@ -149,7 +183,7 @@ async def params_of(request: Request) -> GraphQLParams:
             "POST a JSON body with 'Content-Type: application/json'.",
             headers={"Accept-Post": "application/json"},
         )
-    return params_from_body(await request.body())
+    return params_from_body(await request.body(), batch_max=batch_max)
 
 
 def has_graphql_parameters(query_params: QueryParams) -> bool:

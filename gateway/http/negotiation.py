@@ -7,6 +7,10 @@ GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
 # What we can answer with, best first (the GraphQL-over-HTTP spec's preference).
 SERVED_MEDIA_TYPES = (GRAPHQL_RESPONSE_JSON, APPLICATION_JSON)
+# Streamed media types (incremental delivery, subscriptions), preferred first on a tie.
+MULTIPART_MIXED = "multipart/mixed"
+EVENT_STREAM = "text/event-stream"
+STREAMED_MEDIA_TYPES = (MULTIPART_MIXED, EVENT_STREAM)
 # Content codings we produce, best first; identity is always acceptable unless refused.
 SERVED_ENCODINGS = ("br", "gzip")
 
@@ -52,6 +56,23 @@ def choose_media_type(accept: str | None) -> str | None:
                 score = (quality, -rank if value == served else -len(SERVED_MEDIA_TYPES))
                 if best is None or score > best:
                     best, chosen = score, served
+    return chosen
+
+
+def choose_stream_type(accept: str | None) -> str | None:
+    """The streamed media type ``accept`` names explicitly (never by a wildcard), or None:
+    ``multipart/mixed`` (any parameters, ``deferSpec=20220824`` among them) or
+    ``text/event-stream``; the higher quality wins, multipart on a tie."""
+    if not accept:
+        return None
+    best: tuple[float, int] | None = None
+    chosen: str | None = None
+    for value, quality in _ranked(accept):
+        if quality <= 0 or value not in STREAMED_MEDIA_TYPES:
+            continue
+        score = (quality, -STREAMED_MEDIA_TYPES.index(value))
+        if best is None or score > best:
+            best, chosen = score, value
     return chosen
 
 

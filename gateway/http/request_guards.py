@@ -17,6 +17,10 @@ from gateway.http.refusals import Refusal
 from gateway.http.routes import GRAPHQL_PATH
 from gateway.http_syntax import decimal_value
 
+# HTTP/1.x: a request with neither header has no body at all (RFC 9112, section 6.3).
+_HTTP1 = frozenset({"1.0", "1.1"})
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
 # Content types a browser may send cross-site without a CORS preflight (Fetch standard).
 SIMPLE_CONTENT_TYPES = frozenset(
     {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
@@ -31,12 +35,20 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
+        self.too_large = Refusal(413, f"The request body is larger than {max_bytes} bytes.")
+        self.too_slow = Refusal(
+            408,
+            f"The request body did not arrive within {read_timeout:g} s.",
+            headers={"Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _has_no_body(scope):
+            # Nothing to bound or to wait for (a GET, a repeat served from stored bytes): no
+            # timer, no replay.
             await self.app(scope, receive, send)
             return
-        too_large = Refusal(413, f"The request body is larger than {self.max_bytes} bytes.")
+        too_large = self.too_large
         declared = decimal_value(header(scope, b"content-length"))
         if declared is not None and declared > self.max_bytes:
             await send_refusal(send, too_large)
@@ -60,14 +72,7 @@ class BodySizeLimitMiddleware:
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            await send_refusal(
-                send,
-                Refusal(
-                    408,
-                    f"The request body did not arrive within {self.read_timeout:g} s.",
-                    headers={"Connection": "close"},
-                ),
-            )
+            await send_refusal(send, self.too_slow)
             return
         body = b"".join(chunks)
         replayed = False
@@ -80,6 +85,14 @@ class BodySizeLimitMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _has_no_body(scope: Scope) -> bool:
+    """An HTTP/1.x request with neither ``Content-Length`` nor ``Transfer-Encoding``: its
+    body is empty by the protocol, so there is nothing to count or time."""
+    if scope.get("http_version") not in _HTTP1:
+        return False
+    return not any(key.lower() in _BODY_HEADERS for key, _ in scope["headers"])
 
 
 def _names_a_graphql_parameter(query_string: bytes) -> bool:

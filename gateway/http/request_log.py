@@ -129,6 +129,7 @@ class RequestLogMiddleware:
                 self.metrics.observe_operation(
                     operation_name=facts.operation_name,
                     executed=facts.executed,
+                    may_take_label=facts.may_take_label,
                     outcome=facts.outcome,
                     client_name=facts.client_name,
                     seconds=elapsed,
@@ -159,6 +160,10 @@ def _graphql_fields(facts: RequestFacts) -> dict[str, Any]:
     }
     if facts.attempted:
         fields["outcome"] = facts.outcome
+    if facts.batch:  # a batch's line: each operation's own facts too
+        fields["batch"] = facts.batch
+    if facts.stream is not None:  # a streamed response's line, written when it ended
+        fields["stream"] = facts.stream
     return fields
 
 

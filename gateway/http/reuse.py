@@ -2,7 +2,8 @@
 upstream entry it used is still fresh, is answered with the bytes already produced, without
 parsing, validating or executing again.
 
-The key is an HMAC, under the cache secret, of the caller's credentials, the document, the
+The key is an HMAC, under the cache secret, of the caller's identity (``Callers``: one for every
+spelling of a credential), the document, the
 variables, the operation name and what shapes the bytes (whether the cache report was asked
 for); so two tokens never share an answer. Only answers without errors whose every upstream
 ask was a fresh cache entry or a new upstream answer are kept, and each dies with the
@@ -20,7 +21,6 @@ from typing import Any
 import orjson
 
 from gateway.pipeline.local_tier import LocalTier
-from gateway.upstream.slots import caller_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +55,19 @@ class ResponseReuse:
 
     def key(
         self,
-        authorization: str | None,
+        caller: str,
         document: str,
         variables: dict[str, Any] | None,
         operation_name: str | None,
         shape: str,
     ) -> str | None:
         """The answer's name, or None when it cannot be reused (no caching, or variables
-        that cannot be written down canonically)."""
+        that cannot be written down canonically). ``caller`` is ``Caller.identity``."""
         if self._answers is None:
             return None
         try:
             material = orjson.dumps(
-                [authorization, document, variables, operation_name, shape],
+                [caller, document, variables, operation_name, shape],
                 option=orjson.OPT_SORT_KEYS,
             )
         except TypeError:
@@ -92,13 +92,13 @@ class ResponseReuse:
         key: str,
         body: bytes,
         fresh_for: float | None,
-        authorization: str | None,
+        caller: str,
         operation: tuple[str | None, str | None] = (None, None),
     ) -> None:
-        """Keep ``body`` for the ``fresh_for`` seconds its upstream entries stay fresh."""
+        """Keep ``body`` for the ``fresh_for`` seconds its upstream entries stay fresh, in
+        ``caller``'s share of the store."""
         if self._answers is None or fresh_for is None:
             return
         # Stored "as old as" its oldest entry, so it expires with it.
         stored_at = self.clock.monotonic() - (self.ttl - fresh_for)
-        owner = caller_of(authorization or "")
-        self._answers.set(key, orjson.dumps(list(operation)) + b"\n" + body, stored_at, owner)
+        self._answers.set(key, orjson.dumps(list(operation)) + b"\n" + body, stored_at, caller)

@@ -3,37 +3,59 @@
 One request: the method is checked (405), a browser asking for HTML gets GraphiQL
 (development), a response style is negotiated from ``Accept`` (406 when none fits), the
 parameters are read (``graphql_request``), and the ``OperationRunner`` (``operation``) runs
-them. The style (``response_style``; ``json_body`` today) writes what comes out, an answer or
+them. The style (``response_style``: ``json_body``) writes what comes out, an answer or
 a refusal; every refusal has the one body of ``refusals``, never a ``data`` entry.
+
+Incremental delivery and subscriptions: when ``Accept`` names ``multipart/mixed`` or
+``text/event-stream`` and the operation wants a stream (``@defer``, ``@stream``, a
+subscription), or no JSON type is acceptable at all, the operation's payloads are written by
+a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``.
+A request that fails before its first payload is still answered as JSON with its status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.federated_trace import HEADER as FEDERATED_TRACE_HEADER
 from gateway.api.federated_trace import wants_federated_trace
 from gateway.errors import ErrorCode
+from gateway.http.batch import run_batch
 from gateway.http.graphiql import graphiql_response
-from gateway.http.graphql_request import has_graphql_parameters, params_of
+from gateway.http.graphql_request import Batch, GraphQLParams, has_graphql_parameters, params_of
 from gateway.http.json_body import JsonBodyStyle
 from gateway.http.negotiation import (
     APPLICATION_JSON,
+    EVENT_STREAM,
     GRAPHQL_RESPONSE_JSON,
+    MULTIPART_MIXED,
     choose_media_type,
+    choose_stream_type,
     wants_html,
 )
-from gateway.http.operation import OperationCall, OperationRunner
+from gateway.http.operation import Answer, OperationCall, OperationRunner
 from gateway.http.refusals import Refusal
 from gateway.http.response_style import ResponseStyle
+from gateway.http.router_access import ROUTER_SECRET_HEADER, is_router
+from gateway.http.stream_limits import OpenStreams
+from gateway.http.stream_styles import EventStreamFraming, MultipartFraming, StreamedResponse
+from gateway.pipeline.source import NumbersSource
 
 # Request header asking for ``extensions.cache`` (what each upstream ask was served from).
 CACHE_REPORT_HEADER = "gateway-cache-report"
 _ALLOWED_METHODS = "GET, POST"
 # Refusals made before a style is negotiated are plain JSON.
 _PLAIN_JSON = JsonBodyStyle(APPLICATION_JSON)
+# Refusals of a request that accepts only streamed types: JSON with the spec's 4xx statuses.
+_STREAM_REFUSALS = JsonBodyStyle(GRAPHQL_RESPONSE_JSON)
+# Streams of callers without usable credentials (refused by the operation) share one count.
+_NO_CALLER = "no-credentials"
 
 
 def choose_style(accept: str | None) -> ResponseStyle | None:
@@ -46,15 +68,24 @@ class GraphQLView:
     """The ASGI app behind ``/graphql``. Built once by ``create_app``; holds no request
     state."""
 
-    def __init__(self, *, runner: OperationRunner, ide_page: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        runner: OperationRunner,
+        ide_page: str | None,
+        router_secret: SecretStr | None = None,
+        batch_max: int = 0,
+    ) -> None:
         self.runner = runner
         self.ide_page = ide_page
+        self.router_secret = router_secret
+        self.batch_max = batch_max  # 0: a JSON array body is refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.handle(Request(scope, receive))
         await response(scope, receive, send)
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response | ASGIApp:
         accept = request.headers.get("accept")
         if request.method not in ("GET", "POST"):
             refusal = Refusal(
@@ -71,30 +102,87 @@ class GraphQLView:
             and not has_graphql_parameters(request.query_params)
         ):
             return graphiql_response(self.ide_page)
-        style = choose_style(accept)
-        if style is None:
+        json_style = choose_style(accept)
+        stream_type = choose_stream_type(accept)
+        if json_style is None and stream_type is None:
             refusal = Refusal(
                 406,
                 f"Cannot answer with any type in Accept: {accept!r}; accept "
-                f"{GRAPHQL_RESPONSE_JSON} or {APPLICATION_JSON}.",
+                f"{GRAPHQL_RESPONSE_JSON}, {APPLICATION_JSON}, {MULTIPART_MIXED} or "
+                f"{EVENT_STREAM}.",
             )
             return _PLAIN_JSON.refused(refusal, None)
+        style = json_style or _STREAM_REFUSALS
         try:
-            answer = await self.runner.run(await _operation_call(request))
+            params = await params_of(request, batch_max=self.batch_max)
+            if isinstance(params, Batch):
+                return await run_batch(
+                    self.runner,
+                    params,
+                    lambda one: self._operation_call(request, one),
+                    style.media_type,
+                )
+            call = self._operation_call(request, params)
+            if stream_type is not None and (
+                json_style is None or await self.runner.wants_stream(call)
+            ):
+                return await self._streamed(request, call, stream_type, style)
+            answer = await self.runner.run(call)
         except Refusal as refusal:
             return style.refused(refusal, request)
         return style.answered(answer, request)
 
+    async def _streamed(
+        self, request: Request, call: OperationCall, stream_type: str, style: ResponseStyle
+    ) -> Response | ASGIApp:
+        """The operation's payloads as ``stream_type`` (a subscription goes as SSE whenever
+        the client accepts it), or its JSON answer when it failed before the first."""
+        streams: OpenStreams = request.state.streams
+        numbers: NumbersSource = request.state.numbers
+        caller = numbers.callers.known(call.authorization)
+        key = caller.identity if caller is not None else _NO_CALLER
+        streams.acquire(key)
+        try:
+            outcome = await self.runner.stream(call)
+        except BaseException:
+            streams.release(key)
+            raise
+        if isinstance(outcome, Answer):
+            streams.release(key)
+            return style.answered(outcome, request)
+        release: Callable[[], None] = partial(streams.release, key)
+        if outcome.subscription:
+            # Subscriptions have their own bounds (GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER).
+            release()
+            release = _nothing
+        accepts_sse = stream_type == EVENT_STREAM or _accepts_sse(request)
+        framing = (
+            EventStreamFraming()
+            if stream_type == EVENT_STREAM or (outcome.subscription and accepts_sse)
+            else MultipartFraming()
+        )
+        return StreamedResponse(outcome, framing, streams, release=release)
 
-async def _operation_call(request: Request) -> OperationCall:
-    headers = request.headers
-    return OperationCall(
-        connection=request,
-        params=await params_of(request),
-        authorization=headers.get("authorization"),
-        queries_only=request.method == "GET",
-        refresh="no-cache" in headers.get("cache-control", "").lower(),
-        report_cache=headers.get(CACHE_REPORT_HEADER, "").lower() in ("1", "true", "yes"),
-        federated_trace=wants_federated_trace(headers.get(FEDERATED_TRACE_HEADER)),
-        shape=request.method,
-    )
+    def _operation_call(self, request: Request, params: GraphQLParams) -> OperationCall:
+        """The call that runs ``params`` as this request (a batch's differ only in them)."""
+        headers = request.headers
+        return OperationCall(
+            connection=request,
+            params=params,
+            authorization=headers.get("authorization"),
+            queries_only=request.method == "GET",
+            refresh="no-cache" in headers.get("cache-control", "").lower(),
+            report_cache=headers.get(CACHE_REPORT_HEADER, "").lower() in ("1", "true", "yes"),
+            federated_trace=wants_federated_trace(headers.get(FEDERATED_TRACE_HEADER)),
+            router=is_router(self.router_secret, headers.get(ROUTER_SECRET_HEADER)),
+            shape=request.method,
+        )
+
+
+def _accepts_sse(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return EVENT_STREAM in accept.lower()
+
+
+def _nothing() -> None:
+    return None

@@ -1,8 +1,10 @@
 """GraphQL arguments to upstream queries: validation, normalisation, page windows, cursors.
 
 ``numbers_query`` validates a filter and order and normalises them into a ``NumbersQuery``;
-``page_window`` turns ``first``/``after``/``offset`` into a start position and size. Every rule
-here runs before any upstream call and fails with ``BadUserInput``.
+``page_window`` turns ``first``/``after``/``offset`` into a start position and size (a streamed
+list may ask for more: ``page_ceiling``); ``check_url_text`` is the one rule for every string
+that becomes part of an upstream URL (ids, filter strings, orgId, cursors). Every rule here
+runs before any upstream call and fails with ``BadUserInput``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from gateway.numbers.types import (
 
 DEFAULT_PAGE_SIZE = 100
 OWNER_NAME_MAX_LENGTH = 255
+# UTF-8 bytes of one string sent in an upstream URL. Webex ids are about 100 characters and
+# ownerName at most 255 (of at most 4 bytes); percent-encoded, the longest query stays far
+# below what URL parsers (httpx: 64 KiB a component) and servers accept.
+URL_TEXT_MAX_BYTES = 1024
 _CURSOR_PREFIX = "pn1"
 
 # Filter fields in the order they are sent: (python attribute, upstream parameter).
@@ -69,7 +75,22 @@ def _wire(value: object) -> str:
     return str(value)
 
 
+def check_url_text(name: str, value: str) -> None:
+    """Refuse a string too long to be part of an upstream URL (``BadUserInput``, before any
+    call): ids, filter strings, ``orgId``, entity keys, cursors. ``name`` is the argument as
+    the caller wrote it (``filter.ownerId``, ``Person.id``)."""
+    # Code points first: a longer string cannot fit, and is not encoded to find out.
+    if len(value) > URL_TEXT_MAX_BYTES or len(value.encode("utf-8", "surrogatepass")) > (
+        URL_TEXT_MAX_BYTES
+    ):
+        raise BadUserInput(
+            f"{name} is too long: at most {URL_TEXT_MAX_BYTES} bytes (UTF-8) are accepted, "
+            "far more than any id or value the upstream knows."
+        )
+
+
 def _check_text(name: str, value: str) -> None:
+    check_url_text(name, value)
     if not value.strip():
         raise BadUserInput(f"{name} must not be empty; omit it instead.")
     # Control characters and lone surrogates cannot travel in a URL or a cache key.
@@ -207,12 +228,43 @@ def decode_cursor(query: NumbersQuery, cursor: str) -> int:
     return index
 
 
-def page_window(query: NumbersQuery, page: PageInput | None, max_page_size: int) -> PageWindow:
-    """Validate ``first``/``after``/``offset`` and turn them into a start and a size."""
+def page_ceiling(*, max_page_size: int, max_stream_items: int | None, streamed: bool) -> int:
+    """The largest ``first`` a list may ask for: ``GATEWAY_MAX_PAGE_SIZE``, or for a streamed
+    list (its items sent as the upstream pages arrive, never held whole)
+    ``GATEWAY_MAX_STREAM_ITEMS``. The cost estimate reads ``first`` against the same one."""
+    if streamed and max_stream_items is not None:
+        return max(max_page_size, max_stream_items)
+    return max_page_size
+
+
+def page_window(
+    query: NumbersQuery,
+    page: PageInput | None,
+    max_page_size: int,
+    *,
+    streamed: bool = False,
+    max_stream_items: int | None = None,
+    held_stream: bool = False,
+) -> PageWindow:
+    """Validate ``first``/``after``/``offset`` and turn them into a start and a size.
+    ``streamed``: the list is delivered with ``@stream``, so ``first`` may reach
+    ``max_stream_items`` (see ``page_ceiling``). ``held_stream``: it carries ``@stream`` but
+    is answered in one JSON body (held whole), so the unstreamed ceiling applies."""
     page = page or PageInput()
+    ceiling = page_ceiling(
+        max_page_size=max_page_size, max_stream_items=max_stream_items, streamed=streamed
+    )
     size = min(DEFAULT_PAGE_SIZE, max_page_size) if page.first is None else page.first
-    if not 1 <= size <= max_page_size:
-        raise BadUserInput(f"page.first must be between 1 and {max_page_size}, got {size}.")
+    if not 1 <= size <= ceiling:
+        hint = ""
+        if not streamed and max_stream_items is not None and 1 <= size <= max_stream_items:
+            hint = f" A list under @stream may ask for up to {max_stream_items}."
+            if held_stream:
+                hint = (
+                    f" A list under @stream may ask for up to {max_stream_items} only when "
+                    "the response streams: accept multipart/mixed or text/event-stream."
+                )
+        raise BadUserInput(f"page.first must be between 1 and {ceiling}, got {size}.{hint}")
     if page.after is not None and page.offset is not None:
         raise BadUserInput("page.after and page.offset cannot be combined; use one of them.")
     if page.offset is not None:
@@ -220,5 +272,6 @@ def page_window(query: NumbersQuery, page: PageInput | None, max_page_size: int)
             raise BadUserInput(f"page.offset must be zero or more, got {page.offset}.")
         return PageWindow(start=page.offset, size=size)
     if page.after is not None:
+        check_url_text("page.after", page.after)
         return PageWindow(start=decode_cursor(query, page.after) + 1, size=size)
     return PageWindow(start=0, size=size)

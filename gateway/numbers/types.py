@@ -12,7 +12,7 @@ from the layers above it, not even for type checking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Protocol, TypeVar
@@ -428,10 +428,11 @@ class NumberCounts:
 
 
 class PageSource(Protocol):
-    """What a connection reads its fields from (``numbers.connection.PageResult``)."""
+    """What a connection reads its fields from (``numbers.connection.PageResult``, or
+    ``StreamedPageResult`` whose lists are async iterators read as the upstream is walked)."""
 
-    def nodes(self) -> list[PhoneNumber]: ...
-    def edges(self) -> list[PhoneNumberEdge]: ...
+    def nodes(self) -> list[PhoneNumber] | AsyncIterator[PhoneNumber]: ...
+    def edges(self) -> list[PhoneNumberEdge] | AsyncIterator[PhoneNumberEdge]: ...
     def page_info(self) -> PageInfo: ...
     def total_count(self) -> int: ...
 
@@ -449,6 +450,8 @@ class RequestNumbers(Protocol):
         *,
         entity_key: EntityKey | None = None,
         total: bool = False,
+        streamed: bool = False,
+        held_stream: bool = False,
     ) -> PageSource: ...
 
     async def number_counts(
@@ -468,18 +471,26 @@ class NumbersContext(Protocol):
 
 
 ContextT = TypeVar("ContextT", bound=NumbersContext)
+_ITEM_LISTS = frozenset({"nodes", "edges"})
 
 
 @strawberry.type(description="One page of phone numbers, Relay-style.")
 class PhoneNumberConnection:
     result: strawberry.Private[PageSource]
 
-    @strawberry.field(description="The page's phone numbers, in the upstream's order.")
-    def nodes(self) -> list[PhoneNumber]:
+    # A list under @stream is an async iterator (the upstream walk), hence graphql_type.
+    @strawberry.field(
+        description="The page's phone numbers, in the upstream's order.",
+        graphql_type=list[PhoneNumber],
+    )
+    def nodes(self) -> list[PhoneNumber] | AsyncIterator[PhoneNumber]:
         return self.result.nodes()
 
-    @strawberry.field(description="The page's phone numbers with their cursors.")
-    def edges(self) -> list[PhoneNumberEdge]:
+    @strawberry.field(
+        description="The page's phone numbers with their cursors.",
+        graphql_type=list[PhoneNumberEdge],
+    )
+    def edges(self) -> list[PhoneNumberEdge] | AsyncIterator[PhoneNumberEdge]:
         return self.result.edges()
 
     @strawberry.field(description="Where this page sits in the whole list.")
@@ -494,6 +505,27 @@ class PhoneNumberConnection:
 def caller_numbers(info: strawberry.Info[ContextT, None]) -> RequestNumbers:
     """The request's numbers, through the context."""
     return info.context.numbers
+
+
+def selected(selections: Iterable[Selection], names: frozenset[str]) -> Iterator[SelectedField]:
+    """The fields named ``names`` selected directly or through fragments."""
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name in names:
+                yield selection
+        else:
+            yield from selected(selection.selections, names)
+
+
+def streams_items(selections: Iterable[Selection]) -> bool:
+    """Whether a connection's items are delivered with ``@stream``: it selects ``nodes`` or
+    ``edges``, each under an active ``@stream`` (the rule ``api.cost`` prices by). One list
+    without it holds the page whole, so the page is bounded as an unstreamed one."""
+    item_lists = list(selected(selections, _ITEM_LISTS))
+    return bool(item_lists) and all(
+        "stream" in field.directives and field.directives["stream"].get("if") is not False
+        for field in item_lists
+    )
 
 
 def selects(selections: Iterable[Selection], name: str) -> bool:
@@ -516,9 +548,24 @@ async def numbers_connection(
     page: PageInput | None,
     entity_key: EntityKey | None,
 ) -> PhoneNumberConnection:
-    """What every ``phoneNumbers`` field answers, root or entity: one page of the query."""
-    total = selects(info.selected_fields[0].selections, "totalCount")
+    """What every ``phoneNumbers`` field answers, root or entity: one page of the query, or
+    with ``@stream`` on its items a window walked while the client takes it."""
+    selections = info.selected_fields[0].selections
+    asks_stream = streams_items(selections)
+    # Merged into one JSON body (``RequestContext.incremental_delivery`` False), a streamed
+    # list would be held whole: bounded as unstreamed. A context that does not say executes
+    # the stream itself (``schema.stream`` in tests), so it streams.
+    streamed = asks_stream and getattr(info.context, "incremental_delivery", True)
+    # A streamed window answers pageInfo before its walk ends: from the upstream's total.
+    total = selects(selections, "totalCount") or (streamed and selects(selections, "pageInfo"))
     result = await caller_numbers(info).phone_numbers(
-        org_id, flt, order, page, entity_key=entity_key, total=total
+        org_id,
+        flt,
+        order,
+        page,
+        entity_key=entity_key,
+        total=total,
+        streamed=streamed,
+        held_stream=asks_stream and not streamed,
     )
     return PhoneNumberConnection(result=result)

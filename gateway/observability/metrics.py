@@ -3,7 +3,11 @@
 Labels never carry tokens, org ids, filters or variables. Two carry what a caller sent, both
 bounded (``BoundedLabel``): operation names (named operations only) and client names
 (``apollographql-client-name``). Each keeps the first ``LABEL_VALUES_MAX`` distinct values it
-sees; later ones share one label, so a client inventing names cannot grow the series.
+sees; later ones share one label, so a client inventing names cannot grow the series. An
+operation name takes a place only once an operation by that name executed for a caller whose
+credential the upstream accepted during it (``RequestFacts.caller_accepted``), or ran one of
+the operator's trusted documents: anyone can send ``query JunkN { __typename }``, tokenless or
+with a made-up token, and such operations must not use up the places real operations need.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ ANONYMOUS = "(anonymous)"  # an operation without a name
 NO_CLIENT = "(none)"  # a request without apollographql-client-name
 OTHER = "(other)"  # past the bound; parentheses: no GraphQL name can look like these
 BREAKER_STATES = ("closed", "open", "half_open")
+FEED_ROLES = ("polling", "relaying", "local")  # a change feed's role on this replica
 _GRAPHQL_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,127}")
 
 
@@ -65,12 +70,21 @@ class CacheTierView(Protocol):
     def size_bytes(self) -> int: ...
 
 
+class ChangeFeedsView(Protocol):
+    @property
+    def open_subscriptions(self) -> int: ...
+
+    def feeds_by_role(self) -> dict[str, int]: ...
+
+
 class _StateCollector(Collector):
-    """Gauges read when scraped: the breaker's state and the page cache's local size."""
+    """Gauges read when scraped: the breaker's state, the page cache's local size and the
+    change feeds' subscriptions and roles."""
 
     def __init__(self) -> None:
         self.breaker: BreakerView | None = None
         self.cache: CacheTierView | None = None
+        self.changes: ChangeFeedsView | None = None
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
@@ -93,6 +107,22 @@ class _StateCollector(Collector):
             "Approximate bytes of the page cache's local entries (their encoded size).",
             value=cache.size_bytes if cache is not None else 0,
         )
+        changes = self.changes
+        yield GaugeMetricFamily(
+            "gateway_subscriptions_open",
+            "Subscriptions (phoneNumberChanges) open on this replica.",
+            value=changes.open_subscriptions if changes is not None else 0,
+        )
+        feeds = GaugeMetricFamily(
+            "gateway_change_feeds",
+            "Change feeds on this replica by role: polling (for every replica, or alone "
+            "without Redis), relaying (another replica polls), local (Redis unreachable).",
+            labels=["role"],
+        )
+        roles = changes.feeds_by_role() if changes is not None else {}
+        for role in FEED_ROLES:
+            feeds.add_metric([role], float(roles.get(role, 0)))
+        yield feeds
 
 
 class GatewayMetrics:
@@ -187,10 +217,30 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.cache_invalid_entries = Counter(
+            "gateway_cache_backend_invalid_entries_total",
+            "Redis entries read back that were not this gateway's (wrong version, checksum or "
+            "key); each was a miss.",
+            registry=self.registry,
+        )
         self.responses_reused = Counter(
             "gateway_responses_reused_total",
             "Repeated operations answered by answer reuse: stored response bytes, no parse, "
             "validation or execution.",
+            registry=self.registry,
+        )
+        self.change_feed_polls = Counter(
+            "gateway_change_feed_polls_total",
+            "Change feed polls by outcome: ok, rate_limited, upstream_error (backed off), "
+            "inconsistent (entries moved mid-walk: thrown away), refused (the caller's error "
+            "ended the feed), failed (a bug ended it).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.change_feed_events = Counter(
+            "gateway_change_feed_events_total",
+            "Change feed events sent to subscribers, by kind (SYNCED, ADDED, ...).",
+            ["kind"],
             registry=self.registry,
         )
         self.operation_cost = Histogram(
@@ -204,6 +254,10 @@ class GatewayMetrics:
         """Report ``breaker``'s state in ``gateway_upstream_breaker_state``."""
         self._state.breaker = breaker
 
+    def watch_changes(self, changes: ChangeFeedsView) -> None:
+        """Report ``gateway_subscriptions_open`` and ``gateway_change_feeds``."""
+        self._state.changes = changes
+
     def watch_cache(self, local: CacheTierView | None) -> None:
         """Report the page cache's local tier size in ``gateway_cache_entries`` / ``_bytes``."""
         self._state.cache = local
@@ -216,13 +270,17 @@ class GatewayMetrics:
         outcome: str,
         client_name: str | None,
         seconds: float,
+        may_take_label: bool = False,
     ) -> None:
         """One GraphQL request. A name gets a series of its own only once an operation by
-        that name executed (a document that failed validation cannot claim one)."""
+        that name executed with ``may_take_label`` (``RequestFacts.may_take_label``: the
+        upstream accepted the caller's credential, or the document is a trusted one); a
+        document that failed validation or a caller the upstream never accepted cannot claim
+        one, and a name that has one keeps it for all."""
         if operation_name is None:
             operation = ANONYMOUS
         elif _GRAPHQL_NAME.fullmatch(operation_name):
-            operation = self.operation_label(operation_name, admit=executed)
+            operation = self.operation_label(operation_name, admit=executed and may_take_label)
         else:
             operation = OTHER
         client = self.client_label(client_name) if client_name is not None else NO_CLIENT

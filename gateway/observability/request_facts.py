@@ -38,6 +38,9 @@ TRACKING_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 CLIENT_FIELD_MAX = 64  # characters kept of apollographql-client-name / -version
 OPERATION_NAME_MAX = 128  # characters of an operation name logged
 UPSTREAM_CALLS_LOGGED = 20  # calls detailed in one log line (all are counted)
+# Cache statuses (``PageCache``'s ``CacheEvent.status``) of a page this caller got: from the
+# upstream (miss, bypass, refresh) or from an entry stored from such an answer (hit, stale).
+PAGE_ANSWERED = frozenset({"hit", "miss", "bypass", "refresh", "stale"})
 
 _EXTENSION_KEY = "numbers_gateway.upstream_call"
 
@@ -91,6 +94,8 @@ class RequestFacts:
     request_id: str
     client_name: str | None = None
     client_version: str | None = None
+    # The document came from the operator's trusted-documents manifest (``vouch_for_document``).
+    trusted_document: bool = False
     tracer: Tracer | None = None  # the app's tracer while tracing is on, else None
     trace_id: str | None = None
     operation_name: str | None = None
@@ -100,6 +105,10 @@ class RequestFacts:
     error_codes: list[str] = field(default_factory=list)
     upstream_calls: list[UpstreamCall] = field(default_factory=list)
     cache: list[str] = field(default_factory=list)  # "status:tier" per upstream ask
+    # A batch (GATEWAY_BATCH_MAX): one entry per operation, in order (``operation_log``).
+    batch: list[dict[str, Any]] = field(default_factory=list)
+    # A streamed response (multipart, SSE): transport, payloads, items, how it ended, ms.
+    stream: dict[str, Any] | None = None
 
     @property
     def outcome(self) -> str:
@@ -107,6 +116,34 @@ class RequestFacts:
         if not self.executed:
             return "rejected"
         return "error" if self.error_codes else "success"
+
+    @property
+    def caller_accepted(self) -> bool:
+        """Whether the upstream accepted this caller's credential during this request: an
+        upstream call answered 2xx, or a page came from the cache under this caller's own
+        key (stored only from such an answer). A reused whole answer proves nothing: one
+        that made no upstream call (``{ __typename }``) is kept for any credential."""
+        if any(200 <= (call.status or 0) < 300 for call in self.upstream_calls):
+            return True
+        return any(event.split(":", 1)[0] in PAGE_ANSWERED for event in self.cache)
+
+    @property
+    def may_take_label(self) -> bool:
+        """Whether this operation's name may take a metric label of its own (if it executed):
+        an accepted credential or a trusted document, so that neither tokenless nor junk-token
+        floods of ``query JunkN { __typename }`` can fill the label slots real operations need."""
+        return self.trusted_document or self.caller_accepted
+
+    def operation_log(self) -> dict[str, Any]:
+        """This operation's own facts, as one entry of a batch's ``batch`` log field."""
+        return {
+            "operationName": self.operation_name,
+            "operationType": self.operation_type,
+            "outcome": self.outcome if self.attempted else "rejected",
+            "errorCodes": self.error_codes,
+            "upstreamCalls": len(self.upstream_calls),
+            "cache": self.cache,
+        }
 
     def add_error_codes(self, codes: Iterable[str]) -> None:
         for code in codes:
@@ -120,6 +157,14 @@ _current: ContextVar[RequestFacts | None] = ContextVar("gateway_request_facts", 
 def current_facts() -> RequestFacts | None:
     """The facts of the request this code runs for; None outside a request."""
     return _current.get()
+
+
+def vouch_for_document() -> None:
+    """Record that the current request's document is one of the operator's trusted documents
+    (its operation name may then take a metric label, whatever the credential)."""
+    facts = _current.get()
+    if facts is not None:
+        facts.trusted_document = True
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 from opentelemetry import context as otel_context
@@ -76,6 +77,28 @@ class TracingConfigError(Exception):
     """An ``OTEL_*`` variable asks for something the gateway cannot do; one line names it."""
 
 
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def check_otlp_endpoint(variable: str, value: str | None) -> None:
+    """An OTLP/HTTP endpoint is an absolute http(s) URL with a host (and a valid port):
+    anything else would fail at the first export, as non-JSON lines on stderr."""
+    if value is None or not value.strip():
+        return
+    text = value.strip()
+    try:
+        url = urlsplit(text)
+        _ = url.port  # raises for a port that is not one
+        valid = url.scheme in ("http", "https") and bool(url.hostname) and " " not in text
+    except ValueError:
+        valid = False
+    if not valid:
+        raise TracingConfigError(
+            f"{variable}: {value!r} is not an http(s) URL with a host, e.g. "
+            "http://otel-collector:4318"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
     """What the environment asks for: the exporters to use (none: tracing is off)."""
@@ -89,6 +112,9 @@ class TracingConfig:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> TracingConfig:
         env = os.environ if environ is None else environ
+        # A malformed endpoint is refused even while tracing is off: it would be on later.
+        for variable in OTLP_ENDPOINT_VARIABLES:
+            check_otlp_endpoint(variable, env.get(variable))
         if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return cls()
         named = [

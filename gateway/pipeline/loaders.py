@@ -5,19 +5,21 @@ Each field asks for a ``Fetch`` (a window of items and/or counts for one ``Numbe
 The loader collects the asks of one tick, merges those with the same query and window into
 one call, and folds counts-only asks into a page call of the same query (asking it with
 ``details=true``), so ``phoneNumbers { totalCount }`` plus ``numberCounts`` with the same filter
-is a single upstream request. Built per request by ``NumbersSource``; never shared.
+is a single upstream request. Page calls that differ only in an owner's or a location's id
+(a router's batch of ``Person`` or ``Location`` entities) may then be answered by one walk of
+the list they partition (``entity_batches``). Built per request by ``NumbersSource``; never
+shared.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from strawberry.dataloader import DataLoader
 
 from gateway.numbers.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
-
-FetchPage = Callable[[Fetch], Awaitable[UpstreamPage]]
+from gateway.pipeline.entity_batches import Answered, FetchPage, answer_calls
+from gateway.pipeline.page_cache import CacheEvent
 
 
 def plan_calls(asks: Sequence[Fetch]) -> dict[Fetch, Fetch]:
@@ -52,26 +54,55 @@ def plan_calls(asks: Sequence[Fetch]) -> dict[Fetch, Fetch]:
 
 
 class NumbersLoader:
-    """The operation's view of the upstream: ``load`` a ``Fetch``, get its ``UpstreamPage``."""
+    """The upstream as one request's operations see it: ``load`` a ``Fetch`` through a
+    ``LoaderView``, get its ``UpstreamPage``. Every view of one loader shares its batching,
+    so equal asks of several operations (a batch) make one call; each view keeps its own
+    record of what the cache did."""
 
     def __init__(self, fetch_page: FetchPage) -> None:
         self._fetch_page = fetch_page
-        self._loader: DataLoader[Fetch, UpstreamPage] = DataLoader(load_fn=self._load_batch)
+        self._loader: DataLoader[Fetch, Answered] = DataLoader(load_fn=self._load_batch)
 
-    def load(self, ask: Fetch) -> Awaitable[UpstreamPage]:
-        return self._loader.load(ask)
+    def view(self) -> LoaderView:
+        """A new view: loads through this loader, cache events of its own."""
+        return LoaderView(self)
 
-    async def _load_batch(self, asks: Sequence[Fetch]) -> list[UpstreamPage | BaseException]:
+    async def load(self, ask: Fetch) -> Answered:
+        return await self._loader.load(ask)
+
+    async def _load_batch(self, asks: Sequence[Fetch]) -> list[Answered | BaseException]:
         plan = plan_calls(asks)
         calls = list(dict.fromkeys(plan.values()))
-        outcomes = await asyncio.gather(
-            *(self._fetch_page(call) for call in calls), return_exceptions=True
-        )
-        answered = dict(zip(calls, outcomes, strict=True))
-        results: list[UpstreamPage | BaseException] = []
+        # A call that also answers a counts-only ask needs the upstream's whole count object.
+        counted = {plan[ask] for ask in asks if ask.window is None}
+        answered = await answer_calls(calls, self._fetch_page, counted=counted)
+        results: list[Answered | BaseException] = []
         for ask in asks:
-            outcome = answered[plan[ask]]
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome  # cancellation and the like are not per-key failures
-            results.append(outcome)
+            found = answered[plan[ask]]
+            if isinstance(found.outcome, BaseException):
+                if not isinstance(found.outcome, Exception):
+                    raise found.outcome  # cancellation and the like are not per-key failures
+                results.append(found.outcome)
+            else:
+                results.append(found)
         return results
+
+
+class LoaderView:
+    """One operation's loads: the shared loader's answers, and ``events``, what the cache
+    did for each fetch this operation's answers were built from (each fetch once, however
+    many of the operation's fields it answered)."""
+
+    def __init__(self, loader: NumbersLoader) -> None:
+        self.loader = loader
+        self.events: list[CacheEvent] = []
+        self._recorded: set[int] = set()  # ids of the events in ``events``, which keeps them
+
+    async def load(self, ask: Fetch) -> UpstreamPage:
+        answered = await self.loader.load(ask)
+        for event in answered.events:
+            if id(event) not in self._recorded:
+                self._recorded.add(id(event))
+                self.events.append(event)
+        assert not isinstance(answered.outcome, BaseException)  # raised by the loader
+        return answered.outcome

@@ -1,6 +1,6 @@
 """The in-process store of encoded entries that the page cache and answer reuse both keep:
 an LRU bounded by entries and by bytes, expiring after a TTL, with each caller held to a
-share of the bytes.
+share of the entries and of the bytes.
 
 It stores bytes and knows nothing of what they encode; each user decodes its own entries.
 """
@@ -25,12 +25,13 @@ class _Slot:
 
 class LocalTier:
     """LRU, expiring after ``ttl``, bounded by entries and by bytes, with each owner
-    (caller) held to ``owner_share`` of the bytes.
+    (caller) held to ``owner_share`` of the entries and of the bytes.
 
     Entries are kept encoded and decoded by the reader on a hit, so the byte bound is what
     the process really holds (decoded pages take several times their JSON size). The owner
-    share keeps one token from filling the store and evicting every other tenant: past its
-    share, a caller's own oldest entries go first.
+    share keeps one caller from filling the store and evicting every other tenant, with
+    large entries or with many tiny ones: past its share, a caller's own oldest entries go
+    first.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class LocalTier:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_owner_bytes = max(1, int(max_bytes * owner_share))
+        self.max_owner_entries = max(1, int(max_entries * owner_share))
         self.clock = clock
         self.size_bytes = 0
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
@@ -69,7 +71,10 @@ class LocalTier:
         if size > self.max_owner_bytes:
             return  # larger than a caller's whole share: serve it, don't keep it
         mine = self._by_owner.get(owner)
-        while mine and self._owner_bytes[owner] + size > self.max_owner_bytes:
+        while mine and (
+            self._owner_bytes[owner] + size > self.max_owner_bytes
+            or len(mine) >= self.max_owner_entries
+        ):
             self._remove(next(iter(mine)))
         while self._slots and (
             self.size_bytes + size > self.max_bytes or len(self._slots) >= self.max_entries

@@ -1,7 +1,8 @@
 """The page cache: upstream pages kept across requests under per-caller keys, with a TTL,
 single flight, stale-if-error and an optional shared Redis tier for replicas.
 
-A key is an HMAC-SHA256, under a server secret, of the caller's Authorization value, the org
+A key is an HMAC-SHA256, under a server secret, of the caller's identity (``Callers``: the same
+for every spelling of one credential), the org
 (or "own org"), and the exact upstream query; so two tokens never share an entry, even in one
 org (a location admin sees fewer numbers than a full admin), and no key reveals a token. Only
 complete 200 answers are stored (the upstream client raises on anything else, and a partial
@@ -30,16 +31,17 @@ from gateway.observability.tracing import SpanContext, annotate, span_context, t
 from gateway.pipeline.guarded_redis import GuardedRedis
 from gateway.pipeline.local_tier import LocalTier
 
-KEY_PREFIX = "numbers-gateway:v1:"
+KEY_PREFIX = "numbers-gateway:v2:"
 OWN_ORG = "\x00own-org"
 
 CacheStatus = Literal["hit", "miss", "refresh", "bypass", "stale"]
 CacheTier = Literal["local", "redis", "upstream"]
 
 
-def cache_key(secret: bytes, authorization: str, fetch: Fetch) -> str:
-    """The entry's name: nothing in it can be turned back into the token or the query."""
-    material = orjson.dumps([authorization, fetch.query.org_id or OWN_ORG, fetch.upstream_params()])
+def cache_key(secret: bytes, caller: str, fetch: Fetch) -> str:
+    """The entry's name: nothing in it can be turned back into the token or the query.
+    ``caller`` is the caller's identity (``Caller.identity``)."""
+    material = orjson.dumps([caller, fetch.query.org_id or OWN_ORG, fetch.upstream_params()])
     return KEY_PREFIX + hmac.new(secret, material, hashlib.sha256).hexdigest()
 
 

@@ -1,41 +1,33 @@
 """The home of the request pipeline: every consumer of phone numbers goes through here.
 
 ``NumbersSource`` is built once in the lifespan from the page cache and the upstream client.
-``for_caller`` gives one request its own ``CallerNumbers``: the caller's credentials (checked
-before any upstream call), whether it asked for ``no-cache``, the record of what the cache did,
+``for_caller`` gives one request its own ``CallerNumbers``: the caller (``Callers`` normalises
+the credential and names the caller; a bad one fails each field before any upstream call),
+whether it asked for ``no-cache``, the record of what the cache did,
 and a fresh loader that merges the asks of one operation. Root fields, federation entity
 fields and persisted-query replays all read numbers through it; the HTTP view only says who
-is calling.
+is calling. A window under ``@stream`` is opened by ``page_stream`` instead: its first chunk
+through the same loader and cache, the rest walked as the client takes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import Literal, overload
 
 from gateway.errors import Unauthenticated
 from gateway.numbers.arguments import numbers_query, page_window
-from gateway.numbers.connection import PageResult
+from gateway.numbers.connection import PageResult, StreamedPageResult
 from gateway.numbers.query import EntityKey, Fetch, UpstreamPage
 from gateway.numbers.reader import to_number_counts
 from gateway.numbers.types import NumberCounts, PageInput, PhoneNumberFilter, PhoneNumberOrder
+from gateway.pipeline.caller import Caller, Callers
 from gateway.pipeline.loaders import NumbersLoader
 from gateway.pipeline.page_cache import CacheEvent, PageCache, cache_key
+from gateway.pipeline.page_stream import UpstreamWalk, open_stream
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.slots import caller_of
 
 _FRESH = frozenset({"hit", "miss", "refresh"})
-NO_CREDENTIALS = "Send the caller's Webex token as 'Authorization: Bearer <token>'."
-UNUSABLE_CREDENTIALS = (
-    "The Authorization header must be printable ASCII ('Bearer <token>'); this one cannot "
-    "be sent upstream."
-)
-
-
-def usable_authorization(value: str | None) -> str | None:
-    """The header as it will be forwarded, or None for no credentials (a blank header)."""
-    if value is None or not value.strip():
-        return None
-    return value
 
 
 class NumbersSource:
@@ -47,30 +39,59 @@ class NumbersSource:
         cache: PageCache,
         *,
         max_page_size: int,
+        max_stream_items: int | None = None,
         default_authorization: str | None = None,
     ) -> None:
         self.upstream = upstream
         self.cache = cache
         self.max_page_size = max_page_size
-        # The embedded simulator's demo token stands in for a caller who sent none.
-        self.default_authorization = default_authorization
+        # The ceiling of a window under @stream (None: GATEWAY_MAX_PAGE_SIZE, as unstreamed).
+        self.max_stream_items = max_stream_items
+        # Under the cache's secret, so a caller's identity and its cache keys agree.
+        self.callers = Callers(cache.secret, default_authorization)
 
     def for_caller(self, authorization: str | None, *, refresh: bool = False) -> CallerNumbers:
         """One request's view. ``authorization`` is the header exactly as sent."""
-        return CallerNumbers(
-            self, usable_authorization(authorization) or self.default_authorization, refresh
-        )
+        try:
+            caller: Caller | Unauthenticated = self.callers.identify(authorization)
+        except Unauthenticated as refused:
+            caller = refused  # each field that reads numbers fails with it, nothing else
+        return CallerNumbers(self, caller, refresh)
 
 
 class CallerNumbers:
     """One request's numbers: credentials, ``no-cache``, cache events and the loader."""
 
-    def __init__(self, source: NumbersSource, authorization: str | None, refresh: bool) -> None:
+    def __init__(
+        self, source: NumbersSource, caller: Caller | Unauthenticated, refresh: bool
+    ) -> None:
         self._source = source
-        self._authorization = authorization
+        self._caller = caller
         self.refresh = refresh
-        self.cache_events: list[CacheEvent] = []
-        self._loader = NumbersLoader(self._fetch)
+        self._loader = NumbersLoader(self._fetch).view()
+        self.cache_events: list[CacheEvent] = self._loader.events
+
+    @property
+    def caller(self) -> Caller:
+        """Who is calling; raises ``Unauthenticated`` (before any upstream call) when the
+        request named nobody who could call the upstream."""
+        if isinstance(self._caller, Unauthenticated):
+            raise Unauthenticated(self._caller.message)
+        return self._caller
+
+    def refreshing(self) -> CallerNumbers:
+        """A new view for the same caller that never reads a cached answer and refreshes the
+        cache, as ``Cache-Control: no-cache`` does (each poll of a change feed takes one)."""
+        return CallerNumbers(self._source, self._caller, refresh=True)
+
+    def sharing(self) -> CallerNumbers:
+        """Another operation of the same request (a batch): the same caller and loader, so
+        equal asks across the operations make one upstream call, but cache events of its
+        own, so each operation's ``fresh_for`` and ``extensions.cache`` are its own."""
+        shared = CallerNumbers(self._source, self._caller, self.refresh)
+        shared._loader = self._loader.loader.view()
+        shared.cache_events = shared._loader.events
+        return shared
 
     @property
     def ttl(self) -> float:
@@ -90,6 +111,7 @@ class CallerNumbers:
         """The upstream's answer to ``ask``, merged with the operation's other asks."""
         return self._loader.load(ask)
 
+    @overload
     async def phone_numbers(
         self,
         org_id: str | None,
@@ -99,11 +121,61 @@ class CallerNumbers:
         *,
         entity_key: EntityKey | None = None,
         total: bool = False,
-    ) -> PageResult:
+        streamed: Literal[False] = False,
+        held_stream: bool = False,
+    ) -> PageResult: ...
+
+    @overload
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        entity_key: EntityKey | None = None,
+        total: bool = False,
+        streamed: bool = False,
+        held_stream: bool = False,
+    ) -> PageResult | StreamedPageResult: ...
+
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        entity_key: EntityKey | None = None,
+        total: bool = False,
+        streamed: bool = False,
+        held_stream: bool = False,
+    ) -> PageResult | StreamedPageResult:
         """One page of numbers; arguments are validated before any upstream call. ``total``
-        asks for the counts too (``details=true``)."""
+        asks for the counts too (``details=true``). ``streamed``: the items are delivered
+        with ``@stream``, so the window may reach ``GATEWAY_MAX_STREAM_ITEMS`` and is walked
+        while the client takes it (``pipeline.page_stream``). ``held_stream``: the items
+        carry ``@stream`` but the response is one JSON body, so the window stays within
+        ``GATEWAY_MAX_PAGE_SIZE`` (its refusal says how to stream instead)."""
+        source = self._source
         query = numbers_query(org_id, flt, order, entity_key=entity_key)
-        window = page_window(query, page, self._source.max_page_size)
+        window = page_window(
+            query,
+            page,
+            source.max_page_size,
+            streamed=streamed,
+            max_stream_items=source.max_stream_items,
+            held_stream=held_stream,
+        )
+        if streamed:
+            return await open_stream(
+                query,
+                window,
+                max_page_size=source.max_page_size,
+                details=total,
+                load=self.load,
+                walk=UpstreamWalk(source.upstream, self.caller),
+            )
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
 
     async def number_counts(
@@ -117,19 +189,14 @@ class CallerNumbers:
         answer = await self.load(Fetch(query, None, details=True))
         return to_number_counts(answer.count)
 
-    async def _fetch(self, fetch: Fetch) -> UpstreamPage:
-        authorization = self._authorization
-        if authorization is None:
-            raise Unauthenticated(NO_CREDENTIALS)
-        if not (authorization.isascii() and authorization.isprintable()):
-            raise Unauthenticated(UNUSABLE_CREDENTIALS)
+    async def _fetch(self, fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
+        caller = self.caller
         cache = self._source.cache
         upstream = self._source.upstream
         page, event = await cache.get_or_fetch(
-            cache_key(cache.secret, authorization, fetch),
-            lambda: upstream.fetch(fetch, authorization),
-            owner=caller_of(authorization),
-            refresh=self.refresh,
+            cache_key(cache.secret, caller.identity, fetch),
+            lambda: upstream.fetch(fetch, caller.authorization, caller=caller.identity),
+            owner=caller.identity,
+            refresh=self.refresh or refresh,
         )
-        self.cache_events.append(event)
-        return page
+        return page, event

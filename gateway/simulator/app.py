@@ -3,12 +3,15 @@
 Acts out the upstream as UPSTREAM.md describes: bearer tokens and their rights, every query
 parameter and conflict, ``Link: <absolute URL>; rel="next"`` paging under a server page cap,
 ``details=true`` counts, Webex error bodies with a ``TrackingID`` header, and faults on demand
-(``/_simulator/faults``). It is the embedded default upstream, the demo, and the test bed.
+(``/_simulator/faults``), and data that changes on demand (``/_simulator/changes``). It is the
+embedded default upstream, the demo, and the test bed. ``create_simulator_control_app`` serves
+the control routes alone, for the gateway to mount under ``/_simulator`` when it embeds one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -19,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.simulator.dataset import SimulatorWorld, TokenGrant
+from gateway.simulator.changes import ChangeError, Churn, apply_change
+from gateway.simulator.dataset import SimulatedOrg, SimulatorWorld, TokenGrant
 from gateway.simulator.faults import FaultOutcome, FaultPlan, FaultRule, FaultSpecError
 from gateway.simulator.search import (
     DEFAULT_MAX,
@@ -30,6 +34,7 @@ from gateway.simulator.search import (
 )
 
 NUMBERS_PATH = "/v1/telephony/config/numbers"
+CONTROL_PREFIX = "/_simulator"  # faults, stats and changes: the test bed's controls
 
 _STATUS_MESSAGES = {
     400: "The request was invalid or cannot be otherwise served.",
@@ -101,14 +106,63 @@ class Simulator:
     """The simulator's state: the world, its indexes, the fault plan and a request counter."""
 
     def __init__(
-        self, world: SimulatorWorld, *, page_cap: int = DEFAULT_MAX, faults: FaultPlan | None = None
+        self,
+        world: SimulatorWorld,
+        *,
+        page_cap: int = DEFAULT_MAX,
+        faults: FaultPlan | None = None,
+        churn: float = 0.0,
     ) -> None:
         self.world = world
         self.page_cap = page_cap
         self.faults = faults or FaultPlan()
         self.indexes = {org_id: OrgIndex(org) for org_id, org in world.orgs.items()}
         self.request_count = 0
+        self.change_count = 0
         self.sleep = asyncio.sleep  # replaceable, so tests can see latency without waiting
+        self.churn = Churn(churn)
+        self._rng = random.Random(0)  # owners and numbers of changes made on demand
+
+    def _reindex(self, orgs: list[SimulatedOrg]) -> None:
+        for org in {org.id: org for org in orgs}.values():
+            self.indexes[org.id] = OrgIndex(org)
+
+    def _catch_up_churn(self) -> None:
+        touched = []
+        for _ in range(self.churn.due()):
+            try:
+                org, _entry = apply_change(
+                    self.world, self.churn.random_change(self.world), self.churn.rng
+                )
+            except ChangeError:
+                continue  # a random pick that cannot apply (a duplicate number): skip it
+            touched.append(org)
+            self.change_count += 1
+        self._reindex(touched)
+
+    async def changes_endpoint(self, request: Request) -> Response:
+        """``POST /_simulator/changes``: one change or ``{"changes": [...]}`` (see
+        ``simulator.changes``); all are applied or, on the first bad one, none after it."""
+        try:
+            data = orjson.loads(await request.body())
+            changes = data["changes"] if isinstance(data, dict) and "changes" in data else [data]
+            if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+                raise ChangeError('expected a change object or {"changes": [objects]}')
+            applied, touched = [], []
+            for change in changes:
+                org, entry = apply_change(self.world, change, self._rng)
+                touched.append(org)
+                applied.append({"action": change["action"], "entry": entry})
+        except (orjson.JSONDecodeError, ChangeError) as exc:
+            self._reindex(list(self.world.orgs.values()))
+            return Response(
+                orjson.dumps({"message": f"change not made: {exc}"}),
+                status_code=400,
+                media_type="application/json",
+            )
+        self._reindex(touched)
+        self.change_count += len(applied)
+        return Response(orjson.dumps({"applied": applied}), media_type="application/json")
 
     def _grant(self, request: Request) -> TokenGrant | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -118,6 +172,7 @@ class Simulator:
 
     async def list_numbers(self, request: Request) -> Response:
         self.request_count += 1
+        self._catch_up_churn()
         outcome = self.faults.next_outcome()
         if outcome.latency:
             await self.sleep(outcome.latency)
@@ -177,7 +232,14 @@ class Simulator:
 
     async def stats(self, request: Request) -> Response:
         return Response(
-            orjson.dumps({"requests": self.request_count}), media_type="application/json"
+            orjson.dumps(
+                {
+                    "requests": self.request_count,
+                    "changes": self.change_count,
+                    "churn": self.churn.rate,
+                }
+            ),
+            media_type="application/json",
         )
 
     async def healthz(self, request: Request) -> Response:
@@ -185,17 +247,19 @@ class Simulator:
 
 
 def create_simulator_app(
-    world: SimulatorWorld, *, page_cap: int = DEFAULT_MAX, faults: FaultPlan | None = None
+    world: SimulatorWorld,
+    *,
+    page_cap: int = DEFAULT_MAX,
+    faults: FaultPlan | None = None,
+    churn: float = 0.0,
 ) -> Starlette:
-    """A Starlette app serving ``world``; ``app.state.simulator`` exposes it to tests."""
-    simulator = Simulator(world, page_cap=page_cap, faults=faults)
+    """A Starlette app serving ``world``; ``app.state.simulator`` exposes it to tests.
+    ``churn``: random changes per second to the demo org (``simulator --churn``)."""
+    simulator = Simulator(world, page_cap=page_cap, faults=faults, churn=churn)
     app = Starlette(
         routes=[
             Route(NUMBERS_PATH, simulator.list_numbers, methods=["GET"]),
-            Route(
-                "/_simulator/faults", simulator.faults_endpoint, methods=["GET", "POST", "DELETE"]
-            ),
-            Route("/_simulator/stats", simulator.stats, methods=["GET"]),
+            *_control_routes(simulator, CONTROL_PREFIX),
             Route("/healthz", simulator.healthz, methods=["GET"]),
         ]
     )
@@ -203,10 +267,37 @@ def create_simulator_app(
     return app
 
 
-def serve_simulator(app: Starlette, world: SimulatorWorld, *, host: str, port: int) -> int:
+def _control_routes(simulator: Simulator, prefix: str) -> list[Route]:
+    return [
+        Route(prefix + "/faults", simulator.faults_endpoint, methods=["GET", "POST", "DELETE"]),
+        Route(prefix + "/stats", simulator.stats, methods=["GET"]),
+        Route(prefix + "/changes", simulator.changes_endpoint, methods=["POST"]),
+    ]
+
+
+def create_simulator_control_app(simulator_app: Starlette) -> Starlette:
+    """The control routes of ``simulator_app`` (``/faults``, ``/stats``, ``/changes``) alone,
+    to mount under ``CONTROL_PREFIX``: the gateway serving its embedded simulator exposes
+    them, so a person trying the change feed offline can make changes and faults."""
+    simulator: Simulator = simulator_app.state.simulator
+    control = Starlette(routes=_control_routes(simulator, ""))
+    control.state.simulator = simulator
+    return control
+
+
+def serve_simulator(
+    app: Starlette,
+    world: SimulatorWorld,
+    *,
+    host: str,
+    port: int,
+    log_config: dict[str, Any] | None = None,
+) -> int:
     """Serve ``app`` until a signal stops it, and say where once the socket is bound: one
     ``simulator_listening`` log line with the ``/v1`` URL, as ``serve`` logs
-    ``gateway_listening`` (with ``--port 0`` the port exists only then)."""
+    ``gateway_listening`` (with ``--port 0`` the port exists only then). ``log_config`` is
+    uvicorn's (the caller's logging setup: the CLI passes the gateway's JSON one; None keeps
+    uvicorn's own)."""
     import structlog
     import uvicorn
 
@@ -224,6 +315,9 @@ def serve_simulator(app: Starlette, world: SimulatorWorld, *, host: str, port: i
                 orgs=len(world.orgs),
             )
 
-    server = AnnouncingServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    options: dict[str, Any] = {"log_config": log_config} if log_config is not None else {}
+    server = AnnouncingServer(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", **options)
+    )
     server.run()
     return 0 if server.started else 1

@@ -2,7 +2,8 @@
 
 Wraps the app's shared ``httpx.AsyncClient`` (its transport is the seam: the embedded
 simulator and the tests plug in there). It forwards the caller's ``Authorization`` and no
-other header, walks ``Link: rel="next"`` until the window is full, bounds the whole exchange
+other header, walks ``Link: rel="next"`` until the window is full (or, with ``pages``, hands
+the walk out one page at a time, each page its own exchange), bounds the whole exchange
 (retries included) by one deadline, retries what is worth retrying, and turns every upstream
 failure into an ``UpstreamError`` carrying the status and tracking id.
 
@@ -20,8 +21,10 @@ import asyncio
 import email.utils
 import random
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -42,7 +45,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import tracking_id_of
 from gateway.upstream.body import read_numbers_body
 from gateway.upstream.breaker import CircuitBreaker
-from gateway.upstream.slots import FairSlots, caller_of
+from gateway.upstream.slots import FairSlots
 
 # The list-phone-numbers endpoint, relative to the API base (``https://webexapis.com/v1``).
 NUMBERS_ENDPOINT = "/telephony/config/numbers"
@@ -50,9 +53,10 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 RATE_LIMIT_STATUSES = frozenset({423, 429})
 DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
 _MESSAGE_LIMIT = 300
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a 2,000-item page is about 1 MB
 
 log = structlog.get_logger("gateway.upstream")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +108,12 @@ class UpstreamAnswer:
 
     status: int
     headers: httpx.Headers
-    content: bytes
+    content: bytes | bytearray
     next_link: str | None
 
     def json(self) -> Any:
-        """The body as JSON, or None when it is not JSON."""
+        """The body as JSON, or None when it is not JSON (decoded straight from the one
+        buffer it was read into: no copy of the bytes is made)."""
         try:
             return orjson.loads(self.content)
         except orjson.JSONDecodeError:
@@ -185,19 +190,66 @@ class UpstreamClient:
         self.clock = clock
         self.slots = FairSlots(concurrency, per_caller or concurrency)
 
-    async def fetch(self, fetch: Fetch, authorization: str) -> UpstreamPage:
-        """Run one fetch to completion within the deadline, or raise an ``UpstreamError``."""
+    async def fetch(self, fetch: Fetch, authorization: str, *, caller: str) -> UpstreamPage:
+        """Run one fetch to completion within the deadline, or raise an ``UpstreamError``.
+        ``authorization`` is the normalised ``Bearer <token>``; ``caller`` is the caller's
+        identity (the pipeline's ``Caller``), its name for the fair slots."""
+        return await self._exchange(
+            lambda exchange: self._walk(fetch, exchange),
+            lambda scope: Exchange(authorization, caller, scope),
+        )
+
+    async def pages(
+        self, fetch: Fetch, authorization: str, *, caller: str
+    ) -> AsyncGenerator[UpstreamPage, None]:
+        """The window of ``fetch`` one upstream page at a time, following ``Link: rel="next"``
+        as ``fetch`` does, for a walk too long to hold whole (``@stream``). Each page is its
+        own exchange: its own deadline, breaker check, fair slot, retries and size bound. The
+        next page is requested only when the consumer asks for it, so closing the iterator
+        ends the walk. A page's ``has_more``: the walk goes on after it; ``count`` is the
+        upstream's (with ``details``) on the first page only."""
+        assert fetch.window is not None  # a walk is of a window
+        wanted = fetch.window.size
+        url = self.numbers_url
+        first = fetch.upstream_params()
+        params: list[tuple[str, str]] | None = first
+        # Shared by the pages' exchanges: a ``next`` link back to any page is a fault.
+        visited = {str(url.copy_merge_params(tuple(first)))}
+        opened: list[Exchange] = []
+
+        def opening(scope: asyncio.Timeout) -> Exchange:
+            opened.append(Exchange(authorization, caller, scope, visited=visited))
+            return opened[-1]
+
+        collected = 0
+        while True:
+            body, next_url = await self._exchange(partial(self._get, url, params), opening)
+            page_items, count = read_numbers_body(body)
+            page_items = page_items[: wanted - collected]
+            collected += len(page_items)
+            more = bool(next_url) and bool(page_items) and collected < wanted
+            yield UpstreamPage(items=page_items, count=count, has_more=more)
+            if not more or next_url is None:
+                return
+            url, params = self._next_request(next_url, fetch, collected, opened[-1])
+
+    async def _exchange(
+        self,
+        run: Callable[[Exchange], Awaitable[T]],
+        opening: Callable[[asyncio.Timeout], Exchange],
+    ) -> T:
+        """``run`` within the deadline and the breaker, its outcome recorded; every failure
+        an ``UpstreamError``."""
         if self.breaker is not None and not self.breaker.allow():
             raise UpstreamUnavailable(
                 "The upstream is failing; the gateway stopped calling it for a while. "
                 f"Try again in {self.breaker.retry_in():.0f} s."
             )
-        caller = caller_of(authorization)
         exchange: Exchange | None = None
         try:
             async with asyncio.timeout(self.deadline) as scope:
-                exchange = Exchange(authorization, caller, scope)
-                page = await self._walk(fetch, exchange)
+                exchange = opening(scope)
+                outcome = await run(exchange)
         except TimeoutError:
             # Only a request the upstream was sitting on counts against it; a deadline spent
             # queueing for a local slot (or in a backoff) says nothing about its health.
@@ -217,7 +269,7 @@ class UpstreamClient:
             self._record(failed=None)
             raise
         self._record(failed=False)
-        return page
+        return outcome
 
     def _record(self, *, failed: bool | None) -> None:
         """The breaker's verdict: a failure, a success, or (None) no verdict at all."""
@@ -378,9 +430,13 @@ class UpstreamClient:
                 next_link=response.links.get("next", {}).get("url"),
             )
 
-    async def _read_bounded(self, response: httpx.Response) -> bytes:
+    async def _read_bounded(self, response: httpx.Response) -> bytearray:
         """The body, decompressed, refusing more than ``max_body_bytes`` as it streams in (a
-        small gzip body can expand a thousandfold)."""
+        small gzip body can expand a thousandfold).
+
+        Chunks are appended to one growing buffer, never gathered in a list and joined: the
+        body exists once in memory (growth reallocates in place for large buffers), so an
+        in-flight page costs its size once plus the decoded objects."""
         limit = self.max_body_bytes
         declared = response.headers.get("content-length")
         length = decimal_value(declared)
@@ -393,16 +449,14 @@ class UpstreamClient:
                 upstream_status=response.status_code,
                 tracking_id=tracking_id_of(response.headers),
             )
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
         if length is None or length <= limit:
             async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
+                if len(body) + len(chunk) > limit:
                     break
-                chunks.append(chunk)
+                body += chunk
             else:
-                return b"".join(chunks)
+                return body
         raise UpstreamUnavailable(
             f"The upstream's answer is larger than {limit} bytes "
             "(GATEWAY_MAX_UPSTREAM_BYTES); it was not read.",

@@ -1,7 +1,8 @@
 """The gateway's upstream slots, shared fairly between callers.
 
 At most ``capacity`` upstream requests are in flight at once, and at most ``per_caller`` of
-them for one caller (a caller is a hash of its credentials, never the token). When a slot
+them for one caller (a caller is its identity, a keyed hash of its normalised credential that
+the pipeline derives, never the token). When a slot
 frees up it goes to the next waiting caller in round-robin order, not to whoever queued
 most: one tenant's flood waits behind its own share and cannot starve the others.
 """
@@ -9,16 +10,9 @@ most: one tenant's flood waits behind its own share and cannot starve the others
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-
-def caller_of(authorization: str) -> str:
-    """Who is calling, for sharing and accounting: a short hash of the credentials, so the
-    token itself is never kept."""
-    return hashlib.sha256(authorization.encode()).hexdigest()[:16]
 
 
 class FairSlots:

@@ -1,9 +1,11 @@
 // A frontend's Apollo Client 3 (core, no React) with automatic persisted queries.
 //
 //   node apollo-client.mjs --url URL (--query-file F | --query TEXT) [--variables JSON]
-//        [--headers JSON] [--mode post|get] [--apq on|off] [--repeat N]
+//        [--headers JSON] [--mode post|get] [--apq on|off] [--repeat N] [--batch]
 //
 // Runs the operation N times (default 2) in order, never from Apollo's cache.
+// --batch: through BatchHttpLink, the N runs at once, so the link sends them as one POST of a
+//   JSON array (the gateway's GATEWAY_BATCH_MAX must allow N); results stay in run order.
 // --mode get: hashed APQ requests go as GET (useGETForHashedQueries); the retry that carries
 //   the document is a POST. With --apq off, --mode get sends every query as GET.
 // stdout: one JSON line {"results": [...], "requests": [...]}
@@ -18,6 +20,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 // Apollo Client 3 has no package "exports" map: ESM needs the explicit index.js paths.
 import { ApolloClient, HttpLink, InMemoryCache, gql } from '@apollo/client/core/index.js';
+import { BatchHttpLink } from '@apollo/client/link/batch-http/index.js';
 import { createPersistedQueryLink } from '@apollo/client/link/persisted-queries/index.js';
 import {
   cliArgs, emit, fail, jsonOption, loopbackOption, recordingFetch,
@@ -32,10 +35,11 @@ const { values } = cliArgs({
   mode: { type: 'string', default: 'post' },
   apq: { type: 'string', default: 'on' },
   repeat: { type: 'string', default: '2' },
+  batch: { type: 'boolean', default: false },
 });
 const query = values.query ?? (values['query-file'] && readFileSync(values['query-file'], 'utf8'));
 if (!values.url || !query || !['post', 'get'].includes(values.mode)
-  || !['on', 'off'].includes(values.apq)) {
+  || !['on', 'off'].includes(values.apq) || (values.batch && values.mode !== 'post')) {
   fail('usage: apollo-client.mjs --url URL --query-file F [--mode post|get] [--apq on|off]', 2);
 }
 const url = loopbackOption(values.url);
@@ -44,19 +48,30 @@ const headers = jsonOption(values.headers, 'headers', {});
 const repeat = Number(values.repeat);
 
 const requests = [];
-const http = new HttpLink({
-  uri: url,
-  fetch: recordingFetch({ log: requests }),
-  headers,
-  useGETForQueries: values.mode === 'get' && values.apq === 'off',
-});
+const http = values.batch
+  ? new BatchHttpLink({
+    uri: url,
+    fetch: recordingFetch({ log: requests }),
+    headers,
+    batchMax: repeat,
+    batchInterval: 20, // ms: the runs start together, so one interval gathers them all
+  })
+  : new HttpLink({
+    uri: url,
+    fetch: recordingFetch({ log: requests }),
+    headers,
+    useGETForQueries: values.mode === 'get' && values.apq === 'off',
+  });
 const link = values.apq === 'on'
   ? createPersistedQueryLink({
     sha256: (text) => createHash('sha256').update(text).digest('hex'),
     useGETForHashedQueries: values.mode === 'get',
   }).concat(http)
   : http;
-const client = new ApolloClient({ link, cache: new InMemoryCache() });
+// --batch: Apollo Client would merge identical in-flight queries into one; the point is N.
+const client = new ApolloClient({
+  link, cache: new InMemoryCache(), queryDeduplication: !values.batch,
+});
 
 const formatError = (e) => ({
   message: e.message,
@@ -68,8 +83,8 @@ const formatError = (e) => ({
 const bodyErrors = (net) => (Array.isArray(net?.result?.errors) ? net.result.errors : []);
 
 const document = gql(query);
-const results = [];
-for (let i = 0; i < repeat; i += 1) {
+
+async function run() {
   try {
     const result = await client.query({
       query: document,
@@ -77,15 +92,15 @@ for (let i = 0; i < repeat; i += 1) {
       fetchPolicy: 'no-cache',
       errorPolicy: 'all',
     });
-    results.push({
+    return {
       data: result.data ?? null,
       errors: (result.errors ?? []).map(formatError),
       networkError: null,
-    });
+    };
   } catch (err) {
     // An ApolloError: GraphQL errors and/or a network error (non-2xx, unparsable body, ...).
     const net = err.networkError ?? null;
-    results.push({
+    return {
       data: null,
       errors: (err.graphQLErrors?.length ? err.graphQLErrors : bodyErrors(net)).map(formatError),
       networkError: net && {
@@ -93,8 +108,15 @@ for (let i = 0; i < repeat; i += 1) {
         statusCode: net.statusCode ?? null,
         result: net.result ?? null,
       },
-    });
+    };
   }
+}
+
+const results = [];
+if (values.batch) {
+  results.push(...await Promise.all(Array.from({ length: repeat }, run)));
+} else {
+  for (let i = 0; i < repeat; i += 1) results.push(await run());
 }
 client.stop();
 emit({ results, requests });

@@ -1,0 +1,243 @@
+"""Where one uncached request's time goes, by phase, measured in process side by side.
+
+A cProfile of a request inflates every Python call and hides allocation and GC cost, so the
+phases are timed as variants of the same work, interleaved round by round (a busy machine
+slows them alike), each the median of its rounds:
+
+    floor     ``orjson.loads`` + ``orjson.dumps`` of the upstream body (target (a)'s floor)
+    read      an ``httpx`` GET of the upstream body over a transport returning fixed bytes
+    decode    ``orjson.loads`` of that body
+    project   the compiled projector over the decoded page (the fast path's list)
+    encode    ``orjson.dumps`` of the response
+    execute   the production schema's ``execute`` (every extension, plan caches warm) plus
+              the encode: what ``OperationRunner`` does; GraphQL overhead is
+              execute − read − decode − project − encode
+    app       the whole ASGI app (``create_app``: view, runner, middleware) in process;
+              middleware and view = app − execute
+
+``benchmarks/peer_gateway.py`` prints these beside its over-HTTP figures (the server's share:
+an HTTP request's latency − app). Run alone:
+``.venv/bin/python benchmarks/phases.py [--size 2000] [--rounds 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import httpx
+import orjson
+import structlog
+from asgi_lifespan import LifespanManager
+
+from gateway.api.context import RequestContext
+from gateway.api.projecting_executor import ProjectingExecutionContext
+from gateway.api.schema import build_schema
+from gateway.app import create_app
+from gateway.cli import settle_heap
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.page_cache import PageCache
+from gateway.pipeline.source import NumbersSource
+from gateway.settings import load_settings
+from gateway.upstream.client import UpstreamClient
+
+UPSTREAM = "http://webex.test/v1"
+FIELDS = (
+    "phoneNumber extension routingPrefix esn state phoneNumberType mainNumber "
+    "includedTelephonyTypes mobileNetwork routingProfile tollFreeNumber isServiceNumber "
+    "isReservedNumber location { id name } owner { id type firstName lastName }"
+)
+PHASES = ("read", "decode", "project", "encode", "graphql", "middleware")
+
+Run = Callable[[], Awaitable[object]]
+
+
+def query(size: int) -> str:
+    return f"{{ phoneNumbers(page: {{first: {size}}}) {{ nodes {{ {FIELDS} }} }} }}"
+
+
+def upstream_body(size: int) -> bytes:
+    """A ``size``-item page of the simulator's data, as the upstream sends it."""
+    from gateway.simulator import build_demo_world
+
+    world = build_demo_world(size=max(size, 100), seed=7)
+    return orjson.dumps({"phoneNumbers": [e.payload for e in world.demo_org.entries[:size]]})
+
+
+def fixed_transport(body: bytes) -> httpx.MockTransport:
+    headers = {"content-type": "application/json"}
+    return httpx.MockTransport(lambda request: httpx.Response(200, content=body, headers=headers))
+
+
+async def interleaved(runs: dict[str, Run], rounds: int) -> dict[str, float]:
+    """Median ms of each run; every round runs each once, after a warm-up of each."""
+    for run in runs.values():
+        for _ in range(3):
+            await run()
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            gc.collect()
+            started = time.perf_counter()
+            await run()
+            timings[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) * 1000 for name, values in timings.items()}
+
+
+def recording(executor: type[ProjectingExecutionContext]) -> Any:
+    """``executor`` (the production one), keeping the last page and projector it used, so the
+    projector can be timed alone on exactly what the request projected."""
+
+    class Recording(executor):  # type: ignore[misc,valid-type]
+        last: ClassVar[dict[str, Any]] = {}
+
+        def _project(
+            self, parent_type: Any, source: Any, field_details_list: Any, path: Any
+        ) -> Any:
+            projected = super()._project(parent_type, source, field_details_list, path)
+            self.last["page"] = source.result
+            return projected
+
+        def _projector(self, parent_type: Any, field_details_list: Any, path: Any) -> Any:
+            projector = super()._projector(parent_type, field_details_list, path)
+            self.last["projector"] = projector
+            return projector
+
+    return Recording
+
+
+async def measure(size: int, rounds: int) -> dict[str, float]:
+    """Median ms of each phase and of floor, execute and app, from one interleaved group."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    body = upstream_body(size)
+    transport = fixed_transport(body)
+    settings = load_settings(upstream_url=UPSTREAM, cache_ttl=0)
+    app = create_app(settings, upstream_transport=transport)
+    schema = build_schema(settings)
+    # A second production schema, recording: run once, to find what the projector is given.
+    recording_schema = build_schema(settings)
+    executor = recording(recording_schema.execution_context_class)
+    recording_schema.execution_context_class = executor
+    document = query(size)
+    payload = orjson.dumps({"query": document})
+    # Uncompressed, as the peer benchmark asks every server (compression is its own cost).
+    headers = {
+        "Authorization": "Bearer b",
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",
+    }
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=transport) as upstream_http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway.test"
+        ) as client,
+    ):
+
+        async def whole_app() -> bytes:
+            response = await client.post("/graphql", content=payload, headers=headers)
+            assert response.status_code == 200, response.text[:300]
+            return response.content
+
+        # The pipeline as the lifespan builds it, caching off, over the same fixed bytes.
+        source = NumbersSource(
+            UpstreamClient(upstream_http, base_url=UPSTREAM, deadline=30),
+            PageCache(ttl=0),
+            max_page_size=settings.max_page_size,
+        )
+        metrics = GatewayMetrics()
+
+        async def execute(schema: Any = schema) -> bytes:
+            context = RequestContext(
+                request=None,  # type: ignore[arg-type]  # no resolver of this query reads it
+                settings=settings,
+                metrics=metrics,
+                numbers=source.for_caller("Bearer b"),
+            )
+            result = await schema.execute(document, context_value=context)
+            assert not result.errors, result.errors
+            out: dict[str, Any] = {"data": result.data}
+            if result.extensions:
+                out["extensions"] = result.extensions
+            return orjson.dumps(out)
+
+        answer = await execute(recording_schema)
+        page, projector = executor.last.pop("page"), executor.last.pop("projector")
+        settle_heap()  # as `numbers-gateway serve` does once the app is built
+        assert projector is not None, "the selection was not projected"
+        response_document = orjson.loads(answer)
+
+        async def floor() -> None:
+            orjson.dumps(orjson.loads(body))
+
+        async def read() -> None:
+            (await upstream_http.get(UPSTREAM + "/telephony/config/numbers")).read()
+
+        async def decode() -> None:
+            orjson.loads(body)
+
+        async def project() -> None:
+            projector(page)
+
+        async def encode() -> None:
+            orjson.dumps(response_document)
+
+        medians = await interleaved(
+            {
+                "floor": floor,
+                "read": read,
+                "decode": decode,
+                "project": project,
+                "encode": encode,
+                "execute": execute,
+                "app": whole_app,
+            },
+            rounds,
+        )
+    own = medians["read"] + medians["decode"] + medians["project"] + medians["encode"]
+    medians["graphql"] = max(0.0, medians["execute"] - own)
+    medians["middleware"] = max(0.0, medians["app"] - medians["execute"])
+    return medians
+
+
+def print_breakdown(size: int, medians: dict[str, float], http_ms: float | None = None) -> None:
+    """One request's phases in ms and as a multiple of the floor; with ``http_ms`` (one
+    request over HTTP from one client, p50) the server's share beside them."""
+    floor = medians["floor"]
+    print(f"  one {size:,}-item request by phase (ms; × the orjson floor, {floor:.2f} ms)")
+    labels = {
+        "read": "read (httpx GET of the upstream body)",
+        "decode": "decode (orjson.loads)",
+        "project": "project (compiled projector)",
+        "encode": "encode (orjson.dumps)",
+        "graphql": "GraphQL overhead (strawberry, extensions)",
+        "middleware": "middleware + view (ASGI, in process)",
+    }
+    for phase in PHASES:
+        ms = medians[phase]
+        print(f"    {labels[phase]:<50}{ms:>8.2f}{ms / floor:>7.1f}×")
+    print(f"    {'= the whole app in process':<50}{medians['app']:>8.2f}")
+    if http_ms is not None:
+        server = http_ms - medians["app"]
+        shown = f"{server:>8.2f}" if server > 0 else "   ≈ 0 (within noise)"
+        print(f"    {'server, loopback, load client (over HTTP − app)':<50}{shown}")
+        print(f"    {'= one request over HTTP, one client (p50)':<50}{http_ms:>8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    medians = asyncio.run(measure(args.size, args.rounds))
+    print_breakdown(args.size, medians)
+
+
+if __name__ == "__main__":
+    main()

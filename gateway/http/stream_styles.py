@@ -1,0 +1,207 @@
+"""Streamed response styles: ``multipart/mixed`` and ``text/event-stream``, and the ASGI
+response that writes a ``PayloadStream`` with either.
+
+- ``multipart/mixed`` (``boundary="-"``, what Apollo Client, urql and GraphiQL read, with or
+  without ``deferSpec=20220824``): one ``application/json`` part per payload, always ended by
+  the closing boundary ``-----``.
+- ``text/event-stream``: GraphQL over Server-Sent Events, distinct connections mode: an
+  ``event: next`` per payload, then ``event: complete``; a ``: ping`` comment every
+  ``SSE_KEEP_ALIVE_SECONDS`` while nothing else is sent (subscriptions wait long).
+
+Both are sent uncompressed (``Content-Encoding: identity``, which the compression middleware
+leaves alone), so each payload reaches the client when it is written, with
+``Cache-Control: no-store`` and ``X-Accel-Buffering: no`` (proxies must not buffer them).
+
+``StreamedResponse`` writes the headers and the first payload, then each payload as it comes,
+while watching the client (``http.disconnect``: the operation is closed at once, so its
+upstream walk stops) and shutdown (``OpenStreams.closing``: a final payload says so, then the
+end). A failure after the headers ends the stream with a final payload, never a cut-off
+body; the request's log line is written when it ends, with the payloads and items sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.errors import ErrorCode
+from gateway.http.incremental_payloads import Payload
+from gateway.http.negotiation import EVENT_STREAM, MULTIPART_MIXED
+from gateway.http.payload_stream import PayloadStream
+from gateway.http.response_style import VARY
+from gateway.http.stream_limits import RETRY_AFTER_SECONDS, OpenStreams
+from gateway.observability.request_facts import current_facts
+
+SSE_KEEP_ALIVE_SECONDS: Final = 12.0
+
+SHUTDOWN_ERROR: Final = {
+    "message": "The gateway is shutting down; the rest of this response was not sent. "
+    "Send the request again.",
+    "extensions": {"code": ErrorCode.RATE_LIMITED.value, "retryAfter": RETRY_AFTER_SECONDS},
+}
+
+
+class StreamFraming(Protocol):
+    """How payloads are framed on the wire."""
+
+    name: str  # for the log line: ``multipart`` or ``sse``
+    content_type: str
+    keep_alive: bytes | None  # sent when nothing else was for a while; None: never
+
+    def opening(self) -> bytes: ...
+    def payload(self, payload: Payload) -> bytes: ...
+    def closing(self) -> bytes: ...
+
+
+class MultipartFraming:
+    """``multipart/mixed; boundary="-"``, as graphql-yoga and strawberry write it."""
+
+    name: str = "multipart"
+    content_type: str = f'{MULTIPART_MIXED}; boundary="-"'
+    keep_alive: bytes | None = None
+
+    def opening(self) -> bytes:
+        return b"---"
+
+    def payload(self, payload: Payload) -> bytes:
+        return (
+            b"\r\nContent-Type: application/json; charset=utf-8\r\n\r\n"
+            + orjson.dumps(payload)
+            + b"\r\n---"
+        )
+
+    def closing(self) -> bytes:
+        return b"--\r\n"
+
+
+class EventStreamFraming:
+    """GraphQL over SSE, distinct connections mode."""
+
+    name: str = "sse"
+    content_type: str = f"{EVENT_STREAM}; charset=utf-8"
+    keep_alive: bytes | None = b": ping\n\n"
+
+    def opening(self) -> bytes:
+        return b""
+
+    def payload(self, payload: Payload) -> bytes:
+        return b"event: next\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def closing(self) -> bytes:
+        return b"event: complete\ndata: \n\n"
+
+
+def _last(payload: Payload, framing: StreamFraming, *, incremental: bool) -> Payload:
+    """A final payload: for multipart (and incremental SSE) it says ``hasNext: false``."""
+    return payload | {"hasNext": False} if incremental or framing.name == "multipart" else payload
+
+
+class StreamedResponse:
+    """An ASGI response writing ``payloads`` with ``framing`` until they end, the client
+    leaves or the gateway shuts down."""
+
+    def __init__(
+        self,
+        payloads: PayloadStream,
+        framing: StreamFraming,
+        streams: OpenStreams,
+        *,
+        release: Callable[[], None],
+    ) -> None:
+        self.release = release  # gives back the caller's stream slot, once, at the end
+        self.payloads = payloads
+        self.framing = framing
+        self.streams = streams
+        self.ended = "complete"  # how it ended, for the log line
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        framing = self.framing
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", framing.content_type.encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"content-encoding", b"identity"),
+                    (b"x-accel-buffering", b"no"),
+                    (b"vary", VARY.encode()),
+                ],
+            }
+        )
+        disconnected: asyncio.Future[Any] = asyncio.ensure_future(_disconnect(receive))
+        closing: asyncio.Future[Any] = asyncio.ensure_future(self.streams.closing.wait())
+        try:
+            await self._write_all(send, disconnected, closing)
+        except OSError:  # the server could not write: the client has gone
+            self.ended = "disconnected"
+        finally:
+            disconnected.cancel()
+            closing.cancel()
+            await self.payloads.aclose()
+            self.release()
+            self._record(time.perf_counter() - started)
+
+    async def _write_all(
+        self, send: Send, disconnected: asyncio.Future[Any], closing: asyncio.Future[Any]
+    ) -> None:
+        framing = self.framing
+        incremental = False
+        await _body(send, framing.opening(), more=True)
+        while True:
+            upcoming: asyncio.Future[Any] = asyncio.ensure_future(self.payloads.next())
+            done, _ = await asyncio.wait(
+                {upcoming, disconnected, closing},
+                timeout=SSE_KEEP_ALIVE_SECONDS if framing.keep_alive is not None else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if upcoming not in done:
+                upcoming.cancel()
+            if disconnected in done:
+                self.ended = "disconnected"
+                return  # nobody to write to: the operation is closed by the caller
+            if upcoming in done:
+                payload = upcoming.result()
+                if payload is None:
+                    await _body(send, framing.closing(), more=False)
+                    return
+                incremental = incremental or "hasNext" in payload
+                if framing.name == "multipart" and "hasNext" not in payload:
+                    payload = payload | {"hasNext": False}  # one whole result in one part
+                await _body(send, framing.payload(payload), more=True)
+            elif closing in done:
+                self.ended = "shutdown"
+                final = _last({"errors": [SHUTDOWN_ERROR]}, framing, incremental=incremental)
+                await _body(send, framing.payload(final) + framing.closing(), more=False)
+                return
+            elif framing.keep_alive is not None:
+                await _body(send, framing.keep_alive, more=True)
+
+    def _record(self, elapsed: float) -> None:
+        facts = current_facts()
+        if facts is not None:
+            facts.stream = {
+                "transport": self.framing.name,
+                "payloads": self.payloads.payloads,
+                "items": self.payloads.writer.items,
+                "ended": self.ended,
+                "streamMs": round(elapsed * 1000, 1),
+            }
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client goes away (the request body was read already)."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _body(send: Send, chunk: bytes, *, more: bool) -> None:
+    await send({"type": "http.response.body", "body": chunk, "more_body": more})

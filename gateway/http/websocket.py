@@ -1,0 +1,288 @@
+"""GraphQL over WebSocket on ``/graphql``: the ``graphql-transport-ws`` protocol (the
+``graphql-ws`` library's), for subscriptions, and for queries (``@defer``/``@stream``
+included) too.
+
+The handshake: a browser's ``Origin`` must be the gateway's own or one of
+``GATEWAY_CORS_ORIGINS`` (browsers apply no CORS to WebSockets; this stops a foreign page
+from using a visitor's connection), else the upgrade is refused (403). Only the
+``graphql-transport-ws`` subprotocol is spoken: a connection offering no such subprotocol is
+closed with 4406.
+
+The protocol, as graphql-ws specifies it: ``connection_init`` within
+``CONNECTION_INIT_TIMEOUT`` seconds (else 4408) and only once (else 4429); its payload may
+carry ``Authorization`` (``{"Authorization": "Bearer ..."}``, any case of the key), which
+takes precedence over the upgrade request's header (browsers cannot set headers on a
+WebSocket); then ``connection_ack``. Each ``subscribe`` runs through the same
+``OperationRunner`` as HTTP (document policy, limits, the caller's numbers): ``next`` per
+payload then ``complete``; a request that fails before its first payload, or a subscription
+refused at once (limits, credentials), is one ``error`` message. The client's ``complete``
+stops its operation. ``ping`` gets ``pong``; the server pings every
+``KEEP_ALIVE_SECONDS``. A subscribe before the ack closes with 4401, a reused id with 4409,
+anything unreadable with 4400. At shutdown every operation is completed and the socket closed
+(1001). One log line per connection when it ends; never a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, Final
+
+import orjson
+import structlog
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.http.websocket_origin import is_same_origin, normalize_origin
+
+from gateway.http.graphql_request import GraphQLParams, params_from_body
+from gateway.http.operation import Answer, OperationCall, OperationRunner
+from gateway.http.payload_stream import PayloadStream
+from gateway.http.refusals import Refusal
+from gateway.http.stream_limits import OpenStreams
+
+log = structlog.get_logger("gateway.http")
+
+SUBPROTOCOL: Final = "graphql-transport-ws"
+CONNECTION_INIT_TIMEOUT: Final = 10.0  # seconds (graphql-ws's default)
+KEEP_ALIVE_SECONDS: Final = 12.0
+CLIENT_NAME_HEADER: Final = "apollographql-client-name"
+
+
+class _Closing(Exception):
+    """Close the connection with this protocol code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """No ``Origin`` (not a browser), the gateway's own, or one ``GATEWAY_CORS_ORIGINS``
+    names (``*``: any)."""
+    if origin is None:
+        return True
+    if "*" in allowed or is_same_origin(origin, host):
+        return True
+    normalized = normalize_origin(origin)
+    return normalized is not None and normalized in {normalize_origin(o) for o in allowed}
+
+
+class GraphQLWebSocket:
+    """The ASGI endpoint for WebSocket connections to ``/graphql``. Built once."""
+
+    def __init__(
+        self,
+        *,
+        runner: OperationRunner,
+        allowed_origins: tuple[str, ...],
+        init_timeout: float = CONNECTION_INIT_TIMEOUT,
+    ) -> None:
+        self.runner = runner
+        self.allowed_origins = allowed_origins
+        self.init_timeout = init_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(WebSocket(scope, receive, send))
+
+    async def serve(self, websocket: WebSocket) -> None:
+        headers = websocket.headers
+        if not origin_allowed(headers.get("origin"), headers.get("host"), self.allowed_origins):
+            log.info("websocket_refused", reason="origin not allowed")
+            await websocket.close(code=1008)  # before accept: the upgrade is refused (403)
+            return
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        if SUBPROTOCOL not in offered:
+            await websocket.accept()
+            await websocket.close(4406, "Subprotocol not acceptable")
+            return
+        await websocket.accept(subprotocol=SUBPROTOCOL)
+        await _Connection(self, websocket).serve()
+
+
+class _Connection:
+    """One WebSocket connection's protocol state."""
+
+    def __init__(self, endpoint: GraphQLWebSocket, websocket: WebSocket) -> None:
+        self.endpoint = endpoint
+        self.websocket = websocket
+        self.streams: OpenStreams = websocket.state.streams
+        self.authorization: str | None = websocket.headers.get("authorization")
+        self.acknowledged = False
+        self.operations: dict[str, asyncio.Task[None]] = {}
+        self.started = time.perf_counter()
+        self.operations_run = 0
+        self.close_code = 1000
+        self.send_lock = asyncio.Lock()
+
+    async def serve(self) -> None:
+        reading = asyncio.ensure_future(self._read())
+        pinging = asyncio.ensure_future(self._keep_alive())
+        shutdown = asyncio.ensure_future(self.streams.closing.wait())
+        tasks = (reading, pinging, shutdown)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            error = reading.exception() if reading in done else None
+            if isinstance(error, _Closing):
+                await self._close(error.code, error.reason)
+            elif isinstance(error, WebSocketDisconnect):
+                self.close_code = error.code
+            elif error is not None:
+                log.error("websocket_failed", exc_info=error)
+                await self._close(1011, "Internal error")
+            elif shutdown in done:
+                await self._complete_all()
+                await self._close(1001, "The gateway is shutting down")
+            elif pinging in done:  # the socket could not be written: it is gone
+                self.close_code = 1006
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self._stop_operations()
+            log.info(
+                "websocket_closed",
+                closeCode=self.close_code,
+                operations=self.operations_run,
+                durationMs=round((time.perf_counter() - self.started) * 1000, 1),
+                clientName=self.websocket.headers.get(CLIENT_NAME_HEADER, "")[:64] or None,
+            )
+
+    async def _read(self) -> None:
+        try:
+            async with asyncio.timeout(self.endpoint.init_timeout):
+                while not self.acknowledged:
+                    await self._handle(await self._receive())
+        except TimeoutError:
+            raise _Closing(4408, "Connection initialisation timeout") from None
+        while True:
+            await self._handle(await self._receive())
+
+    async def _receive(self) -> dict[str, Any]:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        try:
+            data = orjson.loads(text if text is not None else message.get("bytes") or b"")
+        except orjson.JSONDecodeError:
+            raise _Closing(4400, "Invalid message received") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise _Closing(4400, "Invalid message received")
+        return data
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "connection_init":
+            if self.acknowledged:
+                raise _Closing(4429, "Too many initialisation requests")
+            self._take_credentials(message.get("payload"))
+            self.acknowledged = True
+            await self._send({"type": "connection_ack"})
+        elif kind == "ping":
+            await self._send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "subscribe":
+            if not self.acknowledged:
+                raise _Closing(4401, "Unauthorized")
+            self._subscribe(message)
+        elif kind == "complete":
+            task = self.operations.pop(str(message.get("id")), None)
+            if task is not None:
+                task.cancel()
+        else:
+            raise _Closing(4400, f"Unknown message type {kind[:32]!r}")
+
+    def _take_credentials(self, payload: Any) -> None:
+        if payload is not None and not isinstance(payload, dict):
+            raise _Closing(4400, "connection_init payload must be an object")
+        for key, value in (payload or {}).items():
+            if key.lower() == "authorization" and isinstance(value, str):
+                self.authorization = value  # the payload's wins over the upgrade's header
+
+    def _subscribe(self, message: dict[str, Any]) -> None:
+        operation_id = message.get("id")
+        payload = message.get("payload")
+        if not isinstance(operation_id, str) or not operation_id or not isinstance(payload, dict):
+            raise _Closing(4400, "Invalid subscribe message")
+        if operation_id in self.operations:
+            raise _Closing(4409, f"Subscriber for {operation_id[:64]} already exists")
+        self.operations_run += 1
+        task = asyncio.ensure_future(self._run(operation_id, payload))
+        self.operations[operation_id] = task
+        task.add_done_callback(lambda _: self._forget(operation_id, task))
+
+    def _forget(self, operation_id: str, task: asyncio.Task[None]) -> None:
+        if self.operations.get(operation_id) is task:
+            del self.operations[operation_id]
+
+    async def _run(self, operation_id: str, payload: dict[str, Any]) -> None:
+        try:
+            params = params_from_body(orjson.dumps(payload))
+            if not isinstance(params, GraphQLParams):  # pragma: no cover - batch_max is 0
+                raise Refusal(400, "One operation per subscribe message.")
+            outcome = await self.endpoint.runner.stream(self._call(params))
+        except Refusal as refusal:
+            await self._send({"type": "error", "id": operation_id, "payload": _errors(refusal)})
+            return
+        if isinstance(outcome, Answer):
+            errors = orjson.loads(outcome.body).get("errors", [])
+            await self._send({"type": "error", "id": operation_id, "payload": errors})
+            return
+        async with outcome:
+            await self._relay(operation_id, outcome)
+
+    async def _relay(self, operation_id: str, payloads: PayloadStream) -> None:
+        first = True
+        while (payload := await payloads.next()) is not None:
+            if first and payloads.subscription and payload.get("data") is None:
+                # Refused at once (limits, credentials, a bad filter): an error, not an event.
+                errors = payload.get("errors", [])
+                await self._send({"type": "error", "id": operation_id, "payload": errors})
+                return
+            first = False
+            await self._send({"type": "next", "id": operation_id, "payload": payload})
+        await self._send({"type": "complete", "id": operation_id})
+
+    def _call(self, params: GraphQLParams) -> OperationCall:
+        return OperationCall(
+            connection=self.websocket,
+            params=params,
+            authorization=self.authorization,
+            queries_only=False,
+            shape="websocket",
+        )
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_SECONDS)
+            await self._send({"type": "ping"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        async with self.send_lock:
+            if self.websocket.application_state is WebSocketState.CONNECTED:
+                await self.websocket.send_text(orjson.dumps(message).decode())
+
+    async def _complete_all(self) -> None:
+        for operation_id in list(self.operations):
+            await self._send({"type": "complete", "id": operation_id})
+
+    async def _stop_operations(self) -> None:
+        tasks = list(self.operations.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.close_code = code
+        if self.websocket.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.websocket.close(code, reason)
+
+
+def _errors(refusal: Refusal) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = orjson.loads(refusal.body())["errors"]
+    return errors

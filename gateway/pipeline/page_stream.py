@@ -1,0 +1,58 @@
+"""The lazy upstream walk behind a list delivered with ``@stream``.
+
+``open_stream`` answers a streamed ``phoneNumbers`` window (up to ``GATEWAY_MAX_STREAM_ITEMS``)
+with a ``StreamedPageResult``: its first chunk (at most ``GATEWAY_MAX_PAGE_SIZE`` items) is
+loaded like any page, through the operation's loader, the page cache and single flight, so
+it is shared with the operation's other fields and with other requests; the rest is walked
+by ``UpstreamWalk``, one upstream page at a time, each page fetched only when the consumer
+asks for the next one (backpressure), and the walk ends when the consumer closes it.
+
+Why the rest is not cached: a walk of 100,000 items stored whole would hold what streaming
+exists to avoid holding, and per-page entries keyed by the upstream's own page boundaries
+would rarely be asked for again (another window starts elsewhere). Each page of the rest is
+one upstream exchange with its own deadline, breaker check, fair slot, retries and size
+bound (``UpstreamClient.pages``), under the caller's own credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from gateway.numbers.connection import StreamedPageResult
+from gateway.numbers.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.pipeline.caller import Caller
+from gateway.upstream.client import UpstreamClient
+
+
+class UpstreamWalk:
+    """One caller's uncached walk of a window, page by page (a ``numbers.connection.PageWalk``)."""
+
+    __slots__ = ("_caller", "_upstream")
+
+    def __init__(self, upstream: UpstreamClient, caller: Caller) -> None:
+        self._upstream = upstream
+        self._caller = caller
+
+    def __call__(self, fetch: Fetch) -> AsyncGenerator[UpstreamPage, None]:
+        caller = self._caller
+        return self._upstream.pages(fetch, caller.authorization, caller=caller.identity)
+
+
+def first_chunk(window: PageWindow, max_page_size: int) -> PageWindow:
+    """The part of a streamed window fetched like a page: what an unstreamed page may hold."""
+    return PageWindow(window.start, min(window.size, max_page_size))
+
+
+async def open_stream(
+    query: NumbersQuery,
+    window: PageWindow,
+    *,
+    max_page_size: int,
+    details: bool,
+    load: Callable[[Fetch], Awaitable[UpstreamPage]],
+    walk: UpstreamWalk,
+) -> StreamedPageResult:
+    """A streamed window: its first chunk loaded (``details``: with the counts), the rest
+    left to ``walk`` until the client asks for it."""
+    first = await load(Fetch(query, first_chunk(window, max_page_size), details=details))
+    return StreamedPageResult(query, window, first, walk)

@@ -1,0 +1,354 @@
+"""Incremental delivery's engine, in process through ``schema.stream``: ``@stream`` on the
+connection lists follows the upstream walk (a projected chunk per upstream page, one page
+ahead of the consumer at most, stopped when the consumer goes away), ``@defer`` on any
+fragment, and errors mid-stream end it with a contract error. The HTTP transports have their
+own tests; the upstream pages by a small page size (the simulator's page cap) throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from graphql import SubsequentIncrementalExecutionResult
+
+from gateway.api.contract_errors import contract_payload
+from gateway.api.schema import build_schema
+from gateway.pipeline.page_cache import PageCache
+from gateway.pipeline.source import CallerNumbers, NumbersSource
+from gateway.simulator.app import create_simulator_app
+from gateway.simulator.dataset import SimulatorWorld
+from gateway.upstream.client import RetryPolicy, UpstreamClient
+from tests.conftest import RecordingTransport
+
+UPSTREAM = "http://webex.test/v1"
+PAGE_CAP = 5  # the simulator's own page size: every walk takes many upstream pages
+MAX_PAGE_SIZE = 10  # so a streamed window's first chunk is two upstream pages
+
+
+@dataclass(slots=True)
+class StreamContext:
+    """What the resolvers reach: ``info.context.numbers``."""
+
+    numbers: CallerNumbers
+
+
+@dataclass
+class Engine:
+    """The schema over the simulator, with the upstream requests recorded."""
+
+    schema: Any
+    source: NumbersSource
+    upstream: RecordingTransport
+
+    def context(self) -> StreamContext:
+        return StreamContext(self.source.for_caller(None))
+
+    async def frames(
+        self, query: str, variables: dict[str, Any] | None = None
+    ) -> AsyncIterator[Any]:
+        return await self.schema.stream(
+            query, variable_values=variables, context_value=self.context()
+        )
+
+    async def collect(
+        self, query: str, variables: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every payload, formatted as a transport would (subsequent ones contract-checked)."""
+        frames = []
+        async for frame in await self.frames(query, variables):
+            frames.append(formatted(frame))
+        return frames
+
+    async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = await self.schema.execute(
+            query, variable_values=variables, context_value=self.context()
+        )
+        assert not result.errors, result.errors
+        return result.data  # type: ignore[no-any-return]
+
+
+def formatted(frame: Any) -> dict[str, Any]:
+    if isinstance(frame, SubsequentIncrementalExecutionResult):
+        return contract_payload(frame).formatted  # type: ignore[no-any-return]
+    out: dict[str, Any] = {"data": frame.data}
+    if frame.errors:
+        out["errors"] = [error.formatted for error in frame.errors]
+    for key in ("pending", "has_next"):
+        value = getattr(frame, key, None)
+        if value is not None:
+            out["hasNext" if key == "has_next" else key] = (
+                [p.formatted for p in value] if key == "pending" else value
+            )
+    return out
+
+
+def _merge(target: dict[str, Any], data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def reassemble(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data a client builds from the payloads: items appended, deferred data merged."""
+    data = copy.deepcopy(frames[0]["data"])
+    paths: dict[str, list[Any]] = {}
+    for frame in frames:
+        for pending in frame.get("pending") or ():
+            paths[pending["id"]] = pending["path"]
+        for entry in frame.get("incremental") or ():
+            target: Any = data
+            for key in paths[entry["id"]] + (entry.get("subPath") or []):
+                target = target[key]
+            if "items" in entry:
+                target.extend(entry["items"])
+            else:
+                _merge(target, entry["data"])
+    return data
+
+
+def engine_over(
+    world: SimulatorWorld,
+    handler: Callable[[httpx.Request], httpx.Response | None] | None = None,
+) -> Engine:
+    """``handler`` may answer a request itself (a fault) instead of the simulator."""
+    simulator = httpx.ASGITransport(app=create_simulator_app(world, page_cap=PAGE_CAP))
+
+    class Faulty(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            answer = handler(request) if handler is not None else None
+            if answer is not None:
+                return answer
+            return await simulator.handle_async_request(request)
+
+    recorder = RecordingTransport(Faulty())
+    client = UpstreamClient(
+        httpx.AsyncClient(transport=recorder),
+        base_url=UPSTREAM,
+        deadline=30,
+        retry=RetryPolicy(max_attempts=1),
+    )
+    source = NumbersSource(
+        client,
+        PageCache(ttl=0),
+        max_page_size=MAX_PAGE_SIZE,
+        max_stream_items=100_000,
+        default_authorization="Bearer demo-admin",
+    )
+    return Engine(build_schema(), source, recorder)
+
+
+@pytest.fixture
+def engine(world: SimulatorWorld) -> Engine:
+    return engine_over(world)
+
+
+NODE = "phoneNumber extension state owner { id type lastName } location { id name }"
+
+
+async def cursor_walk(engine: Engine, arguments: str, node: str = NODE) -> list[dict[str, Any]]:
+    """Every edge of the query, a page of MAX_PAGE_SIZE at a time by ``after``."""
+    edges: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        cursor = f', after: "{after}"' if after else ""
+        page = f"{{first: {MAX_PAGE_SIZE}{cursor}}}"
+        data = await engine.execute(
+            f"{{ phoneNumbers({arguments} page: {page}) {{ pageInfo {{ hasNextPage endCursor }} "
+            f"edges {{ cursor node {{ {node} }} }} }} }}"
+        )
+        connection = data["phoneNumbers"]
+        edges.extend(connection["edges"])
+        if not connection["pageInfo"]["hasNextPage"]:
+            return edges
+        after = connection["pageInfo"]["endCursor"]
+
+
+CASES = [
+    pytest.param("", NODE, id="everything"),
+    pytest.param("order: {by: DN, direction: DESC}", NODE, id="by-dn-desc"),
+    pytest.param("filter: {numberType: NUMBER} order: {by: LAST_NAME}", NODE, id="numbers-by-name"),
+    pytest.param("filter: {ownerType: PEOPLE}", NODE, id="people"),
+    # owner.person has a resolver: not projectable, so normal execution streams it.
+    pytest.param("filter: {assigned: true}", "phoneNumber owner { person { id } }", id="fallback"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "node"), CASES)
+async def test_a_streamed_list_equals_the_cursor_walk(
+    engine: Engine, arguments: str, node: str
+) -> None:
+    walked = await cursor_walk(engine, arguments, node)
+    assert len(walked) > 2 * MAX_PAGE_SIZE, "the walk must take several pages"
+    frames = await engine.collect(
+        f"{{ phoneNumbers({arguments} page: {{first: 5000}}) {{ totalCount "
+        f"pageInfo {{ hasNextPage hasPreviousPage startCursor endCursor }} "
+        f"edges @stream(initialCount: 2) {{ cursor node {{ {node} }} }} }} }}"
+    )
+    assert len(frames) > 3, "delivered in several payloads"
+    assert frames[-1]["hasNext"] is False
+    assert all("errors" not in frame for frame in frames)
+    connection = reassemble(frames)["phoneNumbers"]
+    assert orjson.dumps(connection["edges"]) == orjson.dumps(walked)
+    assert connection["totalCount"] == len(walked)
+    assert connection["pageInfo"] == {
+        "hasNextPage": False,
+        "hasPreviousPage": False,
+        "startCursor": walked[0]["cursor"],
+        "endCursor": walked[-1]["cursor"],
+    }
+
+
+async def test_a_streamed_window_answers_exactly_as_the_held_page(engine: Engine) -> None:
+    """Within GATEWAY_MAX_PAGE_SIZE both can be asked for: the same bytes, field for field."""
+    selection = (
+        "totalCount pageInfo { hasNextPage hasPreviousPage startCursor endCursor } "
+        "nodes{STREAM} { phoneNumber owner { lastName } } "
+        "edges{STREAM} { cursor node { extension } }"
+    )
+    query = "{ phoneNumbers(page: {offset: 7, first: 9}) { " + selection + " } }"
+    held = await engine.execute(query.replace("{STREAM}", ""))
+    frames = await engine.collect(query.replace("{STREAM}", " @stream(initialCount: 1)"))
+    assert orjson.dumps(reassemble(frames)) == orjson.dumps(held)
+
+
+async def test_a_stream_on_an_entity_field_equals_the_cursor_walk(engine: Engine) -> None:
+    first = await engine.execute("{ phoneNumbers(page: {first: 1}) { nodes { location { id } } } }")
+    location = first["phoneNumbers"]["nodes"][0]["location"]["id"]
+    walked = await cursor_walk(engine, f'filter: {{locationId: "{location}"}}', "phoneNumber")
+    frames = await engine.collect(
+        """query ($reps: [_Any!]!) { _entities(representations: $reps) { ... on Location {
+            phoneNumbers(page: {first: 100000}) { nodes @stream { phoneNumber } } } } }""",
+        {"reps": [{"__typename": "Location", "id": location}]},
+    )
+    nodes = reassemble(frames)["_entities"][0]["phoneNumbers"]["nodes"]
+    assert nodes == [edge["node"] for edge in walked]
+
+
+async def test_items_are_sent_as_each_upstream_page_arrives(engine: Engine) -> None:
+    """The first payload needs the first chunk only; each later one one upstream page, and
+    the walk is never more than one page ahead of what the consumer took."""
+    stats = engine.schema.execution_context_class.projectors.stats
+    streamed_before, chunks_before = stats.streamed, stats.chunks
+    frames = await engine.frames(
+        "{ phoneNumbers(page: {first: 60}) { nodes @stream(initialCount: 0) { phoneNumber } } }"
+    )
+    initial = formatted(await anext(frames))
+    first_chunk_calls = MAX_PAGE_SIZE // PAGE_CAP
+    assert engine.upstream.calls == first_chunk_calls, "the first payload waits for no walk"
+    assert initial["data"]["phoneNumbers"]["nodes"] == []
+    taken = 0
+    async for frame in frames:
+        taken += 1
+        # The rest of the first chunk, then a page per payload, and one page fetched ahead.
+        assert engine.upstream.calls <= first_chunk_calls + taken
+        if not formatted(frame)["hasNext"]:
+            break
+    assert engine.upstream.calls == 60 // PAGE_CAP
+    assert stats.streamed == streamed_before + 1, "the projection fast path streamed it"
+    assert stats.chunks > chunks_before
+
+
+async def test_a_consumer_that_goes_away_stops_the_walk(engine: Engine) -> None:
+    frames = await engine.frames(
+        "{ phoneNumbers(page: {first: 500}) { edges @stream { cursor node { phoneNumber } } } }"
+    )
+    await anext(frames)
+    await anext(frames)
+    await anext(frames)
+    await frames.aclose()  # type: ignore[attr-defined]
+    stopped_at = engine.upstream.calls
+    assert stopped_at <= MAX_PAGE_SIZE // PAGE_CAP + 3
+    # Whatever the event loop still had to run has run: no request followed.
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert engine.upstream.calls == stopped_at
+
+
+def failing_from(position: int, status: int) -> Callable[[httpx.Request], httpx.Response | None]:
+    """An upstream that fails every request starting at ``position`` or later."""
+
+    def answer(request: httpx.Request) -> httpx.Response | None:
+        start = int(request.url.params.get("start", "0"))
+        if start < position:
+            return None
+        body = {"message": "Something went wrong", "trackingId": "ROUTER_1234-5678"}
+        return httpx.Response(status, content=orjson.dumps(body))
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(503, "UPSTREAM_UNAVAILABLE"), (400, "BAD_USER_INPUT")]
+)
+async def test_an_upstream_failure_mid_walk_ends_the_stream_with_the_error(
+    world: SimulatorWorld, status: int, code: str
+) -> None:
+    engine = engine_over(world, failing_from(30, status))
+    frames = await engine.collect(
+        "{ phoneNumbers(page: {first: 80}) { totalCount nodes @stream { phoneNumber } } }"
+    )
+    last = frames[-1]
+    assert last["hasNext"] is False
+    [failed] = last["completed"]
+    [error] = failed["errors"]
+    assert error["extensions"]["code"] == code
+    assert error["extensions"]["upstreamStatus"] == status
+    assert error["extensions"]["trackingId"] == "ROUTER_1234-5678"
+    assert error["path"] == ["phoneNumbers", "nodes"]
+    data = reassemble(frames)["phoneNumbers"]
+    assert len(data["nodes"]) == 30, "every item before the failure was delivered"
+    assert data["totalCount"] > 80
+
+
+FIRST_OVER = "{ phoneNumbers(page: {first: FIRST}) { nodes STREAM { phoneNumber } } }"
+
+
+@pytest.mark.parametrize(
+    ("first", "stream", "ceiling"),
+    [
+        (MAX_PAGE_SIZE + 1, "", MAX_PAGE_SIZE),
+        (100_001, "@stream", 100_000),
+        (0, "@stream", 100_000),
+    ],
+)
+async def test_first_over_its_ceiling_is_refused_before_any_upstream_call(
+    engine: Engine, first: int, stream: str, ceiling: int
+) -> None:
+    query = FIRST_OVER.replace("FIRST", str(first)).replace("STREAM", stream)
+    [frame] = await engine.collect(query)
+    [error] = frame["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert f"between 1 and {ceiling}" in error["message"]
+    assert engine.upstream.calls == 0
+
+
+async def test_a_list_without_stream_under_its_ceiling_is_one_payload(engine: Engine) -> None:
+    frames = await engine.collect(FIRST_OVER.replace("FIRST", "10").replace("STREAM", ""))
+    assert len(frames) == 1
+    assert len(frames[0]["data"]["phoneNumbers"]["nodes"]) == 10
+    hint = await engine.collect(FIRST_OVER.replace("FIRST", "11").replace("STREAM", ""))
+    assert "under @stream may ask for up to 100000" in hint[0]["errors"][0]["message"]
+
+
+async def test_defer_of_counts_total_and_owner_person(engine: Engine) -> None:
+    query = """{
+      phoneNumbers(filter: {ownerType: PEOPLE}, page: {first: 4}) {
+        nodes { phoneNumber owner { type DEFER { person { id } } } }
+        DEFER { totalCount }
+      }
+      DEFER { numberCounts { total assigned } }
+    }"""
+    whole = await engine.execute(query.replace("DEFER", "..."))
+    frames = await engine.collect(query.replace("DEFER", "... @defer"))
+    assert len(frames) > 1
+    assert frames[-1]["hasNext"] is False
+    assert "numberCounts" not in frames[0]["data"]
+    assert orjson.dumps(reassemble(frames)) == orjson.dumps(whole)

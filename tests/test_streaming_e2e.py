@@ -1,0 +1,292 @@
+"""Incremental delivery and the change feed as frontends see them, against real processes.
+
+A real ``numbers-gateway simulator`` and ``numbers-gateway serve`` (``tests/processes.py``);
+the clients are the real Node packages (``tests/js/stream-clients.mjs``, pinned in
+``tests/js/package.json``): Apollo Client's ``@defer`` over multipart, urql's ``@defer`` and
+``@stream`` over multipart, and the ``graphql-ws``, ``graphql-sse`` and Apollo Client
+(``GraphQLWsLink``) subscription clients. Apollo Client 3 merges only ``data`` from incremental
+payloads, never ``@stream`` items, so it is tested with ``@defer`` alone.
+
+A change is made through the simulator (``POST /_simulator/changes``) once the feed's
+``SYNCED`` has arrived; the event must arrive exactly once: a second change, made after the
+first event arrived, ends the run, and the first change's events are counted.
+
+Graceful shutdown: SIGTERM to ``serve`` ends an open multipart stream (with its final payload)
+and an SSE subscription (``event: complete``) at once, and the process exits 0, well inside
+``STOP_BOUND`` (uvicorn alone would wait for them until ``--shutdown-timeout``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.node_packages import run_node_json, start_node
+from tests.processes import STOP_BOUND, ServedProcess, gateway_process, simulator_process
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+ENTRIES = 5000  # the simulator's org: three upstream pages of 2,000
+TOKEN = "demo-admin"
+WATCH = """subscription {
+  phoneNumberChanges { kind number { phoneNumber } previous { phoneNumber } } }"""
+LINE_BOUND = 60.0  # seconds; only a backstop against a hang
+
+
+@dataclass(frozen=True)
+class Stack:
+    simulator: ServedProcess
+    gateway: ServedProcess
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = httpx.post(
+            self.gateway.url,
+            json={"query": query, "variables": variables or {}},
+            headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+            timeout=60,
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        assert "errors" not in body, body
+        return body
+
+    def change(self, change: dict[str, Any]) -> None:
+        response = httpx.post(f"{self.simulator.origin}/_simulator/changes", json=change)
+        assert response.status_code < 300, response.text
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with (
+        simulator_process("--size", str(ENTRIES)) as simulator,
+        gateway_process(
+            env={
+                "GATEWAY_UPSTREAM_URL": simulator.url,
+                "GATEWAY_CHANGES_POLL_INTERVAL": "1",
+            }
+        ) as gateway,
+    ):
+        yield Stack(simulator, gateway)
+
+
+def cursor_walk(stack: Stack, fields: str, total: int) -> list[dict[str, Any]]:
+    """Every node of the org by page.after, 2,000 at a time: what a stream must equal."""
+    nodes: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(nodes) < total:
+        page = stack.graphql(
+            "query($after: String) { phoneNumbers(page: {first: 2000, after: $after}) {"
+            f" nodes {{ {fields} }} pageInfo {{ endCursor hasNextPage }} }} }}",
+            {"after": after},
+        )["data"]["phoneNumbers"]
+        nodes += page["nodes"]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    return nodes
+
+
+def total(stack: Stack) -> int:
+    count: int = stack.graphql("{ phoneNumbers { totalCount } }")["data"]["phoneNumbers"][
+        "totalCount"
+    ]
+    return count
+
+
+def test_apollo_client_receives_deferred_data_over_multipart(stack: Stack) -> None:
+    query = """{ phoneNumbers(page: {first: 3}) {
+      nodes { phoneNumber extension } ... @defer { totalCount } } }"""
+    outcome = run_node_json(
+        "stream-clients.mjs", "--client", "apollo-defer", "--url", stack.gateway.url,
+        "--query", query,
+    )  # fmt: skip
+    results = outcome["results"]
+    plain = stack.graphql(query.replace("... @defer", "..."))["data"]
+    assert results[-1] == {"data": plain, "errors": []}
+    # The deferred count came in a later payload: the first result had the nodes alone.
+    assert "totalCount" not in results[0]["data"]["phoneNumbers"]
+    assert results[0]["data"]["phoneNumbers"]["nodes"] == plain["phoneNumbers"]["nodes"]
+
+
+def test_urql_receives_deferred_and_streamed_data_equal_to_the_cursor_walk(
+    stack: Stack,
+) -> None:
+    everything = total(stack)
+    query = (
+        f"{{ phoneNumbers(page: {{first: {everything}}}) {{"
+        " nodes @stream(initialCount: 1) { phoneNumber extension location { id } }"
+        " ... @defer { totalCount } } }"
+    )
+    outcome = run_node_json(
+        "stream-clients.mjs", "--client", "urql", "--url", stack.gateway.url, "--query", query
+    )
+    results = outcome["results"]
+    assert len(results) > 2  # read as payloads, not one body
+    assert results[0]["hasNext"] is True
+    assert results[0]["nodes"] < everything
+    assert results[-1] == {
+        "nodes": everything, "totalCount": everything, "errors": [], "hasNext": False
+    }  # fmt: skip
+    walked = cursor_walk(stack, "phoneNumber extension location { id }", everything)
+    streamed = outcome["data"]["phoneNumbers"]["nodes"]
+    assert orjson.dumps(streamed) == orjson.dumps(walked)
+
+
+class NodeLines:
+    """A Node script's stdout, one JSON object a line, read in the background."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.lines.put(json.loads(raw))
+        self.lines.put(None)
+
+    def next(self) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=LINE_BOUND)
+        except queue.Empty:
+            pytest.fail("the client printed nothing for a minute", pytrace=False)
+        if line is None:
+            code = self.process.wait(timeout=10)
+            pytest.fail(f"the client exited ({code}) early", pytrace=False)
+        return line
+
+    def until(self, wanted: str) -> list[dict[str, Any]]:
+        """The events up to and including the first whose number is ``wanted``."""
+        events = []
+        while True:
+            event = self.next()["event"]["phoneNumberChanges"]
+            events.append(event)
+            if (event.get("number") or {}).get("phoneNumber") == wanted:
+                return events
+
+
+def assigned_numbers(stack: Stack) -> list[str]:
+    nodes = stack.graphql(
+        "{ phoneNumbers(page: {first: 500}) { nodes { phoneNumber owner { id } } } }"
+    )["data"]["phoneNumbers"]["nodes"]
+    return [n["phoneNumber"] for n in nodes if n["phoneNumber"] and n["owner"]]
+
+
+SUBSCRIBERS = ["graphql-ws", "graphql-sse", "apollo-ws"]
+
+
+@pytest.mark.parametrize("client", SUBSCRIBERS)
+def test_subscription_clients_receive_each_change_once(stack: Stack, client: str) -> None:
+    # Each client changes numbers of its own: the simulator is shared by the module.
+    index = SUBSCRIBERS.index(client)
+    unassigned, updated = assigned_numbers(stack)[2 * index : 2 * index + 2]
+    process = start_node(
+        "stream-clients.mjs", "--client", client, "--url", stack.gateway.url,
+        "--query", WATCH, "--token", TOKEN, "--stop-at", updated,
+    )  # fmt: skip
+    lines = NodeLines(process)
+    try:
+        first = lines.next()["event"]["phoneNumberChanges"]
+        assert first == {"kind": "SYNCED", "number": None, "previous": None}
+        stack.change({"action": "unassign", "phoneNumber": unassigned})
+        seen = lines.until(unassigned)
+        # Made only once the first change was seen, so every event of it came before.
+        stack.change({"action": "state", "phoneNumber": updated, "state": "INACTIVE"})
+        seen += lines.until(updated)
+        assert lines.next() == {"done": True}
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    about = {
+        number: [e["kind"] for e in seen if (e["number"] or {}).get("phoneNumber") == number]
+        for number in (unassigned, updated)
+    }
+    assert about == {unassigned: ["UNASSIGNED"], updated: ["UPDATED"]}
+    assert all(e["kind"] != "SYNCED" for e in seen)
+
+
+# --- graceful shutdown ------------------------------------------------------------------------
+
+# Big enough that the client, reading only the first payload, cannot have the rest buffered.
+SHUTDOWN_ENTRIES = 50_000
+BIG_STREAM = (
+    f"{{ phoneNumbers(page: {{first: {SHUTDOWN_ENTRIES}}}) {{ nodes @stream(initialCount: 1) {{"
+    " phoneNumber extension state numberType mainNumber tollFreeNumber"
+    " location { id name } owner { id type firstName lastName } } } }"
+)
+
+
+def _read_rest(response: httpx.Response, into: bytearray) -> None:
+    for chunk in response.iter_raw():
+        into += chunk
+
+
+def test_sigterm_ends_open_streams_and_subscriptions_with_their_final_payload() -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        simulator_process("--size", str(SHUTDOWN_ENTRIES)) as simulator,
+        gateway_process(
+            "--shutdown-timeout",
+            str(STOP_BOUND * 3),  # uvicorn alone would hold the streams past STOP_BOUND
+            env={
+                "GATEWAY_UPSTREAM_URL": simulator.url,
+                "GATEWAY_CHANGES_POLL_INTERVAL": "1",
+                "GATEWAY_CHANGES_MAX_ITEMS": str(SHUTDOWN_ENTRIES),
+            },
+        ) as gateway,
+        httpx.Client(timeout=LINE_BOUND) as sse_client,
+        httpx.Client(timeout=LINE_BOUND) as multipart_client,
+        sse_client.stream(
+            "POST",
+            gateway.url,
+            json={"query": WATCH},
+            headers={**headers, "Accept": "text/event-stream"},
+        ) as subscription,
+    ):
+        sse = bytearray()
+        sse_chunks = subscription.iter_raw()
+        while b"SYNCED" not in sse:
+            sse += next(sse_chunks)
+        with multipart_client.stream(
+            "POST",
+            gateway.url,
+            json={"query": BIG_STREAM},
+            headers={**headers, "Accept": "multipart/mixed"},
+        ) as stream:
+            assert stream.status_code == 200
+            multipart = bytearray()
+            chunks = stream.iter_raw()
+            while b'"hasNext":true' not in multipart:
+                multipart += next(chunks)
+            # Every later upstream page now takes longer than the test may: the walk hangs.
+            faulted = httpx.post(
+                f"{simulator.origin}/_simulator/faults",
+                json={"rules": [{"latency": STOP_BOUND * 3}]},
+            )
+            assert faulted.status_code < 300, faulted.text
+            gateway.process.terminate()
+            for chunk in chunks:
+                multipart += chunk
+        for chunk in sse_chunks:
+            sse += chunk
+        code = gateway.process.wait(timeout=STOP_BOUND)
+    assert code == 0
+    assert multipart.endswith(b"\r\n-----\r\n")
+    final = orjson.loads(multipart.rsplit(b"\r\n---", 2)[-2].partition(b"\r\n\r\n")[2])
+    assert final["hasNext"] is False
+    assert final["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert "shutting down" in final["errors"][0]["message"]
+    assert multipart.count(b'"phoneNumber"') < SHUTDOWN_ENTRIES  # ended, not completed
+    assert sse.rstrip().endswith(b"event: complete\ndata:")
