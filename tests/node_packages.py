@@ -54,6 +54,10 @@ The scripts, their arguments and their output (see each script's header comment)
         [--headers JSON] [--mode post|get] [--apq on|off] [--repeat N]
         -> {"results": [{"data", "errors", "networkError"}], "requests": [{"method", "url",
             "headers", "body", "status", "response"}]}
+    stream-clients.mjs --client apollo-defer|urql|graphql-ws|graphql-sse|apollo-ws --url URL
+        (--query-file F | --query Q) [--variables JSON] [--token T] [--stop-at PHONE_NUMBER]
+        -> queries: one line {"results": [...]} (urql: and "data"); subscriptions: one line
+           {"event": data} per event until --stop-at's, then {"done": true}
     graphql-http-audit.mjs --url URL [--headers JSON]
         -> {"results": [{"id", "name", "status", "reason"}], "ok", "notice", "warn", "error"}
 

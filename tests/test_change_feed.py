@@ -635,6 +635,66 @@ async def test_a_dead_polling_replicas_lease_expires_and_the_other_takes_over_wi
 
 
 @pytest.mark.redis
+async def test_a_gracefully_stopped_polling_replica_hands_its_feed_over_at_the_others_next_interval(
+    redis_server: Any,
+) -> None:
+    async with two_replicas(redis_server.url) as (one, two, first):
+        for h in (one, two):
+            h.feeds.lease = 60.0  # a lease left behind would outlive the test: no expiry helps
+        on_one = await one.subscribe()
+        assert (await next_event(on_one))["kind"] == "SYNCED"
+        on_two = await two.subscribe()
+        assert (await next_event(on_two))["kind"] == "SYNCED"
+        (name,) = one.feeds.feeds
+        polling = one.feeds.feeds[name]
+        assert polling.role is Role.POLL_SHARED
+        assert two.feeds.feeds[name].role is Role.RELAY
+
+        # The race of a graceful stop, made certain: the feed's release (a Redis round trip)
+        # is still under way when shutdown stops the feed a second time.
+        coordination = one.feeds.coordination
+        original_release = coordination.release
+        let_go = asyncio.Event()
+
+        async def held_release(name: str, instance: str) -> None:
+            await let_go.wait()
+            await original_release(name, instance)
+
+        coordination.release = held_release  # type: ignore[method-assign]
+        stops = 0
+        original_stop = polling.stop
+
+        def counted_stop() -> None:
+            nonlocal stops
+            stops += 1
+            original_stop()
+
+        polling.stop = counted_stop  # type: ignore[method-assign]
+        await on_one.aclose()  # the last subscriber on the polling replica leaves ...
+        shutdown = asyncio.create_task(first.__aexit__(None, None, None))  # ... and it stops
+        await eventually(lambda: stops >= 2, "shutdown stopped the stopping feed again")
+        let_go.set()
+        await shutdown
+        redis = Redis.from_url(redis_server.url)
+        try:
+            assert await lease_gone(redis, name)  # let go of, not left to expire
+        finally:
+            await redis.aclose()
+
+        # The other replica polls at its next interval, from the snapshot in Redis.
+        calls = two.recorder.calls
+        await two.poll(feeds=1)
+        assert two.recorder.calls - calls == 1
+        assert two.feeds.feeds[name].role is Role.POLL_SHARED
+        number = an_owned_number(two.world)
+        await two.change(action="unassign", phoneNumber=number)
+        await two.poll(feeds=1)
+        event = await next_event(on_two)  # the real change, no spurious one before it
+        assert (event["kind"], event["previous"]["phoneNumber"]) == ("UNASSIGNED", number)
+        await on_two.aclose()
+
+
+@pytest.mark.redis
 async def test_with_redis_down_each_replica_polls_its_own_feeds_then_returns_to_the_lease() -> None:
     redis = RestartableRedis()
     try:

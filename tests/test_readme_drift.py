@@ -120,3 +120,22 @@ async def test_every_cache_value_a_request_logs_is_in_the_log_field_table(
     assert {"miss:upstream", "reused:answer", "hit:local", "bypass:upstream"} <= seen, seen
     _, cache_row = _log_fields()
     assert sorted(seen - names_in(cache_row)) == [], "logged but not in the README's cache row"
+
+
+def test_the_architecture_table_names_every_module() -> None:
+    """Every module of the package has its line in the README's architecture table (the map of
+    the layers), and every module the table names exists; the simulator is one line."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Architecture") : readme.index("## Dependencies")]
+    named = set(re.findall(r"`(gateway/[\w/]+\.py)`", section))
+    modules = {
+        path.relative_to(root).as_posix()
+        for path in (root / "gateway").rglob("*.py")
+        if path.name != "__init__.py" and "simulator" not in path.parts
+    }
+    assert modules - named == set(), "modules missing from the README's architecture table"
+    assert named - modules == set(), "the README's architecture table names modules that are gone"
+    simulator = {p.stem for p in (root / "gateway" / "simulator").glob("*.py")} - {"__init__"}
+    line = next(row for row in section.splitlines() if "`gateway/simulator/`" in row)
+    assert {name for name in simulator if f"`{name}`" not in line} == set()

@@ -148,7 +148,8 @@ def test_workers_share_the_port_and_stop_on_sigterm() -> None:
 def test_serve_bounds_connections_and_request_heads() -> None:
     """``serve`` applies GATEWAY_MAX_CONNECTIONS and GATEWAY_HEADER_TIMEOUT: idle sockets are
     answered 408 and closed, and at the bound a new connection closes the oldest idle one
-    (503) to take its place."""
+    (silently: an unasked 503 could be read as the answer to a request crossing it) to take
+    its place."""
     import socket
 
     env = {"GATEWAY_HEADER_TIMEOUT": "0.5", "GATEWAY_MAX_CONNECTIONS": "3"}
@@ -157,7 +158,7 @@ def test_serve_bounds_connections_and_request_heads() -> None:
         held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
         try:
             with socket.create_connection((host, int(port)), timeout=10) as extra:
-                assert held[0].recv(4096).startswith(b"HTTP/1.1 503"), "the oldest idle one"
+                assert held[0].recv(4096) == b"", "the oldest idle one, closed without a word"
                 for connection in [*held[1:], extra]:
                     answer = connection.recv(4096)
                     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]

@@ -14,7 +14,13 @@ import httpx
 import orjson
 import pytest
 
-from gateway.simulator import FaultPlan, FaultRule, create_simulator_app, world_from_items
+from gateway.simulator import (
+    FaultPlan,
+    FaultRule,
+    build_demo_world,
+    create_simulator_app,
+    world_from_items,
+)
 from gateway.simulator.dataset import OWNER_TYPES, NumberEntry, SimulatorWorld
 from gateway.simulator.faults import FaultSpecError
 
@@ -665,3 +671,13 @@ async def test_every_status_the_simulator_answers_has_the_webex_error_body(
             app.state.simulator.faults.replace([FaultRule(status=status, count=1)])
             response = await client.get(NUMBERS, headers={"Authorization": "Bearer demo-admin"})
             _assert_webex_error(response, status)
+
+
+@pytest.mark.parametrize("size", [1000, 5000, 20000])
+def test_every_phone_number_of_an_org_is_unique(size: int) -> None:
+    """A number is unique in an org (the change feed names entries by it). Two locations of one
+    country share a non-geographic prefix (900): the generator must not issue one twice."""
+    world = build_demo_world(size=size, seed=7)
+    for org in world.orgs.values():
+        numbers = [entry.phone_number for entry in org.entries if entry.phone_number]
+        assert len(numbers) == len(set(numbers))

@@ -37,8 +37,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 ENTRIES = 5000  # the simulator's org: three upstream pages of 2,000
 TOKEN = "demo-admin"
-WATCH = """subscription {
-  phoneNumberChanges { kind number { phoneNumber } previous { phoneNumber } } }"""
+WATCH = """subscription($filter: PhoneNumberFilter) {
+  phoneNumberChanges(filter: $filter) { kind number { phoneNumber } previous { phoneNumber } } }"""
 LINE_BOUND = 60.0  # seconds; only a backstop against a hang
 
 
@@ -175,11 +175,14 @@ class NodeLines:
                 return events
 
 
-def assigned_numbers(stack: Stack) -> list[str]:
+def assigned_numbers(stack: Stack) -> tuple[str, list[str]]:
+    """A location, and the numbers assigned to someone there."""
     nodes = stack.graphql(
-        "{ phoneNumbers(page: {first: 500}) { nodes { phoneNumber owner { id } } } }"
+        "{ phoneNumbers(page: {first: 500}) { nodes { phoneNumber owner { id } location { id } } } }"
     )["data"]["phoneNumbers"]["nodes"]
-    return [n["phoneNumber"] for n in nodes if n["phoneNumber"] and n["owner"]]
+    assigned = [n for n in nodes if n["phoneNumber"] and n["owner"]]
+    location = assigned[0]["location"]["id"]
+    return location, [n["phoneNumber"] for n in assigned if n["location"]["id"] == location]
 
 
 SUBSCRIBERS = ["graphql-ws", "graphql-sse", "apollo-ws"]
@@ -189,10 +192,12 @@ SUBSCRIBERS = ["graphql-ws", "graphql-sse", "apollo-ws"]
 def test_subscription_clients_receive_each_change_once(stack: Stack, client: str) -> None:
     # Each client changes numbers of its own: the simulator is shared by the module.
     index = SUBSCRIBERS.index(client)
-    unassigned, updated = assigned_numbers(stack)[2 * index : 2 * index + 2]
+    location, numbers = assigned_numbers(stack)
+    unassigned, updated = numbers[2 * index : 2 * index + 2]
     process = start_node(
         "stream-clients.mjs", "--client", client, "--url", stack.gateway.url,
-        "--query", WATCH, "--token", TOKEN, "--stop-at", updated,
+        "--query", WATCH, "--variables", json.dumps({"filter": {"locationId": location}}),
+        "--token", TOKEN, "--stop-at", updated,
     )  # fmt: skip
     lines = NodeLines(process)
     try:
@@ -209,6 +214,8 @@ def test_subscription_clients_receive_each_change_once(stack: Stack, client: str
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
     about = {
         number: [e["kind"] for e in seen if (e["number"] or {}).get("phoneNumber") == number]
         for number in (unassigned, updated)
@@ -223,7 +230,7 @@ def test_subscription_clients_receive_each_change_once(stack: Stack, client: str
 SHUTDOWN_ENTRIES = 50_000
 BIG_STREAM = (
     f"{{ phoneNumbers(page: {{first: {SHUTDOWN_ENTRIES}}}) {{ nodes @stream(initialCount: 1) {{"
-    " phoneNumber extension state numberType mainNumber tollFreeNumber"
+    " phoneNumber extension state phoneNumberType mainNumber tollFreeNumber esn"
     " location { id name } owner { id type firstName lastName } } } }"
 )
 
@@ -243,18 +250,21 @@ def test_sigterm_ends_open_streams_and_subscriptions_with_their_final_payload() 
             env={
                 "GATEWAY_UPSTREAM_URL": simulator.url,
                 "GATEWAY_CHANGES_POLL_INTERVAL": "1",
-                "GATEWAY_CHANGES_MAX_ITEMS": str(SHUTDOWN_ENTRIES),
             },
         ) as gateway,
         httpx.Client(timeout=LINE_BOUND) as sse_client,
         httpx.Client(timeout=LINE_BOUND) as multipart_client,
-        sse_client.stream(
-            "POST",
-            gateway.url,
-            json={"query": WATCH},
-            headers={**headers, "Accept": "text/event-stream"},
-        ) as subscription,
     ):
+        location, _ = assigned_numbers(Stack(simulator, gateway))
+        subscription = sse_client.send(
+            sse_client.build_request(
+                "POST",
+                gateway.url,
+                json={"query": WATCH, "variables": {"filter": {"locationId": location}}},
+                headers={**headers, "Accept": "text/event-stream"},
+            ),
+            stream=True,
+        )
         sse = bytearray()
         sse_chunks = subscription.iter_raw()
         while b"SYNCED" not in sse:
@@ -281,6 +291,7 @@ def test_sigterm_ends_open_streams_and_subscriptions_with_their_final_payload() 
                 multipart += chunk
         for chunk in sse_chunks:
             sse += chunk
+        subscription.close()
         code = gateway.process.wait(timeout=STOP_BOUND)
     assert code == 0
     assert multipart.endswith(b"\r\n-----\r\n")

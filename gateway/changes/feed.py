@@ -179,6 +179,7 @@ class ChangeFeed:
         self.seen_id: str | None = None  # the shared snapshot ``seen`` is, if any
         self.synced_at: float | None = None
         self.ended = False
+        self._stop_requested = False
         self._failures = 0
         self._task: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
@@ -201,6 +202,14 @@ class ChangeFeed:
         return True
 
     def stop(self) -> None:
+        """Stop the loop, once. Its first cancellation lands in its ``finally``, which is
+        still letting go of the lease; a second one (the last subscriber left, then shutdown
+        stops every feed; or shutdown ends the subscribers, whose leaving stops the feed again)
+        would cancel that release half-way, and the other replicas would wait for the lease
+        to expire instead of taking over at their next interval."""
+        if self._stop_requested:
+            return
+        self._stop_requested = True
         for task in (self._resync, self._task):
             # Not our own task: the feed ending from inside its loop returns on its own.
             if task is not None and not task.done() and task is not asyncio.current_task():
@@ -306,7 +315,8 @@ class ChangeFeed:
         finally:
             # Also when cancelled (the last subscriber left, shutdown): a cancelled task may
             # still await, and letting go of the lease now lets another replica take over at
-            # its next attempt instead of after the lease expires.
+            # its next attempt instead of after the lease expires. ``stop`` cancels only once,
+            # so nothing cancels this release half-way.
             await self._coordination.release(self.name, self.instance)
 
     async def _poll_while_watched(self) -> None:

@@ -243,6 +243,7 @@ class _OrgBuilder:
         self.name = name
         self.locations = [(spec, webex_id("LOCATION", self._uuid())) for spec in locations]
         self.number_counters = [0] * len(locations)
+        self.issued_numbers: set[str] = set()
         self.extension_counters = [100] * len(locations)
         self.entries: list[NumberEntry] = []
         self.owner_type_cycle = list(OWNER_TYPES)
@@ -254,11 +255,17 @@ class _OrgBuilder:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)
 
     def _next_number(self, index: int, prefix: str | None = None) -> str:
+        """The location's next number; never one the org already has (two locations of one
+        country may share a non-geographic prefix, and a number is unique in an org)."""
         spec = self.locations[index][0]
-        self.number_counters[index] += 1
-        serial = self.number_counters[index]
         area = prefix if prefix is not None else spec.area_code
-        return f"+{spec.country_code}{area}{555 + serial // 10_000:03d}{serial % 10_000:04d}"
+        while True:
+            self.number_counters[index] += 1
+            serial = self.number_counters[index]
+            number = f"+{spec.country_code}{area}{555 + serial // 10_000:03d}{serial % 10_000:04d}"
+            if number not in self.issued_numbers:
+                self.issued_numbers.add(number)
+                return number
 
     def _next_extension(self, index: int) -> str:
         self.extension_counters[index] += 1

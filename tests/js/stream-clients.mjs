@@ -176,7 +176,9 @@ function apolloWs() {
     connectionParams: { Authorization: authorization },
     retryAttempts: 0,
   });
-  const client = new ApolloClient({ link: new GraphQLWsLink(ws), cache: new InMemoryCache() });
+  const client = new ApolloClient({
+    link: new GraphQLWsLink(ws), cache: new InMemoryCache({ addTypename: false }),
+  });
   return new Promise((resolve, reject) => {
     const onEvent = printer(resolve);
     const subscription = client.subscribe({
