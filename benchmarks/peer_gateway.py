@@ -526,7 +526,9 @@ def run(args: argparse.Namespace) -> None:
         return
     if home is not None:
         print(f"peer: {pinned_versions()} (in {home})", flush=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=home or cache_root()))
+    scratch = home or cache_root()
+    scratch.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
     fleet = Fleet(run_dir)
     try:
         env = base_env()

@@ -210,11 +210,10 @@ class UpstreamClient:
         upstream's (with ``details``) on the first page only."""
         assert fetch.window is not None  # a walk is of a window
         wanted = fetch.window.size
-        url = self.numbers_url
-        first = fetch.upstream_params()
-        params: list[tuple[str, str]] | None = first
+        url = self.numbers_url.copy_merge_params(tuple(fetch.upstream_params()))
+        params: list[tuple[str, str]] | None = None
         # Shared by the pages' exchanges: a ``next`` link back to any page is a fault.
-        visited = {str(url.copy_merge_params(tuple(first)))}
+        visited = {str(url)}
         opened: list[Exchange] = []
 
         def opening(scope: asyncio.Timeout) -> Exchange:
@@ -284,12 +283,13 @@ class UpstreamClient:
 
     async def _walk(self, fetch: Fetch, exchange: Exchange) -> UpstreamPage:
         wanted = fetch.window.size if fetch.window is not None else 1
-        url = self.numbers_url
-        first = fetch.upstream_params()
-        params: list[tuple[str, str]] | None = first
+        # The first URL with its query, built once: what is sent (httpx would merge the
+        # parameters into a new URL again) and how the page is known among those visited.
+        url = self.numbers_url.copy_merge_params(tuple(fetch.upstream_params()))
+        params: list[tuple[str, str]] | None = None
         items: list[dict[str, Any]] = []
         count: dict[str, Any] | None = None
-        exchange.visited.add(str(url.copy_merge_params(tuple(first))))
+        exchange.visited.add(str(url))
         while True:
             body, next_url = await self._get(url, params, exchange)
             page_items, page_count = read_numbers_body(body)
