@@ -622,7 +622,7 @@ def test_graphql_over_http_negotiation(http: httpx.Client) -> None:
     assert strict.status_code == 400
     assert strict.headers["content-type"].startswith("application/graphql-response+json")
     assert "data" not in strict.json()
-    assert _codes(strict.json()) == ["BAD_USER_INPUT"]
+    assert _codes(strict.json()) == ["GRAPHQL_PARSE_FAILED"]
 
     legacy = http.post("/graphql", json=broken, headers={"Accept": "application/json"})
     assert legacy.status_code == 200
