@@ -17,7 +17,6 @@ import structlog
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -25,12 +24,10 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from gateway.api.schema import build_schema
 from gateway.changes.registry import ChangeFeeds, build_change_feeds
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.http.compression import CompressionMiddleware
-from gateway.http.connections import InFlightLimit
 from gateway.http.document_policy import DocumentPolicy
+from gateway.http.gateway_middleware import GatewayMiddleware
 from gateway.http.graphiql import graphiql_routes, load_examples, render_graphiql_page
 from gateway.http.operation import OperationRunner
-from gateway.http.request_guards import BodySizeLimitMiddleware, CsrfPreventionMiddleware
 from gateway.http.request_log import RequestLogMiddleware
 from gateway.http.reuse import ResponseReuse
 from gateway.http.routes import ASSET_BASE, GRAPHQL_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
@@ -289,32 +286,28 @@ def create_app(
         routes.append(Mount(CONTROL_PREFIX, app=simulator_controls))
     middleware = [
         Middleware(RequestLogMiddleware, metrics=metrics, tracing=tracing),
-        Middleware(InFlightLimit, max_in_flight=settings.max_in_flight),
-        Middleware(CompressionMiddleware, minimum_size=settings.compression_min_bytes),
+        # The in-flight bound, compression, CORS, the body guard and CSRF, in that order, as
+        # one layer: a request that needs none of their work skips it.
         Middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.allowed_origins),
-            allow_methods=["GET", "POST"],
-            # GATEWAY_CORS_ALLOW_HEADERS: Apollo Client's, OpenTelemetry web's and ours.
-            allow_headers=list(settings.cors_allow_headers),
-            expose_headers=[REQUEST_ID_HEADER],
-            allow_credentials=False,  # bearer tokens, never cookies: so '*' is safe
-            max_age=CORS_MAX_AGE,
-        ),
-        Middleware(
-            BodySizeLimitMiddleware,
-            max_bytes=settings.max_body_bytes,
-            read_timeout=settings.body_timeout,
+            GatewayMiddleware,
+            max_in_flight=settings.max_in_flight,
+            compression_min_bytes=settings.compression_min_bytes,
+            cors={
+                "allow_origins": list(settings.allowed_origins),
+                "allow_methods": ["GET", "POST"],
+                # GATEWAY_CORS_ALLOW_HEADERS: Apollo Client's, OpenTelemetry web's and ours.
+                "allow_headers": list(settings.cors_allow_headers),
+                "expose_headers": [REQUEST_ID_HEADER],
+                "allow_credentials": False,  # bearer tokens, never cookies: so '*' is safe
+                "max_age": CORS_MAX_AGE,
+            },
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.body_timeout,
+            csrf_required_headers=(
+                settings.csrf_required_headers if settings.csrf_prevention else None
+            ),
         ),
     ]
-    if settings.csrf_prevention:
-        middleware.append(
-            Middleware(
-                CsrfPreventionMiddleware,
-                path=GRAPHQL_PATH,
-                required_headers=settings.csrf_required_headers,
-            )
-        )
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.metrics = metrics  # for the metrics listener (serve, GATEWAY_METRICS_PORT)
     return app

@@ -12,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from gateway.errors import Unauthenticated
-from gateway.pipeline.caller import Callers, normalised_credential
+from gateway.pipeline.caller import MAX_CREDENTIAL_LENGTH, Callers, normalised_credential
 from gateway.pipeline.local_tier import LocalTier
 from gateway.settings import load_settings
 from tests.conftest import (
@@ -154,3 +154,26 @@ async def test_a_flood_of_tiny_answers_leaves_another_callers_reused_answers(
         assert "errors" not in again.json()
         assert await metric(client, "gateway_responses_reused_total") == before + 1
         assert recorder.calls == calls
+
+
+def test_a_credential_past_the_length_bound_is_refused_before_anything() -> None:
+    callers = Callers(b"secret")
+    assert callers.identify("Bearer " + "a" * (MAX_CREDENTIAL_LENGTH - 7)).identity
+    with pytest.raises(Unauthenticated, match="longer than 8192 characters"):
+        callers.identify("Bearer " + "a" * MAX_CREDENTIAL_LENGTH)
+    assert callers.known("Bearer " + "a" * 10_000_000) is None
+
+
+async def test_a_huge_token_over_http_is_unauthenticated_without_an_upstream_call(
+    recorder: RecordingTransport,
+) -> None:
+    async with running_gateway(live_settings(), recorder) as client:
+        response = await client.post(
+            "/graphql",
+            json={"query": COUNTS},
+            headers={"Authorization": "Bearer " + "a" * 9000},
+        )
+    errors = response.json()["errors"]
+    assert [error["extensions"]["code"] for error in errors] == ["UNAUTHENTICATED"]
+    assert "longer than 8192 characters" in errors[0]["message"]
+    assert recorder.calls == 0

@@ -315,3 +315,53 @@ def _upgraded_held() -> bool:
     from gateway.http.connections import _TABLES
 
     return any(len(held) >= 2 for table in _TABLES.values() for held in table.by_client.values())
+
+
+async def test_at_the_bound_an_idle_websocket_makes_room_for_a_request() -> None:
+    """The red team's lock-out: acked, tokenless, idle WebSockets filled every connection
+    slot. A WebSocket running no operation is shed (1013, try again later) like an idle
+    HTTP connection."""
+    import websockets
+
+    from gateway.app import create_app
+    from tests.conftest import RecordingTransport
+
+    app = create_app(live_settings(), upstream_transport=RecordingTransport())
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="error",
+        lifespan="on",
+        **uvicorn_limits(max_connections=6, header_timeout=30, keep_alive_timeout=5.0),
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, "the server is listening")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    held = []
+    try:
+        for n in range(6):  # three idle sockets from each of two addresses: the server is full
+            held.append(
+                await websockets.connect(
+                    f"ws://127.0.0.1:{port}/graphql",
+                    subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
+                    local_addr=(f"127.0.0.{2 + n % 2}", 0),
+                )
+            )
+            await held[-1].send('{"type": "connection_init"}')
+            assert "connection_ack" in str(await held[-1].recv())
+        async with httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address="127.0.0.4")
+        ) as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/healthz")
+        assert answer.status_code == 200
+        async with asyncio.timeout(10):
+            await held[0].wait_closed()
+        assert held[0].close_code == 1013, "the oldest idle socket of a heaviest client"
+        assert all(ws.close_code is None for ws in held[1:]), "the others stay open"
+    finally:
+        for ws in held:
+            await ws.close()
+        server.should_exit = True
+        await task

@@ -8,6 +8,7 @@ can read each payload as it is sent, disconnect mid-stream or shut the app down 
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,10 +20,13 @@ import pytest
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.websockets import WebSocketDisconnect
+from strawberry.types import ExecutionResult
+from structlog.testing import capture_logs
 
 import gateway.http.websocket as websocket_module
 from gateway.app import create_app
-from gateway.http.incremental_payloads import merged_answer
+from gateway.http.incremental_payloads import PayloadWriter, merged_answer
+from gateway.http.payload_stream import PayloadStream
 from gateway.http.stream_limits import OpenStreams
 from tests.conftest import RecordingTransport, eventually, live_settings
 
@@ -549,3 +553,274 @@ async def test_the_same_streams_run_when_the_response_streams(
     expected = total if document is HELD_STREAMS else min(total, 2000)
     assert [len(merged[f"a{n}"]["nodes"]) for n in range(aliases)] == [expected] * aliases
     assert recorder.calls > 0
+
+
+# --- round three: what the red team found in the transports ----------------------------------
+
+
+def _ws_init(ws: Any, authorization: str = "Bearer demo-admin") -> None:
+    ws.send_json({"type": "connection_init", "payload": {"Authorization": authorization}})
+    assert ws.receive_json() == {"type": "connection_ack"}
+
+
+def _wait_until(condition: Any, what: str) -> None:
+    """The sync tests' ``eventually``: the app runs in the test client's thread."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+def test_ws_operations_abandoned_before_their_first_message_leave_nothing_running(
+    recorder: RecordingTransport,
+) -> None:
+    app = create_app(live_settings(changes_poll_interval=1), upstream_transport=recorder)
+    watch = 'subscription { phoneNumberChanges(filter: {locationId: "loc-%d"}) { kind } }'
+    with TestClient(app) as client:
+        feeds = client.app_state["changes"]
+        streams: OpenStreams = client.app_state["streams"]
+        with _connect(client) as ws:
+            _ws_init(ws)
+            for n in range(200):  # subscribe, then complete at once: before any message
+                ws.send_json({"type": "subscribe", "id": f"c{n}", "payload": {"query": watch % n}})
+                ws.send_json({"type": "complete", "id": f"c{n}"})
+                query = DEFERRED.replace("5", str(n % 7 + 2))
+                ws.send_json({"type": "subscribe", "id": f"q{n}", "payload": {"query": query}})
+                ws.send_json({"type": "complete", "id": f"q{n}"})
+            ws.send_json({"type": "ping"})
+            while ws.receive_json() != {"type": "pong"}:
+                pass  # an operation that got a message out before its complete
+        for n in range(20):  # subscribe, then leave at once
+            with _connect(client) as ws:
+                _ws_init(ws)
+                ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": watch % n}})
+        _wait_until(lambda: feeds.open_subscriptions == 0, "every subscription ended")
+        _wait_until(lambda: not feeds.feeds, "every poller stopped")
+        _wait_until(lambda: streams.open == 0, "every stream slot was given back")
+        calls = recorder.calls
+        # Slots are free: the caller can subscribe its full share again.
+        with _connect(client) as ws:
+            _ws_init(ws)
+            for n in range(10):
+                ws.send_json({"type": "subscribe", "id": f"z{n}", "payload": {"query": watch % n}})
+            answers = [ws.receive_json() for _ in range(10)]
+            assert {message["type"] for message in answers} == {"next"}, answers
+        _wait_until(lambda: not feeds.feeds, "the new pollers stopped with their socket")
+        client.portal.call(asyncio.sleep, 1.5)  # more than a poll interval: no poller polls
+        assert recorder.calls - calls <= 10, "only the ten baselines, no leftover poller"
+
+
+async def test_a_stream_runs_at_most_one_payload_ahead_of_its_reader() -> None:
+    produced = 0
+
+    async def frames() -> AsyncIterator[Any]:
+        nonlocal produced
+        for n in range(10):
+            produced += 1
+            yield ExecutionResult(data={"n": n}, errors=None)
+
+    payloads = PayloadStream(
+        frames(),  # type: ignore[arg-type]
+        PayloadWriter(lambda error: {}, lambda payload: payload),  # type: ignore[arg-type,return-value]
+        lambda result: {"data": result.data},
+        subscription=False,
+    )
+    for _ in range(50):  # the pump runs as far as it may
+        await asyncio.sleep(0)
+    assert produced == 1, "unread: one payload made, the next not asked for"
+    assert await payloads.next() == {"data": {"n": 0}}
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert produced == 2
+    await payloads.aclose()
+
+
+class ThreadGate(Gate):
+    """A ``Gate`` opened from the test's thread, through the test client's portal."""
+
+    def release(self, client: TestClient) -> None:
+        assert client.portal is not None
+        client.portal.call(self.open.set)
+
+
+@pytest.mark.parametrize("bound", ["caller", "connection"])
+def test_ws_operations_count_against_the_callers_streams_and_the_connections_bound(
+    recorder: RecordingTransport, monkeypatch: pytest.MonkeyPatch, bound: str
+) -> None:
+    gate = ThreadGate(recorder)
+    if bound == "connection":
+        monkeypatch.setattr(websocket_module, "MAX_OPERATIONS_PER_CONNECTION", 2)
+    app = create_app(
+        live_settings(max_streams_per_caller=2 if bound == "caller" else 50),
+        upstream_transport=gate,
+    )
+    with TestClient(app) as client, _connect(client) as ws:
+        _ws_init(ws)
+        for n in (4, 5):  # different pages: single flight would share one call
+            query = DEFERRED.replace("5", str(n))
+            ws.send_json({"type": "subscribe", "id": f"s{n}", "payload": {"query": query}})
+        _wait_until(lambda: gate.waiting == 2, "both operations reached the upstream")
+        ws.send_json({"type": "subscribe", "id": "over", "payload": {"query": DEFERRED}})
+        refused = ws.receive_json()
+        assert refused["type"] == "error", refused
+        assert refused["id"] == "over"
+        assert refused["payload"][0]["extensions"]["code"] == "RATE_LIMITED"
+        assert gate.requests == 2, "refused before any upstream call"
+        gate.release(client)
+        completed: set[str] = set()
+        while len(completed) < 2:
+            message = ws.receive_json()
+            assert message["type"] in ("next", "complete"), message
+            if message["type"] == "complete":
+                completed.add(message["id"])
+        assert completed == {"s4", "s5"}
+        if bound == "caller":
+            streams: OpenStreams = client.app_state["streams"]
+            _wait_until(lambda: streams.open == 0, "the slots were given back")
+
+
+def test_an_idle_websocket_is_closed(recorder: RecordingTransport) -> None:
+    app = create_app(live_settings(), upstream_transport=recorder)
+    for route in app.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(endpoint, websocket_module.GraphQLWebSocket):
+            endpoint.idle_timeout = 0.2
+    with TestClient(app) as client, _connect(client) as ws:
+        _ws_init(ws)
+        ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": FIRST}})
+        assert ws.receive_json()["type"] == "next"
+        assert ws.receive_json() == {"type": "complete", "id": "1"}
+        assert _closed_with(ws) == 1000  # no operation since: closed, however long it takes
+
+
+def test_ws_a_credential_past_the_bound_never_reaches_the_upstream(
+    ws_client: TestClient, recorder: RecordingTransport
+) -> None:
+    with _connect(ws_client) as ws:
+        _ws_init(ws, "Bearer " + "a" * 10_000_000)
+        ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": FIRST}})
+        answered = ws.receive_json()  # a query's field error, as over HTTP
+        assert ws.receive_json() == {"type": "complete", "id": "1"}
+        ws.send_json({"type": "subscribe", "id": "2", "payload": {"query": WATCH}})
+        watched = ws.receive_json()
+    assert answered["type"] == "next"
+    assert watched["type"] == "error", watched
+    for error in (answered["payload"]["errors"][0], watched["payload"][0]):
+        assert error["extensions"]["code"] == "UNAUTHENTICATED"
+        assert "longer than 8192 characters" in error["message"]
+    assert recorder.calls == 0
+
+
+def test_ws_a_subscribe_id_past_the_bound_closes_4400(ws_client: TestClient) -> None:
+    with _connect(ws_client) as ws:
+        _ws_init(ws)
+        ws.send_json({"type": "subscribe", "id": "x" * 129, "payload": {"query": FIRST}})
+        assert _closed_with(ws) == 4400
+
+
+def test_ws_each_operation_gets_a_log_line(ws_client: TestClient) -> None:
+    with capture_logs() as logs, _connect(ws_client) as ws:
+        _ws_init(ws)
+        query = "query Three " + FIRST
+        ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": query}})
+        assert ws.receive_json()["type"] == "next"
+        assert ws.receive_json()["type"] == "complete"
+        ws.send_json({"type": "subscribe", "id": "2", "payload": {"query": "{ nope }"}})
+        assert ws.receive_json()["type"] == "error"
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json() == {"type": "pong"}
+    lines = [line for line in logs if line["event"] == "websocket_operation"]
+    assert len(lines) == 2, logs
+    done, failed = sorted(lines, key=lambda line: line["ended"])
+    assert done["operationName"] == "Three"
+    assert done["operationType"] == "query"
+    assert done["payloads"] == 1
+    assert done["ended"] == "complete"
+    assert failed["ended"] == "error"
+    assert failed["errorCodes"] == ["GRAPHQL_VALIDATION_FAILED"]
+    assert "demo-admin" not in repr(lines)
+
+
+@pytest.mark.parametrize("initial", ["-1", "$n"])
+async def test_a_negative_initial_count_is_bad_user_input(
+    recorder: RecordingTransport, initial: str
+) -> None:
+    declared = "($n: Int = -1)" if initial == "$n" else ""
+    query = (
+        f"query{declared} {{ phoneNumbers(page: {{first: 3}}) {{ "
+        f"nodes @stream(initialCount: {initial}) {{ phoneNumber }} }} }}"
+    )
+    with capture_logs() as logs:
+        async with app_with(recorder) as (_, manager):
+            for accept in ("multipart/mixed", "application/json"):
+                raw = exchange(manager, query, accept)
+                await raw.run()
+                body = orjson.loads(raw.text)
+                assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+                assert "initialCount" in body["errors"][0]["message"]
+            sent = RawExchange(
+                manager.app,
+                {"query": query, "variables": {"n": -5} if declared else {}},
+                {"accept": "multipart/mixed", "authorization": "Bearer demo-admin"},
+            )
+            await sent.run()
+    assert "BAD_USER_INPUT" in sent.text.decode()
+    assert recorder.calls == 0
+    assert not [line for line in logs if line.get("log_level") == "error"], logs
+
+
+async def test_sse_subscription_refusals_carry_their_status(
+    recorder: RecordingTransport,
+) -> None:
+    async with app_with(recorder, changes_poll_interval=1, max_subscriptions_per_caller=1) as (
+        _,
+        manager,
+    ):
+        held = exchange(manager, WATCH, "text/event-stream")
+        running = asyncio.ensure_future(held.run())
+        await held.read_until(b"SYNCED")
+        over = exchange(manager, WATCH, "text/event-stream")
+        await over.run()
+        unauthenticated = exchange(manager, WATCH, "text/event-stream", authorization="Basic x")
+        await unauthenticated.run()
+        held.disconnected.set()
+        await asyncio.wait_for(running, 10)
+    assert over.status == 429
+    assert over.headers["retry-after"] == "1"
+    assert orjson.loads(over.text)["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert unauthenticated.status == 401
+    assert orjson.loads(unauthenticated.text)["errors"][0]["extensions"]["code"] == (
+        "UNAUTHENTICATED"
+    )
+
+
+@needs_incremental
+async def test_accept_qualities_choose_between_json_and_a_stream(
+    recorder: RecordingTransport,
+) -> None:
+    async with app_with(recorder) as (_, manager):
+        json_first = exchange(manager, DEFERRED, "application/json;q=0.9, multipart/mixed;q=0.1")
+        await json_first.run()
+        stream_first = exchange(manager, DEFERRED, "application/json;q=0.1, multipart/mixed")
+        await stream_first.run()
+    assert json_first.headers["content-type"].startswith("application/json")
+    assert len(orjson.loads(json_first.text)["data"]["phoneNumbers"]["nodes"]) == 5
+    assert stream_first.headers["content-type"].startswith("multipart/mixed")
+
+
+async def test_a_subscription_accepting_only_multipart_is_told_to_ask_for_sse(
+    recorder: RecordingTransport,
+) -> None:
+    async with app_with(recorder) as (_, manager):
+        raw = exchange(manager, WATCH, "multipart/mixed")
+        await raw.run()
+        both = exchange(manager, WATCH, "multipart/mixed, text/event-stream;q=0.5")
+        running = asyncio.ensure_future(both.run())
+        await both.read_until(b"SYNCED")
+        both.disconnected.set()
+        await asyncio.wait_for(running, 10)
+    assert raw.status == 406
+    assert "text/event-stream" in orjson.loads(raw.text)["errors"][0]["message"]
+    assert recorder.calls > 0  # only the SSE one walked the upstream
+    assert both.headers["content-type"].startswith("text/event-stream")

@@ -7,6 +7,8 @@ no spread of a fragment the document does not define, no fragment cycle, no frag
 past ``MAX_EXPANDED_FIELDS``), so every later walk (``fragment_walk``) is bounded;
 ``root_field_limit()`` is a validation rule bounding root fields, so a wide operation cannot
 fan out upstream calls;
+``stream_arguments()`` refuses a negative ``@stream(initialCount:)``, literal or variable, as
+``BAD_USER_INPUT`` before execution;
 ``as_limit()`` makes a validation rule's errors limit errors (``BAD_USER_INPUT``), so they are
 not taken for the document's own mistakes (``GRAPHQL_VALIDATION_FAILED``).
 """
@@ -21,11 +23,16 @@ from typing import Any, ClassVar, Final, cast
 from cachetools import LRUCache
 from graphql import (
     ASTValidationRule,
+    DirectiveNode,
     DocumentNode,
     GraphQLError,
     OperationDefinitionNode,
     ValidationRule,
+    VariableNode,
+    Visitor,
     parse,
+    value_from_ast_untyped,
+    visit,
 )
 from graphql.validation import ASTValidationContext
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
@@ -176,6 +183,75 @@ def parsed_documents() -> type[SchemaExtension]:
                     documents.pop(context.query, None)
 
     return ParsedDocuments
+
+
+def negative_initial_count(
+    document: DocumentNode, variables: dict[str, Any] | None
+) -> GraphQLError | None:
+    """The refusal of an ``@stream`` whose ``initialCount`` (a literal, or a variable sent or
+    defaulted) is negative: graphql-core would fail on it mid-execution, as an internal
+    error. Other wrong types are the validator's and the variables' coercion's to report."""
+    values = variables or {}
+    defaults = {
+        definition.variable.name.value: definition.default_value
+        for operation in document.definitions
+        if isinstance(operation, OperationDefinitionNode)
+        for definition in operation.variable_definitions or ()
+    }
+    for directive in _stream_directives(document):
+        for argument in directive.arguments or ():
+            if argument.name.value != "initialCount":
+                continue
+            node = argument.value
+            if isinstance(node, VariableNode):
+                name = node.name.value
+                if name in values:
+                    count = values[name]
+                else:
+                    default = defaults.get(name)
+                    count = value_from_ast_untyped(default) if default is not None else None
+            else:
+                count = value_from_ast_untyped(node)
+            if isinstance(count, int) and not isinstance(count, bool) and count < 0:
+                return GraphQLError(
+                    f"@stream(initialCount: {count}) is negative; send 0 or more.",
+                    directive,
+                    extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+                )
+    return None
+
+
+def _stream_directives(document: DocumentNode) -> Iterator[DirectiveNode]:
+    collected: list[DirectiveNode] = []
+
+    class Collect(Visitor):
+        def enter_directive(self, node: DirectiveNode, *_: Any) -> None:
+            if node.name.value == "stream":
+                collected.append(node)
+
+    visit(document, Collect())
+    return iter(collected)
+
+
+def stream_arguments() -> type[SchemaExtension]:
+    """A schema extension refusing a negative ``@stream(initialCount:)`` (literal or
+    variable) as ``BAD_USER_INPUT`` before execution (``negative_initial_count``)."""
+
+    class StreamArguments(SchemaExtension):
+        def on_validate(self) -> Iterator[None]:
+            context = self.execution_context
+            document = context.graphql_document
+            if (
+                document is not None
+                and not context.pre_execution_errors
+                and "@stream" in (context.query or "")
+            ):
+                refused = negative_initial_count(document, context.variables)
+                if refused is not None:
+                    context.pre_execution_errors = [refused]
+            yield
+
+    return StreamArguments
 
 
 def root_field_limit(max_root_fields: int) -> type[ValidationRule]:

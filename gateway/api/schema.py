@@ -19,7 +19,7 @@ from strawberry.schema.config import StrawberryConfig
 from gateway.api.cache_report import CacheReport
 from gateway.api.contract_errors import ContractErrors
 from gateway.api.cost import cost_limiter
-from gateway.api.document_guards import limit_rules, parsed_documents
+from gateway.api.document_guards import limit_rules, parsed_documents, stream_arguments
 from gateway.api.federated_trace import FederatedTrace
 from gateway.api.federation import DEFAULT_MAX_ENTITIES, ENTITY_TYPES, GatewaySchema
 from gateway.api.operation_observer import OperationObserver
@@ -63,6 +63,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
                 max_stream_items=settings.max_stream_items,
                 report=not production,
             ),
+            stream_arguments(),  # a negative @stream initialCount: BAD_USER_INPUT
         ]
     if production:
         extensions.append(DisableIntrospection)

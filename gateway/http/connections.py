@@ -6,7 +6,8 @@ says it is alive). ``GuardedHttpToolsProtocol`` extends uvicorn's httptools prot
 takes a protocol class for ``http``) with what uvicorn does not bound: a connection past
 ``max_connections`` (or past ``max_connections_per_client`` from one client address) is
 answered 503 and closed at once instead of holding a descriptor; at the total bound the
-heaviest client's idle connections are closed first (silently: see ``_shed``); IPv6 clients
+heaviest client's idle connections (and WebSockets running no operation) are closed first
+(silently: see ``shed``); IPv6 clients
 count by their /64; and a client that does not finish its
 request head within ``header_timeout`` (an idle socket, a slowloris) gets 408 and is
 closed. Slow bodies are bounded by ``BodySizeLimitMiddleware``; idle keep-alive connections
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,6 +30,18 @@ from gateway.http.refusals import Refusal, refusal_body
 from gateway.http.routes import PROBE_ROUTES
 
 RETRY_AFTER_SECONDS = 1
+# The scope key under which the WebSocket endpoint leaves its connection (a
+# ``WebSocketActivity``), so the connection table can shed an idle WebSocket under pressure.
+WEBSOCKET_ACTIVITY = "gateway.websocket"
+
+
+class WebSocketActivity(Protocol):
+    """What the connection table needs of an upgraded connection's endpoint."""
+
+    @property
+    def idle(self) -> bool: ...  # no operation running
+
+    def shed(self) -> None: ...  # close it (soon) to make room
 
 
 class InFlightLimit:
@@ -138,14 +151,29 @@ class ClientConnections:
             if not held:
                 del self.by_client[client]
 
-    def idle_victim(self) -> GuardedHttpToolsProtocol | None:
-        """The oldest connection still waiting for a request head, of the client holding the
-        most connections: what is closed first when the server is full."""
+    def idle_victim(self) -> GuardedHttpToolsProtocol | WebSocketActivity | None:
+        """The oldest connection holding nothing (waiting for a request head, or a WebSocket
+        running no operation), of the client holding the most connections: what is closed
+        first when the server is full."""
         for _, held in sorted(self.by_client.items(), key=lambda item: -len(item[1])):
             for connection in held:
-                if isinstance(connection, GuardedHttpToolsProtocol) and connection.awaiting_head:
-                    return connection
+                if isinstance(connection, GuardedHttpToolsProtocol):
+                    if connection.awaiting_head:
+                        return connection
+                    continue
+                websocket = idle_websocket(connection)
+                if websocket is not None:
+                    return websocket
         return None
+
+
+def idle_websocket(connection: asyncio.BaseProtocol) -> WebSocketActivity | None:
+    """The WebSocket endpoint of an upgraded connection, when it runs no operation."""
+    scope = getattr(connection, "scope", None)
+    activity = scope.get(WEBSOCKET_ACTIVITY) if isinstance(scope, dict) else None
+    if activity is None or not activity.idle:
+        return None
+    return activity  # type: ignore[no-any-return]
 
 
 def client_key(address: str) -> str:
@@ -207,11 +235,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     client address; at most ``max_connections`` in all, and at that bound the oldest
     connection still waiting for a request head (a fresh socket, an idle keep-alive, a
     slowloris) of the client holding the most is closed, without a response, to make room
-    (``_shed``), so idle sockets cannot
+    (``shed``), so idle sockets cannot
     lock out clients that send requests. Only when no connection is waiting is the new one
     refused. A connection from a trusted proxy is counted under the forwarded client of the
     request it carries (known once the head has arrived). A connection upgraded to a WebSocket
-    stays counted for its client (and in the total) until it closes; it is never the victim.
+    stays counted for its client (and in the total) until it closes; while it runs no
+    operation it may be the victim (closed by its endpoint with 1013, try again later).
     """
 
     max_connections: int = 1024
@@ -249,7 +278,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if victim is None or victim is self:
                 self._refuse()
                 return
-            victim._shed()
+            victim.shed()
         self._await_head()
 
     def _count_as(self, client: str, *, refuse: bool = True) -> bool:
@@ -274,7 +303,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(_AT_CAPACITY)
             self.transport.close()
 
-    def _shed(self) -> None:
+    def shed(self) -> None:
         """Closed to make room, without a word. The victim sent nothing we are answering, and
         a request of its client may be crossing the close on the wire: an unsolicited 503
         would be read as that request's answer (and a POST is not retried), while a bare

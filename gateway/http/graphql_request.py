@@ -174,7 +174,7 @@ async def params_of(request: Request, *, batch_max: int = 0) -> GraphQLParams | 
     """A GET's or a POST's parameters; a POST must be JSON (415 otherwise) and may be a
     batch when ``batch_max`` > 0 (a GET never is)."""
     if request.method == "GET":
-        return params_from_query_string(request.query_params)
+        return _get_params(request)
     content_type = request.headers.get("content-type", "")
     essence = content_type.split(";")[0].strip().lower()
     if essence != "application/json":
@@ -184,6 +184,27 @@ async def params_of(request: Request, *, batch_max: int = 0) -> GraphQLParams | 
             headers={"Accept-Post": "application/json"},
         )
     return params_from_body(await request.body(), batch_max=batch_max)
+
+
+def _get_params(request: Request) -> GraphQLParams:
+    """A GET's parameters; those of a recent query string are read once (a repeated GET
+    costs a dictionary lookup, not a parse of the URL and its JSON). Refusals are never
+    kept; the kept parameters are shared and never changed."""
+    raw: bytes = request.scope.get("query_string", b"")
+    params = _recent_get_params.get(raw)
+    if params is None:
+        params = params_from_query_string(request.query_params)
+        if len(raw) <= _RECENT_GET_BYTES_MAX:
+            if len(_recent_get_params) >= _RECENT_GET_MAX:
+                _recent_get_params.pop(next(iter(_recent_get_params)))  # the oldest
+            _recent_get_params[raw] = params
+    return params
+
+
+# Recent GET query strings and their parameters: bounded in count and in each one's size.
+_RECENT_GET_MAX = 256
+_RECENT_GET_BYTES_MAX = 8 * 1024
+_recent_get_params: dict[bytes, GraphQLParams] = {}
 
 
 def has_graphql_parameters(query_params: QueryParams) -> bool:

@@ -76,6 +76,21 @@ def choose_stream_type(accept: str | None) -> str | None:
     return chosen
 
 
+def prefers_json(accept: str | None) -> bool:
+    """Whether ``accept`` ranks a JSON type strictly above every streamed type it names (by
+    quality: ``application/json;q=0.9, multipart/mixed;q=0.1``). On a tie the streamed type
+    serves an incremental operation, as clients naming both expect."""
+    if not accept:
+        return True
+    best_json = best_stream = 0.0
+    for value, quality in _ranked(accept):
+        if value in SERVED_MEDIA_TYPES or value in ("*/*", "application/*"):
+            best_json = max(best_json, quality)
+        elif value in STREAMED_MEDIA_TYPES:
+            best_stream = max(best_stream, quality)
+    return best_json > best_stream
+
+
 def wants_html(accept: str | None) -> bool:
     """A browser navigating to the page (``text/html`` named explicitly)."""
     return accept is not None and any(

@@ -171,39 +171,59 @@ class OperationRunner:
             )
         return Answer(body, fresh_for=fresh_for)
 
-    async def wants_stream(self, call: OperationCall) -> bool:
+    async def wants_stream(self, call: OperationCall, *, json_preferred: bool = False) -> bool:
         """Whether the operation is one a streamed response serves better (``@defer``,
-        ``@stream``, a subscription); a cheap look at the document, which it resolves."""
+        ``@stream``, a subscription); a cheap look at the document, which it resolves.
+        ``json_preferred`` (the client ranks JSON above streamed types): only a
+        subscription, which has no JSON form."""
         documents: DocumentPolicy = call.connection.state.documents
         params = call.params
         document, _ = await documents.resolve(
             params.query, params.persisted_hash, params.document_id, router=call.router
         )
+        if json_preferred:
+            return _is_subscription(document, params.operation_name)
         return _STREAMING_HINT.search(document) is not None
 
-    async def stream(self, call: OperationCall) -> Answer | PayloadStream:
+    async def stream(
+        self, call: OperationCall, *, subscriptions: bool = True
+    ) -> Answer | PayloadStream:
         """The operation's payloads as they come (``@defer``/``@stream`` payloads, a
         subscription's events, or one result), or an ``Answer`` when it failed before its
         first payload (parse, validation, limits): a request error the caller gets as JSON.
-        Raises ``Refusal`` when it cannot run at all. Never stored for reuse."""
+        Raises ``Refusal`` when it cannot run at all (a subscription, with
+        ``subscriptions`` False: 406). Never stored for reuse."""
         params = call.params
         documents: DocumentPolicy = call.connection.state.documents
         document, register_as = await documents.resolve(
             params.query, params.persisted_hash, params.document_id, router=call.router
         )
         _check_operation_choice(document, params.operation_name)
-        payloads = await self.open_stream(call, document, incremental=True)
-        first = await payloads.peek()
-        if first is None or _rejected(first):
-            await payloads.aclose()
-            body = orjson.dumps(first or {})
-            return Answer(body, rejected=first is not None)
-        if register_as is not None:
-            numbers: NumbersSource = call.connection.state.numbers
-            caller = numbers.callers.known(call.authorization)
-            await documents.register(
-                register_as, document, caller.identity if caller is not None else None
+        if not subscriptions and _is_subscription(document, params.operation_name):
+            raise Refusal(
+                406,
+                "Subscriptions are served as text/event-stream (send that in Accept) or over "
+                "the graphql-transport-ws WebSocket on this path, not as multipart/mixed.",
+                legacy_status=200,
             )
+        payloads = await self.open_stream(call, document, incremental=True)
+        try:
+            first = await payloads.peek()
+            if first is None or _rejected(first):
+                await payloads.aclose()
+                body = orjson.dumps(first or {})
+                return Answer(body, rejected=first is not None)
+            if register_as is not None:
+                numbers: NumbersSource = call.connection.state.numbers
+                caller = numbers.callers.known(call.authorization)
+                await documents.register(
+                    register_as, document, caller.identity if caller is not None else None
+                )
+        except BaseException:
+            # Abandoned before the transport took it (the client left, a WebSocket
+            # ``complete``): its task and subscription must not outlive this call.
+            await payloads.aclose()
+            raise
         return payloads
 
     async def open_stream(

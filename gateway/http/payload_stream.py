@@ -3,15 +3,18 @@
 The operation's frames (``schema.stream``: the initial result and each later payload of
 ``@defer``/``@stream``, or each event of a subscription) are consumed by one task of their
 own, so the whole execution, with the schema extensions' hooks, runs in one task, and the
-transport can wait on the client (a disconnect, a WebSocket ``complete``), on shutdown and on
-the next payload at once. The task holds at most one payload the client has not taken
-(backpressure: the engine is never more than one payload ahead of the socket). ``aclose``
-cancels the task, which closes the operation's generator, so the upstream walk stops.
+transport can wait on the client (a disconnect, a WebSocket ``complete``), on shutdown and
+on the next payload at once. The task holds at most one payload the transport has not taken,
+and asks the engine for the next frame only once it is taken (backpressure: the engine is
+never more than one payload ahead of the socket, whose own writes wait while the client does
+not read). ``aclose`` cancels the task, which closes the operation's generator, so the
+upstream walk stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Final
 
@@ -54,6 +57,9 @@ class PayloadStream:
         try:
             async for frame in self._frames:
                 await self._queue.put(self._payload(frame))
+                # The next frame is asked for only once this payload is taken: the engine
+                # (and the upstream walk) is one payload ahead of the transport, no more.
+                await self._queue.join()
         except Exception:  # a bug below: logged, and the client still gets a last payload
             log.exception("stream_failed")
             await self._queue.put(_failure_payload(self.subscription))
@@ -71,7 +77,7 @@ class PayloadStream:
     async def peek(self) -> Payload | None:
         """The next payload without taking it (the next ``next`` returns it)."""
         if self._peeked is None:
-            item = await self._queue.get()
+            item = await self._take()
             if item is _END:
                 self._queue.put_nowait(_END)
                 return None
@@ -84,7 +90,7 @@ class PayloadStream:
         if self._peeked is not None:
             item, self._peeked = self._peeked, None
         else:
-            item = await self._queue.get()
+            item = await self._take()
         if item is _END:
             self._queue.put_nowait(_END)  # every later call sees the end too
             return None
@@ -92,15 +98,28 @@ class PayloadStream:
         taken: Payload = item
         return taken
 
+    async def _take(self) -> Any:
+        item = await self._queue.get()
+        self._queue.task_done()  # lets the pump ask for the next frame
+        return item
+
     async def aclose(self) -> None:
-        """Stop the operation (its generator closed: no further upstream calls)."""
+        """Stop the operation (its generator closed: no further upstream calls). Idempotent,
+        and complete even when the caller is itself being cancelled: a stream abandoned at
+        any point (before its first payload too) never leaves its task behind."""
         if not self._task.done():
             self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            if not self._task.cancelled():
-                raise
+        # Shielded: a second cancellation of the caller must not leave the pump running.
+        await asyncio.shield(self._stopped())
+
+    async def _stopped(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({self._task})
+        if not self._task.cancelled() and self._task.exception() is not None:
+            log.error("stream_pump_failed", exc_info=self._task.exception())
+        # A task cancelled before its first step never ran its ``finally``: close the
+        # operation's generator here (a no-op when the pump closed it already).
+        await self._frames.aclose()
 
     async def __aenter__(self) -> PayloadStream:
         return self

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.http.asgi import app_path, header, send_refusal
 from gateway.http.graphql_request import GRAPHQL_PARAMETERS
 from gateway.http.refusals import Refusal
+from gateway.http.request_head import RequestHead, request_head
 from gateway.http.routes import GRAPHQL_PATH
 from gateway.http_syntax import decimal_value
 
@@ -129,20 +130,23 @@ class CsrfPreventionMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or app_path(scope) != self.path or self._safe(scope):
+        if scope["type"] != "http" or self.allows(scope, request_head(scope)):
             await self.app(scope, receive, send)
             return
         await send_refusal(send, self.refusal)
 
-    def _safe(self, scope: Scope) -> bool:
+    def allows(self, scope: Scope, head: RequestHead) -> bool:
+        """Whether the rule lets the HTTP request ``scope`` (whose head is ``head``) pass."""
+        if app_path(scope) != self.path:
+            return True
         method = scope["method"]
         if method not in ("GET", "POST"):
             return True  # preflights and other methods never run an operation
         if method == "GET" and not _names_a_graphql_parameter(scope.get("query_string", b"")):
             return True
-        content_type = header(scope, b"content-type")
+        content_type = head.get(b"content-type")
         if content_type is not None:
             essence = content_type.split(b";")[0].strip().lower().decode("latin-1")
             if essence and essence not in SIMPLE_CONTENT_TYPES:
                 return True
-        return any(header(scope, name) for name in self.required_headers)
+        return any(head.get(name) for name in self.required_headers)

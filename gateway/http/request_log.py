@@ -6,16 +6,16 @@ outermost middleware, so it sees every answer, refusals included.
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from typing import Any
 
 import orjson
 import structlog
 from opentelemetry.trace import Span, Status, StatusCode
-from starlette.datastructures import MutableHeaders
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.http.asgi import app_path, header
+from gateway.http.asgi import app_path
+from gateway.http.request_head import request_head
 from gateway.http.routes import GRAPHQL_PATH, KNOWN_ROUTES, PROBE_ROUTES
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import (
@@ -32,6 +32,7 @@ log = structlog.get_logger("gateway.http")
 
 # Refusals made before GraphQL runs are a few hundred bytes; longer bodies are not read.
 ERROR_BODY_READ_MAX = 16 * 1024
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
 
 
 class RequestLogMiddleware:
@@ -53,6 +54,9 @@ class RequestLogMiddleware:
         self.app = app
         self.metrics = metrics
         self.tracer = tracing.tracer if tracing is not None else None
+        # Each route's and status's series, looked up once: a label lookup costs more than
+        # the count it leads to. Bounded: routes are the known ones and ``other``.
+        self._series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,39 +65,53 @@ class RequestLogMiddleware:
         started = time.perf_counter()
         route = _route(scope)
         probe = route in PROBE_ROUTES
+        head = request_head(scope)
         facts = RequestFacts(
-            request_id=request_id_from(header(scope, REQUEST_ID_HEADER.encode())),
-            client_name=client_field(header(scope, b"apollographql-client-name")),
-            client_version=client_field(header(scope, b"apollographql-client-version")),
+            request_id=request_id_from(head.get(_REQUEST_ID)),
+            client_name=client_field(head.get(b"apollographql-client-name")),
+            client_version=client_field(head.get(b"apollographql-client-version")),
             tracer=None if probe else self.tracer,
         )
+        if facts.tracer is None:
+            await self._serve(scope, receive, send, route, probe, facts, None, started)
+            return
+        method = scope["method"]
+        with server_span(
+            facts.tracer,
+            name=f"{method} {route}" if route in KNOWN_ROUTES else method,
+            traceparent=head.get(b"traceparent"),
+            attributes={
+                "http.request.method": method,
+                "http.route": route,
+                "url.scheme": scope.get("scheme", "http"),
+                "gateway.request_id": facts.request_id,
+            },
+        ) as span:
+            facts.trace_id = trace_id_of(span)
+            await self._serve(scope, receive, send, route, probe, facts, span, started)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: str,
+        probe: bool,
+        facts: RequestFacts,
+        span: Span | None,
+        started: float,
+    ) -> None:
+        """The request, with its facts current and its ids bound for every log line; then
+        its log line, metrics and span status."""
         response = _ResponseWatch(facts, sniff_errors=route == GRAPHQL_PATH)
-        with ExitStack() as request_scope:
-            span: Span | None = None
-            if facts.tracer is not None:
-                method = scope["method"]
-                span = request_scope.enter_context(
-                    server_span(
-                        facts.tracer,
-                        name=f"{method} {route}" if route in KNOWN_ROUTES else method,
-                        traceparent=header(scope, b"traceparent"),
-                        attributes={
-                            "http.request.method": method,
-                            "http.route": route,
-                            "url.scheme": scope.get("scheme", "http"),
-                            "gateway.request_id": facts.request_id,
-                        },
-                    )
-                )
-                facts.trace_id = trace_id_of(span)
-            request_scope.enter_context(collecting(facts))
-            bound = {"requestId": facts.request_id}
-            if facts.trace_id is not None:
-                bound["traceId"] = facts.trace_id
-            request_scope.enter_context(structlog.contextvars.bound_contextvars(**bound))
-            if not probe:
-                self.metrics.http_in_flight.inc()
-                request_scope.callback(self.metrics.http_in_flight.dec)
+        bound = {"requestId": facts.request_id}
+        if facts.trace_id is not None:
+            bound["traceId"] = facts.trace_id
+        with collecting(facts):
+            tokens = structlog.contextvars.bind_contextvars(**bound)
+            in_flight = None if probe else self.metrics.http_in_flight
+            if in_flight is not None:
+                in_flight.inc()
             try:
                 await self.app(scope, receive, response.send_to(send))
             finally:
@@ -101,7 +119,12 @@ class RequestLogMiddleware:
                 response.read_error_codes()
                 if span is not None:
                     _end_server_span(span, response.status, facts)
-                self._record(scope, route, facts, response.status, elapsed, probe)
+                try:
+                    self._record(scope, route, facts, response.status, elapsed, probe)
+                finally:
+                    if in_flight is not None:
+                        in_flight.dec()
+                    structlog.contextvars.reset_contextvars(**tokens)
 
     def _record(
         self,
@@ -112,8 +135,14 @@ class RequestLogMiddleware:
         elapsed: float,
         probe: bool,
     ) -> None:
-        self.metrics.http_requests.labels(route=route, status=str(status)).inc()
-        self.metrics.http_duration.labels(route=route).observe(elapsed)
+        series = self._series.get((route, status))
+        if series is None:
+            series = self._series[route, status] = (
+                self.metrics.http_requests.labels(route=route, status=str(status)),
+                self.metrics.http_duration.labels(route=route),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
         line: dict[str, Any] = {
             "requestId": facts.request_id,
             "method": scope["method"],
@@ -192,8 +221,14 @@ class _ResponseWatch:
         async def watched_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers[REQUEST_ID_HEADER] = self.facts.request_id
+                # The request id replaces any the app set (as ``MutableHeaders`` would).
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name != _REQUEST_ID
+                ]
+                headers.append((_REQUEST_ID, self.facts.request_id.encode("latin-1")))
+                message["headers"] = headers
                 if self.sniff_errors and not self.facts.executed and _plain_json(headers):
                     self._body = bytearray()
             elif message["type"] == "http.response.body" and self._body is not None:
@@ -226,5 +261,6 @@ class _ResponseWatch:
             self.facts.add_error_codes(codes)
 
 
-def _plain_json(headers: MutableHeaders) -> bool:
-    return "json" in headers.get("content-type", "") and "content-encoding" not in headers
+def _plain_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    content_type = next((value for name, value in headers if name == b"content-type"), b"")
+    return b"json" in content_type and all(name != b"content-encoding" for name, _ in headers)

@@ -1,6 +1,7 @@
 """The streamed responses in flight: how many each caller holds, and ending them at shutdown.
 
-An incremental response (``@defer``/``@stream`` over multipart or SSE) holds a connection,
+An incremental response (``@defer``/``@stream`` over multipart or SSE, and every WebSocket
+operation but a subscription) holds a connection,
 an upstream walk and its pages for as long as the client reads; ``OpenStreams`` bounds them
 per caller (``GATEWAY_MAX_STREAMS_PER_CALLER``: past it the request is refused with 429 and
 ``RATE_LIMITED`` before anything runs) and, at shutdown, tells every open one to end with a
@@ -17,6 +18,8 @@ from gateway.errors import ErrorCode
 from gateway.http.refusals import Refusal
 
 RETRY_AFTER_SECONDS = 1
+# Streams of callers without usable credentials (refused by the operation) share one count.
+NO_CALLER = "no-credentials"
 # How long shutdown waits for open streams to write their final payloads.
 CLOSE_WAIT_SECONDS = 5.0
 

@@ -12,18 +12,21 @@ Both are sent uncompressed (``Content-Encoding: identity``, which the compressio
 leaves alone), so each payload reaches the client when it is written, with
 ``Cache-Control: no-store`` and ``X-Accel-Buffering: no`` (proxies must not buffer them).
 
-``StreamedResponse`` writes the headers and the first payload, then each payload as it comes,
-while watching the client (``http.disconnect``: the operation is closed at once, so its
-upstream walk stops) and shutdown (``OpenStreams.closing``: a final payload says so, then the
-end). A failure after the headers ends the stream with a final payload, never a cut-off
-body; the request's log line is written when it ends, with the payloads and items sent.
+``StreamedResponse`` writes the headers and the first payload, then each payload as it
+comes, while watching the client (``http.disconnect``: the operation is closed at once, so
+its upstream walk stops) and shutdown (``OpenStreams.closing``: a final payload says so,
+then the end; a write waiting on a client that does not read is abandoned, and the final one
+waits at most ``CLOSE_WRITE_SECONDS``, so shutdown keeps ``GATEWAY_SHUTDOWN_TIMEOUT``). A
+failure after the headers ends the stream with a final payload, never a cut-off body; the
+request's log line is written when it ends, with the payloads and items sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, Final, Protocol
 
 import orjson
@@ -32,12 +35,16 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.errors import ErrorCode
 from gateway.http.incremental_payloads import Payload
 from gateway.http.negotiation import EVENT_STREAM, MULTIPART_MIXED
+from gateway.http.operation import Answer
 from gateway.http.payload_stream import PayloadStream
+from gateway.http.refusals import Refusal
 from gateway.http.response_style import VARY
 from gateway.http.stream_limits import RETRY_AFTER_SECONDS, OpenStreams
 from gateway.observability.request_facts import current_facts
 
 SSE_KEEP_ALIVE_SECONDS: Final = 12.0
+# How long shutdown waits to write a stream's final payload to a client that does not read.
+CLOSE_WRITE_SECONDS: Final = 2.0
 
 SHUTDOWN_ERROR: Final = {
     "message": "The gateway is shutting down; the rest of this response was not sent. "
@@ -94,6 +101,44 @@ class EventStreamFraming:
 
     def closing(self) -> bytes:
         return b"event: complete\ndata: \n\n"
+
+
+# A subscription refused before its first event, by code: the status its JSON answer gets
+# (GraphQL over HTTP lets a request error carry a 4xx that says why) and its legacy
+# ``application/json`` status (200, the spec's rule for clients that predate it).
+_EARLY_REFUSAL_STATUS: Final = {
+    ErrorCode.RATE_LIMITED.value: (429, 429),
+    ErrorCode.UNAUTHENTICATED.value: (401, 200),
+    ErrorCode.FORBIDDEN.value: (403, 200),
+}
+
+
+def early_refusal(answer: Answer) -> Refusal | None:
+    """A stream that ended before its first payload because the caller may not run it now
+    (over a limit, credentials refused): the refusal with that status (429 with
+    ``Retry-After``, 401, 403). None for any other failure (answered as it is, 400)."""
+    body = orjson.loads(answer.body)
+    errors = body.get("errors") or [] if isinstance(body, dict) else []
+    if body.get("data") is not None or not errors or not isinstance(errors[0], dict):
+        return None
+    error = errors[0]
+    extensions = dict(error.get("extensions") or {})
+    code = extensions.pop("code", None)
+    statuses = _EARLY_REFUSAL_STATUS.get(str(code))
+    if statuses is None:
+        return None
+    headers = {}
+    if code == ErrorCode.RATE_LIMITED.value:
+        retry = extensions.setdefault("retryAfter", RETRY_AFTER_SECONDS)
+        headers["Retry-After"] = str(max(1, round(float(retry))))
+    return Refusal(
+        statuses[0],
+        str(error.get("message", "")),
+        ErrorCode(code),
+        headers=headers,
+        extensions=extensions,
+        legacy_status=statuses[1],
+    )
 
 
 def _last(payload: Payload, framing: StreamFraming, *, incremental: bool) -> Payload:
@@ -174,14 +219,20 @@ class StreamedResponse:
                 incremental = incremental or "hasNext" in payload
                 if framing.name == "multipart" and "hasNext" not in payload:
                     payload = payload | {"hasNext": False}  # one whole result in one part
-                await _body(send, framing.payload(payload), more=True)
-            elif closing in done:
-                self.ended = "shutdown"
-                final = _last({"errors": [SHUTDOWN_ERROR]}, framing, incremental=incremental)
-                await _body(send, framing.payload(final) + framing.closing(), more=False)
-                return
-            elif framing.keep_alive is not None:
-                await _body(send, framing.keep_alive, more=True)
+                if await _written_before(closing, _body(send, framing.payload(payload), more=True)):
+                    continue
+            elif closing not in done:
+                if framing.keep_alive is not None:
+                    await _body(send, framing.keep_alive, more=True)
+                continue
+            # Shutdown: a final payload says so, written within CLOSE_WRITE_SECONDS (a
+            # client that does not read is left with what it has: shutdown keeps its time).
+            self.ended = "shutdown"
+            final = _last({"errors": [SHUTDOWN_ERROR]}, framing, incremental=incremental)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WRITE_SECONDS):
+                    await _body(send, framing.payload(final) + framing.closing(), more=False)
+            return
 
     def _record(self, elapsed: float) -> None:
         facts = current_facts()
@@ -201,6 +252,21 @@ async def _disconnect(receive: Receive) -> None:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def _written_before(closing: asyncio.Future[Any], write: Awaitable[None]) -> bool:
+    """Whether ``write`` finished before shutdown began; a write still waiting for a slow
+    client when it begins is abandoned (the server writes nothing of it: it waits for the
+    socket to drain before writing)."""
+    writing = asyncio.ensure_future(write)
+    done, _ = await asyncio.wait({writing, closing}, return_when=asyncio.FIRST_COMPLETED)
+    if writing in done:
+        writing.result()
+        return True
+    writing.cancel()
+    with suppress(asyncio.CancelledError):
+        await writing
+    return False
 
 
 async def _body(send: Send, chunk: bytes, *, more: bool) -> None:

@@ -37,14 +37,20 @@ from gateway.http.negotiation import (
     MULTIPART_MIXED,
     choose_media_type,
     choose_stream_type,
+    prefers_json,
     wants_html,
 )
 from gateway.http.operation import Answer, OperationCall, OperationRunner
 from gateway.http.refusals import Refusal
 from gateway.http.response_style import ResponseStyle
 from gateway.http.router_access import ROUTER_SECRET_HEADER, is_router
-from gateway.http.stream_limits import OpenStreams
-from gateway.http.stream_styles import EventStreamFraming, MultipartFraming, StreamedResponse
+from gateway.http.stream_limits import NO_CALLER, OpenStreams
+from gateway.http.stream_styles import (
+    EventStreamFraming,
+    MultipartFraming,
+    StreamedResponse,
+    early_refusal,
+)
 from gateway.pipeline.source import NumbersSource
 
 # Request header asking for ``extensions.cache`` (what each upstream ask was served from).
@@ -54,8 +60,6 @@ _ALLOWED_METHODS = "GET, POST"
 _PLAIN_JSON = JsonBodyStyle(APPLICATION_JSON)
 # Refusals of a request that accepts only streamed types: JSON with the spec's 4xx statuses.
 _STREAM_REFUSALS = JsonBodyStyle(GRAPHQL_RESPONSE_JSON)
-# Streams of callers without usable credentials (refused by the operation) share one count.
-_NO_CALLER = "no-credentials"
 
 
 def choose_style(accept: str | None) -> ResponseStyle | None:
@@ -124,7 +128,8 @@ class GraphQLView:
                 )
             call = self._operation_call(request, params)
             if stream_type is not None and (
-                json_style is None or await self.runner.wants_stream(call)
+                json_style is None
+                or await self.runner.wants_stream(call, json_preferred=prefers_json(accept))
             ):
                 return await self._streamed(request, call, stream_type, style)
             answer = await self.runner.run(call)
@@ -140,21 +145,28 @@ class GraphQLView:
         streams: OpenStreams = request.state.streams
         numbers: NumbersSource = request.state.numbers
         caller = numbers.callers.known(call.authorization)
-        key = caller.identity if caller is not None else _NO_CALLER
-        streams.acquire(key)
+        key = caller.identity if caller is not None else NO_CALLER
+        # Subscriptions have their own bounds (GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER): they
+        # hold no stream slot, not even while they start (only they "prefer" a stream).
+        release: Callable[[], None] = _nothing
+        if not await self.runner.wants_stream(call, json_preferred=True):
+            streams.acquire(key)
+            release = partial(streams.release, key)
         try:
-            outcome = await self.runner.stream(call)
+            # A subscription is not written as multipart (no client reads that framing of
+            # one): a client accepting only multipart/mixed is told to ask for SSE (406).
+            outcome = await self.runner.stream(
+                call, subscriptions=stream_type == EVENT_STREAM or _accepts_sse(request)
+            )
         except BaseException:
-            streams.release(key)
+            release()
             raise
         if isinstance(outcome, Answer):
-            streams.release(key)
-            return style.answered(outcome, request)
-        release: Callable[[], None] = partial(streams.release, key)
-        if outcome.subscription:
-            # Subscriptions have their own bounds (GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER).
             release()
-            release = _nothing
+            refused = early_refusal(outcome)
+            if refused is not None:
+                return style.refused(refused, request)
+            return style.answered(outcome, request)
         accepts_sse = stream_type == EVENT_STREAM or _accepts_sse(request)
         framing = (
             EventStreamFraming()

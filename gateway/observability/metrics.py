@@ -136,6 +136,10 @@ class GatewayMetrics:
         self.registry.register(self._state)
         self.operation_label = BoundedLabel(label_values_max)
         self.client_label = BoundedLabel(label_values_max)
+        # The operation series by label values, looked up once (a label lookup costs more
+        # than the count); bounded as the labels are.
+        self._operation_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._client_series: dict[tuple[str, str], Counter] = {}
         self.http_in_flight = Gauge(
             "gateway_http_requests_in_flight",
             "HTTP requests being served now (probes and /metrics not counted).",
@@ -284,9 +288,20 @@ class GatewayMetrics:
         else:
             operation = OTHER
         client = self.client_label(client_name) if client_name is not None else NO_CLIENT
-        self.operations.labels(operation=operation, outcome=outcome).inc()
-        self.operation_duration.labels(operation=operation, outcome=outcome).observe(seconds)
-        self.client_operations.labels(client=client, outcome=outcome).inc()
+        series = self._operation_series.get((operation, outcome))
+        if series is None:
+            series = self._operation_series[operation, outcome] = (
+                self.operations.labels(operation=operation, outcome=outcome),
+                self.operation_duration.labels(operation=operation, outcome=outcome),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+        per_client = self._client_series.get((client, outcome))
+        if per_client is None:
+            per_client = self._client_series[client, outcome] = self.client_operations.labels(
+                client=client, outcome=outcome
+            )
+        per_client.inc()
 
     def observe_upstream(self, outcome: str, seconds: float) -> None:
         self.upstream_requests.labels(outcome=outcome).inc()

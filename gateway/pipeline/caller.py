@@ -7,8 +7,9 @@ gets) and an identity, an HMAC of it under the server secret. Every per-caller t
 that identity: page cache keys, fair upstream slots, store shares, answer reuse, persisted
 documents. The token itself is never a key, a log field or a metric label.
 
-A credential without the ``Bearer`` scheme is refused as ``UNAUTHENTICATED`` here, before any
-upstream call; a missing header means the embedded simulator's demo token when there is one.
+A credential without the ``Bearer`` scheme, or longer than ``MAX_CREDENTIAL_LENGTH``, is
+refused as ``UNAUTHENTICATED`` here, before any upstream call; a missing header means the
+embedded simulator's demo token when there is one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ NOT_BEARER = (
     "'Authorization: Bearer <token>'."
 )
 _SCHEME = "Bearer"
+# The longest credential accepted (Webex tokens are a few hundred characters; a proxy's
+# header limit is near 8 KiB too): a longer one is refused before it is hashed, keyed or
+# forwarded, so a huge token cannot be sent upstream on every call.
+MAX_CREDENTIAL_LENGTH = 8 * 1024
+TOO_LONG = (
+    f"The Authorization header is longer than {MAX_CREDENTIAL_LENGTH} characters; no Webex "
+    "token is. Send the caller's token as 'Authorization: Bearer <token>'."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,8 @@ class Caller:
 def normalised_credential(header: str) -> str:
     """``Bearer <token>`` for any spelling of the scheme and spacing; raises
     ``Unauthenticated`` (saying why) for a header that cannot be a bearer credential."""
+    if len(header) > MAX_CREDENTIAL_LENGTH:
+        raise Unauthenticated(TOO_LONG)
     value = header.strip()
     if not (value.isascii() and value.replace("\t", " ").isprintable()):
         raise Unauthenticated(UNUSABLE_CREDENTIALS)
