@@ -9,7 +9,6 @@ weak ``ETag``; answered entirely from fresh cache entries it is cacheable by the
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 from starlette.requests import Request
@@ -18,7 +17,9 @@ from starlette.responses import Response
 from gateway.http.negotiation import APPLICATION_JSON
 from gateway.http.operation import Answer
 from gateway.http.refusals import Refusal
+from gateway.http.request_head import request_head
 from gateway.http.response_style import VARY
+from gateway.http.reuse import weak_etag
 
 
 class JsonBodyStyle:
@@ -35,7 +36,9 @@ class JsonBodyStyle:
 
     def answered(self, answer: Answer, request: Request) -> Response:
         status = 400 if answer.rejected and not self.legacy else 200
-        return self._respond(status, answer.body, {}, request, cacheable_for=answer.fresh_for)
+        return self._respond(
+            status, answer.body, {}, request, cacheable_for=answer.fresh_for, etag=answer.etag
+        )
 
     def _respond(
         self,
@@ -44,16 +47,18 @@ class JsonBodyStyle:
         extra_headers: dict[str, str],
         request: Request | None,
         cacheable_for: float | None = None,
+        etag: str | None = None,
     ) -> Response:
         headers = {"Vary": VARY, **extra_headers}
         if request is not None and request.method == "GET":
-            etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            # A stored answer brings the ETag computed when it was stored.
+            etag = etag or weak_etag(body)
             headers["ETag"] = etag
             if cacheable_for is not None and cacheable_for >= 1 and status == 200:
                 headers["Cache-Control"] = f"private, max-age={math.floor(cacheable_for)}"
             else:
                 headers["Cache-Control"] = "private, no-cache"
-            if status == 200 and _matches(request.headers.get("if-none-match"), etag):
+            if status == 200 and _matches(_if_none_match(request), etag):
                 return Response(status_code=304, headers=headers)
         return Response(
             body,
@@ -61,6 +66,11 @@ class JsonBodyStyle:
             headers=headers,
             media_type=f"{self.media_type}; charset=utf-8",
         )
+
+
+def _if_none_match(request: Request) -> str | None:
+    value = request_head(request.scope).get(b"if-none-match")
+    return None if value is None else value.decode("latin-1")
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -85,6 +85,9 @@ class Answer:
     # Seconds until an upstream entry it was built from goes stale; None: not reusable
     # (errors, caching off, a stale entry used).
     fresh_for: float | None = None
+    # The weak ``ETag`` of ``body`` when it is known already (a stored answer); None: the
+    # style computes it if it needs one.
+    etag: str | None = None
 
 
 class OperationRunner:
@@ -149,7 +152,7 @@ class OperationRunner:
                     facts.operation_name = stored.operation_name
                     facts.operation_type = stored.operation_type
                     facts.cache.append("reused:answer")
-                return Answer(stored.body, fresh_for=stored.fresh_for)
+                return Answer(stored.body, fresh_for=stored.fresh_for, etag=stored.etag)
 
         context = self._context(call)
         result = await self._execute(call, document, context)

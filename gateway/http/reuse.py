@@ -29,6 +29,13 @@ class StoredAnswer:
     fresh_for: float  # seconds left when it was served again
     operation_name: str | None
     operation_type: str | None
+    etag: str  # ``weak_etag(body)``, computed once when stored
+
+
+def weak_etag(body: bytes) -> str:
+    """The weak ``ETag`` of an answer's bytes (what a GET carries and ``If-None-Match``
+    names)."""
+    return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 class ResponseReuse:
@@ -81,11 +88,12 @@ class ResponseReuse:
         if found is None:
             return None
         raw, stored_at = found
-        # Stored as one line [operation name, operation type], then the body: what the
-        # request's log line needs too.
+        # Stored as one line [operation name, operation type, ETag], then the body: what the
+        # request's log line and the response's headers need, so a repeat hashes nothing.
         head, _, body = raw.partition(b"\n")
-        name, kind = orjson.loads(head)
-        return StoredAnswer(body, self.ttl - (self.clock.monotonic() - stored_at), name, kind)
+        name, kind, etag = orjson.loads(head)
+        fresh_for = self.ttl - (self.clock.monotonic() - stored_at)
+        return StoredAnswer(body, fresh_for, name, kind, etag)
 
     def put(
         self,
@@ -101,4 +109,5 @@ class ResponseReuse:
             return
         # Stored "as old as" its oldest entry, so it expires with it.
         stored_at = self.clock.monotonic() - (self.ttl - fresh_for)
-        self._answers.set(key, orjson.dumps(list(operation)) + b"\n" + body, stored_at, caller)
+        head = orjson.dumps([*operation, weak_etag(body)])
+        self._answers.set(key, head + b"\n" + body, stored_at, caller)

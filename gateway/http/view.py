@@ -42,6 +42,7 @@ from gateway.http.negotiation import (
 )
 from gateway.http.operation import Answer, OperationCall, OperationRunner
 from gateway.http.refusals import Refusal
+from gateway.http.request_head import request_head
 from gateway.http.response_style import ResponseStyle
 from gateway.http.router_access import ROUTER_SECRET_HEADER, is_router
 from gateway.http.stream_limits import NO_CALLER, OpenStreams
@@ -90,7 +91,7 @@ class GraphQLView:
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response | ASGIApp:
-        accept = request.headers.get("accept")
+        accept = _header(request, b"accept")
         if request.method not in ("GET", "POST"):
             refusal = Refusal(
                 405,
@@ -177,22 +178,43 @@ class GraphQLView:
 
     def _operation_call(self, request: Request, params: GraphQLParams) -> OperationCall:
         """The call that runs ``params`` as this request (a batch's differ only in them)."""
-        headers = request.headers
+        method = request.method
+        head = request_head(request.scope)
         return OperationCall(
             connection=request,
             params=params,
-            authorization=headers.get("authorization"),
-            queries_only=request.method == "GET",
-            refresh="no-cache" in headers.get("cache-control", "").lower(),
-            report_cache=headers.get(CACHE_REPORT_HEADER, "").lower() in ("1", "true", "yes"),
-            federated_trace=wants_federated_trace(headers.get(FEDERATED_TRACE_HEADER)),
-            router=is_router(self.router_secret, headers.get(ROUTER_SECRET_HEADER)),
-            shape=request.method,
+            authorization=_text(head.get(b"authorization")),
+            queries_only=method == "GET",
+            refresh="no-cache" in (_text(head.get(b"cache-control")) or "").lower(),
+            report_cache=(_text(head.get(_CACHE_REPORT)) or "").lower() in ("1", "true", "yes"),
+            federated_trace=wants_federated_trace(_text(head.get(_FEDERATED_TRACE))),
+            router=is_router(self.router_secret, _text(head.get(_ROUTER_SECRET))),
+            shape=method,
         )
 
 
+# The headers an operation call reads, as ``request_head`` names them (lower-case bytes).
+_CACHE_REPORT = CACHE_REPORT_HEADER.lower().encode("latin-1")
+_FEDERATED_TRACE = FEDERATED_TRACE_HEADER.lower().encode("latin-1")
+_ROUTER_SECRET = ROUTER_SECRET_HEADER.lower().encode("latin-1")
+
+
+def _text(value: bytes | None) -> str | None:
+    """A header value as Starlette's ``Headers`` gives it."""
+    return None if value is None else value.decode("latin-1")
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    """The first value of request header ``name`` (lower-case), as Starlette's ``Headers``
+    would give it, read from the request head the outer layers already parsed (no second
+    pass over the header list, no ``Headers`` object). The head is the request as it
+    arrived; the only layer that rewrites headers (compression, ``Accept-Encoding``)
+    touches none read here."""
+    return _text(request_head(request.scope).get(name))
+
+
 def _accepts_sse(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
+    accept = _header(request, b"accept") or ""
     return EVENT_STREAM in accept.lower()
 
 
