@@ -224,13 +224,28 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if self.middleware_manager is not None and self.middleware_manager.middlewares:
             return None  # a resolver middleware must see every field it wraps
         assert isinstance(result, PageResult)
+        done = self._run_projector(parent_type, field_details_list, path, result)
+        if done is None:
+            return None
+        self.projectors.stats.projected += 1
+        return done[1]
+
+    def _run_projector(
+        self,
+        parent_type: GraphQLObjectType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        page: PageResult,
+    ) -> tuple[Projector, list[dict[str, Any]]] | None:
+        """The list's projector and its projection of ``page``; None (counted) when the
+        selection is not projectable, the projector hands the page back, or it fails."""
         stats = self.projectors.stats
         try:
             projector = self._projector(parent_type, field_details_list, path)
             if projector is None:
                 stats.declined += 1
                 return None
-            projected = projector(result)
+            return projector, projector(page)
         except CannotProject:
             stats.fallbacks += 1
             return None
@@ -239,8 +254,6 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             stats.failures += 1
             log.exception("projection_failed", path=path.as_list())
             return None
-        stats.projected += 1
-        return projected
 
     def _stream(
         self,
@@ -269,20 +282,10 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         initial_count = usage.initial_count
         if initial_count > len(head.page.items) and isinstance(result, StreamedPageResult):
             return None  # the initial payload would wait on the walk: normal execution
-        stats = self.projectors.stats
-        try:
-            projector = self._projector(parent_type, field_details_list, path)
-            if projector is None:
-                stats.declined += 1
-                return None
-            projected = projector(head)
-        except CannotProject:
-            stats.fallbacks += 1
+        done = self._run_projector(parent_type, field_details_list, path, head)
+        if done is None:
             return None
-        except Exception:
-            stats.failures += 1
-            log.exception("projection_failed", path=path.as_list())
-            return None
+        projector, projected = done
         tail = result.tail() if isinstance(result, StreamedPageResult) else None
         rest = [_stream_item(item) for item in projected[initial_count:]]
         if tail is not None and not head.page.has_more:
@@ -293,7 +296,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             rest, tail, self._chunk_completer(parent_type, projector, usage, path), path, usage
         )
         self.streams.append(ItemStream(path, usage.label, cast("Any", chunks), initial_count))
-        stats.streamed += 1
+        self.projectors.stats.streamed += 1
         return projected[:initial_count]
 
     def _chunk_completer(
