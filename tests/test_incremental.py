@@ -117,16 +117,26 @@ def reassemble(frames: list[dict[str, Any]]) -> dict[str, Any]:
 def engine_over(
     world: SimulatorWorld,
     handler: Callable[[httpx.Request], httpx.Response | None] | None = None,
+    *,
+    page_cap: int = PAGE_CAP,
+    max_page_size: int = MAX_PAGE_SIZE,
+    cache_ttl: float = 0,
+    relinked: str | None = None,
 ) -> Engine:
-    """``handler`` may answer a request itself (a fault) instead of the simulator."""
-    simulator = httpx.ASGITransport(app=create_simulator_app(world, page_cap=PAGE_CAP))
+    """``handler`` may answer a request itself (a fault) instead of the simulator;
+    ``relinked``: the simulator's ``next`` links point at this origin instead (unsafe)."""
+    simulator = httpx.ASGITransport(app=create_simulator_app(world, page_cap=page_cap))
 
     class Faulty(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             answer = handler(request) if handler is not None else None
             if answer is not None:
                 return answer
-            return await simulator.handle_async_request(request)
+            response = await simulator.handle_async_request(request)
+            link = response.headers.get("link")
+            if relinked is not None and link is not None:
+                response.headers["link"] = link.replace(UPSTREAM.split("/v1")[0], relinked)
+            return response
 
     recorder = RecordingTransport(Faulty())
     client = UpstreamClient(
@@ -137,8 +147,8 @@ def engine_over(
     )
     source = NumbersSource(
         client,
-        PageCache(ttl=0),
-        max_page_size=MAX_PAGE_SIZE,
+        PageCache(ttl=cache_ttl),
+        max_page_size=max_page_size,
         max_stream_items=100_000,
         default_authorization="Bearer demo-admin",
     )
@@ -270,6 +280,61 @@ async def test_a_consumer_that_goes_away_stops_the_walk(engine: Engine) -> None:
     for _ in range(50):
         await asyncio.sleep(0)
     assert engine.upstream.calls == stopped_at
+
+
+async def test_each_upstream_request_of_a_walk_asks_for_a_page_at_most(
+    world: SimulatorWorld,
+) -> None:
+    """An upstream that would serve the whole rest of a window in one answer is still asked
+    for a page at a time: a body per request stays one page, whatever the window."""
+    engine = engine_over(world, page_cap=100_000, max_page_size=100)
+    frames = await engine.collect(
+        "{ phoneNumbers(page: {first: 1000}) { nodes @stream(initialCount: 0) { phoneNumber } } }"
+    )
+    assert all("errors" not in frame for frame in frames)
+    assert len(reassemble(frames)["phoneNumbers"]["nodes"]) == 1000
+    asked = [int(dict(engine.upstream.params(i))["max"]) for i in range(engine.upstream.calls)]
+    assert engine.upstream.calls == 10
+    assert max(asked) <= 100, asked
+
+
+async def test_a_walk_past_an_unsafe_next_link_still_asks_for_a_page_at_most(
+    world: SimulatorWorld,
+) -> None:
+    """A ``next`` link the gateway will not follow (another origin) is replaced by its own
+    request for the rest, which asks for a page at most too."""
+    engine = engine_over(world, page_cap=100_000, max_page_size=100, relinked="http://evil.test")
+    frames = await engine.collect(
+        "{ phoneNumbers(page: {first: 1000}) { nodes @stream(initialCount: 0) { phoneNumber } } }"
+    )
+    assert all("errors" not in frame for frame in frames)
+    assert len(reassemble(frames)["phoneNumbers"]["nodes"]) == 1000
+    hosts = {request.url.host for request in engine.upstream.requests}
+    assert hosts == {"webex.test"}, "the unsafe link was never followed"
+    asked = [int(dict(engine.upstream.params(i))["max"]) for i in range(engine.upstream.calls)]
+    assert engine.upstream.calls == 10
+    assert max(asked) <= 100, asked
+
+
+async def test_a_long_stream_takes_its_first_chunk_and_total_fresh(world: SimulatorWorld) -> None:
+    """The total a stream's pageInfo is built from is of the walk's moment: a window longer
+    than its first chunk fetches that chunk anew, even when the page cache holds it; a window
+    the chunk holds whole is answered from the cache like a page."""
+    engine = engine_over(world, cache_ttl=300)
+    held = "{ phoneNumbers(page: {first: %d}) { totalCount nodes%s { phoneNumber } } }"
+    await engine.execute(held % (MAX_PAGE_SIZE, ""))  # the first chunk, counts and all, cached
+    primed = engine.upstream.calls
+    frames = await engine.collect(held % (MAX_PAGE_SIZE, " @stream(initialCount: 1)"))
+    assert engine.upstream.calls == primed, "a window the chunk holds is served from the cache"
+    assert all("errors" not in frame for frame in frames)
+    frames = await engine.collect(held % (50, " @stream(initialCount: 1)"))
+    assert all("errors" not in frame for frame in frames)
+    firsts = [
+        i for i in range(engine.upstream.calls) if "start" not in dict(engine.upstream.params(i))
+    ]
+    assert len(firsts) == 2, "the long stream asked for its first chunk (and total) again"
+    assert "details" in dict(engine.upstream.params(firsts[1]))
+    assert len(reassemble(frames)["phoneNumbers"]["nodes"]) == 50
 
 
 def failing_from(position: int, status: int) -> Callable[[httpx.Request], httpx.Response | None]:

@@ -780,6 +780,23 @@ def test_a_streamed_list_costs_the_upstream_pages_it_walks_not_its_items() -> No
     assert cost_of(fragment) == 50 * CALL_COST
 
 
+def test_each_streamed_list_of_a_connection_is_priced_as_its_own_walk() -> None:
+    """``nodes @stream`` and ``edges @stream`` on one connection each walk the upstream past
+    the shared first chunk: 1 + 2 x 49 calls for 100,000 items, not 50."""
+    both = """{ phoneNumbers(page: {first: 100000})
+        { nodes @stream { phoneNumber } edges @stream { cursor } } }"""
+    assert cost_of(both) == (1 + 2 * 49) * CALL_COST
+    aliased = """{ phoneNumbers(page: {first: 100000})
+        { a: nodes @stream { phoneNumber } b: nodes @stream { extension } } }"""
+    assert cost_of(aliased) == (1 + 2 * 49) * CALL_COST
+    # The same list selected twice is merged by execution: one walk.
+    merged = """{ phoneNumbers(page: {first: 100000}) { nodes @stream { phoneNumber }
+        ... on PhoneNumberConnection { nodes @stream { phoneNumber } } } }"""
+    assert cost_of(merged) == 50 * CALL_COST
+    # A window the first chunk holds whole walks nothing further.
+    assert cost_of(both.replace("100000", "7")) == CALL_COST
+
+
 def test_an_unstreamed_list_counts_every_item_up_to_the_page_ceiling() -> None:
     assert cost_of("{ phoneNumbers(page: {first: 100000}) { nodes { phoneNumber } } }") == 2050
     # One unstreamed item list holds the whole page: the page is costed as unstreamed.

@@ -28,6 +28,7 @@ from gateway.app import create_app
 from gateway.http.incremental_payloads import PayloadWriter, merged_answer
 from gateway.http.payload_stream import PayloadStream
 from gateway.http.stream_limits import OpenStreams
+from gateway.http.stream_styles import MultipartFraming, StreamedResponse
 from tests.conftest import RecordingTransport, eventually, live_settings
 
 with warnings.catch_warnings():
@@ -824,3 +825,93 @@ async def test_a_subscription_accepting_only_multipart_is_told_to_ask_for_sse(
     assert "text/event-stream" in orjson.loads(raw.text)["errors"][0]["message"]
     assert recorder.calls > 0  # only the SSE one walked the upstream
     assert both.headers["content-type"].startswith("text/event-stream")
+
+
+class HoldingPages(httpx.AsyncBaseTransport):
+    """Holds the upstream requests asking for ``max=5`` (``DEFERRED``'s page) until
+    ``open``; every other request (a subscription's polls) passes."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("max") == "5":
+            self.waiting += 1
+            try:
+                await self.open.wait()
+            finally:
+                self.waiting -= 1
+        return await self.inner.handle_async_request(request)
+
+
+def test_ws_shutdown_lets_subscriptions_resubscribe_and_tells_queries_they_were_cut_short(
+    recorder: RecordingTransport,
+) -> None:
+    """A rolling deploy: a subscription is not completed (graphql-ws would take that as its
+    end and never subscribe again) and the socket closes with 1012, which graphql-ws retries;
+    a query still running gets an ``error`` (its result is cut short), not a ``complete``."""
+    holding = HoldingPages(recorder)
+    app = create_app(live_settings(changes_poll_interval=1), upstream_transport=holding)
+    with TestClient(app) as client, _connect(client) as ws:
+        _ws_init(ws)
+        ws.send_json({"type": "subscribe", "id": "w", "payload": {"query": WATCH}})
+        synced = ws.receive_json()
+        assert synced["type"] == "next", synced
+        ws.send_json({"type": "subscribe", "id": "q", "payload": {"query": DEFERRED}})
+        _wait_until(lambda: holding.waiting == 1, "the query reached the upstream")
+        assert client.portal is not None
+        # What ``serve`` does at SIGTERM: the change feeds end first, then the streams.
+        client.portal.call(client.app_state["changes"].close)
+        client.portal.call(client.app_state["streams"].close)
+        messages: list[dict[str, Any]] = []
+        while True:
+            try:
+                messages.append(ws.receive_json())
+            except WebSocketDisconnect as closed:
+                close_code = closed.code
+                break
+    assert close_code == 1012
+    assert [m for m in messages if m["type"] == "complete"] == [], messages
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [m["id"] for m in errors] == ["q"], messages
+    assert errors[0]["payload"][0]["extensions"]["code"] == "RATE_LIMITED"
+
+
+async def test_a_response_start_that_fails_still_closes_the_stream_and_its_slot() -> None:
+    """The response's start is inside the cleanup: a send that raises there leaves neither
+    the caller's stream slot nor the operation's pump behind."""
+    closed = asyncio.Event()
+
+    async def frames() -> AsyncIterator[ExecutionResult]:
+        try:
+            while True:
+                yield ExecutionResult(data={"n": 1}, errors=None)
+        finally:
+            closed.set()
+
+    payloads = PayloadStream(
+        frames(),  # type: ignore[arg-type]
+        PayloadWriter(lambda error: {}, lambda payload: payload),  # type: ignore[arg-type,return-value]
+        lambda result: {"data": result.data},
+        subscription=False,
+    )
+    released: list[bool] = []
+    response = StreamedResponse(
+        payloads, MultipartFraming(), OpenStreams(4), release=lambda: released.append(True)
+    )
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError
+
+    async def send(message: Any) -> None:
+        raise RuntimeError("the server could not start the response")
+
+    for _ in range(50):  # the pump has started the operation and waits to be read
+        await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await response({"type": "http"}, receive, send)
+    assert released == [True], "the caller's stream slot was given back"
+    assert closed.is_set(), "the operation's generator was closed"

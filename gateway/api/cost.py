@@ -13,7 +13,8 @@ execution will; 100 when absent, the most when unreadable. ``@skip`` and ``@incl
 ignored, so the estimate never undercounts.
 
 A streamed connection (its ``nodes``/``edges`` all under ``@stream``) is not held whole: its
-items cost nothing, the upstream pages it walks cost a call each (``first`` may then reach
+items cost nothing, the upstream pages it walks cost a call each, once per streamed list (its
+first chunk is one shared call; each list walks the rest on its own) (``first`` may then reach
 ``GATEWAY_MAX_STREAM_ITEMS``, and is read against that ceiling); fields under its items that
 make upstream calls of their own still count once per item. Only when the response streams
 (``RequestContext.incremental_delivery``): merged into one JSON body the list is held whole,
@@ -126,8 +127,12 @@ class CostEstimate:
         )
         first = self._first(field, streamed=streamed)
         if streamed:
-            # Held a chunk at a time, never whole: the walk's calls are what it costs.
-            self.total += multiplier * upstream_pages(first, self.max_page_size) * CALL_COST
+            # Held a chunk at a time, never whole: the walk's calls are what it costs. The
+            # first chunk is one call shared by the operation's fields, but each streamed list
+            # (``nodes`` and ``edges`` both, or two aliases) walks the rest on its own.
+            walks = len(self._response_keys(self._item_lists(field.selection_set, spreading)))
+            rest = upstream_pages(first, self.max_page_size) - 1
+            self.total += multiplier * (1 + walks * rest) * CALL_COST
         elif holds_items:
             self.total += multiplier * (CALL_COST + first)
         else:
@@ -167,6 +172,12 @@ class CostEstimate:
             for field, _ in self._fields(connection, spreading)
             if field.name.value in ITEM_LISTS
         ]
+
+    @staticmethod
+    def _response_keys(fields: list[FieldNode]) -> set[str]:
+        """The distinct lists the fields answer: a key selected twice (in two fragments, say)
+        is merged into one field by execution, so one walk."""
+        return {(f.alias or f.name).value for f in fields}
 
     def _streams(self, field: FieldNode) -> bool:
         for directive in field.directives or ():

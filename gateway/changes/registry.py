@@ -115,6 +115,11 @@ class ChangeFeeds:
         if feed is not None:
             feed.receive(message)
 
+    @property
+    def closed(self) -> bool:
+        """Shutdown has begun: a subscription that ends now was ended by the server."""
+        return self._closed
+
     async def close(self) -> None:
         """Shutdown: every subscription completes, every poller stops."""
         self._closed = True

@@ -167,22 +167,24 @@ class StreamedResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         framing = self.framing
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", framing.content_type.encode()),
-                    (b"cache-control", b"no-store"),
-                    (b"content-encoding", b"identity"),
-                    (b"x-accel-buffering", b"no"),
-                    (b"vary", VARY.encode()),
-                ],
-            }
-        )
         disconnected: asyncio.Future[Any] = asyncio.ensure_future(_disconnect(receive))
         closing: asyncio.Future[Any] = asyncio.ensure_future(self.streams.closing.wait())
         try:
+            # Inside the ``try``: a start that raises (or is cancelled) must still close the
+            # operation and give back the caller's stream slot.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", framing.content_type.encode()),
+                        (b"cache-control", b"no-store"),
+                        (b"content-encoding", b"identity"),
+                        (b"x-accel-buffering", b"no"),
+                        (b"vary", VARY.encode()),
+                    ],
+                }
+            )
             await self._write_all(send, disconnected, closing)
         except OSError:  # the server could not write: the client has gone
             self.ended = "disconnected"

@@ -18,8 +18,14 @@ payload then ``complete``; a request that fails before its first payload, or a s
 refused at once (limits, credentials), is one ``error`` message. The client's ``complete``
 stops its operation. ``ping`` gets ``pong``; the server pings every
 ``KEEP_ALIVE_SECONDS``. A subscribe before the ack closes with 4401, a reused id with 4409,
-an id longer than ``MAX_OPERATION_ID_LENGTH`` or anything unreadable with 4400. At shutdown
-every operation is completed and the socket closed (1001), each write bounded by
+an id longer than ``MAX_OPERATION_ID_LENGTH`` or anything unreadable with 4400.
+
+At shutdown every operation is stopped first. A query (or ``@defer``/``@stream`` result) cut
+short gets an ``error`` message (``RATE_LIMITED``, "the gateway is shutting down"), so the
+client knows its result is incomplete; a subscription gets nothing (not ``complete``: a
+graphql-ws client takes a server's ``complete`` as the normal end and would not subscribe
+again), and the socket is closed with 1012 (service restart), which graphql-ws clients retry,
+subscribing again to every subscription still open. Each write is bounded by
 ``CLOSE_WRITE_SECONDS`` so a client that does not read cannot hold shutdown.
 
 Bounds: every operation but a subscription (those have their own,
@@ -50,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.http.websocket_origin import is_same_origin, normalize_origin
 
+from gateway.changes.registry import ChangeFeeds
 from gateway.errors import ErrorCode
 from gateway.http.connections import WEBSOCKET_ACTIVITY
 from gateway.http.graphql_request import GraphQLParams, params_from_body
@@ -57,6 +64,7 @@ from gateway.http.operation import Answer, OperationCall, OperationRunner
 from gateway.http.payload_stream import PayloadStream
 from gateway.http.refusals import Refusal
 from gateway.http.stream_limits import NO_CALLER, RETRY_AFTER_SECONDS, OpenStreams
+from gateway.http.stream_styles import SHUTDOWN_ERROR
 from gateway.observability.request_facts import RequestFacts, collecting
 from gateway.pipeline.source import NumbersSource
 
@@ -75,6 +83,8 @@ MAX_OPERATION_ID_LENGTH: Final = 128  # characters; graphql-ws clients use short
 IDLE_TIMEOUT_SECONDS: Final = 60.0
 # How long shutdown waits to write each final message to a client that does not read.
 CLOSE_WRITE_SECONDS: Final = 2.0
+# Service Restart: graphql-ws clients retry it (4xxx codes, and most 1xxx, are fatal to them).
+SHUTDOWN_CLOSE_CODE: Final = 1012
 
 
 class _Closing(Exception):
@@ -145,6 +155,8 @@ class _Connection:
         self.authorization: str | None = websocket.headers.get("authorization")
         self.acknowledged = False
         self.operations: dict[str, asyncio.Task[None]] = {}
+        # Operations known not to be subscriptions: cut short at shutdown, they get an error.
+        self.queries: set[str] = set()
         self.started = time.perf_counter()
         self.operations_run = 0
         self.close_code = 1000
@@ -182,10 +194,8 @@ class _Connection:
                 log.error("websocket_failed", exc_info=error)
                 await self._close(1011, "Internal error")
             elif shutdown in done:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_WRITE_SECONDS):
-                        await self._complete_all()
-                await self._close(1001, "The gateway is shutting down")
+                await self._end_for_shutdown()
+                await self._close(SHUTDOWN_CLOSE_CODE, "The gateway is restarting; reconnect")
             elif shed in done and self.idle:
                 await self._close(1013, "The gateway needs this idle connection; reconnect")
             elif pinging in done:  # the socket could not be written: it is gone
@@ -296,6 +306,7 @@ class _Connection:
     def _forget(self, operation_id: str, task: asyncio.Task[None]) -> None:
         if self.operations.get(operation_id) is task:
             del self.operations[operation_id]
+            self.queries.discard(operation_id)
         self._note_activity()
 
     async def _run(self, operation_id: str, payload: dict[str, Any]) -> None:
@@ -331,6 +342,8 @@ class _Connection:
             runner = self.endpoint.runner
             # Only a subscription "prefers" a stream over JSON: those have their own bounds.
             subscription = await runner.wants_stream(call, json_preferred=True)
+            if not subscription:
+                self.queries.add(operation_id)
             async with self._operation_slot(counted=not subscription):
                 outcome = await runner.stream(call)
                 if isinstance(outcome, Answer):
@@ -381,6 +394,10 @@ class _Connection:
             first = False
             run.sent(payload)
             await self._send({"type": "next", "id": operation_id, "payload": payload})
+        if payloads.subscription and self._server_stopping():
+            # Ended by shutdown (the change feeds close first): no ``complete``, so the
+            # client subscribes again once it has reconnected (``_end_for_shutdown``).
+            return
         await self._send({"type": "complete", "id": operation_id})
 
     def _call(self, params: GraphQLParams) -> OperationCall:
@@ -402,9 +419,24 @@ class _Connection:
             if self.websocket.application_state is WebSocketState.CONNECTED:
                 await self.websocket.send_text(orjson.dumps(message).decode())
 
-    async def _complete_all(self) -> None:
-        for operation_id in list(self.operations):
-            await self._send({"type": "complete", "id": operation_id})
+    def _server_stopping(self) -> bool:
+        changes: ChangeFeeds | None = getattr(self.websocket.state, "changes", None)
+        return self.streams.closing.is_set() or (changes is not None and changes.closed)
+
+    async def _end_for_shutdown(self) -> None:
+        """Stop every operation, then tell each query cut short that it was (an ``error``);
+        subscriptions are told nothing, so that the client resubscribes after reconnecting.
+        An operation whose kind is not known yet sent nothing either: it is retried too."""
+        running = dict(self.operations)
+        queries = set(self.queries)
+        await self._stop_operations()
+        cut_short = [oid for oid, task in running.items() if oid in queries and task.cancelled()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WRITE_SECONDS):
+                for operation_id in cut_short:
+                    await self._send(
+                        {"type": "error", "id": operation_id, "payload": [SHUTDOWN_ERROR]}
+                    )
 
     async def _stop_operations(self) -> None:
         tasks = list(self.operations.values())

@@ -85,9 +85,10 @@ def _page_info(cursor: Callable[[int], str], start: int, count: int, has_next: b
 
 
 class StreamedPageResult:
-    """A window delivered with ``@stream``: ``first`` is its first chunk (fetched through the
-    page cache, at most ``GATEWAY_MAX_PAGE_SIZE`` items, with the counts when ``pageInfo`` or
-    ``totalCount`` is selected); ``walk`` fetches the rest one upstream page at a time.
+    """A window delivered with ``@stream``: ``first`` is its first chunk (at most
+    ``GATEWAY_MAX_PAGE_SIZE`` items, with the counts when ``pageInfo`` or ``totalCount`` is
+    selected; fetched fresh from the upstream when the walk may go on past it, so its total
+    is of the walk's moment); ``walk`` fetches the rest one upstream page at a time.
 
     ``pageInfo`` must be answered before the walk ends, so it is worked out from
     ``count.total``: the window holds ``min(size, total - start)`` entries, as the held page

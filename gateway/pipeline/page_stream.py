@@ -27,15 +27,19 @@ from gateway.upstream.client import UpstreamClient
 class UpstreamWalk:
     """One caller's uncached walk of a window, page by page (a ``numbers.connection.PageWalk``)."""
 
-    __slots__ = ("_caller", "_upstream")
+    __slots__ = ("_caller", "_page_size", "_upstream")
 
-    def __init__(self, upstream: UpstreamClient, caller: Caller) -> None:
+    def __init__(self, upstream: UpstreamClient, caller: Caller, *, page_size: int) -> None:
         self._upstream = upstream
         self._caller = caller
+        # Each upstream request of the walk asks for at most this many items.
+        self._page_size = page_size
 
     def __call__(self, fetch: Fetch) -> AsyncGenerator[UpstreamPage, None]:
         caller = self._caller
-        return self._upstream.pages(fetch, caller.authorization, caller=caller.identity)
+        return self._upstream.pages(
+            fetch, caller.authorization, caller=caller.identity, page_size=self._page_size
+        )
 
 
 def first_chunk(window: PageWindow, max_page_size: int) -> PageWindow:
@@ -50,9 +54,18 @@ async def open_stream(
     max_page_size: int,
     details: bool,
     load: Callable[[Fetch], Awaitable[UpstreamPage]],
+    load_fresh: Callable[[Fetch], Awaitable[UpstreamPage]],
     walk: UpstreamWalk,
 ) -> StreamedPageResult:
     """A streamed window: its first chunk loaded (``details``: with the counts), the rest
-    left to ``walk`` until the client asks for it."""
-    first = await load(Fetch(query, first_chunk(window, max_page_size), details=details))
+    left to ``walk`` until the client asks for it.
+
+    A window longer than its first chunk takes that chunk fresh from the upstream
+    (``load_fresh``), not from the page cache: the window's ``pageInfo`` and ``totalCount``
+    come from the chunk's ``count.total``, and the walk after it is live, so a cached chunk
+    (up to the TTL old) would answer a total of another moment than the items streamed. A
+    window the chunk holds whole is a page like any other, cached."""
+    chunk = first_chunk(window, max_page_size)
+    ask = Fetch(query, chunk, details=details)
+    first = await (load_fresh(ask) if chunk.size < window.size else load(ask))
     return StreamedPageResult(query, window, first, walk)

@@ -174,7 +174,8 @@ class CallerNumbers:
                 max_page_size=source.max_page_size,
                 details=total,
                 load=self.load,
-                walk=UpstreamWalk(source.upstream, self.caller),
+                load_fresh=self._load_fresh,
+                walk=UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size),
             )
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
 
@@ -188,6 +189,13 @@ class CallerNumbers:
         query = numbers_query(org_id, flt, None, entity_key=entity_key)
         answer = await self.load(Fetch(query, None, details=True))
         return to_number_counts(answer.count)
+
+    async def _load_fresh(self, ask: Fetch) -> UpstreamPage:
+        """``ask`` answered by the upstream now (the cache refreshed, never read): a long
+        stream's first chunk, whose total must be of the walk's moment (``open_stream``)."""
+        page, event = await self._fetch(ask, True)
+        self.cache_events.append(event)
+        return page
 
     async def _fetch(self, fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
         caller = self.caller

@@ -200,17 +200,25 @@ class UpstreamClient:
         )
 
     async def pages(
-        self, fetch: Fetch, authorization: str, *, caller: str
+        self, fetch: Fetch, authorization: str, *, caller: str, page_size: int
     ) -> AsyncGenerator[UpstreamPage, None]:
         """The window of ``fetch`` one upstream page at a time, following ``Link: rel="next"``
         as ``fetch`` does, for a walk too long to hold whole (``@stream``). Each page is its
         own exchange: its own deadline, breaker check, fair slot, retries and size bound. The
         next page is requested only when the consumer asks for it, so closing the iterator
         ends the walk. A page's ``has_more``: the walk goes on after it; ``count`` is the
-        upstream's (with ``details``) on the first page only."""
+        upstream's (with ``details``) on the first page only.
+
+        Every request asks for at most ``page_size`` items (``GATEWAY_MAX_PAGE_SIZE``), never
+        for the whole rest of the window: an upstream that honours a large ``max`` would
+        otherwise answer a 100,000-item walk in one body, past ``max_body_bytes`` and the
+        stream's memory bound."""
         assert fetch.window is not None  # a walk is of a window
         wanted = fetch.window.size
-        url = self.numbers_url.copy_merge_params(tuple(fetch.upstream_params()))
+        first = Fetch(
+            fetch.query, PageWindow(fetch.window.start, min(wanted, page_size)), fetch.details
+        )
+        url = self.numbers_url.copy_merge_params(tuple(first.upstream_params()))
         params: list[tuple[str, str]] | None = None
         # Shared by the pages' exchanges: a ``next`` link back to any page is a fault.
         visited = {str(url)}
@@ -230,7 +238,9 @@ class UpstreamClient:
             yield UpstreamPage(items=page_items, count=count, has_more=more)
             if not more or next_url is None:
                 return
-            url, params = self._next_request(next_url, fetch, collected, opened[-1])
+            url, params = self._next_request(
+                next_url, fetch, collected, opened[-1], page_size=page_size
+            )
 
     async def _exchange(
         self,
@@ -302,7 +312,13 @@ class UpstreamClient:
         return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
 
     def _next_request(
-        self, next_url: str, fetch: Fetch, collected: int, exchange: Exchange
+        self,
+        next_url: str,
+        fetch: Fetch,
+        collected: int,
+        exchange: Exchange,
+        *,
+        page_size: int | None = None,
     ) -> tuple[httpx.URL, list[tuple[str, str]] | None]:
         """Follow the upstream's ``next`` link exactly, unless it is unsafe or malformed.
 
@@ -310,6 +326,8 @@ class UpstreamClient:
         the configured upstream's numbers endpoint is not followed; nor is one carrying the
         upstream's past ``max=null`` defect. Then we ask for the rest ourselves. A link that
         leads somewhere already visited would serve the same items again: a fault.
+        ``page_size`` (a page-by-page walk): no request asks for more than that many items,
+        whatever ``max`` the link carries.
         """
         assert fetch.window is not None  # counts-only fetches never follow links
         try:
@@ -333,9 +351,14 @@ class UpstreamClient:
                     upstream_status=200,
                 )
             exchange.visited.add(str(url))
+            link_max = decimal_value(url.params.get("max"))
+            if page_size is not None and (link_max is None or link_max > page_size):
+                url = url.copy_set_param("max", str(page_size))
             return url, None
         log.warning("upstream_next_link_ignored", reason="unsafe or malformed next link")
-        remaining = PageWindow(fetch.window.start + collected, fetch.window.size - collected)
+        left = fetch.window.size - collected
+        size = left if page_size is None else min(left, page_size)
+        remaining = PageWindow(fetch.window.start + collected, size)
         rest = Fetch(query=fetch.query, window=remaining, details=False)
         return self.numbers_url, rest.upstream_params()
 
