@@ -219,8 +219,71 @@ ITEMS = st.fixed_dictionaries(
         "owner": OWNERS,
     },
 )
+# Well-formed items, as the upstream sends nearly all of them: every value already has the
+# form its rule reads as itself, so the projector's guard lets them through whole.
+WELL_FORMED_TEXTS = st.sampled_from(["+19725550001", "1234", "x", "Tim"])
+WELL_FORMED_ITEMS = st.fixed_dictionaries(
+    {
+        **dict.fromkeys(["mainNumber", "tollFreeNumber", "isServiceNumber"], st.booleans()),
+        "location": st.fixed_dictionaries(
+            {"id": st.just("loc-1")}, optional={"name": WELL_FORMED_TEXTS | st.none()}
+        ),
+    },
+    optional={
+        **dict.fromkeys(TEXT_KEYS, WELL_FORMED_TEXTS | st.none()),
+        "isReservedNumber": st.booleans() | st.none(),
+        "elinEnabled": st.booleans(),
+        **{
+            key: st.sampled_from(ENUM_VALUES[key]) | st.none()
+            for key in ("state", "phoneNumberType", "includedTelephonyTypes")
+        },
+        "owner": st.none()
+        | st.fixed_dictionaries(
+            {"id": st.sampled_from(["p1", "p2"]), "type": st.sampled_from(ENUM_VALUES["type"])},
+            optional=dict.fromkeys(["firstName", "lastName", "displayName"], WELL_FORMED_TEXTS),
+        ),
+    },
+)
+
+
+# Values one step from well-formed: each fails the guard of some rule (missing, empty text,
+# a number, a text flag, an unknown or unhashable enum value, an object where a value goes).
+NEAR_MISSES = [None, "", 7, "true", "BOGUS", ["PEOPLE"], {"id": "x"}]
+SPOILABLE = [
+    *([key] for key in [*TEXT_KEYS, *FLAG_KEYS, "state", "phoneNumberType"]),
+    ["includedTelephonyTypes"],
+    ["location"],
+    ["location", "id"],
+    ["location", "name"],
+    ["owner"],
+    *(["owner", key] for key in ["id", "type", "firstName", "lastName", "elinExpiryTime"]),
+]
+
+
+@st.composite
+def spoiled_items(draw: st.DrawFn) -> dict[str, Any]:
+    """A well-formed item with one value (top-level or nested) missing or a near miss: the
+    projector's guard must fail and the rules read the item, exactly as normal execution."""
+    item: dict[str, Any] = draw(WELL_FORMED_ITEMS)
+    *parents, key = draw(st.sampled_from(SPOILABLE))
+    target = item
+    for parent in parents:
+        if not isinstance(target.get(parent), dict):
+            return item
+        target[parent] = dict(target[parent])
+        target = target[parent]
+    if draw(st.integers(0, len(NEAR_MISSES))) == 0:
+        target.pop(key, None)
+    else:
+        target[key] = draw(st.sampled_from(NEAR_MISSES))
+    return item
+
+
 # Non-objects in the list are dropped by the body reader on both paths alike.
-PAGES = st.lists(st.one_of(ITEMS, ITEMS, ITEMS, JSON_SCALARS), max_size=5)
+PAGES = st.lists(
+    st.one_of(ITEMS, ITEMS, JSON_SCALARS, WELL_FORMED_ITEMS, spoiled_items(), spoiled_items()),
+    max_size=5,
+)
 
 
 # -- random selections ------------------------------------------------------------------------

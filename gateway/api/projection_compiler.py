@@ -12,7 +12,10 @@ What is compiled
     code reads the upstream key with the same reading rule (``Text``, ``Flag``, ``EnumOrUnknown``,
     ``Nested``), inlining only the common case and calling the rule's own ``read`` for anything
     else, and serialises the value as the GraphQL type would (enum names are taken from the
-    schema's enum type once, at compile time). ``__typename`` is a constant.
+    schema's enum type once, at compile time). ``__typename`` is a constant. A ``nodes`` list
+    first tries each item with one guard that every value it reads already reads as itself
+    (``_fast_path``) and builds the response dict straight from those values; an item failing
+    the guard goes through the per-value code above, unchanged.
 
 Why the answer is the same
     * A selection is projectable only when every field in it is a plain field in the tables or
@@ -25,7 +28,8 @@ Why the answer is the same
       field runs on the normal path. A ``DateTime`` is rendered by the schema's own scalar
       ``serialize`` (the function normal completion calls), so its text is the same by
       construction.
-    * Values are read by the reader's own rules, so the two paths cannot disagree on data.
+    * Values are read by the reader's own rules, so the two paths cannot disagree on data; the
+      guard passes only values each rule returns unchanged (and enum values by the same table).
     * Nothing is rendered that graphql-core would turn into an error: where the compiled code
       meets a null in a non-null position (the tables make that impossible today, but the guard
       is generated wherever a rule could yield null), it raises ``CannotProject`` and the whole
@@ -83,6 +87,10 @@ _DATETIME_SCALAR: Final = "DateTime"  # strawberry's datetime scalar, by its sch
 
 class CannotProject(Exception):
     """Raised by a compiled projector for a value it cannot render exactly."""
+
+
+class _NoFastPath(Exception):
+    """The selection reads a field the well-formed item's guard does not cover."""
 
 
 class NotProjectable(Exception):
@@ -175,6 +183,7 @@ class ProjectorCompiler:
         self._line(1, "append = out.append")
         if field_name == "nodes":
             self._line(1, "for item in result.page.items:")
+            self._fast_path(item_type, field_details_list)
             entry = self._object(item_type, self.root_table, field_details_list, "item", 2)
         else:
             self._line(1, "cursor = result.cursor")
@@ -194,6 +203,132 @@ class ProjectorCompiler:
         exec(code, self.namespace)  # noqa: S102
         projector: Projector = self.namespace["project"]
         return projector
+
+    # -- the well-formed item ------------------------------------------------------------------
+
+    def _fast_path(
+        self, item_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> None:
+        """Emit, ahead of the per-value reading, one guard that every value the selection reads
+        already has the form its rule reads as itself (a non-empty str for text, a bool for a
+        flag, a known enum value, a dict for an object, null only where the rule keeps null),
+        and then the response dict straight from those values. An item failing the guard, or
+        one whose enum value is unhashable (``in`` raises ``TypeError``), is read by the rules
+        below as before. Selections with a field the guard cannot cover get no fast path."""
+        try:
+            guard, entry = self._fast_object(item_type, self.root_table, field_details_list, "item")
+        except _NoFastPath:
+            return
+        self._line(2, "try:")
+        self._line(3, f"if {' and '.join(guard) or 'True'}:")
+        self._line(4, f"append({entry})")
+        self._line(4, "continue")
+        self._line(2, "except TypeError:")
+        self._line(3, "pass")
+
+    def _fast_object(
+        self,
+        graphql_type: GraphQLObjectType,
+        table: ObjectTable,
+        field_details_list: FieldDetailsList,
+        source: str,
+    ) -> tuple[list[str], str]:
+        """The guard's conjuncts for ``graphql_type`` read from ``source`` and the expression
+        of its response dict. Names are bound by ``:=`` in the guard, which runs first."""
+        rules = {rule.attribute: rule for rule in table.fields}
+        guard: list[str] = []
+        leaves: dict[str, str] = {}
+        entries: list[str] = []
+        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
+            name = details_list[0].node.name.value
+            if name == "__typename":
+                entries.append(f"{response_key!r}: {graphql_type.name!r}")
+                continue
+            field, attribute = self._plain_field(graphql_type, name)
+            rule = rules.get(attribute)
+            if rule is None:
+                raise _NoFastPath  # not projectable: ``_object`` says so
+            if isinstance(rule.reading, Nested):
+                value = self._fast_nested(
+                    field, rule.key, rule.reading, details_list, source, guard
+                )
+            elif name in leaves:
+                value = leaves[name]
+            else:
+                value = leaves[name] = self._fast_leaf(field, rule.key, rule.reading, source, guard)
+            entries.append(f"{response_key!r}: {value}")
+        return guard, "{" + ", ".join(entries) + "}"
+
+    def _fast_leaf(
+        self, field: GraphQLField, key: str, reading: Reading, source: str, guard: list[str]
+    ) -> str:
+        """A value that reads as itself; null passes only where the rule keeps it null (no
+        default) in a nullable field (a default, or a null in a non-null field, goes below)."""
+        var = self._name("f")
+        fetched = f"({var} := {source}.get({key!r}))"
+        output = var
+        if isinstance(reading, Text):
+            form = "{0}.__class__ is str and {1}"
+        elif isinstance(reading, Flag):
+            form = "{0}.__class__ is bool"
+        elif isinstance(reading, EnumOrUnknown):
+            named = get_named_type(field.type)
+            if not isinstance(named, GraphQLEnumType):
+                raise _NoFastPath
+            try:
+                names = {
+                    member.value: named.coerce_output_value(member)
+                    for member in reading.enum
+                    if type(member.value) is str
+                }
+            except Exception as exc:
+                raise _NoFastPath from exc  # not projectable: ``_enum`` says so
+            known = self._bind(names, "known")
+            form = "{0} in " + known  # an unhashable value raises TypeError: the rules read it
+            if any(upstream != name for upstream, name in names.items()):
+                output = f"{known}[{var}]"
+        elif isinstance(reading, Instant) and not isinstance(field.type, GraphQLNonNull):
+            # A time is never read as itself; its usual form is no time at all (null).
+            guard.append(f"{fetched} is None")
+            return "None"
+        else:
+            raise _NoFastPath
+        if reading.default is None and not isinstance(field.type, GraphQLNonNull):
+            guard.append(f"({fetched} is None or {form.format(var, var)})")
+        else:
+            guard.append(f"({form.format(fetched, var)})")
+        return output
+
+    def _fast_nested(
+        self,
+        field: GraphQLField,
+        key: str,
+        reading: Nested,
+        field_details_list: FieldDetailsList,
+        source: str,
+        guard: list[str],
+    ) -> str:
+        """An object that reads as itself: a dict (with a non-empty str ``identified_by``);
+        null passes only where the rule keeps it null in a nullable field."""
+        named = get_named_type(field.type)
+        if not isinstance(named, GraphQLObjectType):
+            raise _NoFastPath
+        var = self._name("m")
+        inner, entry = self._fast_object(named, reading.table, field_details_list, var)
+        form = [f"({var} := {source}.get({key!r})).__class__ is dict"]
+        if reading.table.identified_by is not None:
+            identifier = self._name("f")
+            form.append(
+                f"({identifier} := {var}.get({reading.table.identified_by!r})).__class__ is str"
+            )
+            form.append(identifier)
+        form.extend(inner)
+        if reading.always or isinstance(field.type, GraphQLNonNull):
+            guard.append("(" + " and ".join(form) + ")")
+            return entry
+        form[0] = f"{var}.__class__ is dict"
+        guard.append(f"(({var} := {source}.get({key!r})) is None or " + " and ".join(form) + ")")
+        return f"(None if {var} is None else {entry})"
 
     # -- emitting -----------------------------------------------------------------------------
 
