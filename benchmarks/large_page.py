@@ -58,7 +58,7 @@ FIELDS = (
 QUERY = f"{{ phoneNumbers(page: {{first: {PAGE}}}) {{ nodes {{ {FIELDS} }} }} }}"
 TARGET = 3.0
 
-Run = Callable[[], Awaitable[None]]
+Run = Callable[[], Awaitable[object]]
 
 
 @dataclass(slots=True)

@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
-import statistics
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import httpx
 import orjson
 import structlog
 from asgi_lifespan import LifespanManager
+from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 
 from gateway.api.context import RequestContext
 from gateway.api.projecting_executor import ProjectingExecutionContext
@@ -47,15 +44,7 @@ from gateway.pipeline.source import NumbersSource
 from gateway.settings import load_settings
 from gateway.upstream.client import UpstreamClient
 
-UPSTREAM = "http://webex.test/v1"
-FIELDS = (
-    "phoneNumber extension routingPrefix esn state phoneNumberType mainNumber "
-    "includedTelephonyTypes mobileNetwork routingProfile tollFreeNumber isServiceNumber "
-    "isReservedNumber location { id name } owner { id type firstName lastName }"
-)
 PHASES = ("read", "decode", "project", "encode", "graphql", "middleware")
-
-Run = Callable[[], Awaitable[object]]
 
 
 def query(size: int) -> str:
@@ -68,26 +57,6 @@ def upstream_body(size: int) -> bytes:
 
     world = build_demo_world(size=max(size, 100), seed=7)
     return orjson.dumps({"phoneNumbers": [e.payload for e in world.demo_org.entries[:size]]})
-
-
-def fixed_transport(body: bytes) -> httpx.MockTransport:
-    headers = {"content-type": "application/json"}
-    return httpx.MockTransport(lambda request: httpx.Response(200, content=body, headers=headers))
-
-
-async def interleaved(runs: dict[str, Run], rounds: int) -> dict[str, float]:
-    """Median ms of each run; every round runs each once, after a warm-up of each."""
-    for run in runs.values():
-        for _ in range(3):
-            await run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            gc.collect()
-            started = time.perf_counter()
-            await run()
-            timings[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) * 1000 for name, values in timings.items()}
 
 
 def recording(executor: type[ProjectingExecutionContext]) -> Any:

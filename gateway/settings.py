@@ -91,6 +91,14 @@ class SettingsError(Exception):
     """A setting is invalid; the message is one line that names the variable."""
 
 
+def _header_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` lower-cased, once each is checked to be an HTTP header name."""
+    for name in names:
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+    return tuple(name.lower() for name in names)
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Field ``x`` is read from ``GATEWAY_X``."""
 
@@ -434,20 +442,14 @@ class Settings(BaseSettings):
     @field_validator("cors_allow_headers")
     @classmethod
     def _allowed_header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"{name!r} is not an HTTP header name")
-        return tuple(dict.fromkeys(name.lower() for name in value))
+        return tuple(dict.fromkeys(_header_names(value)))
 
     @field_validator("csrf_required_headers")
     @classmethod
-    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _csrf_header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("name at least one header, or set GATEWAY_CSRF_PREVENTION=false")
-        for name in value:
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"{name!r} is not an HTTP header name")
-        return tuple(name.lower() for name in value)
+        return _header_names(value)
 
     @model_validator(mode="after")
     def _redis_needs_a_shared_secret(self) -> Settings:
@@ -500,7 +502,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_a_real_upstream(self) -> Settings:
-        if self.env is Environment.PRODUCTION and self.upstream_url is None:
+        if self.production and self.upstream_url is None:
             raise ValueError(
                 "GATEWAY_ENV=production needs GATEWAY_UPSTREAM_URL: production never serves "
                 "the embedded simulator's demo data (set GATEWAY_ENV=development to try it)"

@@ -273,6 +273,11 @@ def people_service_data(
         owner(item)["id"]: f"{owner(item).get('firstName')} {owner(item).get('lastName')}"
         for item in chosen
     }
+    return owner(me_item)["id"], people, service_locations(items)
+
+
+def service_locations(items: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Every location in ``items``, with the time zone the people service gives it."""
     locations: dict[str, dict[str, str]] = {}
     for index, item in enumerate(items):
         location_id, name = item["location"]["id"], item["location"]["name"]
@@ -280,7 +285,45 @@ def people_service_data(
             location_id,
             {"id": location_id, "name": name, "timeZone": TIME_ZONES.get(name, f"Etc/GMT-{index}")},
         )
-    return owner(me_item)["id"], people, locations
+    return locations
+
+
+def start_simulator(
+    stack: contextlib.ExitStack, client: httpx.Client
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The simulator's origin, and every item as the admin and as the location admin see it."""
+    simulator = stack.enter_context(
+        simulator_process("--size", str(SIZE), "--seed", str(SEED))
+    ).origin
+    items = simulator_items(client, simulator, "demo-admin")
+    location_admin_items = simulator_items(client, simulator, "demo-location-admin")
+    return simulator, items, location_admin_items
+
+
+def start_people_service(
+    stack: contextlib.ExitStack,
+    folder: Path,
+    me: str,
+    people: dict[str, str],
+    locations: list[dict[str, str]],
+) -> tuple[str, Path]:
+    """The people subgraph serving ``me``, ``people`` and ``locations``, and its request log."""
+    data = folder / "people.json"
+    data.write_text(
+        json.dumps(
+            {
+                "me": me,
+                "people": [{"id": key, "displayName": name} for key, name in people.items()],
+                "locations": locations,
+            }
+        )
+    )
+    requests = folder / "people-requests.jsonl"
+    requests.touch()
+    people_service = stack.enter_context(
+        node_server("people-subgraph.mjs", "--data", str(data), "--request-log", str(requests))
+    )
+    return people_service.url, requests
 
 
 @pytest.fixture(scope="module")
@@ -288,11 +331,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_node()  # skip (node missing) or fail (install failed) before starting anything
     folder = tmp_path_factory.mktemp("federation-e2e")
     with contextlib.ExitStack() as stack, httpx.Client(trust_env=False, timeout=60) as client:
-        simulator = stack.enter_context(
-            simulator_process("--size", str(SIZE), "--seed", str(SEED))
-        ).origin
-        items = simulator_items(client, simulator, "demo-admin")
-        location_admin_items = simulator_items(client, simulator, "demo-location-admin")
+        simulator, items, location_admin_items = start_simulator(stack, client)
         first_location = build_demo_world(size=SIZE, seed=SEED).demo_org.location_ids[0]
         assert {item["location"]["id"] for item in location_admin_items} == {first_location}
 
@@ -302,26 +341,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         ).url
         me, people, locations = people_service_data(items, first_location)
-        data = folder / "people.json"
-        data.write_text(
-            json.dumps(
-                {
-                    "me": me,
-                    "people": [{"id": key, "displayName": name} for key, name in people.items()],
-                    "locations": list(locations.values()),
-                }
-            )
-        )
-        requests = folder / "people-requests.jsonl"
-        requests.touch()
-        people_service = stack.enter_context(
-            node_server("people-subgraph.mjs", "--data", str(data), "--request-log", str(requests))
+        people_url, requests = start_people_service(
+            stack, folder, me, people, list(locations.values())
         )
         supergraph = stack.enter_context(
             node_server(
                 "supergraph-gateway.mjs",
                 "--subgraph",
-                f"people={people_service.url}",
+                f"people={people_url}",
                 "--subgraph",
                 f"numbers={gateway}",
                 timeout=60,

@@ -38,16 +38,17 @@ import pytest
 
 from gateway.simulator import build_demo_world
 from tests.node_packages import node_server, require_node, run_node_json
-from tests.processes import gateway_process, simulator_process
+from tests.processes import gateway_process
 from tests.test_federation_e2e import (
     NUMBERS_SDL,
     PEOPLE_SDL,
     SEED,
     SIZE,
-    TIME_ZONES,
     numbers_of,
     owner,
-    simulator_items,
+    service_locations,
+    start_people_service,
+    start_simulator,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -131,14 +132,7 @@ def people_data(items: list[dict[str, Any]]) -> tuple[str, dict[str, str], list[
         for item_owner in (owner(item) for item in owners)
         if item_owner["id"] in people
     }
-    locations: dict[str, dict[str, str]] = {}
-    for index, item in enumerate(items):
-        location_id, name = item["location"]["id"], item["location"]["name"]
-        locations.setdefault(
-            location_id,
-            {"id": location_id, "name": name, "timeZone": TIME_ZONES.get(name, f"Etc/GMT-{index}")},
-        )
-    return owner(me_item)["id"], named, list(locations.values())
+    return owner(me_item)["id"], named, list(service_locations(items).values())
 
 
 @pytest.fixture(scope="module", params=ROUTERS)
@@ -151,11 +145,7 @@ def stack(
     manifest = folder / "persisted-documents.json"
     manifest.write_text(json.dumps({hashlib.sha256(LISTED.encode()).hexdigest(): LISTED}))
     with contextlib.ExitStack() as stack, httpx.Client(trust_env=False, timeout=60) as client:
-        simulator = stack.enter_context(
-            simulator_process("--size", str(SIZE), "--seed", str(SEED))
-        ).origin
-        items = simulator_items(client, simulator, "demo-admin")
-        location_admin_items = simulator_items(client, simulator, "demo-location-admin")
+        simulator, items, location_admin_items = start_simulator(stack, client)
         numbers = stack.enter_context(
             gateway_process(
                 env={
@@ -169,21 +159,7 @@ def stack(
             )
         )
         me, people, locations = people_data(items)
-        data = folder / "people.json"
-        data.write_text(
-            json.dumps(
-                {
-                    "me": me,
-                    "people": [{"id": key, "displayName": name} for key, name in people.items()],
-                    "locations": locations,
-                }
-            )
-        )
-        requests = folder / "people-requests.jsonl"
-        requests.touch()
-        people_service = stack.enter_context(
-            node_server("people-subgraph.mjs", "--data", str(data), "--request-log", str(requests))
-        )
+        people_url, requests = start_people_service(stack, folder, me, people, locations)
         secret_header = f"Gateway-Router-Secret={ROUTER_SECRET}"
         if router_kind == "hive":
             (folder / "people.graphql").write_text(PEOPLE_SDL)
@@ -203,7 +179,7 @@ def stack(
                 "--subgraph",
                 f"numbers={numbers.url}",
                 "--subgraph",
-                f"people={people_service.url}",
+                f"people={people_url}",
             ]
         else:
             # IntrospectAndCompose asks both subgraphs for `_service { sdl }` at start-up:
@@ -211,7 +187,7 @@ def stack(
             args = [
                 "supergraph-gateway.mjs",
                 "--subgraph",
-                f"people={people_service.url}",
+                f"people={people_url}",
                 "--subgraph",
                 f"numbers={numbers.url}",
             ]

@@ -142,6 +142,13 @@ def exchange(manager: LifespanManager, query: str, accept: str, **extra: str) ->
     )
 
 
+async def exchanged(manager: LifespanManager, query: str, accept: str, **extra: str) -> RawExchange:
+    """An exchange already run to its end."""
+    raw = exchange(manager, query, accept, **extra)
+    await raw.run()
+    return raw
+
+
 def sse_events(text: bytes) -> list[tuple[str, str]]:
     events = []
     for block in text.decode().split("\n\n"):
@@ -186,8 +193,7 @@ async def test_sse_only_client_gets_a_query_as_next_then_complete(
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        raw = exchange(manager, FIRST, "text/event-stream")
-        await raw.run()
+        raw = await exchanged(manager, FIRST, "text/event-stream")
     assert raw.status == 200
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.headers["cache-control"] == "no-store"
@@ -201,8 +207,7 @@ async def test_multipart_only_client_gets_one_part_and_the_closing_boundary(
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        raw = exchange(manager, FIRST, "multipart/mixed;deferSpec=20220824")
-        await raw.run()
+        raw = await exchanged(manager, FIRST, "multipart/mixed;deferSpec=20220824")
     assert raw.status == 200
     assert raw.headers["content-type"] == 'multipart/mixed; boundary="-"'
     parts = multipart_parts(raw.text)
@@ -226,8 +231,7 @@ async def test_a_refused_request_is_json_with_its_status_even_when_only_streams_
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        raw = exchange(manager, "{ phoneNumbers { nope } }", "text/event-stream")
-        await raw.run()
+        raw = await exchanged(manager, "{ phoneNumbers { nope } }", "text/event-stream")
     assert raw.status == 400
     assert raw.headers["content-type"].startswith("application/graphql-response+json")
     body = orjson.loads(raw.text)
@@ -246,10 +250,10 @@ async def test_multipart_defer_and_stream_payloads_merge_into_the_json_answer(
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        raw = exchange(manager, DEFERRED, "multipart/mixed;deferSpec=20220824,application/json")
-        await raw.run()
-        plain = exchange(manager, DEFERRED, "application/json")
-        await plain.run()
+        raw = await exchanged(
+            manager, DEFERRED, "multipart/mixed;deferSpec=20220824,application/json"
+        )
+        plain = await exchanged(manager, DEFERRED, "application/json")
     parts = multipart_parts(raw.text)
     assert len(parts) > 1
     assert parts[-1][1]["hasNext"] is False
@@ -278,8 +282,7 @@ async def test_streams_past_the_callers_bound_are_rate_limited(
         held = [exchange(manager, FIRST.replace("3", str(n)), "text/event-stream") for n in (4, 5)]
         running = [asyncio.ensure_future(raw.run()) for raw in held]
         await eventually(lambda: gate.waiting == 2, "both streams reached the upstream")
-        refused = exchange(manager, FIRST, "text/event-stream")
-        await refused.run()
+        refused = await exchanged(manager, FIRST, "text/event-stream")
         other = exchange(
             manager,
             FIRST.replace("3", "6"),
@@ -509,8 +512,7 @@ async def test_a_stream_answered_as_one_json_body_keeps_the_unstreamed_ceiling(
     recorder: RecordingTransport, accept: str
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        plain = exchange(manager, HELD_STREAMS, accept)
-        await plain.run()
+        plain = await exchanged(manager, HELD_STREAMS, accept)
     body = orjson.loads(plain.text)
     assert len(body["errors"]) == 4, body
     for error in body["errors"]:
@@ -525,8 +527,7 @@ async def test_a_stream_answered_as_one_json_body_is_priced_by_its_items(
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        plain = exchange(manager, PRICED_STREAMS, "application/json")
-        await plain.run()
+        plain = await exchanged(manager, PRICED_STREAMS, "application/json")
     error = orjson.loads(plain.text)["errors"][0]
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
     assert "estimated cost is 10250" in error["message"]  # 5 x (50 + 2,000 items)
@@ -540,10 +541,8 @@ async def test_the_same_streams_run_when_the_response_streams(
     recorder: RecordingTransport, document: str
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        count = exchange(manager, "{ phoneNumbers { totalCount } }", "application/json")
-        await count.run()
-        raw = exchange(manager, document, "multipart/mixed")
-        await raw.run()
+        count = await exchanged(manager, "{ phoneNumbers { totalCount } }", "application/json")
+        raw = await exchanged(manager, document, "multipart/mixed")
     total = orjson.loads(count.text)["data"]["phoneNumbers"]["totalCount"]
     parts = [body for _, body in multipart_parts(raw.text)]
     assert parts[-1]["hasNext"] is False
@@ -755,8 +754,7 @@ async def test_a_negative_initial_count_is_bad_user_input(
     with capture_logs() as logs:
         async with app_with(recorder) as (_, manager):
             for accept in ("multipart/mixed", "application/json"):
-                raw = exchange(manager, query, accept)
-                await raw.run()
+                raw = await exchanged(manager, query, accept)
                 body = orjson.loads(raw.text)
                 assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
                 assert "initialCount" in body["errors"][0]["message"]
@@ -781,10 +779,10 @@ async def test_sse_subscription_refusals_carry_their_status(
         held = exchange(manager, WATCH, "text/event-stream")
         running = asyncio.ensure_future(held.run())
         await held.read_until(b"SYNCED")
-        over = exchange(manager, WATCH, "text/event-stream")
-        await over.run()
-        unauthenticated = exchange(manager, WATCH, "text/event-stream", authorization="Basic x")
-        await unauthenticated.run()
+        over = await exchanged(manager, WATCH, "text/event-stream")
+        unauthenticated = await exchanged(
+            manager, WATCH, "text/event-stream", authorization="Basic x"
+        )
         held.disconnected.set()
         await asyncio.wait_for(running, 10)
     assert over.status == 429
@@ -801,10 +799,10 @@ async def test_accept_qualities_choose_between_json_and_a_stream(
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        json_first = exchange(manager, DEFERRED, "application/json;q=0.9, multipart/mixed;q=0.1")
-        await json_first.run()
-        stream_first = exchange(manager, DEFERRED, "application/json;q=0.1, multipart/mixed")
-        await stream_first.run()
+        json_first = await exchanged(
+            manager, DEFERRED, "application/json;q=0.9, multipart/mixed;q=0.1"
+        )
+        stream_first = await exchanged(manager, DEFERRED, "application/json;q=0.1, multipart/mixed")
     assert json_first.headers["content-type"].startswith("application/json")
     assert len(orjson.loads(json_first.text)["data"]["phoneNumbers"]["nodes"]) == 5
     assert stream_first.headers["content-type"].startswith("multipart/mixed")
@@ -814,8 +812,7 @@ async def test_a_subscription_accepting_only_multipart_is_told_to_ask_for_sse(
     recorder: RecordingTransport,
 ) -> None:
     async with app_with(recorder) as (_, manager):
-        raw = exchange(manager, WATCH, "multipart/mixed")
-        await raw.run()
+        raw = await exchanged(manager, WATCH, "multipart/mixed")
         both = exchange(manager, WATCH, "multipart/mixed, text/event-stream;q=0.5")
         running = asyncio.ensure_future(both.run())
         await both.read_until(b"SYNCED")

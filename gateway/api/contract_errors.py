@@ -123,8 +123,14 @@ def contract_payload(
     return frame
 
 
-def _contract_errors(errors: list[GraphQLError], context: object | None) -> list[GraphQLError]:
-    rewritten = [to_contract_error(error) for error in errors]
+def _contract_errors(
+    errors: list[GraphQLError], context: object | None, validated: frozenset[int] = frozenset()
+) -> list[GraphQLError]:
+    """``errors`` as contract errors (``validated``: ids of those validation reported),
+    without suggestions in production, each counted by code."""
+    rewritten = [
+        to_contract_error(error, validation_error=id(error) in validated) for error in errors
+    ]
     if isinstance(context, RequestContext):
         if context.settings.production:
             rewritten = [without_suggestions(error) for error in rewritten]
@@ -152,15 +158,6 @@ class ContractErrors(SchemaExtension):
         result = self.execution_context.result
         if result is None or not result.errors:
             return
-        validated = self._validation_errors
-        result.errors = [
-            to_contract_error(error, validation_error=id(error) in validated)
-            for error in result.errors
-        ]
-        context = self.execution_context.context
-        if isinstance(context, RequestContext) and context.settings.production:
-            result.errors = [without_suggestions(error) for error in result.errors]
-        if isinstance(context, RequestContext):
-            for error in result.errors:
-                code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR)
-                context.metrics.graphql_errors.labels(code=str(code)).inc()
+        result.errors = _contract_errors(
+            result.errors, self.execution_context.context, self._validation_errors
+        )

@@ -119,21 +119,17 @@ class CostEstimate:
                 self._walk(field.selection_set, inner, path)
 
     def _page(self, field: FieldNode, multiplier: int, spreading: Spreading) -> None:
-        holds_items = bool(self._item_lists(field.selection_set, spreading))
-        streamed = (
-            self.incremental
-            and field.selection_set is not None
-            and self.streamed(field.selection_set, spreading)
-        )
+        item_lists = self._item_lists(field.selection_set, spreading)
+        streamed = self.incremental and self._all_streamed(item_lists)
         first = self._first(field, streamed=streamed)
         if streamed:
             # Held a chunk at a time, never whole: the walk's calls are what it costs. The
             # first chunk is one call shared by the operation's fields, but each streamed list
             # (``nodes`` and ``edges`` both, or two aliases) walks the rest on its own.
-            walks = len(self._response_keys(self._item_lists(field.selection_set, spreading)))
+            walks = len(self._response_keys(item_lists))
             rest = upstream_pages(first, self.max_page_size) - 1
             self.total += multiplier * (1 + walks * rest) * CALL_COST
-        elif holds_items:
+        elif item_lists:
             self.total += multiplier * (CALL_COST + first)
         else:
             # Only totalCount/pageInfo: no item is built or answered, the call is the cost.
@@ -154,11 +150,10 @@ class CostEstimate:
             items = multiplier * first if field.name.value in ITEM_LISTS else multiplier
             self._walk(field.selection_set, items, path)
 
-    def streamed(self, connection: SelectionSetNode, spreading: Spreading = ()) -> bool:
-        """Whether a connection's selection streams its items: it selects ``nodes`` or
-        ``edges``, and every one of them carries an active ``@stream``. One unstreamed item
-        list makes the whole page be held, so it is costed (and bounded) as unstreamed."""
-        item_lists = self._item_lists(connection, spreading)
+    def _all_streamed(self, item_lists: list[FieldNode]) -> bool:
+        """Whether a connection's item lists (``_item_lists``) stream its items: there is at
+        least one, and every one carries an active ``@stream``. One unstreamed item list makes
+        the whole page be held, so it is costed (and bounded) as unstreamed."""
         return bool(item_lists) and all(self._streams(field) for field in item_lists)
 
     def _item_lists(

@@ -19,11 +19,11 @@ no error nodes: the hooks that give them contract codes have not run when result
 
 Why the ``resolve`` hook is switched per operation: strawberry turns every extension that
 implements ``resolve`` into graphql-core resolver middleware, and middleware wraps every field of
-every operation and switches off the projection fast path (``gateway.api.projection``). This
-extension reports ``_implements_resolve()`` as False unless its own operation asked for a trace
-(strawberry asks each extension instance after it has the operation's context), so operations
-without the header keep the fast path and pay nothing. With the header, every field runs on the
-normal path, as it must for every field to have a timing.
+every operation and switches off the projection fast path (``gateway.api.projecting_executor``).
+This extension reports ``_implements_resolve()`` as False unless its own operation asked for a
+trace (strawberry asks each extension instance after it has the operation's context), so
+operations without the header keep the fast path and pay nothing. With the header, every field
+runs on the normal path, as it must for every field to have a timing.
 
 The protobuf is written by hand (``ProtoWriter``: varints and length-delimited fields are all
 ``Trace`` needs), so this module depends on nothing new. Field numbers are ``reports.proto``'s.

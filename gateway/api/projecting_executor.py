@@ -198,7 +198,13 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         path: Path,
         position_context: Any = None,
     ) -> Any:
-        if source.__class__ is PhoneNumberConnection:
+        if (
+            source.__class__ is PhoneNumberConnection
+            # the connection's lists, whatever their alias; a resolver middleware must see
+            # every field it wraps, so with one the normal path runs
+            and field_details_list[0].node.name.value in _CONNECTION_LISTS
+            and not (self.middleware_manager is not None and self.middleware_manager.middlewares)
+        ):
             streamed = self._stream(parent_type, source, field_details_list, path)
             if streamed is not None:
                 return streamed
@@ -218,11 +224,8 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         path: Path,
     ) -> list[dict[str, Any]] | None:
         result = source.result
-        field_name = field_details_list[0].node.name.value  # the field, whatever its alias
-        if result.__class__ is not PageResult or field_name not in _CONNECTION_LISTS:
+        if result.__class__ is not PageResult:
             return None
-        if self.middleware_manager is not None and self.middleware_manager.middlewares:
-            return None  # a resolver middleware must see every field it wraps
         assert isinstance(result, PageResult)
         done = self._run_projector(parent_type, field_details_list, path, result)
         if done is None:
@@ -265,12 +268,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         """The initial items of a connection list under an active ``@stream``, its rest
         registered as a stream of projected chunks; None: normal execution does it."""
         result = source.result
-        field_name = field_details_list[0].node.name.value
-        if field_name not in _CONNECTION_LISTS:
-            return None
         if not isinstance(result, PageResult | StreamedPageResult):
-            return None
-        if self.middleware_manager is not None and self.middleware_manager.middlewares:
             return None
         try:
             usage = self.get_stream_usage(field_details_list, path)

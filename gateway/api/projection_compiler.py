@@ -43,7 +43,7 @@ Why the answer is the same
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from typing import Any, Final, Protocol
 
@@ -239,12 +239,9 @@ class ProjectorCompiler:
         guard: list[str] = []
         leaves: dict[str, str] = {}
         entries: list[str] = []
-        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
-            name = details_list[0].node.name.value
-            if name == "__typename":
-                entries.append(f"{response_key!r}: {graphql_type.name!r}")
-                continue
-            field, attribute = self._plain_field(graphql_type, name)
+        for response_key, name, field, attribute, details_list in self._plain_fields(
+            graphql_type, field_details_list, entries
+        ):
             rule = rules.get(attribute)
             if rule is None:
                 raise _NoFastPath  # not projectable: ``_object`` says so
@@ -367,6 +364,23 @@ class ProjectorCompiler:
                 self._check_details(details)
         return grouped
 
+    def _plain_fields(
+        self,
+        graphql_type: GraphQLObjectType,
+        field_details_list: FieldDetailsList,
+        entries: list[str],
+    ) -> Iterator[tuple[str, str, GraphQLField, str, FieldDetailsList]]:
+        """The selected fields of ``graphql_type`` in collected order, as (response key, name,
+        field, Python attribute, details); a ``__typename`` is appended to ``entries`` as its
+        constant in its place instead."""
+        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
+            name = details_list[0].node.name.value
+            if name == "__typename":
+                entries.append(f"{response_key!r}: {graphql_type.name!r}")
+                continue
+            field, attribute = self._plain_field(graphql_type, name)
+            yield response_key, name, field, attribute, details_list
+
     def _plain_field(self, graphql_type: GraphQLObjectType, name: str) -> tuple[GraphQLField, str]:
         """The field and its Python attribute; only fields without their own resolver."""
         field = graphql_type.fields.get(name)
@@ -393,12 +407,9 @@ class ProjectorCompiler:
         getter = f"{source}.get"  # called as a method: faster than a stored bound method
         leaves: dict[str, str] = {}
         entries: list[str] = []
-        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
-            name = details_list[0].node.name.value
-            if name == "__typename":
-                entries.append(f"{response_key!r}: {graphql_type.name!r}")
-                continue
-            field, attribute = self._plain_field(graphql_type, name)
+        for response_key, name, field, attribute, details_list in self._plain_fields(
+            graphql_type, field_details_list, entries
+        ):
             rule = rules.get(attribute)
             if rule is None:
                 raise NotProjectable
@@ -560,12 +571,9 @@ class ProjectorCompiler:
             raise NotProjectable
         cursor: str | None = None
         entries: list[str] = []
-        for response_key, details_list in self._subfields(edge_type, field_details_list).items():
-            name = details_list[0].node.name.value
-            if name == "__typename":
-                entries.append(f"{response_key!r}: {edge_type.name!r}")
-                continue
-            field, attribute = self._plain_field(edge_type, name)
+        for response_key, _, field, attribute, details_list in self._plain_fields(
+            edge_type, field_details_list, entries
+        ):
             if attribute == "cursor":
                 if get_named_type(field.type) is not GraphQLString:
                     raise NotProjectable

@@ -14,17 +14,13 @@ from gateway.api.resolvers import OrgIdArgument
 from gateway.changes.registry import ChangeFeeds
 from gateway.numbers.changes import PhoneNumberChange
 from gateway.numbers.types import FilterArgument
-from gateway.observability.request_facts import client_field
-
-CLIENT_NAME_HEADER = "apollographql-client-name"
+from gateway.observability.request_facts import CLIENT_NAME_HEADER, client_field
 
 
 def client_name(info: strawberry.Info[RequestContext, None]) -> str | None:
     """The caller's client name as it may be logged: the request log's rule (printable,
     bounded), not the raw header."""
-    raw = info.context.request.headers.get(CLIENT_NAME_HEADER)
-    # Starlette decoded the header as latin-1: encoding it back gives the bytes sent.
-    return client_field(raw.encode("latin-1") if raw is not None else None)
+    return client_field(info.context.request.headers.get(CLIENT_NAME_HEADER))
 
 
 def change_feeds(info: strawberry.Info[RequestContext, None]) -> ChangeFeeds:

@@ -65,7 +65,12 @@ from gateway.http.payload_stream import PayloadStream
 from gateway.http.refusals import Refusal
 from gateway.http.stream_limits import NO_CALLER, RETRY_AFTER_SECONDS, OpenStreams
 from gateway.http.stream_styles import SHUTDOWN_ERROR
-from gateway.observability.request_facts import RequestFacts, collecting
+from gateway.observability.request_facts import (
+    CLIENT_NAME_HEADER,
+    RequestFacts,
+    client_field,
+    collecting,
+)
 from gateway.pipeline.source import NumbersSource
 
 log = structlog.get_logger("gateway.http")
@@ -73,7 +78,6 @@ log = structlog.get_logger("gateway.http")
 SUBPROTOCOL: Final = "graphql-transport-ws"
 CONNECTION_INIT_TIMEOUT: Final = 10.0  # seconds (graphql-ws's default)
 KEEP_ALIVE_SECONDS: Final = 12.0
-CLIENT_NAME_HEADER: Final = "apollographql-client-name"
 # Operations one connection may run at once (each also holds a stream or subscription slot
 # of its caller): a client multiplexing more opens another connection.
 MAX_OPERATIONS_PER_CONNECTION: Final = 16
@@ -161,7 +165,7 @@ class _Connection:
         self.operations_run = 0
         self.close_code = 1000
         self.send_lock = asyncio.Lock()
-        self.client_name = websocket.headers.get(CLIENT_NAME_HEADER, "")[:64] or None
+        self.client_name = client_field(websocket.headers.get(CLIENT_NAME_HEADER))
         self._busy = asyncio.Event()  # set while an operation runs
         self._shed = asyncio.Event()  # set when the server needs this connection's slot
 

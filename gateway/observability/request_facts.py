@@ -36,6 +36,8 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Webex tracking ids look like ROUTER_<uuid>; an upstream's header is not trusted further.
 TRACKING_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 CLIENT_FIELD_MAX = 64  # characters kept of apollographql-client-name / -version
+# The header Apollo clients (and routers) name themselves in; logged through ``client_field``.
+CLIENT_NAME_HEADER = "apollographql-client-name"
 OPERATION_NAME_MAX = 128  # characters of an operation name logged
 UPSTREAM_CALLS_LOGGED = 20  # calls detailed in one log line (all are counted)
 # Cache statuses (``PageCache``'s ``CacheEvent.status``) of a page this caller got: from the
@@ -54,12 +56,14 @@ def request_id_from(value: bytes | None) -> str:
     return str(uuid.uuid4())
 
 
-def client_field(value: bytes | None) -> str | None:
+def client_field(value: bytes | str | None) -> str | None:
     """A client-supplied name or version as it may be logged: printable ASCII only, at most
-    ``CLIENT_FIELD_MAX`` characters; None when nothing is left."""
+    ``CLIENT_FIELD_MAX`` characters; None when nothing is left. Raw header bytes, or the text
+    Starlette decoded from them (latin-1, so the same characters)."""
     if value is None:
         return None
-    text = "".join(ch for ch in value.decode("latin-1") if " " <= ch <= "~").strip()
+    raw = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = "".join(ch for ch in raw if " " <= ch <= "~").strip()
     return text[:CLIENT_FIELD_MAX] or None
 
 

@@ -63,12 +63,16 @@ class CallerNumbers:
     """One request's numbers: credentials, ``no-cache``, cache events and the loader."""
 
     def __init__(
-        self, source: NumbersSource, caller: Caller | Unauthenticated, refresh: bool
+        self,
+        source: NumbersSource,
+        caller: Caller | Unauthenticated,
+        refresh: bool,
+        loader: NumbersLoader | None = None,
     ) -> None:
         self._source = source
         self._caller = caller
         self.refresh = refresh
-        self._loader = NumbersLoader(self._fetch).view()
+        self._loader = (loader or NumbersLoader(self._fetch)).view()
         self.cache_events: list[CacheEvent] = self._loader.events
 
     @property
@@ -88,10 +92,7 @@ class CallerNumbers:
         """Another operation of the same request (a batch): the same caller and loader, so
         equal asks across the operations make one upstream call, but cache events of its
         own, so each operation's ``fresh_for`` and ``extensions.cache`` are its own."""
-        shared = CallerNumbers(self._source, self._caller, self.refresh)
-        shared._loader = self._loader.loader.view()
-        shared.cache_events = shared._loader.events
-        return shared
+        return CallerNumbers(self._source, self._caller, self.refresh, self._loader.loader)
 
     @property
     def ttl(self) -> float:
