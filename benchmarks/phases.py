@@ -36,7 +36,7 @@ from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 from gateway.api.context import RequestContext
 from gateway.api.projecting_executor import ProjectingExecutionContext
 from gateway.api.schema import build_schema
-from gateway.app import create_app
+from gateway.app import build_upstream_http, create_app
 from gateway.cli import settle_heap
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.page_cache import PageCache
@@ -103,7 +103,8 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
     }
     async with (
         LifespanManager(app) as manager,
-        httpx.AsyncClient(transport=transport) as upstream_http,
+        # The upstream client as the lifespan builds it (headers, timeouts, no cookie jar).
+        build_upstream_http(settings, transport) as upstream_http,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway.test"
         ) as client,

@@ -59,7 +59,7 @@ async def measure(body: bytes, *, decode: bool) -> int:
         tracemalloc.start()
         tracemalloc.reset_peak()
         base, _ = tracemalloc.get_traced_memory()
-        answer = await client._request(client.numbers_url, None, "Bearer benchmark")
+        answer = await client._request(client.numbers_url, "Bearer benchmark")
         decoded = answer.json() if decode else None
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

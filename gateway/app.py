@@ -50,7 +50,7 @@ from gateway.simulator import (
     create_simulator_control_app,
 )
 from gateway.upstream.breaker import CircuitBreaker
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import NoCookieJar, UpstreamClient
 
 EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
 # With the embedded simulator, a caller who sends no token acts as its demo full admin.
@@ -82,6 +82,8 @@ def build_upstream_http(
         ),
         headers={"Accept": "application/json", "User-Agent": USER_AGENT},
         follow_redirects=False,  # a redirect could carry the caller's token elsewhere
+        # Shared by every caller: a cookie one caller's answer sets must never reach another.
+        cookies=NoCookieJar(),
     )
 
 

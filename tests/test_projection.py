@@ -515,10 +515,15 @@ def test_fast_path_answers_like_normal_execution() -> None:
 # -- examples ---------------------------------------------------------------------------------
 
 
+def simulator_items(count: int) -> list[Any]:
+    """Realistic items: the simulator's, well-formed as the upstream sends nearly all."""
+    world = build_demo_world(size=max(count, 50), seed=11)
+    return [dict(entry.payload) for entry in world.demo_org.entries][:count]
+
+
 def demo_items(count: int) -> list[Any]:
     """Realistic items (the simulator's) with a few malformed ones among them."""
-    world = build_demo_world(size=max(count, 50), seed=11)
-    items: list[Any] = [dict(entry.payload) for entry in world.demo_org.entries]
+    items = simulator_items(max(count, 50))
     items[1]["state"] = "SOMETHING_NEW"
     items[2]["location"] = "not an object"
     items[3]["owner"] = {"type": "PEOPLE", "firstName": "No", "lastName": "Id"}
@@ -550,6 +555,40 @@ async def test_a_full_page_of_2000_is_the_same_on_both_paths() -> None:
         assert elins
         assert any(node["owner"] and node["owner"]["elinExpiryTime"] for node in elins)
         assert pair.stats.projected == 2  # nodes and edges, both projected
+
+
+async def test_well_formed_items_take_the_guard_and_a_malformed_one_the_per_value_path() -> None:
+    # Equal answers do not show which path built them: the stats do. A guard that stopped
+    # matching well-formed items would leave every answer the same, only slower. A time set
+    # (``elinExpiryTime``) never reads as itself, so it is left out here and counted below.
+    selection = EVERY_FIELD.replace(" elinExpiryTime", "")
+    assert selection != EVERY_FIELD
+    query = f"{{ phoneNumbers(page: {{first: 500}}) {{ nodes {{ {selection} }} }} }}"
+    async with side_by_side() as pair:
+        pair.upstream.items = simulator_items(500)
+        await pair.both(query)
+        assert (pair.stats.projected, pair.stats.fallbacks) == (1, 0)
+        assert (pair.stats.guarded_items, pair.stats.per_value_items) == (500, 0)
+
+        pair.upstream.items[317] = {**pair.upstream.items[317], "mainNumber": "true"}
+        answer = await pair.both(query)
+        assert orjson.loads(answer)["data"]["phoneNumbers"]["nodes"][317]["mainNumber"] is True
+        assert (pair.stats.projected, pair.stats.fallbacks) == (2, 0)
+        assert (pair.stats.guarded_items, pair.stats.per_value_items) == (500 + 499, 1)
+
+        # Edges have no guard: each one is read value by value.
+        await pair.both("{ phoneNumbers(page: {first: 500}) { edges { cursor node { esn } } } }")
+        assert (pair.stats.guarded_items, pair.stats.per_value_items) == (999, 1 + 500)
+
+        # Exactly the items whose owner has a time set take the per-value path for it.
+        pair.upstream.items = simulator_items(500)
+        timed = sum(
+            1 for item in pair.upstream.items if (item.get("owner") or {}).get("elinExpiryTime")
+        )
+        assert timed > 0
+        await pair.both(query.replace(selection, EVERY_FIELD))
+        assert pair.stats.guarded_items == 999 + 500 - timed
+        assert pair.stats.per_value_items == 501 + timed
 
 
 async def test_the_fast_path_is_used_for_root_and_entity_lists() -> None:
@@ -716,6 +755,19 @@ def test_the_compiler_projects_upstream_items_without_an_executor() -> None:
     assert projector(page) == [  # type: ignore[arg-type]
         {"__typename": "PhoneNumber", "number": "+1", "state": "ACTIVE"}
     ]
+
+
+def test_a_projection_counts_the_items_read_value_by_value() -> None:
+    projector = compiled_nodes("phoneNumber mainNumber")
+    assert projector is not None
+    items = [{"phoneNumber": "+1", "mainNumber": True}, {"phoneNumber": 5, "mainNumber": False}]
+    page = SimpleNamespace(page=SimpleNamespace(items=items))
+    projection = projector.project(page)  # type: ignore[arg-type]
+    assert projection.items == [
+        {"phoneNumber": "+1", "mainNumber": True},
+        {"phoneNumber": "5", "mainNumber": False},
+    ]
+    assert projection.per_value == 1  # the number that is not text
 
 
 def test_the_compiler_declines_a_field_with_its_own_resolver() -> None:

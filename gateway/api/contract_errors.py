@@ -119,15 +119,16 @@ def contract_payload(
     Transports call this on every payload after the first, before formatting it."""
     for entry in (*(frame.incremental or ()), *(frame.completed or ())):
         if entry.errors:
-            entry.errors = _contract_errors(entry.errors, context)
+            entry.errors = contract_errors(entry.errors, context)
     return frame
 
 
-def _contract_errors(
+def contract_errors(
     errors: list[GraphQLError], context: object | None, validated: frozenset[int] = frozenset()
 ) -> list[GraphQLError]:
     """``errors`` as contract errors (``validated``: ids of those validation reported),
-    without suggestions in production, each counted by code."""
+    without suggestions in production, each counted by code (``ContractErrors``, the later
+    payloads of a stream and operation plans)."""
     rewritten = [
         to_contract_error(error, validation_error=id(error) in validated) for error in errors
     ]
@@ -158,6 +159,6 @@ class ContractErrors(SchemaExtension):
         result = self.execution_context.result
         if result is None or not result.errors:
             return
-        result.errors = _contract_errors(
+        result.errors = contract_errors(
             result.errors, self.execution_context.context, self._validation_errors
         )

@@ -58,6 +58,17 @@ def upstream_pages(first: int, upstream_page_size: int) -> int:
     return max(1, -(-first // upstream_page_size))
 
 
+def chosen_operation(
+    document: DocumentNode, operation_name: str | None
+) -> OperationDefinitionNode | None:
+    """The operation that would run: the one named ``operation_name``, or the document's
+    only one; None when none can be chosen (the request then fails on its own)."""
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [op for op in operations if op.name and op.name.value == operation_name]
+    return operations[0] if len(operations) == 1 else None
+
+
 def operation_variables(
     operation: OperationDefinitionNode, variables: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -234,10 +245,8 @@ def operation_cost(
 ) -> int | None:
     """The cost of the operation that would run, or None when none can be chosen (the
     request then fails on its own, before execution)."""
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if operation_name is not None:
-        operations = [op for op in operations if op.name and op.name.value == operation_name]
-    if len(operations) != 1:
+    operation = chosen_operation(document, operation_name)
+    if operation is None:
         return None
     estimate = CostEstimate(
         document,
@@ -247,7 +256,7 @@ def operation_cost(
         max_stream_items=max_stream_items,
         incremental=incremental,
     )
-    return estimate.operation(operations[0])
+    return estimate.operation(operation)
 
 
 def cost_limiter(

@@ -7,8 +7,8 @@ no spread of a fragment the document does not define, no fragment cycle, no frag
 past ``MAX_EXPANDED_FIELDS``), so every later walk (``fragment_walk``) is bounded;
 ``root_field_limit()`` is a validation rule bounding root fields, so a wide operation cannot
 fan out upstream calls;
-``stream_arguments()`` refuses a negative ``@stream(initialCount:)``, literal or variable, as
-``BAD_USER_INPUT`` before execution;
+``stream_arguments()`` refuses a negative ``@stream(initialCount:)``, literal or variable, in
+the operation that will run, as ``BAD_USER_INPUT`` before execution;
 ``as_limit()`` makes a validation rule's errors limit errors (``BAD_USER_INPUT``), so they are
 not taken for the document's own mistakes (``GRAPHQL_VALIDATION_FAILED``).
 """
@@ -25,10 +25,11 @@ from graphql import (
     ASTValidationRule,
     DirectiveNode,
     DocumentNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
     OperationDefinitionNode,
     ValidationRule,
-    VariableNode,
     Visitor,
     parse,
     value_from_ast_untyped,
@@ -37,7 +38,9 @@ from graphql import (
 from graphql.validation import ASTValidationContext
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 
+from gateway.api.cost import chosen_operation, operation_variables
 from gateway.api.fragment_walk import (
+    Fragments,
     expanded_field_count,
     fragment_cycle,
     fragment_definitions,
@@ -186,32 +189,23 @@ def parsed_documents() -> type[SchemaExtension]:
 
 
 def negative_initial_count(
-    document: DocumentNode, variables: dict[str, Any] | None
+    document: DocumentNode, operation_name: str | None, variables: dict[str, Any] | None
 ) -> GraphQLError | None:
     """The refusal of an ``@stream`` whose ``initialCount`` (a literal, or a variable sent or
     defaulted) is negative: graphql-core would fail on it mid-execution, as an internal
-    error. Other wrong types are the validator's and the variables' coercion's to report."""
-    values = variables or {}
-    defaults = {
-        definition.variable.name.value: definition.default_value
-        for operation in document.definitions
-        if isinstance(operation, OperationDefinitionNode)
-        for definition in operation.variable_definitions or ()
-    }
-    for directive in _stream_directives(document):
+    error. Only the operation that will run counts (``cost.chosen_operation``), with its
+    own variables' defaults (``cost.operation_variables``): another operation of the document
+    may declare the same variable with another default, or stream a list it never runs.
+    Other wrong types are the validator's and the variables' coercion's to report."""
+    operation = chosen_operation(document, operation_name)
+    if operation is None:
+        return None  # no operation can be chosen: the request fails on its own
+    values = operation_variables(operation, variables)
+    for directive in _stream_directives(operation, fragment_definitions(document)):
         for argument in directive.arguments or ():
             if argument.name.value != "initialCount":
                 continue
-            node = argument.value
-            if isinstance(node, VariableNode):
-                name = node.name.value
-                if name in values:
-                    count = values[name]
-                else:
-                    default = defaults.get(name)
-                    count = value_from_ast_untyped(default) if default is not None else None
-            else:
-                count = value_from_ast_untyped(node)
+            count = value_from_ast_untyped(argument.value, values)  # Undefined if not set
             if isinstance(count, int) and not isinstance(count, bool) and count < 0:
                 return GraphQLError(
                     f"@stream(initialCount: {count}) is negative; send 0 or more.",
@@ -221,16 +215,30 @@ def negative_initial_count(
     return None
 
 
-def _stream_directives(document: DocumentNode) -> Iterator[DirectiveNode]:
+def _stream_directives(
+    operation: OperationDefinitionNode, fragments: Fragments
+) -> list[DirectiveNode]:
+    """The ``@stream`` directives ``operation`` reaches, in the fragments it spreads too
+    (each fragment visited once, however often it is spread)."""
     collected: list[DirectiveNode] = []
+    pending: list[OperationDefinitionNode | FragmentDefinitionNode] = [operation]
+    reached: set[str] = set()
 
     class Collect(Visitor):
         def enter_directive(self, node: DirectiveNode, *_: Any) -> None:
             if node.name.value == "stream":
                 collected.append(node)
 
-    visit(document, Collect())
-    return iter(collected)
+        def enter_fragment_spread(self, node: FragmentSpreadNode, *_: Any) -> None:
+            name = node.name.value
+            if name not in reached and name in fragments:
+                reached.add(name)
+                pending.append(fragments[name])
+
+    collect = Collect()
+    while pending:
+        visit(pending.pop(), collect)
+    return collected
 
 
 def stream_arguments() -> type[SchemaExtension]:
@@ -246,7 +254,9 @@ def stream_arguments() -> type[SchemaExtension]:
                 and not context.pre_execution_errors
                 and "@stream" in (context.query or "")
             ):
-                refused = negative_initial_count(document, context.variables)
+                refused = negative_initial_count(
+                    document, context.operation_name, context.variables
+                )
                 if refused is not None:
                     context.pre_execution_errors = [refused]
             yield

@@ -21,8 +21,9 @@ follow it and the OpenTelemetry GraphQL conventions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from graphql import GraphQLError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -80,19 +81,18 @@ class OperationObserver(SchemaExtension):
 
     def _record(self, facts: RequestFacts) -> None:
         execution = self.execution_context
-        name = execution.operation_name
-        facts.operation_name = name[:OPERATION_NAME_MAX] if name else None
         try:
-            facts.operation_type = execution.operation_type.value
+            operation_type: str | None = execution.operation_type.value
         except RuntimeError:  # no document, or no operation by that name
-            facts.operation_type = None
+            operation_type = None
         result = execution.result
-        for error in (result.errors if result is not None else None) or ():
-            code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR.value)
-            facts.add_error_codes([str(code)])
-        context = execution.context
-        if isinstance(context, RequestContext):
-            facts.cache.extend(f"{e.status}:{e.tier}" for e in context.numbers.cache_events)
+        record_operation(
+            facts,
+            operation_name=execution.operation_name,
+            operation_type=operation_type,
+            errors=result.errors if result is not None else None,
+            context=execution.context,
+        )
         span = self._span
         if span is not None:
             kind = facts.operation_type or "operation"
@@ -105,3 +105,22 @@ class OperationObserver(SchemaExtension):
                 span.set_attribute("graphql.error_codes", facts.error_codes)
                 span.set_status(Status(StatusCode.ERROR, ", ".join(facts.error_codes)))
             span.end()
+
+
+def record_operation(
+    facts: RequestFacts,
+    *,
+    operation_name: str | None,
+    operation_type: str | None,
+    errors: Iterable[GraphQLError] | None,
+    context: object,
+) -> None:
+    """What one operation leaves in the request's facts: its name and type, its errors'
+    codes, what the cache did (``OperationObserver`` and operation plans)."""
+    facts.operation_name = operation_name[:OPERATION_NAME_MAX] if operation_name else None
+    facts.operation_type = operation_type
+    for error in errors or ():
+        code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR.value)
+        facts.add_error_codes([str(code)])
+    if isinstance(context, RequestContext):
+        facts.cache.extend(f"{e.status}:{e.tier}" for e in context.numbers.cache_events)

@@ -84,6 +84,7 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from gateway.api.projection_compiler import (
     INCLUSION_DIRECTIVES,
     CannotProject,
+    Projection,
     Projector,
     compile_projector,
 )
@@ -114,6 +115,13 @@ class ProjectionStats:
     failures: int = 0  # lists whose projector raised unexpectedly (a bug; logged)
     streamed: int = 0  # lists under @stream delivered a projected chunk at a time
     chunks: int = 0  # chunks of streamed lists projected after the initial payload
+    guarded_items: int = 0  # items built straight from values the well-formed guard passed
+    per_value_items: int = 0  # items read value by value (failed the guard, or none emitted)
+
+    def count_items(self, projection: Projection) -> None:
+        """Count a projected page's items by the path they took (once per page)."""
+        self.per_value_items += projection.per_value
+        self.guarded_items += len(projection.items) - projection.per_value
 
 
 class ProjectorCache:
@@ -248,7 +256,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             if projector is None:
                 stats.declined += 1
                 return None
-            return projector, projector(page)
+            projection = projector.project(page)
         except CannotProject:
             stats.fallbacks += 1
             return None
@@ -257,6 +265,8 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             stats.failures += 1
             log.exception("projection_failed", path=path.as_list())
             return None
+        stats.count_items(projection)
+        return projector, projection.items
 
     def _stream(
         self,
@@ -309,7 +319,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
         async def complete(chunk: PageResult, index: int) -> list[WorkResult]:
             try:
-                projected = projector(chunk)
+                projection = projector.project(chunk)
             except Exception as failure:
                 if not isinstance(failure, CannotProject):
                     stats.failures += 1
@@ -317,7 +327,8 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 stats.fallbacks += 1
             else:
                 stats.chunks += 1
-                return [_stream_item(item) for item in projected]
+                stats.count_items(projection)
+                return [_stream_item(item) for item in projection.items]
             info = self.build_resolve_info(
                 field_def, [d.node for d in field_details_list], parent_type, path
             )

@@ -15,7 +15,9 @@ What is compiled
     schema's enum type once, at compile time). ``__typename`` is a constant. A ``nodes`` list
     first tries each item with one guard that every value it reads already reads as itself
     (``_fast_path``) and builds the response dict straight from those values; an item failing
-    the guard goes through the per-value code above, unchanged.
+    the guard goes through the per-value code above, unchanged. A projector says how many of
+    a page's items took the per-value code (``Projection.per_value``), counted on that path
+    only, so a guard that stopped matching well-formed items is seen, not just slower.
 
 Why the answer is the same
     * A selection is projectable only when every field in it is a plain field in the tables or
@@ -45,7 +47,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from graphql import (
     GraphQLBoolean,
@@ -75,8 +77,30 @@ from gateway.numbers.reader import (
 )
 from gateway.numbers.types import PhoneNumberEdge
 
-# A compiled selection: a page's upstream items to the list's response dicts.
-Projector = Callable[[PageResult], list[dict[str, Any]]]
+
+class Projection(NamedTuple):
+    """A projected page: the list's response dicts, and how many of them the per-value code
+    read (items failing the well-formed guard; every item where the selection has no guard,
+    as ``edges`` and selections the guard cannot cover). Counted on the per-value path only,
+    so the executor's stats show a fast path silently no longer taken, at no cost to an item
+    the guard passes."""
+
+    items: list[dict[str, Any]]
+    per_value: int
+
+
+class Projector:
+    """A compiled selection: called on a page, its response dicts; ``project`` also says how
+    many items took the per-value path."""
+
+    __slots__ = ("project",)
+
+    def __init__(self, project: Callable[[PageResult], Projection]) -> None:
+        self.project = project
+
+    def __call__(self, result: PageResult) -> list[dict[str, Any]]:
+        return self.project(result).items
+
 
 # The strawberry definition a GraphQL type or field was built from (its converter's backref).
 _DEFINITION: Final = "strawberry-definition"
@@ -178,12 +202,19 @@ class ProjectorCompiler:
             self._check_details(details)
         _field_definition(field)  # the list's own resolver may have extensions too
         item_type = _list_item_type(field.type)
+        projection = self._bind(Projection, "projection")
         self._line(0, "def project(result):")
         self._line(1, "out = []")
         self._line(1, "append = out.append")
+        # Every item takes the per-value code unless a guard is emitted, which counts those
+        # that fail it (one increment on the slow path only).
+        per_value = "len(out)"
         if field_name == "nodes":
+            self._line(1, "per_value = 0")
             self._line(1, "for item in result.page.items:")
-            self._fast_path(item_type, field_details_list)
+            if self._fast_path(item_type, field_details_list):
+                self._line(2, "per_value += 1")
+                per_value = "per_value"
             entry = self._object(item_type, self.root_table, field_details_list, "item", 2)
         else:
             self._line(1, "cursor = result.cursor")
@@ -192,7 +223,7 @@ class ProjectorCompiler:
             self._line(2, "position += 1")
             entry = self._edge(item_type, field_details_list, "item", 2)
         self._line(2, f"append({entry})")
-        self._line(1, "return out")
+        self._line(1, f"return {projection}(out, {per_value})")
         # Everything bound becomes a keyword default: a local (LOAD_FAST) in the item loop.
         bound = ", ".join(f"{name}={name}" for name in self.namespace)
         self.lines[0] = f"def project(result, *, {bound}):"
@@ -201,30 +232,31 @@ class ProjectorCompiler:
         # The source is generated from the schema's own names and repr() literals, never
         # from request text, and runs in a namespace holding only what it binds.
         exec(code, self.namespace)  # noqa: S102
-        projector: Projector = self.namespace["project"]
-        return projector
+        return Projector(self.namespace["project"])
 
     # -- the well-formed item ------------------------------------------------------------------
 
     def _fast_path(
         self, item_type: GraphQLObjectType, field_details_list: FieldDetailsList
-    ) -> None:
+    ) -> bool:
         """Emit, ahead of the per-value reading, one guard that every value the selection reads
         already has the form its rule reads as itself (a non-empty str for text, a bool for a
         flag, a known enum value, a dict for an object, null only where the rule keeps null),
         and then the response dict straight from those values. An item failing the guard, or
         one whose enum value is unhashable (``in`` raises ``TypeError``), is read by the rules
-        below as before. Selections with a field the guard cannot cover get no fast path."""
+        below as before. Selections with a field the guard cannot cover get no fast path
+        (False)."""
         try:
             guard, entry = self._fast_object(item_type, self.root_table, field_details_list, "item")
         except _NoFastPath:
-            return
+            return False
         self._line(2, "try:")
         self._line(3, f"if {' and '.join(guard) or 'True'}:")
         self._line(4, f"append({entry})")
         self._line(4, "continue")
         self._line(2, "except TypeError:")
         self._line(3, "pass")
+        return True
 
     def _fast_object(
         self,

@@ -23,6 +23,7 @@ from gateway.api.document_guards import limit_rules, parsed_documents, stream_ar
 from gateway.api.federated_trace import FederatedTrace
 from gateway.api.federation import DEFAULT_MAX_ENTITIES, ENTITY_TYPES, GatewaySchema
 from gateway.api.operation_observer import OperationObserver
+from gateway.api.operation_plans import CostLimits, OperationPlans
 from gateway.api.projecting_executor import projecting_execution_context
 from gateway.api.resolvers import Query
 from gateway.api.subscriptions import Subscription
@@ -38,7 +39,17 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     # FederatedTrace before ContractErrors, so its trace carries the contract errors.
     extensions: list[Any] = [OperationObserver, FederatedTrace, ContractErrors, CacheReport]
     production = settings is not None and settings.production
+    plans = None
     if settings is not None:
+        plans = OperationPlans(
+            CostLimits(
+                max_cost=settings.max_cost,
+                max_page_size=settings.max_page_size,
+                max_entities=settings.max_entities,
+                max_stream_items=settings.max_stream_items,
+                report=not production,
+            )
+        )
         # Factories, not instances: strawberry builds fresh extensions per operation.
         extensions += [
             partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
@@ -64,6 +75,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
                 report=not production,
             ),
             stream_arguments(),  # a negative @stream initialCount: BAD_USER_INPUT
+            # Last: its on_execute is entered only once every check above has passed.
+            plans.recorder(),
         ]
     if production:
         extensions.append(DisableIntrospection)
@@ -79,6 +92,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
             enable_experimental_incremental_execution=True,
         ),
         max_entities=settings.max_entities if settings is not None else DEFAULT_MAX_ENTITIES,
+        # A document that passed every check runs again without the extensions' machinery.
+        plans=plans,
         # Lists of phone numbers are projected from the upstream items by a function compiled
         # once per document, instead of completed leaf by leaf (api/projecting_executor.py).
         execution_context_class=projecting_execution_context(),

@@ -42,9 +42,10 @@ from gateway.http.graphql_request import GraphQLParams
 from gateway.http.incremental_payloads import PayloadWriter, merged_answer
 from gateway.http.payload_stream import PayloadStream
 from gateway.http.refusals import Refusal
-from gateway.http.reuse import ResponseReuse
+from gateway.http.reuse import ResponseReuse, count_reused
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import current_facts
+from gateway.pipeline.caller import Caller
 from gateway.pipeline.source import CallerNumbers, NumbersSource
 from gateway.settings import Settings
 
@@ -88,6 +89,10 @@ class Answer:
     # The weak ``ETag`` of ``body`` when it is known already (a stored answer); None: the
     # style computes it if it needs one.
     etag: str | None = None
+    # The stored answer a repeat of the call looks up (it was reused, or kept for repeats):
+    # ``repeat_answers`` remembers it to answer the next identical request. None: a repeat
+    # would not be looked up (errors, no-cache, a cache report, an APQ registration).
+    reuse_key: str | None = None
 
 
 class OperationRunner:
@@ -142,19 +147,20 @@ class OperationRunner:
         )
         # A registration (the document with its APQ hash) is executed, never reused: only
         # an upstream verdict during this very operation may register it (``register``).
-        if reuse_key is not None and not call.refresh and register_as is None:
-            stored = reuse.get(reuse_key)
+        # The key a repeat of this very call looks its answer up by (``repeat_answers``).
+        lookup_key = reuse_key if not call.refresh and register_as is None else None
+        if lookup_key is not None:
+            stored = reuse.get(lookup_key)
             if stored is not None:
-                self.metrics.responses_reused.inc()
-                facts = current_facts()
-                if facts is not None:  # the request's log line and metrics, as if executed
-                    facts.attempted = facts.executed = True
-                    facts.operation_name = stored.operation_name
-                    facts.operation_type = stored.operation_type
-                    facts.cache.append("reused:answer")
-                return Answer(stored.body, fresh_for=stored.fresh_for, etag=stored.etag)
+                count_reused(stored, self.metrics)
+                return Answer(
+                    stored.body,
+                    fresh_for=stored.fresh_for,
+                    etag=stored.etag,
+                    reuse_key=lookup_key,
+                )
 
-        context = self._context(call)
+        context = self._context(call, caller=caller)
         result = await self._execute(call, document, context)
         payload, rejected = result_payload(result)
         if register_as is not None and not rejected:
@@ -172,7 +178,7 @@ class OperationRunner:
                 identity,
                 (facts.operation_name, facts.operation_type) if facts else (None, None),
             )
-        return Answer(body, fresh_for=fresh_for)
+        return Answer(body, fresh_for=fresh_for, reuse_key=lookup_key)
 
     async def wants_stream(self, call: OperationCall, *, json_preferred: bool = False) -> bool:
         """Whether the operation is one a streamed response serves better (``@defer``,
@@ -298,10 +304,17 @@ class OperationRunner:
         return result
 
     def _context(
-        self, call: OperationCall, *, incremental_delivery: bool = False
+        self,
+        call: OperationCall,
+        *,
+        incremental_delivery: bool = False,
+        caller: Caller | None = None,
     ) -> RequestContext:
+        """``caller``: the caller ``run`` already identified (its HMAC is not made twice)."""
         source: NumbersSource = call.connection.state.numbers
-        numbers = call.numbers or source.for_caller(call.authorization, refresh=call.refresh)
+        numbers = call.numbers or source.for_caller(
+            call.authorization, refresh=call.refresh, caller=caller
+        )
         return RequestContext(
             request=call.connection,
             settings=self.settings,

@@ -50,13 +50,24 @@ class NumbersSource:
         # Under the cache's secret, so a caller's identity and its cache keys agree.
         self.callers = Callers(cache.secret, default_authorization)
 
-    def for_caller(self, authorization: str | None, *, refresh: bool = False) -> CallerNumbers:
-        """One request's view. ``authorization`` is the header exactly as sent."""
+    def for_caller(
+        self,
+        authorization: str | None,
+        *,
+        refresh: bool = False,
+        caller: Caller | None = None,
+    ) -> CallerNumbers:
+        """One request's view. ``authorization`` is the header exactly as sent; ``caller``,
+        when the request already identified it (``callers.known(authorization)``), so its
+        HMAC is not computed twice. None: identified here, and a header that names nobody
+        makes each field that reads numbers fail with the reason."""
+        if caller is not None:
+            return CallerNumbers(self, caller, refresh)
         try:
-            caller: Caller | Unauthenticated = self.callers.identify(authorization)
+            identified: Caller | Unauthenticated = self.callers.identify(authorization)
         except Unauthenticated as refused:
-            caller = refused  # each field that reads numbers fails with it, nothing else
-        return CallerNumbers(self, caller, refresh)
+            identified = refused  # each field that reads numbers fails with it, nothing else
+        return CallerNumbers(self, identified, refresh)
 
 
 class CallerNumbers:

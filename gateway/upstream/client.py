@@ -13,6 +13,11 @@ fault, and tracking ids are echoed only when they look like tracking ids. Slots 
 fairly between callers (``slots``), and only the upstream's own failures count against it in
 the circuit breaker: a deadline that passes while waiting for a local slot or a backoff is the
 gateway's congestion, not the upstream's.
+
+The shared client serves every caller, so it must keep no state between them: its cookie jar
+is a ``NoCookieJar`` (a ``Set-Cookie`` in one caller's answer would otherwise be sent with the
+next caller's request). A request's URL is built once per ``Fetch`` (``upstream_url``), never
+re-parsed from parameters on the way out.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import urllib.request
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
+from http.cookiejar import Cookie, CookieJar
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -54,9 +62,42 @@ RATE_LIMIT_STATUSES = frozenset({423, 429})
 DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
 _MESSAGE_LIMIT = 300
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a 2,000-item page is about 1 MB
+# URLs built from a ``Fetch``, kept per client: a repeated ``Fetch`` (the same filter and window,
+# asked by another caller, again once its cache entry is gone, or with caching off) reuses its URL.
+_KEPT_URLS = 256
 
 log = structlog.get_logger("gateway.upstream")
 T = TypeVar("T")
+
+
+class NoCookieJar(CookieJar):
+    """A cookie jar that never keeps a cookie, for the one ``httpx.AsyncClient`` all callers
+    share: a ``Set-Cookie`` in caller A's answer must never travel with caller B's request.
+
+    Why a jar and not a flag: httpx 0.28 has no switch to turn cookies off, and the client
+    copies any ``httpx.Cookies`` it is given into a plain jar, but it takes a ``CookieJar``
+    as it is (``Cookies(jar).jar is jar``) and does all its cookie work through the jar's two
+    standard entry points. Both refuse here, so the jar stays empty whatever httpx calls:
+    nothing is stored (``extract_cookies`` returns at once, without parsing ``Set-Cookie``
+    headers, which also saves that work on every answer) and so nothing is ever sent (an
+    empty jar adds no ``Cookie`` header, and httpx does not even merge it into a request).
+    """
+
+    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
+        return None
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return None
+
+
+def query_string(params: Iterable[tuple[str, str]]) -> str:
+    """The query string httpx sends for ``params`` (``URL.copy_merge_params``): repeated
+    names grouped where the name first appears, as ``httpx.QueryParams`` keeps them, and
+    form-encoded by ``urlencode`` (a space as ``+``, ``+`` and ``&`` escaped)."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in params:
+        grouped.setdefault(name, []).append(value)
+    return urlencode([(name, value) for name, values in grouped.items() for value in values])
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +230,15 @@ class UpstreamClient:
         self.breaker = breaker
         self.clock = clock
         self.slots = FairSlots(concurrency, per_caller or concurrency)
+        self._numbers_prefix = f"{self.numbers_url}?"
+        # Per client (its base URL), bounded; a hit skips encoding and parsing the URL.
+        self.upstream_url = lru_cache(maxsize=_KEPT_URLS)(self._upstream_url)
+
+    def _upstream_url(self, fetch: Fetch) -> httpx.URL:
+        """The URL asking for ``fetch``, byte for byte what httpx would build from
+        ``fetch.upstream_params()``: encoded once and parsed once, with no round trip through
+        ``QueryParams`` (``parse_qs`` of the empty query, a merge, an encode, a re-parse)."""
+        return httpx.URL(self._numbers_prefix + query_string(fetch.upstream_params()))
 
     async def fetch(self, fetch: Fetch, authorization: str, *, caller: str) -> UpstreamPage:
         """Run one fetch to completion within the deadline, or raise an ``UpstreamError``.
@@ -218,8 +268,7 @@ class UpstreamClient:
         first = Fetch(
             fetch.query, PageWindow(fetch.window.start, min(wanted, page_size)), fetch.details
         )
-        url = self.numbers_url.copy_merge_params(tuple(first.upstream_params()))
-        params: list[tuple[str, str]] | None = None
+        url = self.upstream_url(first)
         # Shared by the pages' exchanges: a ``next`` link back to any page is a fault.
         visited = {str(url)}
         opened: list[Exchange] = []
@@ -230,7 +279,7 @@ class UpstreamClient:
 
         collected = 0
         while True:
-            body, next_url = await self._exchange(partial(self._get, url, params), opening)
+            body, next_url = await self._exchange(partial(self._get, url), opening)
             page_items, count = read_numbers_body(body)
             page_items = page_items[: wanted - collected]
             collected += len(page_items)
@@ -238,9 +287,7 @@ class UpstreamClient:
             yield UpstreamPage(items=page_items, count=count, has_more=more)
             if not more or next_url is None:
                 return
-            url, params = self._next_request(
-                next_url, fetch, collected, opened[-1], page_size=page_size
-            )
+            url = self._next_request(next_url, fetch, collected, opened[-1], page_size=page_size)
 
     async def _exchange(
         self,
@@ -295,19 +342,18 @@ class UpstreamClient:
         wanted = fetch.window.size if fetch.window is not None else 1
         # The first URL with its query, built once: what is sent (httpx would merge the
         # parameters into a new URL again) and how the page is known among those visited.
-        url = self.numbers_url.copy_merge_params(tuple(fetch.upstream_params()))
-        params: list[tuple[str, str]] | None = None
+        url = self.upstream_url(fetch)
         items: list[dict[str, Any]] = []
         count: dict[str, Any] | None = None
         exchange.visited.add(str(url))
         while True:
-            body, next_url = await self._get(url, params, exchange)
+            body, next_url = await self._get(url, exchange)
             page_items, page_count = read_numbers_body(body)
             count = count if count is not None else page_count
             items.extend(page_items)
             if fetch.window is None or len(items) >= wanted or not page_items or not next_url:
                 break
-            url, params = self._next_request(next_url, fetch, len(items), exchange)
+            url = self._next_request(next_url, fetch, len(items), exchange)
         has_more = len(items) > wanted or (bool(next_url) and bool(page_items))
         return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
 
@@ -319,7 +365,7 @@ class UpstreamClient:
         exchange: Exchange,
         *,
         page_size: int | None = None,
-    ) -> tuple[httpx.URL, list[tuple[str, str]] | None]:
+    ) -> httpx.URL:
         """Follow the upstream's ``next`` link exactly, unless it is unsafe or malformed.
 
         The caller's token must never leave for another origin, so a link to anywhere but
@@ -354,24 +400,22 @@ class UpstreamClient:
             link_max = decimal_value(url.params.get("max"))
             if page_size is not None and (link_max is None or link_max > page_size):
                 url = url.copy_set_param("max", str(page_size))
-            return url, None
+            return url
         log.warning("upstream_next_link_ignored", reason="unsafe or malformed next link")
         left = fetch.window.size - collected
         size = left if page_size is None else min(left, page_size)
         remaining = PageWindow(fetch.window.start + collected, size)
         rest = Fetch(query=fetch.query, window=remaining, details=False)
-        return self.numbers_url, rest.upstream_params()
+        return self.upstream_url(rest)
 
-    async def _get(
-        self, url: httpx.URL, params: list[tuple[str, str]] | None, exchange: Exchange
-    ) -> tuple[Any, str | None]:
+    async def _get(self, url: httpx.URL, exchange: Exchange) -> tuple[Any, str | None]:
         """One upstream request with retries; returns the JSON body and the next link."""
         attempt = 0
         while True:
             attempt += 1
             failure: UpstreamError
             try:
-                answer = await self._send(url, params, exchange)
+                answer = await self._send(url, exchange)
             except httpx.TimeoutException:
                 failure = UpstreamTimeout("The upstream did not answer in time.")
                 wait = self.retry.backoff(attempt)
@@ -406,9 +450,7 @@ class UpstreamClient:
         when = scope.when()
         return when is None or asyncio.get_running_loop().time() + wait < when
 
-    async def _send(
-        self, url: httpx.URL, params: list[tuple[str, str]] | None, exchange: Exchange
-    ) -> UpstreamAnswer:
+    async def _send(self, url: httpx.URL, exchange: Exchange) -> UpstreamAnswer:
         metrics = self.metrics
         if metrics is not None:
             metrics.upstream_waiting.inc()
@@ -423,7 +465,7 @@ class UpstreamClient:
                 outcome = "error"
                 exchange.on_the_wire = True
                 try:
-                    answer = await self._request(url, params, exchange.authorization)
+                    answer = await self._request(url, exchange.authorization)
                     outcome = str(answer.status)
                     return answer
                 finally:
@@ -435,15 +477,10 @@ class UpstreamClient:
             if waiting and metrics is not None:
                 metrics.upstream_waiting.dec()
 
-    async def _request(
-        self, url: httpx.URL, params: list[tuple[str, str]] | None, authorization: str
-    ) -> UpstreamAnswer:
+    async def _request(self, url: httpx.URL, authorization: str) -> UpstreamAnswer:
         # Only the caller's credentials travel upstream; no other caller header does.
         async with self.http.stream(
-            "GET",
-            url,
-            params=tuple(params) if params is not None else None,
-            headers={"Authorization": authorization},
+            "GET", url, headers={"Authorization": authorization}
         ) as response:
             content = await self._read_bounded(response)
             return UpstreamAnswer(
