@@ -12,13 +12,21 @@ from the layers above it, not even for type checking.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import strawberry
-from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    SelectionSetNode,
+    VariableNode,
+)
 
 from gateway.numbers.query import EntityKey
 
@@ -507,36 +515,71 @@ def caller_numbers(info: strawberry.Info[ContextT, None]) -> RequestNumbers:
     return info.context.numbers
 
 
-def selected(selections: Iterable[Selection], names: frozenset[str]) -> Iterator[SelectedField]:
-    """The fields named ``names`` selected directly or through fragments."""
-    for selection in selections:
-        if isinstance(selection, SelectedField):
-            if selection.name in names:
-                yield selection
-        else:
-            yield from selected(selection.selections, names)
+@dataclass(slots=True)
+class ConnectionAsks:
+    """What a ``phoneNumbers`` field selects of its connection that changes how it is read
+    (``connection_asks`` fills it in)."""
+
+    item_lists: int = 0  # ``nodes`` and ``edges`` fields, directly or through fragments
+    streamed_lists: int = 0  # of those, under an active ``@stream``
+    total_count: bool = False
+    page_info: bool = False
+
+    @property
+    def streams_items(self) -> bool:
+        """Whether the items are delivered with ``@stream``: every ``nodes`` or ``edges``
+        field is under an active ``@stream`` (the rule ``api.cost`` prices by). One list
+        without it holds the page whole, so the page is bounded as an unstreamed one."""
+        return self.item_lists > 0 and self.streamed_lists == self.item_lists
 
 
-def streams_items(selections: Iterable[Selection]) -> bool:
-    """Whether a connection's items are delivered with ``@stream``: it selects ``nodes`` or
-    ``edges``, each under an active ``@stream`` (the rule ``api.cost`` prices by). One list
-    without it holds the page whole, so the page is bounded as an unstreamed one."""
-    item_lists = list(selected(selections, _ITEM_LISTS))
-    return bool(item_lists) and all(
-        "stream" in field.directives and field.directives["stream"].get("if") is not False
-        for field in item_lists
-    )
+def connection_asks(info: strawberry.Info[ContextT, None]) -> ConnectionAsks:
+    """What the field's first node selects on its connection, directly or through fragments
+    (``@skip``/``@include`` not applied, as strawberry's ``selected_fields``). Read from the
+    document's own nodes: only the connection's level is walked, where ``selected_fields``
+    would build objects for the whole subtree on every request."""
+    raw = info._raw_info  # strawberry's Info exposes no public accessor for the nodes
+    asks = ConnectionAsks()
+    _walk_connection(raw.field_nodes[0].selection_set, raw.fragments, info.variable_values, asks)
+    return asks
 
 
-def selects(selections: Iterable[Selection], name: str) -> bool:
-    """Whether ``name`` is selected directly or through fragments."""
-    for selection in selections:
-        if isinstance(selection, SelectedField) and selection.name == name:
-            return True
-        if isinstance(selection, FragmentSpread | InlineFragment) and selects(
-            selection.selections, name
-        ):
-            return True
+def _walk_connection(
+    selection_set: SelectionSetNode | None,
+    fragments: Mapping[str, FragmentDefinitionNode],
+    variables: Mapping[str, Any],
+    asks: ConnectionAsks,
+) -> None:
+    for node in selection_set.selections if selection_set is not None else ():
+        if isinstance(node, FieldNode):
+            name = node.name.value
+            if name in _ITEM_LISTS:
+                asks.item_lists += 1
+                asks.streamed_lists += _under_active_stream(node, variables)
+            elif name == "totalCount":
+                asks.total_count = True
+            elif name == "pageInfo":
+                asks.page_info = True
+        elif isinstance(node, InlineFragmentNode):
+            _walk_connection(node.selection_set, fragments, variables, asks)
+        elif isinstance(node, FragmentSpreadNode):
+            fragment = fragments[node.name.value]
+            _walk_connection(fragment.selection_set, fragments, variables, asks)
+
+
+def _under_active_stream(field: FieldNode, variables: Mapping[str, Any]) -> bool:
+    """``@stream`` on the field and its ``if`` not false (a variable read as sent, an
+    unknown or null one counting as not false, as strawberry's directive values read)."""
+    for directive in field.directives or ():
+        if directive.name.value != "stream":
+            continue
+        for argument in directive.arguments or ():
+            if argument.name.value == "if":
+                value = argument.value
+                if isinstance(value, VariableNode):
+                    return variables.get(value.name.value) is not False
+                return getattr(value, "value", None) is not False
+        return True
     return False
 
 
@@ -550,14 +593,14 @@ async def numbers_connection(
 ) -> PhoneNumberConnection:
     """What every ``phoneNumbers`` field answers, root or entity: one page of the query, or
     with ``@stream`` on its items a window walked while the client takes it."""
-    selections = info.selected_fields[0].selections
-    asks_stream = streams_items(selections)
+    asks = connection_asks(info)
+    asks_stream = asks.streams_items
     # Merged into one JSON body (``RequestContext.incremental_delivery`` False), a streamed
     # list would be held whole: bounded as unstreamed. A context that does not say executes
     # the stream itself (``schema.stream`` in tests), so it streams.
     streamed = asks_stream and getattr(info.context, "incremental_delivery", True)
     # A streamed window answers pageInfo before its walk ends: from the upstream's total.
-    total = selects(selections, "totalCount") or (streamed and selects(selections, "pageInfo"))
+    total = asks.total_count or (streamed and asks.page_info)
     result = await caller_numbers(info).phone_numbers(
         org_id,
         flt,
