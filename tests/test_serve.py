@@ -3,6 +3,7 @@ its serving options as flags, refuses bad ones in one line, and drains on SIGTER
 
 from __future__ import annotations
 
+import gc
 import re
 import signal
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.cli import main
+from gateway.cli import YOUNG_COLLECTION_THRESHOLD, main, settle_heap
 from tests.processes import gateway_process, simulator_process
 
 COUNTS = "query Counts { numberCounts { total } }"
@@ -167,3 +168,17 @@ def test_serve_bounds_connections_and_request_heads() -> None:
             for connection in held:
                 connection.close()
         assert httpx.get(f"{server.origin}/healthz", timeout=10).status_code == 200
+
+
+def test_settling_the_heap_freezes_what_was_built_and_widens_the_young_generation() -> None:
+    """``serve`` settles the heap once the app is built: what exists is frozen out of the
+    collector's reach, and young collections come every ``YOUNG_COLLECTION_THRESHOLD``
+    allocations (the older generations' thresholds kept)."""
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
