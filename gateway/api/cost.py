@@ -42,6 +42,7 @@ from graphql import (
 from graphql.pyutils import Undefined
 from strawberry.extensions import SchemaExtension
 
+from gateway.api.directive_hints import STREAM_DIRECTIVE
 from gateway.api.fragment_walk import Spreading, fragment_definitions, selected_fields
 from gateway.errors import ErrorCode
 from gateway.numbers.arguments import DEFAULT_PAGE_SIZE, page_ceiling
@@ -293,7 +294,7 @@ def cost_limiter(
                 if self.cost is not None and self.cost > max_cost:
                     hint = (
                         ""
-                        if incremental or "@stream" not in (context.query or "")
+                        if incremental or STREAM_DIRECTIVE.search(context.query or "") is None
                         else " Lists under @stream count their upstream calls, not their "
                         "items, only when the response streams: accept multipart/mixed or "
                         "text/event-stream."

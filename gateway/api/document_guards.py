@@ -39,6 +39,7 @@ from graphql.validation import ASTValidationContext
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 
 from gateway.api.cost import chosen_operation, operation_variables
+from gateway.api.directive_hints import STREAM_DIRECTIVE
 from gateway.api.fragment_walk import (
     Fragments,
     expanded_field_count,
@@ -252,7 +253,7 @@ def stream_arguments() -> type[SchemaExtension]:
             if (
                 document is not None
                 and not context.pre_execution_errors
-                and "@stream" in (context.query or "")
+                and STREAM_DIRECTIVE.search(context.query or "") is not None
             ):
                 refused = negative_initial_count(
                     document, context.operation_name, context.variables

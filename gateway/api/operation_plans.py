@@ -25,8 +25,9 @@ It declines (None: ``schema.execute`` runs the operation as always) whenever an 
 do something a plan does not reproduce: tracing on (the operation's parse and validate spans),
 a federated trace asked for, a context that is not a request's or delivers incrementally, an
 operation type the transport does not allow (the refusal is strawberry's), a cost over the
-limit for these variables (the refusal is ``OperationCost``'s), a document with ``@defer`` or
-``@stream`` (never planned). ``tests/test_operation_plans.py`` compares both paths byte for byte,
+limit for these variables (the refusal is ``OperationCost``'s). Only queries are planned, and
+never a document with ``@defer`` or ``@stream`` anywhere (read from the parsed document, so
+``@ defer`` counts too). ``tests/test_operation_plans.py`` compares both paths byte for byte,
 fact for fact and metric for metric over random documents, variables and headers.
 """
 
@@ -51,6 +52,7 @@ from gateway.api.cache_report import cache_extensions
 from gateway.api.context import RequestContext
 from gateway.api.contract_errors import contract_errors
 from gateway.api.cost import operation_cost
+from gateway.api.directive_hints import uses_incremental_delivery
 from gateway.api.document_guards import PARSED_BYTES_PER_CHARACTER
 from gateway.api.operation_observer import record_operation
 from gateway.observability.request_facts import current_facts
@@ -58,8 +60,6 @@ from gateway.observability.request_facts import current_facts
 # What the plans may hold, in bytes of memory as the parse cache estimates a parsed document
 # (a plan shares its tree with the parse cache's entry while both hold it).
 PLAN_CACHE_BYTES: Final = 16 * 1024 * 1024
-# Documents that could deliver incrementally are never planned: ``run`` answers whole results.
-_INCREMENTAL_DIRECTIVES: Final = ("@defer", "@stream")
 
 PlanKey = tuple[str, str | None]  # the document's text, the operationName sent
 
@@ -111,8 +111,14 @@ class OperationPlans:
         operation_name: str | None,
         operation_type: OperationType,
     ) -> None:
-        """Keep the plan of an operation that passed every check (``PlanRecorder``)."""
-        if any(directive in query for directive in _INCREMENTAL_DIRECTIVES):
+        """Keep the plan of an operation that passed every check (``PlanRecorder``). Only
+        queries are planned (``execute`` runs nothing else over HTTP), and never a document
+        that may deliver incrementally, however its directives are spelled."""
+        key = (query, provided_name)
+        with self._guard:
+            if key in self._plans:
+                return  # learned already (this run took the extensions' path: tracing, ftv1)
+        if operation_type is not OperationType.QUERY or uses_incremental_delivery(document):
             return
         operation = _operation(document, operation_name)
         if operation is None:
@@ -125,7 +131,7 @@ class OperationPlans:
             return
         plan = OperationPlan(document, operation_name, operation_type, fixed_cost, size)
         with self._guard:
-            self._plans[(query, provided_name)] = plan
+            self._plans[key] = plan
 
     def recorder(self) -> type[SchemaExtension]:
         """The schema extension that learns plans; listed with the schema's extensions."""

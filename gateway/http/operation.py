@@ -36,6 +36,7 @@ from gateway.api.contract_errors import (
     contract_payload,
     to_contract_error,
 )
+from gateway.api.directive_hints import INCREMENTAL_DIRECTIVE
 from gateway.errors import ErrorCode
 from gateway.http.document_policy import DocumentPolicy
 from gateway.http.graphql_request import GraphQLParams
@@ -53,8 +54,7 @@ log = structlog.get_logger("gateway.http")
 
 _OPERATION_KEYWORD = re.compile(r"\b(?:query|mutation|subscription)\b")
 # A document that may deliver incrementally or is a subscription: worth a streamed response.
-_STREAMING_HINT = re.compile(r"@(?:defer|stream)\b|\bsubscription\b")
-_INCREMENTAL_HINT = re.compile(r"@(?:defer|stream)\b")
+_SUBSCRIPTION_HINT = re.compile(r"\bsubscription\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ class OperationRunner:
                 "the graphql-transport-ws WebSocket on this path.",
                 legacy_status=200,
             )
-        if _INCREMENTAL_HINT.search(document):
+        if INCREMENTAL_DIRECTIVE.search(document):
             # Asked for as one JSON result: the directives are hints, the payloads merged.
             return await self._merged(call, document, register_as)
 
@@ -192,7 +192,10 @@ class OperationRunner:
         )
         if json_preferred:
             return _is_subscription(document, params.operation_name)
-        return _STREAMING_HINT.search(document) is not None
+        return (
+            INCREMENTAL_DIRECTIVE.search(document) is not None
+            or _SUBSCRIPTION_HINT.search(document) is not None
+        )
 
     async def stream(
         self, call: OperationCall, *, subscriptions: bool = True
