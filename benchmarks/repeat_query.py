@@ -1,10 +1,13 @@
 """Target (c): over HTTP, caching on, a repeated 50-item query, against a bare Starlette app
-returning the same bytes. Prints both servers' requests per second from one run and the ratio
-beside its target (>= 0.5x).
+returning the same bytes. Prints both servers' requests per second and their CPU time per
+request (read from /proc: what a loaded, shared machine disturbs least), each the median of
+``--rounds`` rounds run alternately, and the ratios beside the target (>= 0.5x).
 
 Both servers run as their own processes on loopback ports; the load comes from `wrk` (Debian's
 package) when it is installed, else from an httpx loop (which then caps both figures, so the
-ratio is flattered: install wrk). Run by hand: `python benchmarks/repeat_query.py`.
+ratio is flattered: install wrk). ``--previous PATH`` adds a gateway served from another
+source tree (``git archive HEAD gateway | tar -x -C PATH``), measured in the same rounds:
+before and after, side by side. Run by hand: `python benchmarks/repeat_query.py`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ QUERY = (
 )
 HEADERS = {"Authorization": "Bearer demo-admin", "Apollo-Require-Preflight": "1"}
 TARGET = 0.5
+FLOOR = "bare Starlette (floor)"
 
 BARE_APP = """
 import sys
@@ -71,15 +75,16 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not start")
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     for name, value in HEADERS.items():
         args += ["-H", f"{name}: {value}"]
     output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if found is None:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    count = re.search(r"(\d+) requests in", output)
+    if rate is None or count is None:
         raise SystemExit(f"could not read wrk's output:\n{output}")
-    return float(found.group(1))
+    return float(rate.group(1)), int(count.group(1))
 
 
 async def python_load(url: str, seconds: int, connections: int) -> float:
@@ -99,40 +104,73 @@ async def python_load(url: str, seconds: int, connections: int) -> float:
 
 
 def measure(url: str, seconds: int, connections: int) -> float:
+    """Requests per second after a warm-up (``peer_gateway`` measures with this too)."""
+    load(url, 2, connections)
+    return load(url, seconds, connections)[0]
+
+
+def load(url: str, seconds: int, connections: int) -> tuple[float, int]:
+    """Requests per second, and how many were answered."""
     if shutil.which("wrk"):
-        wrk(url, 2, connections)  # warm-up
         return wrk(url, seconds, connections)
-    asyncio.run(python_load(url, 2, connections))
-    return asyncio.run(python_load(url, seconds, connections))
+    rate = asyncio.run(python_load(url, seconds, connections))
+    return rate, int(rate * seconds)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def shown(values: list[float], unit: str, digits: int = 0) -> str:
+    if not values:
+        return "n/a"
+    low, high = min(values), max(values)
+    return f"{median(values):,.{digits}f} {unit} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--previous", type=Path, help="a source tree to measure beside this one")
     args = parser.parse_args()
-    gateway_port, bare_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env |= {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_MAX_IN_FLIGHT": "100000"}
-    binary = REPO / ".venv" / "bin" / "numbers-gateway"
+    trees = {"numbers-gateway": REPO} | ({"previous tree": args.previous} if args.previous else {})
     processes: list[subprocess.Popen[bytes]] = []
+    urls: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            gateway = subprocess.Popen(
-                [str(binary), "serve", "--port", str(gateway_port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            processes.append(gateway)
-            query_url = str(
-                httpx.URL(f"http://127.0.0.1:{gateway_port}/graphql", params={"query": QUERY})
-            )
-            wait_ready(query_url, gateway)
-            body = httpx.get(query_url, headers=HEADERS, timeout=30).content
+            for name, tree in trees.items():
+                port = free_port()
+                gateway = subprocess.Popen(
+                    [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+                    env=env | {"PYTHONPATH": str(tree)},
+                    cwd=tree,  # ``-m`` puts the working directory first on the path
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                processes.append(gateway)
+                url = str(httpx.URL(f"http://127.0.0.1:{port}/graphql", params={"query": QUERY}))
+                wait_ready(url, gateway)
+                urls[name] = (url, gateway)
+            body = httpx.get(urls["numbers-gateway"][0], headers=HEADERS, timeout=30).content
             assert b'"errors"' not in body, body[:300]
+            for url, _ in urls.values():
+                assert httpx.get(url, headers=HEADERS, timeout=30).content == body
             body_file = Path(scratch) / "answer.json"
             body_file.write_bytes(body)
+            bare_port = free_port()
             bare = subprocess.Popen(
                 [sys.executable, "-c", BARE_APP, str(bare_port), str(body_file)],
                 stdout=subprocess.DEVNULL,
@@ -142,8 +180,18 @@ def main() -> None:
             bare_url = f"http://127.0.0.1:{bare_port}/graphql"
             wait_ready(bare_url, bare)
             assert httpx.get(bare_url).content == body
-            ours = measure(query_url, args.duration, args.connections)
-            floor = measure(bare_url, args.duration, args.connections)
+            urls[FLOOR] = (bare_url, bare)
+            rates: dict[str, list[float]] = {name: [] for name in urls}
+            costs: dict[str, list[float]] = {name: [] for name in urls}
+            for _ in range(args.rounds):  # alternately, so a busy moment slows all alike
+                for name, (url, process) in urls.items():
+                    load(url, 2, args.connections)  # warm-up
+                    before = cpu_seconds(process.pid)
+                    rate, answered = load(url, args.duration, args.connections)
+                    after = cpu_seconds(process.pid)
+                    rates[name].append(rate)
+                    if before is not None and after is not None and answered:
+                        costs[name].append((after - before) / answered * 1e6)
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -151,12 +199,21 @@ def main() -> None:
     loader = "wrk" if shutil.which("wrk") else "httpx (install wrk for honest figures)"
     print(
         f"repeated 50-item query ({len(body)} bytes), caching on, {loader}, "
-        f"{args.connections} connections, {args.duration} s each, {os.cpu_count()} cores"
+        f"{args.connections} connections, {args.rounds} rounds of {args.duration} s, "
+        f"{os.cpu_count()} cores; medians (ranges)"
     )
-    print(f"  numbers-gateway         {ours:9.0f} req/s")
-    print(f"  bare Starlette (floor)  {floor:9.0f} req/s")
-    verdict = "met" if ours / floor >= TARGET else "NOT met"
-    print(f"  ratio {ours / floor:.2f}x   target >= {TARGET}x   {verdict}")
+    for name in urls:
+        print(
+            f"  {name:24s} {shown(rates[name], 'req/s'):34s} {shown(costs[name], 'us CPU/req', 1)}"
+        )
+    floor_rate, floor_cost = median(rates[FLOOR]), costs[FLOOR] and median(costs[FLOOR])
+    for name in trees:
+        ratio = median(rates[name]) / floor_rate
+        verdict = "met" if ratio >= TARGET else "NOT met"
+        line = f"  {name}: ratio {ratio:.2f}x by req/s"
+        if costs[name] and floor_cost:
+            line += f", {floor_cost / median(costs[name]):.2f}x by CPU per request"
+        print(f"{line}   target >= {TARGET}x   {verdict}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def test_serve_announces_its_url_once_bound_and_honours_the_serving_flags() -> N
         announced = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/numbers/graphql", server.url)
         assert announced is not None
         assert int(announced[1]) > 0
+        # Served on the loop uvicorn chooses (uvloop, installed with uvicorn[standard]), not
+        # the asyncio loop ``asyncio.run`` would have made.
+        [listening] = server.events("gateway_listening")
+        assert listening["event_loop"] == "uvloop"
         # The proxy strips the prefix; the app routes and logs the path it knows.
         response = httpx.post(
             f"{server.origin}/graphql",
@@ -138,6 +142,7 @@ def test_workers_share_the_port_and_stop_on_sigterm() -> None:
     with gateway_process("--workers", "2") as server:
         [listening] = server.events("gateway_listening")
         assert listening["workers"] == 2
+        assert listening["event_loop"] == "uvloop"  # installed with uvicorn[standard]
         for _ in range(4):
             response = httpx.post(server.url, json={"query": COUNTS}, timeout=30)
             assert response.status_code == 200

@@ -72,16 +72,24 @@ class GatewayMiddleware:
         await self.limited(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        head = request_head(scope)
-        if (
+        if self.needs_no_layer(scope, request_head(scope)):
+            await self.app(scope, receive, partial(_send_plain, send))
+            return
+        await self.layers(scope, receive, send)
+
+    def needs_no_layer(self, scope: Scope, head: RequestHead) -> bool:
+        """No ``Origin``, nothing to compress, no body and nothing CSRF refuses: only the
+        ``Vary`` of ``plain_vary`` is added to the response."""
+        return (
             head.get(b"origin") is None
             and not self._compresses(head)
             and head.has_no_body(scope)
             and (self.csrf is None or self.csrf.allows(scope, head))
-        ):
-            await self.app(scope, receive, partial(_send_plain, send))
-            return
-        await self.layers(scope, receive, send)
+        )
+
+    def at_capacity(self) -> bool:
+        """Whether the in-flight bound turns the next request away (503)."""
+        return self.limited.in_flight >= self.limited.max_in_flight
 
     def _compresses(self, head: RequestHead) -> bool:
         """Whether ``Accept-Encoding`` lets the compression layer pick a coding."""
@@ -104,10 +112,7 @@ async def _send_plain(send: Send, message: Message) -> None:
     if message["type"] == "http.response.start":
         headers = list(message.get("headers", ()))
         found = [index for index, (name, _) in enumerate(headers) if name == b"vary"]
-        vary = ", ".join([*(headers[index][1].decode("latin-1") for index in found), "Origin"])
-        if "accept-encoding" not in vary.lower():
-            vary += ", Accept-Encoding"
-        entry = (b"vary", vary.encode("latin-1"))
+        entry = (b"vary", plain_vary([headers[index][1] for index in found]))
         if found:
             for index in reversed(found[1:]):
                 del headers[index]
@@ -116,3 +121,12 @@ async def _send_plain(send: Send, message: Message) -> None:
             headers.append(entry)
         message["headers"] = headers
     await send(message)
+
+
+def plain_vary(values: list[bytes]) -> bytes:
+    """The one ``Vary`` a response with ``Vary`` headers ``values`` goes out with when it
+    needed no layer (``_send_plain``)."""
+    vary = ", ".join([*(value.decode("latin-1") for value in values), "Origin"])
+    if "accept-encoding" not in vary.lower():
+        vary += ", Accept-Encoding"
+    return vary.encode("latin-1")

@@ -54,11 +54,8 @@ class JsonBodyStyle:
             # A stored answer brings the ETag computed when it was stored.
             etag = etag or weak_etag(body)
             headers["ETag"] = etag
-            if cacheable_for is not None and cacheable_for >= 1 and status == 200:
-                headers["Cache-Control"] = f"private, max-age={math.floor(cacheable_for)}"
-            else:
-                headers["Cache-Control"] = "private, no-cache"
-            if status == 200 and _matches(_if_none_match(request), etag):
+            headers["Cache-Control"] = cache_control(status, cacheable_for)
+            if status == 200 and etag_matches(_if_none_match(request), etag):
                 return Response(status_code=304, headers=headers)
         return Response(
             body,
@@ -73,7 +70,15 @@ def _if_none_match(request: Request) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
+def cache_control(status: int, cacheable_for: float | None) -> str:
+    """A GET answer's ``Cache-Control``: cacheable while every entry it used stays fresh."""
+    if cacheable_for is not None and cacheable_for >= 1 and status == 200:
+        return f"private, max-age={math.floor(cacheable_for)}"
+    return "private, no-cache"
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weakly, or by ``*``): then 304."""
     if not if_none_match:
         return False
     if if_none_match.strip() == "*":

@@ -120,21 +120,22 @@ class RequestLogMiddleware:
                 if span is not None:
                     _end_server_span(span, response.status, facts)
                 try:
-                    self._record(scope, route, facts, response.status, elapsed, probe)
+                    self.record(scope["method"], route, facts, response.status, elapsed, probe)
                 finally:
                     if in_flight is not None:
                         in_flight.dec()
                     structlog.contextvars.reset_contextvars(**tokens)
 
-    def _record(
+    def record(
         self,
-        scope: Scope,
+        method: str,
         route: str,
         facts: RequestFacts,
         status: int,
         elapsed: float,
-        probe: bool,
+        probe: bool = False,
     ) -> None:
+        """The request's log line and HTTP and GraphQL metrics (also ``repeat_answers``'s)."""
         series = self._series.get((route, status))
         if series is None:
             series = self._series[route, status] = (
@@ -145,7 +146,7 @@ class RequestLogMiddleware:
         series[1].observe(elapsed)
         line: dict[str, Any] = {
             "requestId": facts.request_id,
-            "method": scope["method"],
+            "method": method,
             "route": route,
             "status": status,
             "durationMs": round(elapsed * 1000, 1),

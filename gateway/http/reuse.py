@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.request_facts import RequestFacts, current_facts
 from gateway.pipeline.local_tier import LocalTier
 
 
@@ -36,6 +38,21 @@ def weak_etag(body: bytes) -> str:
     """The weak ``ETag`` of an answer's bytes (what a GET carries and ``If-None-Match``
     names)."""
     return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def count_reused(
+    stored: StoredAnswer, metrics: GatewayMetrics, facts: RequestFacts | None = None
+) -> None:
+    """A request answered with ``stored``: the reuse metric, and the request's facts (its log
+    line and operation metrics; ``facts``, else the current request's) as if the operation
+    had executed. The one rule for the runner's lookup and for ``repeat_answers``."""
+    metrics.responses_reused.inc()
+    facts = facts if facts is not None else current_facts()
+    if facts is not None:
+        facts.attempted = facts.executed = True
+        facts.operation_name = stored.operation_name
+        facts.operation_type = stored.operation_type
+        facts.cache.append("reused:answer")
 
 
 class ResponseReuse:

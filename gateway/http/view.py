@@ -42,6 +42,7 @@ from gateway.http.negotiation import (
 )
 from gateway.http.operation import Answer, OperationCall, OperationRunner
 from gateway.http.refusals import Refusal
+from gateway.http.repeat_answers import RepeatPlan, leave_plan
 from gateway.http.request_head import request_head
 from gateway.http.response_style import ResponseStyle
 from gateway.http.router_access import ROUTER_SECRET_HEADER, is_router
@@ -52,6 +53,7 @@ from gateway.http.stream_styles import (
     StreamedResponse,
     early_refusal,
 )
+from gateway.observability.request_facts import current_facts
 from gateway.pipeline.source import NumbersSource
 
 # Request header asking for ``extensions.cache`` (what each upstream ask was served from).
@@ -136,6 +138,8 @@ class GraphQLView:
             answer = await self.runner.run(call)
         except Refusal as refusal:
             return style.refused(refusal, request)
+        if answer.reuse_key is not None and request.method == "GET":
+            _leave_plan(request, answer.reuse_key, style.media_type)
         return style.answered(answer, request)
 
     async def _streamed(
@@ -211,6 +215,20 @@ def _header(request: Request, name: bytes) -> str | None:
     arrived; the only layer that rewrites headers (compression, ``Accept-Encoding``)
     touches none read here."""
     return _text(request_head(request.scope).get(name))
+
+
+def _leave_plan(request: Request, reuse_key: str, media_type: str) -> None:
+    """How this GET was answered (``JsonBodyStyle``, in ``media_type``), for
+    ``repeat_answers`` to answer its repeats the same way."""
+    facts = current_facts()
+    leave_plan(
+        request.scope,
+        RepeatPlan(
+            reuse_key=reuse_key,
+            content_type=f"{media_type}; charset=utf-8".encode("latin-1"),
+            trusted_document=facts is not None and facts.trusted_document,
+        ),
+    )
 
 
 def _accepts_sse(request: Request) -> bool:
