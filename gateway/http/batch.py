@@ -58,9 +58,13 @@ async def run_batch(
             calls.append(replace(call, numbers=numbers.sharing()))
     operations = [_facts_like(request_facts) for _ in calls]
     await _hold_to_budget(runner, calls, operations)
-    outcomes = await asyncio.gather(
-        *(_run_one(runner, call, facts) for call, facts in zip(calls, operations, strict=True))
-    )
+    try:
+        outcomes = await asyncio.gather(
+            *(_run_one(runner, call, facts) for call, facts in zip(calls, operations, strict=True))
+        )
+    finally:
+        if numbers is not None:  # every operation is done with the shared loader's pages
+            numbers.release()
     if request_facts is not None:
         for facts in operations:
             _fold(request_facts, facts)

@@ -161,7 +161,11 @@ class OperationRunner:
                 )
 
         context = self._context(call, caller=caller)
-        result = await self._execute(call, document, context)
+        try:
+            result = await self._execute(call, document, context)
+        finally:
+            if call.numbers is None:  # made for this call alone (a batch releases its own)
+                context.numbers.release()
         payload, rejected = result_payload(result)
         if register_as is not None and not rejected:
             await documents.register(register_as, document, identity)

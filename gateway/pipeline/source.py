@@ -13,6 +13,7 @@ through the same loader and cache, the rest walked as the client takes it.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from functools import partial
 from typing import Literal, overload
 
 from gateway.errors import Unauthenticated
@@ -83,7 +84,10 @@ class CallerNumbers:
         self._source = source
         self._caller = caller
         self.refresh = refresh
-        self._loader = (loader or NumbersLoader(self._fetch)).view()
+        # The loader fetches through a function of the source, caller and refresh, not a
+        # method of this object: it would make the two a reference cycle.
+        fetch_page = partial(_fetch_through_cache, source, caller, refresh)
+        self._loader = (loader or NumbersLoader(fetch_page)).view()
         self.cache_events: list[CacheEvent] = self._loader.events
 
     @property
@@ -205,18 +209,35 @@ class CallerNumbers:
     async def _load_fresh(self, ask: Fetch) -> UpstreamPage:
         """``ask`` answered by the upstream now (the cache refreshed, never read): a long
         stream's first chunk, whose total must be of the walk's moment (``open_stream``)."""
-        page, event = await self._fetch(ask, True)
+        page, event = await _fetch_through_cache(
+            self._source, self._caller, self.refresh, ask, True
+        )
         self.cache_events.append(event)
         return page
 
-    async def _fetch(self, fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
-        caller = self.caller
-        cache = self._source.cache
-        upstream = self._source.upstream
-        page, event = await cache.get_or_fetch(
-            cache_key(cache.secret, caller.identity, fetch),
-            lambda: upstream.fetch(fetch, caller.authorization, caller=caller.identity),
-            owner=caller.identity,
-            refresh=self.refresh or refresh,
-        )
-        return page, event
+    def release(self) -> None:
+        """The request is done reading numbers: its loader forgets the pages it loaded, so
+        they are freed with the answer rather than by a garbage collection (``NumbersLoader.
+        clear``). Every operation sharing the loader must be done (a batch releases once)."""
+        self._loader.loader.clear()
+
+
+async def _fetch_through_cache(
+    source: NumbersSource,
+    caller: Caller | Unauthenticated,
+    view_refresh: bool,
+    fetch: Fetch,
+    refresh: bool,
+) -> tuple[UpstreamPage, CacheEvent]:
+    """One upstream ask of a request's loader, through the page cache under the caller's key."""
+    if isinstance(caller, Unauthenticated):
+        raise Unauthenticated(caller.message)
+    cache = source.cache
+    upstream = source.upstream
+    page, event = await cache.get_or_fetch(
+        cache_key(cache.secret, caller.identity, fetch),
+        lambda: upstream.fetch(fetch, caller.authorization, caller=caller.identity),
+        owner=caller.identity,
+        refresh=view_refresh or refresh,
+    )
+    return page, event
