@@ -171,9 +171,7 @@ async def pair(**overrides: Any) -> AsyncIterator[Pair]:
             http, base_url=UPSTREAM, deadline=30, retry=RetryPolicy(max_attempts=1)
         )
         source = NumbersSource(client, PageCache(ttl=0), max_page_size=settings.max_page_size)
-        yield Pair(
-            gateway(settings, plans=True), gateway(settings, plans=False), upstream, source
-        )
+        yield Pair(gateway(settings, plans=True), gateway(settings, plans=False), upstream, source)
 
 
 # Variables the random documents do not declare, of the wrong type, or missing: coercion
