@@ -458,3 +458,35 @@ def test_a_batch_answers_byte_for_byte_as_one_entity_at_a_time() -> None:
             runner.run(stack.aclose())
     # Not vacuous: some batches were answered by a walk, with fewer calls than one by one.
     assert any(saved > 0 for saved in pair.walked), pair.walked
+
+
+async def test_a_walk_with_malformed_entries_answers_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the projection property test: an entry whose ``phoneNumber`` is an object
+    made the walk's repeat check raise ``TypeError`` (unhashable), and every entity of the
+    batch answered INTERNAL_SERVER_ERROR. Upstream data is untrusted: such an entry is data."""
+    monkeypatch.setattr(entity_batches, "WALK_PAGE_SIZE", 2)
+    listed = [
+        {"phoneNumber": {}, "owner": {"id": "a"}},
+        {"phoneNumber": ["x"], "extension": {"n": 1}, "owner": {"id": "b"}},
+        {"phoneNumber": "x3", "owner": {"id": "b"}},
+    ]
+
+    async def fetch_page(fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
+        assert fetch.window is not None
+        owner = dict(fetch.query.params).get("ownerId")
+        if owner is not None:
+            items = [item for item in listed if item["owner"]["id"] == owner]
+            return UpstreamPage(items, {"total": len(items)}, False), CacheEvent("miss", "upstream")
+        start, end = fetch.window.start, fetch.window.start + fetch.window.size
+        page = UpstreamPage(listed[start:end], {"total": len(listed)}, end < len(listed))
+        return page, CacheEvent("miss", "upstream")
+
+    answered = await answer_calls(_members("a", "b"), fetch_page)
+    got = {
+        call.query.params[0][1]: found.outcome.items
+        for call, found in answered.items()
+        if isinstance(found.outcome, UpstreamPage)
+    }
+    assert got == {"a": listed[:1], "b": listed[1:]}

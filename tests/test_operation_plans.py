@@ -310,3 +310,18 @@ async def test_tracing_and_federated_traces_take_the_extensions_path() -> None:
         with collecting(facts):
             await gateway.schema.execute(query, context_value=context)
         assert plans.runs == 1
+
+
+async def test_a_plan_is_keyed_by_the_operation_name_as_sent() -> None:
+    """A plan is found under the ``operationName`` the request sent (strawberry keeps it
+    privately: were it renamed, every plan would be keyed under None and named requests would
+    never find theirs)."""
+    async with pair() as both:
+        plans = both.planned.schema.plans
+        for name in ("B", "B", "A", "A"):
+            await both.both(CHOICES, {"n": 2}, operation_name=name)
+        assert plans.runs == 2, "the second run of each named operation is its plan's"
+        single = "query Only { phoneNumbers { totalCount } }"
+        for name in (None, None, "Only", "Only"):
+            await both.both(single, None, operation_name=name)
+        assert plans.runs == 4, "unnamed and named requests each find the plan they taught"

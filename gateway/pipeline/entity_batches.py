@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway.numbers.arguments import FILTER_PARAMETERS
+from gateway.numbers.changes import entry_identity
 from gateway.numbers.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 from gateway.numbers.reader import read_total
 from gateway.pipeline.page_cache import CacheEvent
@@ -257,13 +258,12 @@ def _cached(event: CacheEvent) -> bool:
 
 
 def _repeats(items: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether an entry appears twice: pages that overlap (entries shifted between them)."""
-    seen: set[tuple[Any, Any, Any]] = set()
+    """Whether an entry appears twice: pages that overlap (entries shifted between them).
+    Entries are named as the change feed names them (``entry_identity``), which reads only
+    text: a malformed value (an object where a number belongs) is data, never a key."""
+    seen: set[str] = set()
     for item in items:
-        # A number is unique; an extension is unique within its location.
-        location = item.get("location")
-        location_id = location.get("id") if isinstance(location, Mapping) else None
-        identity = (item.get("phoneNumber"), item.get("extension"), location_id)
+        identity = entry_identity(item)
         if identity in seen:
             return True
         seen.add(identity)
