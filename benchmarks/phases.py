@@ -187,7 +187,7 @@ def print_breakdown(size: int, medians: dict[str, float], http_ms: float | None 
         "decode": "decode (orjson.loads)",
         "project": "project (compiled projector)",
         "encode": "encode (orjson.dumps)",
-        "graphql": "GraphQL overhead (strawberry, extensions)",
+        "graphql": "GraphQL overhead (execution, resolver, plan)",
         "middleware": "middleware + view (ASGI, in process)",
     }
     for phase in PHASES:

@@ -1,17 +1,18 @@
 """Operation plans: a document that has passed every check runs again without strawberry's
 per-request extension machinery, with the same answer, facts, metrics and errors.
 
-strawberry builds its ten extensions afresh for every operation and enters their parse,
-validate and execute hooks as context managers, even when parsing and validation are cached
-(``parsed_documents``, ``ValidationCache``) and most hooks do nothing for the document: about
-a third of ``schema.execute`` for a 50-item page (issue 22). graphql-jit's idea, one level up:
-once an operation of a document has parsed, validated and passed the limits, what that proved
-is kept as an ``OperationPlan`` (the parsed document, the chosen operation's name and type, its
-cost when no variable can change it), keyed by the document's text and the ``operationName``
-sent. ``PlanRecorder`` (a schema extension) learns plans from the ``on_execute`` hook, which
-strawberry enters only after every parse, validation and limit check has passed; ``run``
-executes a planned operation with graphql-core's executor and the schema's execution context
-(so the projection fast path is the same), then does exactly what the extensions would have:
+strawberry builds the schema's extensions (eleven with the plan recorder) afresh for every
+operation and enters their parse, validate and execute hooks as context managers, even when
+parsing and validation are cached (``parsed_documents``, ``ValidationCache``) and most hooks do
+nothing for the document: about a third of ``schema.execute`` for a 50-item page (issue 22).
+graphql-jit's idea, one level up: once an operation of a document has parsed, validated and
+passed the limits, what that proved is kept as an ``OperationPlan`` (the parsed document, the
+chosen operation's name and type, its cost when no variable can change it), keyed by the
+document's text and the ``operationName`` sent. ``PlanRecorder`` (a schema extension) learns
+plans from the ``on_execute`` hook, which strawberry enters only after every parse, validation
+and limit check has passed; ``run`` executes a planned operation with graphql-core's executor
+and the schema's execution context (so the projection fast path is the same), then does
+exactly what the extensions would have:
 
 - the cost estimate for these variables (``OperationCost``), observed as the metric and
   reported in ``extensions.cost`` outside production;
