@@ -14,7 +14,10 @@ a variable's value.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -47,13 +50,42 @@ PAGE_ANSWERED = frozenset({"hit", "miss", "bypass", "refresh", "stale"})
 _EXTENSION_KEY = "numbers_gateway.upstream_call"
 
 
+class RequestIds:
+    """New request ids, shaped as version-4 UUIDs: 74 random bits drawn once per process (and
+    again in a forked child) and a 48-bit counter from a random start. A request id names a
+    request in logs and traces and must be unique, not secret: ``uuid.uuid4()`` per request
+    (a ``getrandom`` call and a ``UUID`` object) was a tenth of a repeated query's CPU."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = str(uuid.uuid4())[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-": version, variant
+        self._next = itertools.count(secrets.randbits(48))
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._next) & 0xFFFFFFFFFFFF:012x}"
+
+
+_request_ids: RequestIds | None = None
+
+
+def new_request_id() -> str:
+    """A new request id (``RequestIds``; the generator is made on first use)."""
+    global _request_ids
+    if _request_ids is None:
+        _request_ids = RequestIds()
+    return _request_ids.new()
+
+
 def request_id_from(value: bytes | None) -> str:
     """The incoming ``X-Request-ID`` when it is valid, else a new UUID."""
     if value is not None:
         text = value.decode("latin-1")
         if REQUEST_ID.fullmatch(text):
             return text
-    return str(uuid.uuid4())
+    return new_request_id()
 
 
 def client_field(value: bytes | str | None) -> str | None:
