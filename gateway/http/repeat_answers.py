@@ -81,6 +81,10 @@ class RepeatPlan:
     reuse_key: str  # ``Answer.reuse_key``: the stored answer a repeat looks up
     content_type: bytes  # the negotiated style's ``Content-Type``
     trusted_document: bool  # the document is a trusted one (its facts say so, as resolved)
+    # The APQ digest the document was resolved from (a hash-only request, not a trusted
+    # document): a repeat is answered here only while the store still holds it, as the view
+    # would resolve it; None: the request carried its document, or the manifest vouched.
+    persisted_digest: str | None = None
 
 
 class _Slot:
@@ -90,6 +94,16 @@ class _Slot:
 
     def __init__(self) -> None:
         self.plan: RepeatPlan | None = None
+
+
+def _document_held(scope: Scope, plan: RepeatPlan) -> bool:
+    """Whether the plan's document resolves as it did: always for one the request carries or
+    the manifest vouched for; for an APQ hash, while this replica's store holds it."""
+    if plan.persisted_digest is None:
+        return True
+    documents = scope.get("state", {}).get("documents")
+    apq = getattr(documents, "apq", None)
+    return apq is not None and bool(apq.held_here(plan.persisted_digest))
 
 
 def leave_plan(scope: Scope, plan: RepeatPlan) -> None:
@@ -128,7 +142,7 @@ class RepeatAnswers:
         if plan is not None and self.log.tracer is None:
             reuse: ResponseReuse | None = scope.get("state", {}).get("responses")
             stored = reuse.get(plan.reuse_key) if reuse is not None else None
-            if stored is not None:
+            if stored is not None and _document_held(scope, plan):
                 head = request_head(scope)
                 if self.guards.needs_no_layer(scope, head) and not self.guards.at_capacity():
                     await self._answer(head, send, plan, stored, started)

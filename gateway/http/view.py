@@ -54,6 +54,7 @@ from gateway.http.stream_styles import (
     early_refusal,
 )
 from gateway.observability.request_facts import current_facts
+from gateway.pipeline.persisted_queries import normal_hash
 from gateway.pipeline.source import NumbersSource
 
 # Request header asking for ``extensions.cache`` (what each upstream ask was served from).
@@ -139,7 +140,7 @@ class GraphQLView:
         except Refusal as refusal:
             return style.refused(refusal, request)
         if answer.reuse_key is not None and request.method == "GET":
-            _leave_plan(request, answer.reuse_key, style.media_type)
+            _leave_plan(request, answer.reuse_key, style.media_type, params)
         return style.answered(answer, request)
 
     async def _streamed(
@@ -217,16 +218,23 @@ def _header(request: Request, name: bytes) -> str | None:
     return _text(request_head(request.scope).get(name))
 
 
-def _leave_plan(request: Request, reuse_key: str, media_type: str) -> None:
+def _leave_plan(request: Request, reuse_key: str, media_type: str, params: GraphQLParams) -> None:
     """How this GET was answered (``JsonBodyStyle``, in ``media_type``), for
     ``repeat_answers`` to answer its repeats the same way."""
     facts = current_facts()
+    trusted = facts is not None and facts.trusted_document
+    digest = None
+    if params.query is None and not trusted:  # resolved from the APQ store by its hash
+        digest = normal_hash(params.document_id or params.persisted_hash or "")
+        if digest is None:
+            return
     leave_plan(
         request.scope,
         RepeatPlan(
             reuse_key=reuse_key,
             content_type=f"{media_type}; charset=utf-8".encode("latin-1"),
-            trusted_document=facts is not None and facts.trusted_document,
+            trusted_document=trusted,
+            persisted_digest=digest,
         ),
     )
 

@@ -88,6 +88,13 @@ class PersistedQueries:
         self._local.set(digest, raw, self.clock(), REPLICA_OWNER)
         return document
 
+    def held_here(self, digest: str) -> bool:
+        """Whether this replica holds ``digest``'s document now (its own tier, marked as just
+        used, as ``get`` marks it). A stored answer to a hash-only request may be reused
+        without resolving the hash only while this holds (``http.repeat_answers``); when it
+        does not, the request resolves it, from Redis or into ``PERSISTED_QUERY_NOT_FOUND``."""
+        return self._local.get_raw(digest) is not None
+
     async def put(self, digest: str, document: str, caller: str) -> bool:
         """Register ``document`` under ``digest`` in ``caller``'s share (``Caller.identity``);
         False when it is too large to keep. Registering a held hash again only refreshes it."""
