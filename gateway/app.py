@@ -251,9 +251,6 @@ def create_app(
             {"status": "ready" if ready else "starting"}, status_code=200 if ready else 503
         )
 
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
     ide_page = (
         None
         if settings.production
@@ -284,7 +281,7 @@ def create_app(
         Route(READY_PATH, readyz, methods=["GET"]),
     ]
     if serves_metrics_on_main_port(settings):
-        routes.append(Route(METRICS_PATH, metrics_endpoint, methods=["GET"]))
+        routes.append(metrics_route(metrics))
     if ide_page is not None:
         routes += graphiql_routes(asset_base=ASSET_BASE)
     if simulator_controls is not None:
@@ -330,9 +327,13 @@ def serves_metrics_on_main_port(settings: Settings) -> bool:
 
 def create_metrics_app(gateway: Starlette) -> Starlette:
     """The metrics listener's app: ``GET /metrics`` from ``gateway``'s registry, nothing else."""
-    metrics: GatewayMetrics = gateway.state.metrics
+    return Starlette(routes=[metrics_route(gateway.state.metrics)])
+
+
+def metrics_route(metrics: GatewayMetrics) -> Route:
+    """``GET /metrics``: the registry's exposition (on the main port or its own listener)."""
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route(METRICS_PATH, metrics_endpoint, methods=["GET"])])
+    return Route(METRICS_PATH, metrics_endpoint, methods=["GET"])

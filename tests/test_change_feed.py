@@ -865,11 +865,17 @@ def test_an_end_with_a_code_this_replica_does_not_know_is_internal_server_error(
 
 def test_the_feed_name_is_an_hmac_under_the_secret() -> None:
     from gateway.numbers.arguments import numbers_query
+    from gateway.numbers.types import PhoneNumberFilter
 
     query = numbers_query(None, None, None)
     one, other = feed_name(b"a" * 32, "caller", query), feed_name(b"b" * 32, "caller", query)
     assert one != other
     assert feed_name(b"a" * 32, "caller", query) == one
+    # Every part of the feed's identity is in its name: the caller, the org, the filter.
+    assert feed_name(b"a" * 32, "another caller", query) != one
+    assert feed_name(b"a" * 32, "caller", numbers_query("org-2", None, None)) != one
+    filtered = numbers_query(None, PhoneNumberFilter(available=True), None)
+    assert feed_name(b"a" * 32, "caller", filtered) != one
 
 
 @pytest.mark.redis

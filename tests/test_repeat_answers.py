@@ -46,11 +46,14 @@ OPERATIONS = [
 
 
 @asynccontextmanager
-async def gateway(clock: FakeClock, *, fast: bool) -> AsyncIterator[tuple[Any, Any]]:
-    """A client of a gateway over the simulator, and its upstream recorder."""
+async def gateway(
+    clock: FakeClock, *, fast: bool, **overrides: Any
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A client of a gateway over the simulator (``overrides``: more settings), and its app
+    and upstream recorder."""
     recorder = RecordingTransport(httpx.ASGITransport(app=create_simulator_app(WORLD)))
     app = create_app(
-        live_settings(cache_ttl=TTL, allowed_origins="https://app.example"),
+        live_settings(cache_ttl=TTL, allowed_origins="https://app.example", **overrides),
         upstream_transport=recorder,
         clock=clock,
         repeat_answers=fast,

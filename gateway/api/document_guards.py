@@ -83,7 +83,13 @@ def parsed_entry(query: str, document: DocumentNode) -> ParsedDocument:
     refused = refusal(document)
     if refused is not None:
         return ParsedDocument(None, refused, len(query) + REFUSED_ENTRY_OVERHEAD)
-    return ParsedDocument(document, None, len(query) * PARSED_BYTES_PER_CHARACTER)
+    return ParsedDocument(document, None, parsed_size(query))
+
+
+def parsed_size(query: str) -> int:
+    """Bytes of memory the parsed tree of ``query`` may take, at most (the estimate every
+    cache of parsed documents is bounded by: this one and the operation plans)."""
+    return len(query) * PARSED_BYTES_PER_CHARACTER
 
 
 def expanded_fields(document: DocumentNode) -> int:

@@ -18,15 +18,13 @@ from strawberry.types.graphql import OperationType
 from gateway.api.context import RequestContext
 from gateway.api.operation_plans import OperationPlans
 from gateway.errors import BadUserInput
+from gateway.numbers.arguments import check_url_text
 from gateway.numbers.types import Location, Organization, Person
 
 # The federation version in the SDL's @link: one that @apollo/composition 2.x and
 # @theguild/federation-composition both accept (tests compose with both).
 FEDERATION_VERSION: Final = "2.7"
 DEFAULT_MAX_ENTITIES: Final = 1000
-# The longest entity id: Webex ids are about 80 characters (UUIDs 36, broadsoftIds fewer), and
-# an id travels in the upstream URL, so a longer one is refused before it could reach it.
-ENTITY_ID_MAX_LENGTH: Final = 1024
 
 # Entity references this subgraph resolves: __typename -> the object for a key.
 ENTITY_REFERENCES: Final[Mapping[str, Callable[[strawberry.ID], object]]] = {
@@ -132,8 +130,7 @@ def entity_reference(representation: object, index: int) -> object:
         key = str(key)
     if not isinstance(key, str) or not key.strip() or not key.isprintable():
         raise BadUserInput(f"{where} has no usable id: a {typename} is keyed by its id.")
-    if len(key) > ENTITY_ID_MAX_LENGTH:
-        raise BadUserInput(
-            f"{where}.id is {len(key)} characters long; the most is {ENTITY_ID_MAX_LENGTH}."
-        )
+    # An id travels in the upstream URL: a longer one is refused, with the whole request,
+    # before it could reach it (Webex ids are about 80 characters).
+    check_url_text(f"{where}.id", key)
     return build(strawberry.ID(key))

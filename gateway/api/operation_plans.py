@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cachetools import LRUCache
-from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
+from graphql import DocumentNode, GraphQLError
 from graphql.execution import ExecutionResult as GraphQLExecutionResult
 from graphql.execution import experimental_execute_incrementally
 from strawberry.execution.is_awaitable import optimized_is_awaitable
@@ -52,9 +52,9 @@ from strawberry.types.graphql import OperationType
 from gateway.api.cache_report import cache_extensions
 from gateway.api.context import RequestContext
 from gateway.api.contract_errors import contract_errors
-from gateway.api.cost import operation_cost
+from gateway.api.cost import chosen_operation, operation_cost
 from gateway.api.directive_hints import uses_incremental_delivery
-from gateway.api.document_guards import PARSED_BYTES_PER_CHARACTER
+from gateway.api.document_guards import parsed_size
 from gateway.api.operation_observer import record_operation
 from gateway.observability.request_facts import current_facts
 
@@ -121,13 +121,13 @@ class OperationPlans:
                 return  # learned already (this run took the extensions' path: tracing, ftv1)
         if operation_type is not OperationType.QUERY or uses_incremental_delivery(document):
             return
-        operation = _operation(document, operation_name)
+        operation = chosen_operation(document, operation_name)
         if operation is None:
             return
         fixed_cost = None
         if not operation.variable_definitions:
             fixed_cost = self._cost(document, operation_name, None)
-        size = len(query) * PARSED_BYTES_PER_CHARACTER
+        size = parsed_size(query)
         if size > self._plans.maxsize:
             return
         plan = OperationPlan(document, operation_name, operation_type, fixed_cost, size)
@@ -269,10 +269,3 @@ class OperationPlans:
             max_stream_items=limits.max_stream_items,
             incremental=False,
         )
-
-
-def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if name is not None:
-        operations = [op for op in operations if op.name is not None and op.name.value == name]
-    return operations[0] if len(operations) == 1 else None

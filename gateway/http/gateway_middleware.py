@@ -78,12 +78,13 @@ class GatewayMiddleware:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = request_head(scope)
+        if self.needs_no_layer(scope, head):
+            await self.app(scope, receive, partial(_send_plain, send))
+            return
         if head.get(b"origin") is None and not self._compresses(head):
-            # CORS (no Origin) and compression (no coding) would add only the plain Vary.
-            if head.has_no_body(scope) and (self.csrf is None or self.csrf.allows(scope, head)):
-                await self.app(scope, receive, partial(_send_plain, send))
-            else:  # a body to bound and time, or a request CSRF judges: those layers run
-                await self.body_guarded(scope, receive, partial(_send_plain, send))
+            # CORS (no Origin) and compression (no coding) would add only the plain Vary; a
+            # body to bound and time, or a request CSRF judges, still meets those layers.
+            await self.body_guarded(scope, receive, partial(_send_plain, send))
             return
         await self.layers(scope, receive, send)
 

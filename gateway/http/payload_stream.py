@@ -24,7 +24,7 @@ from graphql.execution import (
     SubsequentIncrementalExecutionResult,
 )
 
-from gateway.errors import ErrorCode
+from gateway.errors import INTERNAL_ERROR_MESSAGE, ErrorCode
 from gateway.http.incremental_payloads import Payload, PayloadWriter
 
 log = structlog.get_logger("gateway.http")
@@ -131,7 +131,7 @@ class PayloadStream:
 def _failure_payload(subscription: bool) -> Payload:
     """What ends a stream whose engine failed unexpectedly (logged where it failed)."""
     error = {
-        "message": "Internal server error.",
+        "message": INTERNAL_ERROR_MESSAGE,
         "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR.value},
     }
     return {"errors": [error]} if subscription else {"hasNext": False, "errors": [error]}

@@ -39,33 +39,17 @@ from gateway.http.asgi import app_path
 from gateway.http.gateway_middleware import GatewayMiddleware, plain_vary
 from gateway.http.json_body import cache_control, etag_matches
 from gateway.http.request_head import RequestHead, request_head
-from gateway.http.request_log import RequestLogMiddleware
+from gateway.http.request_log import LOGGED_HEADERS, RequestLogMiddleware, facts_of
 from gateway.http.response_style import VARY
 from gateway.http.reuse import ResponseReuse, StoredAnswer, count_reused
 from gateway.http.routes import GRAPHQL_PATH
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.request_facts import (
-    CLIENT_NAME_HEADER,
-    REQUEST_ID_HEADER,
-    RequestFacts,
-    client_field,
-    request_id_from,
-)
+from gateway.observability.request_facts import REQUEST_ID_HEADER
 
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
-_CLIENT_VERSION = b"apollographql-client-version"
 # Read only by the request log (its line, metrics and span), or answered here
 # (``If-None-Match``): two requests differing only in these are the same call.
-_NOT_IN_DIGEST = frozenset(
-    {
-        _REQUEST_ID,
-        CLIENT_NAME_HEADER.encode(),
-        _CLIENT_VERSION,
-        b"traceparent",
-        b"tracestate",
-        b"if-none-match",
-    }
-)
+_NOT_IN_DIGEST = LOGGED_HEADERS | {b"traceparent", b"tracestate", b"if-none-match"}
 PLANS_KEPT = 1024  # distinct repeated requests remembered; the oldest is forgotten first
 # A request whose path, query string and headers exceed this is not remembered (nor hashed).
 _REQUEST_BYTES_MAX = 16 * 1024
@@ -122,8 +106,7 @@ class RepeatAnswers:
     def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics) -> None:
         if not isinstance(app, RequestLogMiddleware) or not isinstance(app.app, GatewayMiddleware):
             raise TypeError("RepeatAnswers goes in front of the request log and the guards")
-        self.app = app
-        self.log = app
+        self.log = app  # the rest of the gateway, starting with its request log
         self.guards = app.app
         self.metrics = metrics
         self._digest_key = secrets.token_bytes(32)  # this process's: digests are ours only
@@ -131,12 +114,12 @@ class RepeatAnswers:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET":
-            await self.app(scope, receive, send)
+            await self.log(scope, receive, send)
             return
         started = time.perf_counter()  # the log's duration, as its own timer would start
         digest = self._digest(scope)
         if digest is None:
-            await self.app(scope, receive, send)
+            await self.log(scope, receive, send)
             return
         plan = self._plans.get(digest)
         if plan is not None and self.log.tracer is None:
@@ -148,7 +131,7 @@ class RepeatAnswers:
                     await self._answer(head, send, plan, stored, started)
                     return
         slot = scope[_SLOT] = _Slot()
-        await self.app(scope, receive, send)
+        await self.log(scope, receive, send)
         if slot.plan is not None:
             self._remember(digest, slot.plan)
 
@@ -187,12 +170,8 @@ class RepeatAnswers:
     ) -> None:
         """The stored answer as the layers would have sent it: ``JsonBodyStyle.answered`` for
         a GET, the guards' ``Vary``, the log's ``X-Request-ID``, line and metrics."""
-        facts = RequestFacts(
-            request_id=request_id_from(head.get(_REQUEST_ID)),
-            client_name=client_field(head.get(CLIENT_NAME_HEADER.encode())),
-            client_version=client_field(head.get(_CLIENT_VERSION)),
-            trusted_document=plan.trusted_document,  # as resolving the document vouched
-        )
+        facts = facts_of(head)
+        facts.trusted_document = plan.trusted_document  # as resolving the document vouched
         limit = self.guards.limited
         in_flight = self.metrics.http_in_flight
         in_flight.inc()

@@ -6,7 +6,7 @@ outermost middleware, so it sees every answer, refusals included.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -15,10 +15,12 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.http.asgi import app_path
-from gateway.http.request_head import request_head
+from gateway.http.request_head import RequestHead, request_head
 from gateway.http.routes import GRAPHQL_PATH, KNOWN_ROUTES, PROBE_ROUTES
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import (
+    CLIENT_NAME_HEADER,
+    CLIENT_VERSION_HEADER,
     REQUEST_ID_HEADER,
     UPSTREAM_CALLS_LOGGED,
     RequestFacts,
@@ -28,11 +30,29 @@ from gateway.observability.request_facts import (
 )
 from gateway.observability.tracing import Tracing, server_span, trace_id_of
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 log = structlog.get_logger("gateway.http")
 
 # Refusals made before GraphQL runs are a few hundred bytes; longer bodies are not read.
 ERROR_BODY_READ_MAX = 16 * 1024
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
+# The headers the log reads of a request (and nothing else of it does).
+LOGGED_HEADERS = frozenset(
+    {_REQUEST_ID, CLIENT_NAME_HEADER.encode(), CLIENT_VERSION_HEADER.encode()}
+)
+
+
+def facts_of(head: RequestHead, *, tracer: Tracer | None = None) -> RequestFacts:
+    """A new request's facts from its head: its id (the caller's when valid), the client's
+    name and version."""
+    return RequestFacts(
+        request_id=request_id_from(head.get(_REQUEST_ID)),
+        client_name=client_field(head.get(CLIENT_NAME_HEADER.encode())),
+        client_version=client_field(head.get(CLIENT_VERSION_HEADER.encode())),
+        tracer=tracer,
+    )
 
 
 class RequestLogMiddleware:
@@ -66,12 +86,7 @@ class RequestLogMiddleware:
         route = _route(scope)
         probe = route in PROBE_ROUTES
         head = request_head(scope)
-        facts = RequestFacts(
-            request_id=request_id_from(head.get(_REQUEST_ID)),
-            client_name=client_field(head.get(b"apollographql-client-name")),
-            client_version=client_field(head.get(b"apollographql-client-version")),
-            tracer=None if probe else self.tracer,
-        )
+        facts = facts_of(head, tracer=None if probe else self.tracer)
         if facts.tracer is None:
             await self._serve(scope, receive, send, route, probe, facts, None, started)
             return

@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from typing import Any, Final
 
 import orjson
@@ -70,6 +69,7 @@ from gateway.observability.request_facts import (
     RequestFacts,
     client_field,
     collecting,
+    new_request_id,
 )
 from gateway.pipeline.source import NumbersSource
 
@@ -315,7 +315,7 @@ class _Connection:
 
     async def _run(self, operation_id: str, payload: dict[str, Any]) -> None:
         """One operation, from its ``subscribe`` to its end, with its own log line."""
-        facts = RequestFacts(request_id=uuid.uuid4().hex, client_name=self.client_name)
+        facts = RequestFacts(request_id=new_request_id(), client_name=self.client_name)
         run = _OperationRun(facts)
         try:
             with collecting(facts):

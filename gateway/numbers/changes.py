@@ -81,10 +81,6 @@ class EntryChange:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "after": self.after, "before": self.before}
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> EntryChange:
-        return cls(PhoneNumberChangeKind(data["kind"]), data["after"], data["before"])
-
     def observed(self, observed_at: datetime) -> PhoneNumberChange:
         """The change as the schema sends it, read by the same tolerant reader as queries."""
         return PhoneNumberChange(

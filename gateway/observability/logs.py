@@ -82,6 +82,6 @@ def uvicorn_log_config(level: str = "warning") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "loggers": {
             name: {"handlers": [], "level": level.upper(), "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            for name in UVICORN_LOGGERS
         },
     }

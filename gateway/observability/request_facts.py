@@ -41,6 +41,7 @@ TRACKING_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 CLIENT_FIELD_MAX = 64  # characters kept of apollographql-client-name / -version
 # The header Apollo clients (and routers) name themselves in; logged through ``client_field``.
 CLIENT_NAME_HEADER = "apollographql-client-name"
+CLIENT_VERSION_HEADER = "apollographql-client-version"
 OPERATION_NAME_MAX = 128  # characters of an operation name logged
 UPSTREAM_CALLS_LOGGED = 20  # calls detailed in one log line (all are counted)
 # Cache statuses (``PageCache``'s ``CacheEvent.status``) of a page this caller got: from the
@@ -175,7 +176,7 @@ class RequestFacts:
         return {
             "operationName": self.operation_name,
             "operationType": self.operation_type,
-            "outcome": self.outcome if self.attempted else "rejected",
+            "outcome": self.outcome,
             "errorCodes": self.error_codes,
             "upstreamCalls": len(self.upstream_calls),
             "cache": self.cache,

@@ -13,7 +13,7 @@ shared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from strawberry.dataloader import DataLoader
 
@@ -67,8 +67,8 @@ class NumbersLoader:
         """A new view: loads through this loader, cache events of its own."""
         return LoaderView(self)
 
-    async def load(self, ask: Fetch) -> Answered:
-        return await self._loader.load(ask)
+    def load(self, ask: Fetch) -> Awaitable[Answered]:
+        return self._loader.load(ask)
 
     def clear(self) -> None:
         """Forget the answers loaded so far (the request's operations are done with them).
