@@ -120,7 +120,7 @@ lock: $(TESTING)
 
 # Re-vendors GraphiQL from the npm registry (pinned versions, checksums in MANIFEST.json).
 graphiql-assets: $(RUNTIME)
-	$(BIN)/python -m gateway.http.graphiql_refresh
+	$(BIN)/python tools/graphiql_refresh.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

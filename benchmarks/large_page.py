@@ -35,15 +35,15 @@ from asgi_lifespan import LifespanManager
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from gateway.api.projecting_executor import (
+from gateway.data.page_cache import PageCache
+from gateway.data.source import CallerNumbers, NumbersSource
+from gateway.execution.projecting_executor import (
     ProjectingExecutionContext,
     projecting_execution_context,
 )
-from gateway.api.schema import build_schema
-from gateway.app import create_app
-from gateway.cli import settle_heap
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import CallerNumbers, NumbersSource
+from gateway.schema.build import build_schema
+from gateway.server.app import create_app
+from gateway.server.cli import settle_heap
 from gateway.settings import Settings, load_settings
 from gateway.simulator import build_demo_world
 from gateway.upstream.client import UpstreamClient

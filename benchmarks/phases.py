@@ -33,14 +33,14 @@ import structlog
 from asgi_lifespan import LifespanManager
 from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 
-from gateway.api.context import RequestContext
-from gateway.api.projecting_executor import ProjectingExecutionContext
-from gateway.api.schema import build_schema
-from gateway.app import build_upstream_http, create_app
-from gateway.cli import settle_heap
+from gateway.data.page_cache import PageCache
+from gateway.data.source import NumbersSource
+from gateway.execution.projecting_executor import ProjectingExecutionContext
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import NumbersSource
+from gateway.schema.build import build_schema
+from gateway.schema.context import RequestContext
+from gateway.server.app import build_upstream_http, create_app
+from gateway.server.cli import settle_heap
 from gateway.settings import load_settings
 from gateway.upstream.client import UpstreamClient
 

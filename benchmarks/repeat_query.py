@@ -154,7 +154,7 @@ def main() -> None:
             for name, tree in trees.items():
                 port = free_port()
                 gateway = subprocess.Popen(
-                    [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+                    [sys.executable, "-m", "gateway.server.cli", "serve", "--port", str(port)],
                     env=env | {"PYTHONPATH": str(tree)},
                     cwd=tree,  # ``-m`` puts the working directory first on the path
                     stdout=subprocess.DEVNULL,

@@ -25,10 +25,10 @@ import httpx
 import orjson
 from graphql import SubsequentIncrementalExecutionResult
 
-from gateway.api.contract_errors import contract_payload
-from gateway.api.schema import build_schema
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import CallerNumbers, NumbersSource
+from gateway.data.page_cache import PageCache
+from gateway.data.source import CallerNumbers, NumbersSource
+from gateway.execution.contract_errors import contract_payload
+from gateway.schema.build import build_schema
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.upstream.client import UpstreamClient
 

@@ -18,7 +18,7 @@ from asgi_lifespan import LifespanManager
 from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 
-from gateway.app import create_app
+from gateway.server.app import create_app
 from gateway.settings import Settings, load_settings
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld

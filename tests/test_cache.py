@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
-from gateway.numbers.arguments import numbers_query
-from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
-from gateway.pipeline.local_tier import ENTRY_OVERHEAD, LocalTier
-from gateway.pipeline.page_cache import CachedPage, PageCache, cache_key
+from gateway.data.local_tier import ENTRY_OVERHEAD, LocalTier
+from gateway.data.page_cache import CachedPage, PageCache, cache_key
+from gateway.domain.arguments import numbers_query
+from gateway.domain.query import Fetch, PageWindow, UpstreamPage
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from gateway.data.caller import MAX_CREDENTIAL_LENGTH, Callers, normalised_credential
+from gateway.data.local_tier import LocalTier
 from gateway.errors import Unauthenticated
-from gateway.pipeline.caller import MAX_CREDENTIAL_LENGTH, Callers, normalised_credential
-from gateway.pipeline.local_tier import LocalTier
 from gateway.settings import load_settings
 from tests.conftest import (
     FakeClock,

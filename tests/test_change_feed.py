@@ -18,9 +18,6 @@ from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from gateway.api.context import RequestContext
-from gateway.api.schema import build_schema
-from gateway.app import create_app
 from gateway.changes.coordination import (
     FeedMessage,
     MalformedMessage,
@@ -31,6 +28,9 @@ from gateway.changes.coordination import (
 from gateway.changes.feed import FeedEnded
 from gateway.changes.registry import ChangeFeeds, feed_name
 from gateway.observability.metrics import GatewayMetrics
+from gateway.schema.build import build_schema
+from gateway.schema.context import RequestContext
+from gateway.server.app import create_app
 from gateway.settings import Settings
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
@@ -864,8 +864,8 @@ def test_an_end_with_a_code_this_replica_does_not_know_is_internal_server_error(
 
 
 def test_the_feed_name_is_an_hmac_under_the_secret() -> None:
-    from gateway.numbers.arguments import numbers_query
-    from gateway.numbers.types import PhoneNumberFilter
+    from gateway.domain.arguments import numbers_query
+    from gateway.schema.types import PhoneNumberFilter
 
     query = numbers_query(None, None, None)
     one, other = feed_name(b"a" * 32, "caller", query), feed_name(b"b" * 32, "caller", query)

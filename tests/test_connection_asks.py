@@ -23,7 +23,7 @@ from strawberry.types.nodes import (
     convert_selections,
 )
 
-from gateway.numbers.types import connection_asks
+from gateway.schema.types import connection_asks
 from tests.conftest import examples
 
 ITEM_LISTS = {"nodes", "edges"}

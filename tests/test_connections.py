@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.http.connections import client_key, uvicorn_limits
+from gateway.server.connections import client_key, uvicorn_limits
 from tests.conftest import GatedTransport, eventually, live_settings, running_gateway
 
 
@@ -241,7 +241,7 @@ async def test_a_request_head_over_64_kib_gets_431() -> None:
 
 
 async def test_a_body_that_never_arrives_gets_408() -> None:
-    from gateway.app import create_app
+    from gateway.server.app import create_app
 
     app = create_app(live_settings(body_timeout=0.3))
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on")
@@ -312,7 +312,7 @@ async def test_websocket_connections_keep_their_client_s_place_until_they_close(
 
 def _upgraded_held() -> bool:
     """Whether any client holds two connections (both places taken) in any server's table."""
-    from gateway.http.connections import _TABLES
+    from gateway.server.connections import _TABLES
 
     return any(len(held) >= 2 for table in _TABLES.values() for held in table.by_client.values())
 
@@ -323,7 +323,7 @@ async def test_at_the_bound_an_idle_websocket_makes_room_for_a_request() -> None
     HTTP connection."""
     import websockets
 
-    from gateway.app import create_app
+    from gateway.server.app import create_app
     from tests.conftest import RecordingTransport
 
     app = create_app(live_settings(), upstream_transport=RecordingTransport())

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from graphql import parse
 
-from gateway.api.document_guards import negative_initial_count
 from gateway.errors import ErrorCode
+from gateway.execution.document_limits import negative_initial_count
 from tests.conftest import RecordingTransport
 
 # ``Fine`` comes first: a guard pooling every operation's defaults lets the later ``Negative``

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.numbers.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
-from gateway.pipeline import entity_batches
-from gateway.pipeline.entity_batches import answer_calls
-from gateway.pipeline.page_cache import CacheEvent
+from gateway.data import entity_batches
+from gateway.data.entity_batches import answer_calls
+from gateway.data.page_cache import CacheEvent
+from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld, webex_id, world_from_items
 from tests.conftest import RecordingTransport, examples, graphql, live_settings, running_gateway

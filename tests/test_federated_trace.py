@@ -19,15 +19,15 @@ from typing import Any, cast
 import httpx
 from graphql import GraphQLError, Source
 
-from gateway.api.context import RequestContext
-from gateway.api.federated_trace import (
+from gateway.execution.federated_trace import (
     FederatedTrace,
     ProtoWriter,
     TraceNode,
     encode_trace,
     wants_federated_trace,
 )
-from gateway.api.schema import build_schema
+from gateway.schema.build import build_schema
+from gateway.schema.context import RequestContext
 from tests.conftest import graphql
 from tests.node_packages import run_node_json
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api.schema import export_sdl
+from gateway.schema.build import export_sdl
 from gateway.simulator import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, nodes, queries
 
-from gateway.api.schema import build_schema
 from gateway.errors import ErrorCode
+from gateway.schema.build import build_schema
 from gateway.settings import load_settings
 from tests.conftest import examples, running_gateway
 

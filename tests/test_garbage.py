@@ -15,8 +15,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.domain.arguments import URL_TEXT_MAX_BYTES
 from gateway.errors import ErrorCode
-from gateway.numbers.arguments import URL_TEXT_MAX_BYTES
 from tests.conftest import RecordingTransport, examples, live_settings, running_gateway
 
 CONTRACT_CODES = {code.value for code in ErrorCode}

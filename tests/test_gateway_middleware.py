@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.http.compression import CompressionMiddleware
-from gateway.http.connections import InFlightLimit
-from gateway.http.gateway_middleware import GatewayMiddleware
-from gateway.http.request_guards import BodySizeLimitMiddleware, CsrfPreventionMiddleware
+from gateway.server.compression import CompressionMiddleware
+from gateway.server.connections import InFlightLimit
+from gateway.server.gateway_middleware import GatewayMiddleware
+from gateway.server.request_guards import BodySizeLimitMiddleware, CsrfPreventionMiddleware
 from tests.conftest import examples
 
 CORS = {

@@ -1,7 +1,7 @@
 """The offline GraphiQL: our page loads only same-origin, pinned, checksummed assets, embeds the
 example operations, is served with a strict CSP, and really runs in a browser with no network.
 
-The HTTP tests build a tiny Starlette app around ``gateway.http.graphiql``'s routes (not the
+The HTTP tests build a tiny Starlette app around ``gateway.transports.graphiql``'s routes (not the
 gateway's ``create_app``). The ``browser`` test drives Debian's headless Chromium through
 Playwright (no ``playwright install``) and is skipped, with the reason, when either is missing.
 """
@@ -29,8 +29,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
-from gateway.http import graphiql_refresh
-from gateway.http.graphiql import (
+from gateway.transports.graphiql import (
     ASSET_CACHE_CONTROL,
     DEFAULT_HEADERS,
     EXAMPLES_DIR,
@@ -45,6 +44,7 @@ from gateway.http.graphiql import (
 )
 from tests.conftest import serve_on_loopback
 from tests.processes import gateway_process
+from tools import graphiql_refresh
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_EXAMPLES = REPO / "schema" / "examples"
@@ -183,7 +183,7 @@ def test_example_copies_are_identical_to_schema_examples() -> None:
         pytest.skip("schema/examples/ is not here (an installed package): nothing to compare")
     ours = {p.name: p.read_bytes() for p in EXAMPLES_DIR.glob("*.graphql")}
     source = {p.name: p.read_bytes() for p in SCHEMA_EXAMPLES.glob("*.graphql")}
-    fix = "cp schema/examples/*.graphql gateway/http/static/examples/"
+    fix = "cp schema/examples/*.graphql gateway/transports/static/examples/"
     assert sorted(ours) == sorted(source), f"the example files differ by name: {fix}"
     drifted = sorted(name for name in source if ours[name] != source[name])
     assert not drifted, f"{drifted} drifted from schema/examples/: {fix}"
@@ -364,7 +364,7 @@ def test_a_file_that_differs_from_the_manifest_is_refused(
 
 def test_manifest_with_an_unsafe_path_is_refused(tmp_path: Path) -> None:
     manifest = json.loads((GRAPHIQL_DIR / "MANIFEST.json").read_text())
-    manifest["files"][0]["path"] = "../../gateway/http/graphiql.py"
+    manifest["files"][0]["path"] = "../../gateway/transports/graphiql.py"
     (tmp_path / "MANIFEST.json").write_text(json.dumps(manifest))
     with pytest.raises(AssetError, match="unsafe path"):
         load_manifest(tmp_path)

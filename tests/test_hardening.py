@@ -10,8 +10,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.http.router_access import SERVICE_ONLY, only_root_fields
 from gateway.settings import load_settings
+from gateway.transports.router_access import SERVICE_ONLY, only_root_fields
 from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
 
 INTROSPECTION = "{ __schema { queryType { name } } }"

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.app import create_app
+from gateway.server.app import create_app
 from gateway.settings import SettingsError
 from tests.conftest import RecordingTransport, graphql, live_settings, running_gateway
 
@@ -791,7 +791,7 @@ def test_decimal_values_are_ascii_digits_only(
 
 async def test_a_declared_length_too_long_to_convert_is_counted_instead() -> None:
     """A Content-Length of thousands of digits once reached int() and answered 500."""
-    from gateway.http.request_guards import BodySizeLimitMiddleware
+    from gateway.server.request_guards import BodySizeLimitMiddleware
 
     reached: list[bytes] = []
 

@@ -17,10 +17,10 @@ import orjson
 import pytest
 from graphql import SubsequentIncrementalExecutionResult
 
-from gateway.api.contract_errors import contract_payload
-from gateway.api.schema import build_schema
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import CallerNumbers, NumbersSource
+from gateway.data.page_cache import PageCache
+from gateway.data.source import CallerNumbers, NumbersSource
+from gateway.execution.contract_errors import contract_payload
+from gateway.schema.build import build_schema
 from gateway.simulator.app import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from gateway.upstream.client import RetryPolicy, UpstreamClient

@@ -19,16 +19,16 @@ from graphql import GraphQLError, parse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.api.cost import CALL_COST, operation_cost
-from gateway.api.document_guards import (
+from gateway.domain.arguments import numbers_query, page_window
+from gateway.errors import BadUserInput
+from gateway.execution.cost import CALL_COST, operation_cost
+from gateway.execution.document_limits import (
     PARSE_CACHE_BYTES,
     PARSED_BYTES_PER_CHARACTER,
     parsed_documents,
 )
-from gateway.app import create_app
-from gateway.errors import BadUserInput
-from gateway.numbers.arguments import numbers_query, page_window
-from gateway.numbers.types import PageInput
+from gateway.schema.types import PageInput
+from gateway.server.app import create_app
 from gateway.simulator import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (
@@ -466,8 +466,8 @@ async def test_tracking_ids_are_echoed_only_when_they_look_like_one(
 
 _FILL_THE_CACHE = """
 import asyncio, gc, sys
-from gateway.numbers.query import UpstreamPage
-from gateway.pipeline.page_cache import PageCache
+from gateway.domain.query import UpstreamPage
+from gateway.data.page_cache import PageCache
 from gateway.simulator import build_demo_world
 
 def rss():

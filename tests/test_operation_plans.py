@@ -1,4 +1,4 @@
-"""Operation plans (``gateway.api.operation_plans``) answer as ``schema.execute`` does.
+"""Operation plans (``gateway.execution.operation_plans``) answer as ``schema.execute`` does.
 
 The property test runs random operations (the projection test's random selections: aliases,
 fragments, ``@skip``/``@include`` on variables, root and entity lists, fields with their own
@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strawberry.types.graphql import OperationType
 
-from gateway.api.context import RequestContext
-from gateway.api.schema import build_schema
+from gateway.data.page_cache import PageCache
+from gateway.data.source import NumbersSource
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import RequestFacts, collecting
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import NumbersSource
+from gateway.schema.build import build_schema
+from gateway.schema.context import RequestContext
 from gateway.settings import Settings, load_settings
 from gateway.upstream.client import RetryPolicy, UpstreamClient
 from tests.conftest import examples

@@ -1,4 +1,4 @@
-"""Operation plans (``gateway.api.operation_plans``) through the whole HTTP stack, and the
+"""Operation plans (``gateway.execution.operation_plans``) through the whole HTTP stack, and the
 incremental directives in every spelling GraphQL allows.
 
 ``test_operation_plans`` compares a plan with ``schema.execute`` at the schema. These go where
@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gateway.app as gateway_app
-import gateway.http.request_log as request_log
+import gateway.server.app as gateway_app
+import gateway.server.request_log as request_log
 from gateway.simulator import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import RecordingTransport, examples, live_settings, running_gateway

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.numbers.query import UpstreamPage
-from gateway.pipeline.entity_batches import Answered
+from gateway.data.entity_batches import Answered
+from gateway.domain.query import UpstreamPage
 from tests.conftest import RecordingTransport, live_settings, running_gateway
 
 PAGE = "{ phoneNumbers(page: {first: 200}) { nodes { phoneNumber extension } totalCount } }"

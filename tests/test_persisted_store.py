@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from gateway.pipeline.guarded_redis import GuardedRedis
-from gateway.pipeline.persisted_queries import REDIS_PREFIX, PersistedQueries
+from gateway.data.guarded_redis import GuardedRedis
+from gateway.data.persisted_queries import REDIS_PREFIX, PersistedQueries
 from gateway.settings import load_settings
 from tests.conftest import RecordingTransport, RedisServer, live_settings, metric, running_gateway
 

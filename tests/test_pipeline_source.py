@@ -9,10 +9,10 @@ import httpx
 import orjson
 import pytest
 
+from gateway.data.caller import Caller
+from gateway.data.page_cache import PageCache
+from gateway.data.source import CallerNumbers, NumbersSource
 from gateway.errors import Unauthenticated
-from gateway.pipeline.caller import Caller
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import CallerNumbers, NumbersSource
 from gateway.upstream.client import UpstreamClient
 from tests.conftest import UPSTREAM_BASE, RecordingTransport
 

@@ -1,4 +1,4 @@
-"""The projection fast path (``gateway.api.projecting_executor``) answers as normal execution.
+"""The projection fast path (``gateway.execution.projecting_executor``) answers as normal execution.
 
 The property test runs random selections over the ``PhoneNumber`` subtree (aliases, merged
 response keys, named and inline fragments, ``@skip``/``@include`` with literals and variables,
@@ -36,12 +36,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from gateway.api.projecting_executor import ProjectingExecutionContext, projecting_execution_context
-from gateway.api.projection_compiler import Projector, compile_projector
-from gateway.api.schema import build_schema
-from gateway.numbers.reader import FLAG, PHONE_NUMBER, FieldRule, Text
-from gateway.pipeline.page_cache import PageCache
-from gateway.pipeline.source import CallerNumbers, NumbersSource
+from gateway.data.page_cache import PageCache
+from gateway.data.source import CallerNumbers, NumbersSource
+from gateway.domain.reader import FLAG, PHONE_NUMBER, FieldRule, Text
+from gateway.execution.projecting_executor import (
+    ProjectingExecutionContext,
+    projecting_execution_context,
+)
+from gateway.execution.projection_compiler import Projector, compile_projector
+from gateway.schema.build import build_schema
 from gateway.simulator import build_demo_world
 from gateway.upstream.client import UpstreamClient
 from tests.conftest import examples

@@ -12,8 +12,8 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from gateway.data.guarded_redis import ENTRY_VERSION, GuardedRedis, seal, unseal
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.guarded_redis import ENTRY_VERSION, GuardedRedis, seal, unseal
 from tests.conftest import RecordingTransport, RedisServer, live_settings, metric, running_gateway
 
 COUNTS = "{ numberCounts { total } }"

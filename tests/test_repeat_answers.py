@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from gateway.app import create_app
-from gateway.http.operation import OperationRunner
+from gateway.server.app import create_app
 from gateway.simulator import build_demo_world, create_simulator_app
+from gateway.transports.operation import OperationRunner
 from tests.conftest import GATEWAY_BASE, FakeClock, RecordingTransport, examples, live_settings
 
 WORLD = build_demo_world(size=200, seed=7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.http.request_guards import BodySizeLimitMiddleware
+from gateway.server.request_guards import BodySizeLimitMiddleware
 
 LIMIT = 10
 

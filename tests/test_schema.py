@@ -18,8 +18,8 @@ from graphql import (
     parse,
 )
 
-from gateway.api.schema import build_schema, export_sdl
-from gateway.app import create_app
+from gateway.schema.build import build_schema, export_sdl
+from gateway.server.app import create_app
 from gateway.settings import load_settings
 from tests.conftest import graphql, running_gateway
 from tests.test_transports import multipart_parts
@@ -42,7 +42,7 @@ def test_committed_sdl_matches_the_code() -> None:
 @pytest.mark.e2e
 def test_export_schema_command_prints_the_sdl() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "export-schema"],
+        [sys.executable, "-m", "gateway.server.cli", "export-schema"],
         capture_output=True,
         text=True,
         check=True,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.cli import YOUNG_COLLECTION_THRESHOLD, main, settle_heap
+from gateway.server.cli import YOUNG_COLLECTION_THRESHOLD, main, settle_heap
 from tests.processes import gateway_process, simulator_process
 
 COUNTS = "query Counts { numberCounts { total } }"

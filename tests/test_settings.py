@@ -63,7 +63,7 @@ def test_serve_stops_with_one_line_on_a_bad_setting() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["GATEWAY_MAX_PAGE_SIZE"] = "lots"
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "gateway.server.cli", "serve", "--port", "1"],
         capture_output=True,
         text=True,
         env=env,
@@ -97,7 +97,7 @@ def test_production_without_an_upstream_refuses_to_start(
     """Production never serves the simulator's demo data to callers without a token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | variables
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1", *args],
+        [sys.executable, "-m", "gateway.server.cli", "serve", "--port", "1", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -188,7 +188,7 @@ def _serve_exit(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
         k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OTEL_"))
     } | env_extra
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "gateway.server.cli", "serve", "--port", "1"],
         capture_output=True,
         text=True,
         env=env,

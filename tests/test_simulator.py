@@ -599,7 +599,7 @@ async def test_serves_a_users_export(world: SimulatorWorld) -> None:
 @pytest.mark.e2e
 def test_simulator_help_lists_the_demo_tokens_and_faults() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "simulator", "--help"],
+        [sys.executable, "-m", "gateway.server.cli", "simulator", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -620,7 +620,7 @@ def test_simulator_rejects_a_bad_data_file(tmp_path: Path) -> None:
     bad = tmp_path / "numbers.json"
     bad.write_text('{"not": "a list"}')
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "simulator", "--data", str(bad)],
+        [sys.executable, "-m", "gateway.server.cli", "simulator", "--data", str(bad)],
         capture_output=True,
         text=True,
         check=False,

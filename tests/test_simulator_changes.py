@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 
-from gateway.app import create_app
+from gateway.server.app import create_app
 from gateway.settings import load_settings
 from gateway.simulator import build_demo_world, create_simulator_app
 from tests.conftest import RecordingTransport, live_settings

@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 import strawberry
 
-from gateway.errors import BadUserInput, UpstreamUnavailable
-from gateway.numbers.arguments import cursor_at, decode_cursor, numbers_query, page_window
-from gateway.numbers.connection import PageResult
-from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
-from gateway.numbers.reader import (
+from gateway.domain.arguments import cursor_at, decode_cursor, numbers_query, page_window
+from gateway.domain.connection import PageResult
+from gateway.domain.query import Fetch, PageWindow, UpstreamPage
+from gateway.domain.reader import (
     LOCATION,
     NUMBER_COUNTS,
     OWNER,
@@ -20,7 +19,8 @@ from gateway.numbers.reader import (
     to_number_counts,
     to_phone_number,
 )
-from gateway.numbers.types import (
+from gateway.errors import BadUserInput, UpstreamUnavailable
+from gateway.schema.types import (
     NumberState,
     NumberType,
     OwnerType,

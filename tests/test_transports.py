@@ -23,12 +23,12 @@ from starlette.websockets import WebSocketDisconnect
 from strawberry.types import ExecutionResult
 from structlog.testing import capture_logs
 
-import gateway.http.websocket as websocket_module
-from gateway.app import create_app
-from gateway.http.incremental_payloads import PayloadWriter, merged_answer
-from gateway.http.payload_stream import PayloadStream
-from gateway.http.stream_limits import OpenStreams
-from gateway.http.stream_styles import MultipartFraming, StreamedResponse
+import gateway.transports.websocket as websocket_module
+from gateway.server.app import create_app
+from gateway.transports.incremental_payloads import PayloadWriter, merged_answer
+from gateway.transports.payload_stream import PayloadStream
+from gateway.transports.stream_limits import OpenStreams
+from gateway.transports.stream_styles import MultipartFraming, StreamedResponse
 from tests.conftest import RecordingTransport, eventually, live_settings
 
 with warnings.catch_warnings():
@@ -175,7 +175,7 @@ def multipart_parts(text: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 
 def incremental_enabled() -> bool:
-    from gateway.api.schema import build_schema
+    from gateway.schema.build import build_schema
 
     schema = build_schema()
     return schema.config.enable_experimental_incremental_execution

@@ -12,8 +12,8 @@ import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import build_upstream_http
-from gateway.numbers.query import Fetch, NumbersQuery, PageWindow
+from gateway.domain.query import Fetch, NumbersQuery, PageWindow
+from gateway.server.app import build_upstream_http
 from gateway.upstream.client import UpstreamClient
 from tests.conftest import (
     UPSTREAM_BASE,

@@ -50,9 +50,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from gateway.data.guarded_redis import seal, unseal
+from gateway.domain.changes import EntryChange, PhoneNumberChangeKind, Snapshot
 from gateway.errors import ErrorCode
-from gateway.numbers.changes import EntryChange, PhoneNumberChangeKind, Snapshot
-from gateway.pipeline.guarded_redis import seal, unseal
 
 log = structlog.get_logger("gateway.changes")
 

@@ -43,15 +43,7 @@ from gateway.changes.coordination import (
 )
 from gateway.changes.polling import InconsistentPoll
 from gateway.clock import Clock
-from gateway.errors import (
-    INTERNAL_ERROR_MESSAGE,
-    ErrorCode,
-    GatewayError,
-    RateLimited,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from gateway.numbers.changes import (
+from gateway.domain.changes import (
     SYNCED,
     Entry,
     EntryChange,
@@ -59,6 +51,14 @@ from gateway.numbers.changes import (
     diff_snapshots,
     entry_identity,
     snapshot_of,
+)
+from gateway.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    ErrorCode,
+    GatewayError,
+    RateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from gateway.observability.metrics import GatewayMetrics
 

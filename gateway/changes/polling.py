@@ -16,10 +16,10 @@ feed throws it away (no diff, no commit) and polls again next interval.
 
 from __future__ import annotations
 
+from gateway.data.source import CallerNumbers
+from gateway.domain.changes import Entry, entry_identity
 from gateway.errors import BadUserInput, UpstreamUnavailable
-from gateway.numbers.changes import Entry, entry_identity
-from gateway.numbers.types import PageInput, PhoneNumberFilter
-from gateway.pipeline.source import CallerNumbers
+from gateway.schema.types import PageInput, PhoneNumberFilter
 
 
 class InconsistentPoll(Exception):

@@ -33,14 +33,14 @@ from gateway.changes.coordination import (
 from gateway.changes.feed import ChangeFeed, Subscriber
 from gateway.changes.polling import poll_entries
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.data.page_cache import OWN_ORG
+from gateway.data.source import CallerNumbers
+from gateway.domain.arguments import numbers_query
+from gateway.domain.changes import Entry, PhoneNumberChange
+from gateway.domain.query import NumbersQuery
 from gateway.errors import GatewayError, RateLimited
-from gateway.numbers.arguments import numbers_query
-from gateway.numbers.changes import Entry, PhoneNumberChange
-from gateway.numbers.query import NumbersQuery
-from gateway.numbers.types import PhoneNumberFilter
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.page_cache import OWN_ORG
-from gateway.pipeline.source import CallerNumbers
+from gateway.schema.types import PhoneNumberFilter
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.changes")

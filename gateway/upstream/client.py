@@ -39,6 +39,7 @@ import orjson
 import structlog
 
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.domain.query import Fetch, PageWindow, UpstreamPage
 from gateway.errors import (
     RateLimited,
     UpstreamError,
@@ -48,7 +49,6 @@ from gateway.errors import (
     code_for_upstream_status,
 )
 from gateway.http_syntax import decimal_value
-from gateway.numbers.query import Fetch, PageWindow, UpstreamPage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import tracking_id_of
 from gateway.upstream.body import read_numbers_body

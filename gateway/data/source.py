@@ -1,0 +1,243 @@
+"""The home of the request pipeline: every consumer of phone numbers goes through here.
+
+``NumbersSource`` is built once in the lifespan from the page cache and the upstream client.
+``for_caller`` gives one request its own ``CallerNumbers``: the caller (``Callers`` normalises
+the credential and names the caller; a bad one fails each field before any upstream call),
+whether it asked for ``no-cache``, the record of what the cache did,
+and a fresh loader that merges the asks of one operation. Root fields, federation entity
+fields and persisted-query replays all read numbers through it; the HTTP view only says who
+is calling. A window under ``@stream`` is opened by ``page_stream`` instead: its first chunk
+through the same loader and cache, the rest walked as the client takes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from functools import partial
+from typing import Literal, overload
+
+from gateway.data.caller import Caller, Callers
+from gateway.data.loaders import NumbersLoader
+from gateway.data.page_cache import CacheEvent, PageCache, cache_key
+from gateway.data.page_stream import UpstreamWalk, open_stream
+from gateway.domain.arguments import numbers_query, page_window
+from gateway.domain.connection import PageResult, StreamedPageResult
+from gateway.domain.query import EntityKey, Fetch, UpstreamPage
+from gateway.domain.reader import to_number_counts
+from gateway.errors import Unauthenticated
+from gateway.schema.types import NumberCounts, PageInput, PhoneNumberFilter, PhoneNumberOrder
+from gateway.upstream.client import UpstreamClient
+
+_FRESH = frozenset({"hit", "miss", "refresh"})
+
+
+class NumbersSource:
+    """The page cache in front of the upstream, per caller. One per app."""
+
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        cache: PageCache,
+        *,
+        max_page_size: int,
+        max_stream_items: int | None = None,
+        default_authorization: str | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.cache = cache
+        self.max_page_size = max_page_size
+        # The ceiling of a window under @stream (None: GATEWAY_MAX_PAGE_SIZE, as unstreamed).
+        self.max_stream_items = max_stream_items
+        # Under the cache's secret, so a caller's identity and its cache keys agree.
+        self.callers = Callers(cache.secret, default_authorization)
+
+    def for_caller(
+        self,
+        authorization: str | None,
+        *,
+        refresh: bool = False,
+        caller: Caller | None = None,
+    ) -> CallerNumbers:
+        """One request's view. ``authorization`` is the header exactly as sent; ``caller``,
+        when the request already identified it (``callers.known(authorization)``), so its
+        HMAC is not computed twice. None: identified here, and a header that names nobody
+        makes each field that reads numbers fail with the reason."""
+        if caller is not None:
+            return CallerNumbers(self, caller, refresh)
+        try:
+            identified: Caller | Unauthenticated = self.callers.identify(authorization)
+        except Unauthenticated as refused:
+            identified = refused  # each field that reads numbers fails with it, nothing else
+        return CallerNumbers(self, identified, refresh)
+
+
+class CallerNumbers:
+    """One request's numbers: credentials, ``no-cache``, cache events and the loader."""
+
+    def __init__(
+        self,
+        source: NumbersSource,
+        caller: Caller | Unauthenticated,
+        refresh: bool,
+        loader: NumbersLoader | None = None,
+    ) -> None:
+        self._source = source
+        self._caller = caller
+        self.refresh = refresh
+        # The loader fetches through a function of the source, caller and refresh, not a
+        # method of this object: it would make the two a reference cycle.
+        fetch_page = partial(_fetch_through_cache, source, caller, refresh)
+        self._loader = (loader or NumbersLoader(fetch_page)).view()
+        self.cache_events: list[CacheEvent] = self._loader.events
+
+    @property
+    def caller(self) -> Caller:
+        """Who is calling; raises ``Unauthenticated`` (before any upstream call) when the
+        request named nobody who could call the upstream."""
+        if isinstance(self._caller, Unauthenticated):
+            raise Unauthenticated(self._caller.message)
+        return self._caller
+
+    def refreshing(self) -> CallerNumbers:
+        """A new view for the same caller that never reads a cached answer and refreshes the
+        cache, as ``Cache-Control: no-cache`` does (each poll of a change feed takes one)."""
+        return CallerNumbers(self._source, self._caller, refresh=True)
+
+    def sharing(self) -> CallerNumbers:
+        """Another operation of the same request (a batch): the same caller and loader, so
+        equal asks across the operations make one upstream call, but cache events of its
+        own, so each operation's ``fresh_for`` and ``extensions.cache`` are its own."""
+        return CallerNumbers(self._source, self._caller, self.refresh, self._loader.loader)
+
+    @property
+    def ttl(self) -> float:
+        """How long the cache keeps an answer fresh (0: caching is off)."""
+        return self._source.cache.ttl
+
+    def fresh_for(self) -> float | None:
+        """Seconds an answer built from this request's upstream asks stays fresh: as long as
+        the shortest-lived cache entry it used. None when caching is off, when nothing was
+        asked, or when an ask was answered stale."""
+        events = self.cache_events
+        if self.ttl <= 0 or not events or any(e.status not in _FRESH for e in events):
+            return None
+        return self.ttl - max(event.age for event in events)
+
+    def load(self, ask: Fetch) -> Awaitable[UpstreamPage]:
+        """The upstream's answer to ``ask``, merged with the operation's other asks."""
+        return self._loader.load(ask)
+
+    @overload
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        entity_key: EntityKey | None = None,
+        total: bool = False,
+        streamed: Literal[False] = False,
+        held_stream: bool = False,
+    ) -> PageResult: ...
+
+    @overload
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        entity_key: EntityKey | None = None,
+        total: bool = False,
+        streamed: bool = False,
+        held_stream: bool = False,
+    ) -> PageResult | StreamedPageResult: ...
+
+    async def phone_numbers(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        order: PhoneNumberOrder | None,
+        page: PageInput | None,
+        *,
+        entity_key: EntityKey | None = None,
+        total: bool = False,
+        streamed: bool = False,
+        held_stream: bool = False,
+    ) -> PageResult | StreamedPageResult:
+        """One page of numbers; arguments are validated before any upstream call. ``total``
+        asks for the counts too (``details=true``). ``streamed``: the items are delivered
+        with ``@stream``, so the window may reach ``GATEWAY_MAX_STREAM_ITEMS`` and is walked
+        while the client takes it (``pipeline.page_stream``). ``held_stream``: the items
+        carry ``@stream`` but the response is one JSON body, so the window stays within
+        ``GATEWAY_MAX_PAGE_SIZE`` (its refusal says how to stream instead)."""
+        source = self._source
+        query = numbers_query(org_id, flt, order, entity_key=entity_key)
+        window = page_window(
+            query,
+            page,
+            source.max_page_size,
+            streamed=streamed,
+            max_stream_items=source.max_stream_items,
+            held_stream=held_stream,
+        )
+        if streamed:
+            return await open_stream(
+                query,
+                window,
+                max_page_size=source.max_page_size,
+                details=total,
+                load=self.load,
+                load_fresh=self._load_fresh,
+                walk=UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size),
+            )
+        return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
+
+    async def number_counts(
+        self,
+        org_id: str | None,
+        flt: PhoneNumberFilter | None,
+        *,
+        entity_key: EntityKey | None = None,
+    ) -> NumberCounts:
+        query = numbers_query(org_id, flt, None, entity_key=entity_key)
+        answer = await self.load(Fetch(query, None, details=True))
+        return to_number_counts(answer.count)
+
+    async def _load_fresh(self, ask: Fetch) -> UpstreamPage:
+        """``ask`` answered by the upstream now (the cache refreshed, never read): a long
+        stream's first chunk, whose total must be of the walk's moment (``open_stream``)."""
+        page, event = await _fetch_through_cache(
+            self._source, self._caller, self.refresh, ask, True
+        )
+        self.cache_events.append(event)
+        return page
+
+    def release(self) -> None:
+        """The request is done reading numbers: its loader forgets the pages it loaded, so
+        they are freed with the answer rather than by a garbage collection (``NumbersLoader.
+        clear``). Every operation sharing the loader must be done (a batch releases once)."""
+        self._loader.loader.clear()
+
+
+async def _fetch_through_cache(
+    source: NumbersSource,
+    caller: Caller | Unauthenticated,
+    view_refresh: bool,
+    fetch: Fetch,
+    refresh: bool,
+) -> tuple[UpstreamPage, CacheEvent]:
+    """One upstream ask of a request's loader, through the page cache under the caller's key."""
+    if isinstance(caller, Unauthenticated):
+        raise Unauthenticated(caller.message)
+    cache = source.cache
+    upstream = source.upstream
+    page, event = await cache.get_or_fetch(
+        cache_key(cache.secret, caller.identity, fetch),
+        lambda: upstream.fetch(fetch, caller.authorization, caller=caller.identity),
+        owner=caller.identity,
+        refresh=view_refresh or refresh,
+    )
+    return page, event

@@ -1,0 +1,57 @@
+"""The root ``Query`` type. Resolvers hand their arguments to the request's numbers and
+return; validation lives in ``numbers.arguments``, the data path in ``pipeline.source``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+
+from gateway.schema.context import RequestContext
+from gateway.schema.types import (
+    FilterArgument,
+    NumberCounts,
+    OrderArgument,
+    PageArgument,
+    PhoneNumberConnection,
+    caller_numbers,
+    numbers_connection,
+)
+
+OrgIdArgument = Annotated[
+    strawberry.ID | None,
+    strawberry.argument(
+        description="The organization to list; default is the caller's own. Partners pass "
+        "the id of an organization they manage."
+    ),
+]
+
+
+@strawberry.type(description="Read the phone numbers of Webex Calling organizations.")
+class Query:
+    @strawberry.field(
+        description="A page of the organization's phone numbers and extensions, with their "
+        "status and owner. Null (with an error) when the upstream call fails."
+    )
+    async def phone_numbers(
+        self,
+        info: strawberry.Info[RequestContext, None],
+        org_id: OrgIdArgument = None,
+        filter: FilterArgument = None,
+        order: OrderArgument = None,
+        page: PageArgument = None,
+    ) -> PhoneNumberConnection | None:
+        return await numbers_connection(info, org_id, filter, order, page, None)
+
+    @strawberry.field(
+        description="Counts over every entry the filter matches: assigned, unassigned, "
+        "inactive, extension-only, toll-free, mobile, service and reserved numbers."
+    )
+    async def number_counts(
+        self,
+        info: strawberry.Info[RequestContext, None],
+        org_id: OrgIdArgument = None,
+        filter: FilterArgument = None,
+    ) -> NumberCounts | None:
+        return await caller_numbers(info).number_counts(org_id, filter)

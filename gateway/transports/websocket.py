@@ -1,0 +1,498 @@
+"""GraphQL over WebSocket on ``/graphql``: the ``graphql-transport-ws`` protocol (the
+``graphql-ws`` library's), for subscriptions, and for queries (``@defer``/``@stream``
+included) too.
+
+The handshake: a browser's ``Origin`` must be the gateway's own or one of
+``GATEWAY_CORS_ORIGINS`` (browsers apply no CORS to WebSockets; this stops a foreign page
+from using a visitor's connection), else the upgrade is refused (403). Only the
+``graphql-transport-ws`` subprotocol is spoken: a connection offering no such subprotocol is
+closed with 4406.
+
+The protocol, as graphql-ws specifies it: ``connection_init`` within
+``CONNECTION_INIT_TIMEOUT`` seconds (else 4408) and only once (else 4429); its payload may
+carry ``Authorization`` (``{"Authorization": "Bearer ..."}``, any case of the key), which
+takes precedence over the upgrade request's header (browsers cannot set headers on a
+WebSocket); then ``connection_ack``. Each ``subscribe`` runs through the same
+``OperationRunner`` as HTTP (document policy, limits, the caller's numbers): ``next`` per
+payload then ``complete``; a request that fails before its first payload, or a subscription
+refused at once (limits, credentials), is one ``error`` message. The client's ``complete``
+stops its operation. ``ping`` gets ``pong``; the server pings every
+``KEEP_ALIVE_SECONDS``. A subscribe before the ack closes with 4401, a reused id with 4409,
+an id longer than ``MAX_OPERATION_ID_LENGTH`` or anything unreadable with 4400.
+
+At shutdown every operation is stopped first. A query (or ``@defer``/``@stream`` result) cut
+short gets an ``error`` message (``RATE_LIMITED``, "the gateway is shutting down"), so the
+client knows its result is incomplete; a subscription gets nothing (not ``complete``: a
+graphql-ws client takes a server's ``complete`` as the normal end and would not subscribe
+again), and the socket is closed with 1012 (service restart), which graphql-ws clients retry,
+subscribing again to every subscription still open. Each write is bounded by
+``CLOSE_WRITE_SECONDS`` so a client that does not read cannot hold shutdown.
+
+Bounds: every operation but a subscription (those have their own,
+``GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER``) holds one of its caller's
+``GATEWAY_MAX_STREAMS_PER_CALLER`` stream slots, shared with HTTP's streamed responses; a
+connection runs at most ``MAX_OPERATIONS_PER_CONNECTION`` operations at once; past either the
+operation gets an ``error`` message (``RATE_LIMITED``). Payloads are read one ahead of the
+socket (``PayloadStream``), and a write waits while the client does not read, so an unread
+operation holds one payload, not its whole walk. A connection holding no operation for
+``IDLE_TIMEOUT_SECONDS`` is closed (1000), and under connection pressure such a connection
+may be shed (1013, try again later) like an idle HTTP connection (``connections``).
+
+One log line per operation when it ends (``websocket_operation``) and one per connection
+(``websocket_closed``); never a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, Final
+
+import orjson
+import structlog
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.http.websocket_origin import is_same_origin, normalize_origin
+
+from gateway.changes.registry import ChangeFeeds
+from gateway.data.source import NumbersSource
+from gateway.errors import ErrorCode
+from gateway.observability.request_facts import (
+    CLIENT_NAME_HEADER,
+    RequestFacts,
+    client_field,
+    collecting,
+    new_request_id,
+)
+from gateway.server.connections import WEBSOCKET_ACTIVITY
+from gateway.transports.graphql_request import GraphQLParams, params_from_body
+from gateway.transports.operation import Answer, OperationCall, OperationRunner
+from gateway.transports.payload_stream import PayloadStream
+from gateway.transports.refusals import Refusal
+from gateway.transports.stream_limits import NO_CALLER, RETRY_AFTER_SECONDS, OpenStreams
+from gateway.transports.stream_styles import SHUTDOWN_ERROR
+
+log = structlog.get_logger("gateway.http")
+
+SUBPROTOCOL: Final = "graphql-transport-ws"
+CONNECTION_INIT_TIMEOUT: Final = 10.0  # seconds (graphql-ws's default)
+KEEP_ALIVE_SECONDS: Final = 12.0
+# Operations one connection may run at once (each also holds a stream or subscription slot
+# of its caller): a client multiplexing more opens another connection.
+MAX_OPERATIONS_PER_CONNECTION: Final = 16
+MAX_OPERATION_ID_LENGTH: Final = 128  # characters; graphql-ws clients use short ids
+# A connection holding no operation this long is closed (1000): an idle socket otherwise holds
+# a connection slot (GATEWAY_MAX_CONNECTIONS) for good. graphql-ws clients reconnect lazily.
+IDLE_TIMEOUT_SECONDS: Final = 60.0
+# How long shutdown waits to write each final message to a client that does not read.
+CLOSE_WRITE_SECONDS: Final = 2.0
+# Service Restart: graphql-ws clients retry it (4xxx codes, and most 1xxx, are fatal to them).
+SHUTDOWN_CLOSE_CODE: Final = 1012
+
+
+class _Closing(Exception):
+    """Close the connection with this protocol code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """No ``Origin`` (not a browser), the gateway's own, or one ``GATEWAY_CORS_ORIGINS``
+    names (``*``: any)."""
+    if origin is None:
+        return True
+    if "*" in allowed or is_same_origin(origin, host):
+        return True
+    normalized = normalize_origin(origin)
+    return normalized is not None and normalized in {normalize_origin(o) for o in allowed}
+
+
+class GraphQLWebSocket:
+    """The ASGI endpoint for WebSocket connections to ``/graphql``. Built once."""
+
+    def __init__(
+        self,
+        *,
+        runner: OperationRunner,
+        allowed_origins: tuple[str, ...],
+        init_timeout: float = CONNECTION_INIT_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+    ) -> None:
+        self.runner = runner
+        self.allowed_origins = allowed_origins
+        self.init_timeout = init_timeout
+        self.idle_timeout = idle_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(WebSocket(scope, receive, send))
+
+    async def serve(self, websocket: WebSocket) -> None:
+        headers = websocket.headers
+        if not origin_allowed(headers.get("origin"), headers.get("host"), self.allowed_origins):
+            log.info("websocket_refused", reason="origin not allowed")
+            await websocket.close(code=1008)  # before accept: the upgrade is refused (403)
+            return
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        if SUBPROTOCOL not in offered:
+            await websocket.accept()
+            await websocket.close(4406, "Subprotocol not acceptable")
+            return
+        await websocket.accept(subprotocol=SUBPROTOCOL)
+        connection = _Connection(self, websocket)
+        # The server's connection table finds it through the scope (a shedding candidate
+        # while it holds no operation).
+        websocket.scope[WEBSOCKET_ACTIVITY] = connection
+        await connection.serve()
+
+
+class _Connection:
+    """One WebSocket connection's protocol state."""
+
+    def __init__(self, endpoint: GraphQLWebSocket, websocket: WebSocket) -> None:
+        self.endpoint = endpoint
+        self.websocket = websocket
+        self.streams: OpenStreams = websocket.state.streams
+        self.authorization: str | None = websocket.headers.get("authorization")
+        self.acknowledged = False
+        self.operations: dict[str, asyncio.Task[None]] = {}
+        # Operations known not to be subscriptions: cut short at shutdown, they get an error.
+        self.queries: set[str] = set()
+        self.started = time.perf_counter()
+        self.operations_run = 0
+        self.close_code = 1000
+        self.send_lock = asyncio.Lock()
+        self.client_name = client_field(websocket.headers.get(CLIENT_NAME_HEADER))
+        self._busy = asyncio.Event()  # set while an operation runs
+        self._shed = asyncio.Event()  # set when the server needs this connection's slot
+
+    @property
+    def idle(self) -> bool:
+        """No operation running: the connection holds a socket and nothing else."""
+        return not self.operations
+
+    def shed(self) -> None:
+        """Close this idle connection to make room for another (``connections``)."""
+        self._shed.set()
+
+    async def serve(self) -> None:
+        reading = asyncio.ensure_future(self._read())
+        pinging = asyncio.ensure_future(self._keep_alive())
+        idling = asyncio.ensure_future(self._idle_watch())
+        shutdown = asyncio.ensure_future(self.streams.closing.wait())
+        shed = asyncio.ensure_future(self._shed.wait())
+        tasks = (reading, pinging, idling, shutdown, shed)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            error = next(
+                (t.exception() for t in (reading, idling) if t in done and t.exception()), None
+            )
+            if isinstance(error, _Closing):
+                await self._close(error.code, error.reason)
+            elif isinstance(error, WebSocketDisconnect):
+                self.close_code = error.code
+            elif error is not None:
+                log.error("websocket_failed", exc_info=error)
+                await self._close(1011, "Internal error")
+            elif shutdown in done:
+                await self._end_for_shutdown()
+                await self._close(SHUTDOWN_CLOSE_CODE, "The gateway is restarting; reconnect")
+            elif shed in done and self.idle:
+                await self._close(1013, "The gateway needs this idle connection; reconnect")
+            elif pinging in done:  # the socket could not be written: it is gone
+                self.close_code = 1006
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self._stop_operations()
+            log.info(
+                "websocket_closed",
+                closeCode=self.close_code,
+                operations=self.operations_run,
+                durationMs=round((time.perf_counter() - self.started) * 1000, 1),
+                clientName=self.client_name,
+            )
+
+    async def _idle_watch(self) -> None:
+        """Raises ``_Closing`` once no operation has run for the idle timeout."""
+        timeout = self.endpoint.idle_timeout
+        while True:
+            if not self.operations:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._busy.wait()
+                except TimeoutError:
+                    raise _Closing(1000, f"No operation for {timeout:g} seconds") from None
+            await self._until_idle()
+
+    async def _until_idle(self) -> None:
+        while self.operations:  # asyncio.wait: being cancelled leaves the operations be
+            await asyncio.wait(list(self.operations.values()))
+
+    def _note_activity(self) -> None:
+        if self.operations:
+            self._busy.set()
+        else:
+            self._busy.clear()
+
+    async def _read(self) -> None:
+        try:
+            async with asyncio.timeout(self.endpoint.init_timeout):
+                while not self.acknowledged:
+                    await self._handle(await self._receive())
+        except TimeoutError:
+            raise _Closing(4408, "Connection initialisation timeout") from None
+        while True:
+            await self._handle(await self._receive())
+
+    async def _receive(self) -> dict[str, Any]:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        try:
+            data = orjson.loads(text if text is not None else message.get("bytes") or b"")
+        except orjson.JSONDecodeError:
+            raise _Closing(4400, "Invalid message received") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise _Closing(4400, "Invalid message received")
+        return data
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "connection_init":
+            if self.acknowledged:
+                raise _Closing(4429, "Too many initialisation requests")
+            self._take_credentials(message.get("payload"))
+            self.acknowledged = True
+            await self._send({"type": "connection_ack"})
+        elif kind == "ping":
+            await self._send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "subscribe":
+            if not self.acknowledged:
+                raise _Closing(4401, "Unauthorized")
+            self._subscribe(message)
+        elif kind == "complete":
+            task = self.operations.pop(str(message.get("id")), None)
+            if task is not None:
+                task.cancel()
+            self._note_activity()
+        else:
+            raise _Closing(4400, f"Unknown message type {kind[:32]!r}")
+
+    def _take_credentials(self, payload: Any) -> None:
+        if payload is not None and not isinstance(payload, dict):
+            raise _Closing(4400, "connection_init payload must be an object")
+        for key, value in (payload or {}).items():
+            if key.lower() == "authorization" and isinstance(value, str):
+                self.authorization = value  # the payload's wins over the upgrade's header
+
+    def _subscribe(self, message: dict[str, Any]) -> None:
+        operation_id = message.get("id")
+        payload = message.get("payload")
+        if not isinstance(operation_id, str) or not operation_id or not isinstance(payload, dict):
+            raise _Closing(4400, "Invalid subscribe message")
+        if len(operation_id) > MAX_OPERATION_ID_LENGTH:
+            raise _Closing(4400, f"Subscribe id longer than {MAX_OPERATION_ID_LENGTH} characters")
+        if operation_id in self.operations:
+            raise _Closing(4409, f"Subscriber for {operation_id[:64]} already exists")
+        self.operations_run += 1
+        task = asyncio.ensure_future(self._run(operation_id, payload))
+        self.operations[operation_id] = task
+        task.add_done_callback(lambda _: self._forget(operation_id, task))
+        self._note_activity()
+
+    def _forget(self, operation_id: str, task: asyncio.Task[None]) -> None:
+        if self.operations.get(operation_id) is task:
+            del self.operations[operation_id]
+            self.queries.discard(operation_id)
+        self._note_activity()
+
+    async def _run(self, operation_id: str, payload: dict[str, Any]) -> None:
+        """One operation, from its ``subscribe`` to its end, with its own log line."""
+        facts = RequestFacts(request_id=new_request_id(), client_name=self.client_name)
+        run = _OperationRun(facts)
+        try:
+            with collecting(facts):
+                await self._operate(operation_id, payload, run)
+        except BaseException:
+            run.ended = "cancelled"  # the client's ``complete``, its leaving, or shutdown
+            raise
+        finally:
+            facts.operation_name = facts.operation_name or run.operation_name
+            log.info(
+                "websocket_operation",
+                **facts.operation_log() | {"errorCodes": run.error_codes, "outcome": run.outcome},
+                ended=run.ended,
+                payloads=run.payloads,
+                durationMs=round((time.perf_counter() - run.started) * 1000, 1),
+                clientName=self.client_name,
+            )
+
+    async def _operate(
+        self, operation_id: str, payload: dict[str, Any], run: _OperationRun
+    ) -> None:
+        try:
+            params = params_from_body(orjson.dumps(payload))
+            if not isinstance(params, GraphQLParams):  # pragma: no cover - batch_max is 0
+                raise Refusal(400, "One operation per subscribe message.")
+            run.operation_name = (params.operation_name or "")[:64] or None
+            call = self._call(params)
+            runner = self.endpoint.runner
+            # Only a subscription "prefers" a stream over JSON: those have their own bounds.
+            subscription = await runner.wants_stream(call, json_preferred=True)
+            if not subscription:
+                self.queries.add(operation_id)
+            async with self._operation_slot(counted=not subscription):
+                outcome = await runner.stream(call)
+                if isinstance(outcome, Answer):
+                    errors = orjson.loads(outcome.body).get("errors", [])
+                    run.refused(errors)
+                    await self._send({"type": "error", "id": operation_id, "payload": errors})
+                    return
+                async with outcome:
+                    await self._relay(operation_id, outcome, run)
+        except Refusal as refusal:
+            errors = _errors(refusal)
+            run.refused(errors)
+            await self._send({"type": "error", "id": operation_id, "payload": errors})
+
+    @contextlib.asynccontextmanager
+    async def _operation_slot(self, *, counted: bool) -> Any:
+        """One of this connection's operation slots and, when ``counted`` (not a
+        subscription), one of the caller's stream slots, for the operation's duration."""
+        if len(self.operations) > MAX_OPERATIONS_PER_CONNECTION:
+            raise Refusal(
+                429,
+                f"This connection runs {MAX_OPERATIONS_PER_CONNECTION} operations, the most it "
+                "may; complete one first or open another connection.",
+                ErrorCode.RATE_LIMITED,
+                extensions={"retryAfter": RETRY_AFTER_SECONDS},
+            )
+        if not counted:
+            yield
+            return
+        numbers: NumbersSource = self.websocket.state.numbers
+        caller = numbers.callers.known(self.authorization)
+        key = caller.identity if caller is not None else NO_CALLER
+        self.streams.acquire(key)  # raises Refusal (RATE_LIMITED) past the caller's bound
+        try:
+            yield
+        finally:
+            self.streams.release(key)
+
+    async def _relay(self, operation_id: str, payloads: PayloadStream, run: _OperationRun) -> None:
+        first = True
+        while (payload := await payloads.next()) is not None:
+            if first and payloads.subscription and payload.get("data") is None:
+                # Refused at once (limits, credentials, a bad filter): an error, not an event.
+                errors = payload.get("errors", [])
+                run.refused(errors)
+                await self._send({"type": "error", "id": operation_id, "payload": errors})
+                return
+            first = False
+            run.sent(payload)
+            await self._send({"type": "next", "id": operation_id, "payload": payload})
+        if payloads.subscription and self._server_stopping():
+            # Ended by shutdown (the change feeds close first): no ``complete``, so the
+            # client subscribes again once it has reconnected (``_end_for_shutdown``).
+            return
+        await self._send({"type": "complete", "id": operation_id})
+
+    def _call(self, params: GraphQLParams) -> OperationCall:
+        return OperationCall(
+            connection=self.websocket,
+            params=params,
+            authorization=self.authorization,
+            queries_only=False,
+            shape="websocket",
+        )
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_SECONDS)
+            await self._send({"type": "ping"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        async with self.send_lock:
+            if self.websocket.application_state is WebSocketState.CONNECTED:
+                await self.websocket.send_text(orjson.dumps(message).decode())
+
+    def _server_stopping(self) -> bool:
+        changes: ChangeFeeds | None = getattr(self.websocket.state, "changes", None)
+        return self.streams.closing.is_set() or (changes is not None and changes.closed)
+
+    async def _end_for_shutdown(self) -> None:
+        """Stop every operation, then tell each query cut short that it was (an ``error``);
+        subscriptions are told nothing, so that the client resubscribes after reconnecting.
+        An operation whose kind is not known yet sent nothing either: it is retried too."""
+        running = dict(self.operations)
+        queries = set(self.queries)
+        await self._stop_operations()
+        cut_short = [oid for oid, task in running.items() if oid in queries and task.cancelled()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WRITE_SECONDS):
+                for operation_id in cut_short:
+                    await self._send(
+                        {"type": "error", "id": operation_id, "payload": [SHUTDOWN_ERROR]}
+                    )
+
+    async def _stop_operations(self) -> None:
+        tasks = list(self.operations.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.close_code = code
+        if self.websocket.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.websocket.close(code, reason)
+
+
+class _OperationRun:
+    """What one WebSocket operation did, for its log line."""
+
+    def __init__(self, facts: RequestFacts) -> None:
+        self.facts = facts
+        self.started = time.perf_counter()
+        self.operation_name: str | None = None
+        self.payloads = 0
+        self.ended = "complete"
+        self.error_codes: list[str] = []  # the codes of the errors sent, in order, once each
+
+    @property
+    def outcome(self) -> str:
+        """``success``, ``error`` (it ran, with errors) or ``rejected`` (it never ran)."""
+        if self.ended == "error" and not self.payloads:
+            return "rejected"
+        return "error" if self.error_codes else "success"
+
+    def sent(self, payload: dict[str, Any]) -> None:
+        self.payloads += 1
+        errors = list(payload.get("errors") or ())
+        for part in payload.get("incremental") or ():
+            errors += part.get("errors") or ()
+        self._note(errors)
+
+    def refused(self, errors: list[dict[str, Any]]) -> None:
+        self.ended = "error"
+        self._note(errors)
+
+    def _note(self, errors: list[dict[str, Any]]) -> None:
+        for error in errors:
+            code = str((error.get("extensions") or {}).get("code"))
+            if code not in self.error_codes:
+                self.error_codes.append(code)
+
+
+def _errors(refusal: Refusal) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = orjson.loads(refusal.body())["errors"]
+    return errors
