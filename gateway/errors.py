@@ -10,7 +10,7 @@
         └── UpstreamUnavailable  UPSTREAM_UNAVAILABLE: 5xx, connection failure, unreadable body
 
 A document that does not parse is GRAPHQL_PARSE_FAILED, one that does not validate
-GRAPHQL_VALIDATION_FAILED (Apollo's codes, given in ``gateway.execution.contract_errors``); variables
+GRAPHQL_VALIDATION_FAILED (Apollo's codes, given in ``gateway.execution.prepare``); variables
 that do not coerce and the operation limits (depth, aliases, tokens, root fields, cost,
 entities) are BAD_USER_INPUT. Anything else raised while resolving is a bug and is masked as
 INTERNAL_SERVER_ERROR.

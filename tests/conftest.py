@@ -15,10 +15,17 @@ import httpx
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
+from graphql import DocumentNode, ExecutionResult, OperationDefinitionNode, parse
 from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 
-from gateway.server.app import create_app
+from gateway.execution.cost import CostLimits, operation_cost
+from gateway.execution.fragment_walk import fragment_definitions
+from gateway.execution.prepare import OperationRefused
+from gateway.execution.run import RunOptions
+from gateway.observability.metrics import GatewayMetrics
+from gateway.schema.context import RequestContext
+from gateway.server.app import build_execution, create_app
 from gateway.settings import Settings, load_settings
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
@@ -32,6 +39,86 @@ CI_EXAMPLES = 100
 hypothesis_settings.register_profile("ci", max_examples=CI_EXAMPLES)
 hypothesis_settings.register_profile("dev", max_examples=CI_EXAMPLES // 10)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def estimated_cost(
+    document: str | DocumentNode,
+    operation_name: str | None = None,
+    variables: dict[str, Any] | None = None,
+    *,
+    max_page_size: int = 2000,
+    max_entities: int = 1000,
+    max_stream_items: int | None = None,
+    held: bool = False,
+) -> int | None:
+    """The cost estimate of the operation of ``document`` that would run (``execution.cost``),
+    or None when none can be chosen; ``held``: priced as an answer held whole."""
+    parsed = parse(document) if isinstance(document, str) else document
+    operations = [d for d in parsed.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [op for op in operations if op.name and op.name.value == operation_name]
+    if len(operations) != 1:
+        return None
+    limits = CostLimits(
+        max_cost=10**9,
+        max_page_size=max_page_size,
+        max_entities=max_entities,
+        max_stream_items=max_stream_items,
+    )
+    return operation_cost(operations[0], fragment_definitions(parsed), variables, limits, held=held)
+
+
+class InProcess:
+    """Operations run in process through the gateway's own stages, as the transports run them:
+    prepared (``execution.prepare``), admitted (variables and cost), then executed whole
+    (``execute``) or as frames (``frames``: ``@defer``/``@stream`` payloads, a subscription's
+    events). A refusal comes back as a result with its errors and no data."""
+
+    def __init__(self, settings: Settings | None = None, **execution: Any) -> None:
+        self.settings = settings or live_settings()
+        self.metrics = GatewayMetrics()
+        self.operations, self.engine = build_execution(self.settings, self.metrics, **execution)
+
+    def _admit(
+        self, query: str, variables: dict[str, Any] | None, operation_name: str | None, held: bool
+    ) -> Any:
+        prepared = self.operations.prepare(query, operation_name)
+        return self.engine.admit(prepared, variables, RunOptions(held=held))
+
+    async def execute(
+        self,
+        query: str,
+        variable_values: dict[str, Any] | None = None,
+        context_value: RequestContext | None = None,
+        operation_name: str | None = None,
+    ) -> ExecutionResult:
+        assert context_value is not None
+        try:
+            admission = self._admit(query, variable_values, operation_name, held=True)
+        except OperationRefused as refused:
+            return ExecutionResult(None, refused.errors)
+        return await self.engine.execute(admission, context_value)
+
+    async def frames(
+        self,
+        query: str,
+        variable_values: dict[str, Any] | None = None,
+        context_value: RequestContext | None = None,
+        operation_name: str | None = None,
+    ) -> AsyncIterator[Any]:
+        assert context_value is not None
+        try:
+            admission = self._admit(query, variable_values, operation_name, held=False)
+        except OperationRefused as refused:
+            return _single(ExecutionResult(None, refused.errors))
+        return self.engine.frames(admission, context_value)
+
+    subscribe = frames
+    stream = frames
+
+
+async def _single(result: ExecutionResult) -> AsyncIterator[ExecutionResult]:
+    yield result
 
 
 def examples(ci_depth: int) -> int:

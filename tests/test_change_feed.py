@@ -1,4 +1,4 @@
-"""The change feed (``Subscription.phoneNumberChanges``), in process through ``schema.subscribe``:
+"""The change feed (``Subscription.phoneNumberChanges``), in process through the engine's frames:
 kinds, sharing, scope, limits and errors, with upstream calls counted and time driven by a
 stepped clock (a poll happens only when the test lets the feed's sleep end)."""
 
@@ -16,7 +16,6 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
-from starlette.requests import Request
 
 from gateway.changes.coordination import (
     FeedMessage,
@@ -27,15 +26,14 @@ from gateway.changes.coordination import (
 )
 from gateway.changes.feed import FeedEnded
 from gateway.changes.registry import ChangeFeeds, feed_name
-from gateway.observability.metrics import GatewayMetrics
-from gateway.schema.build import build_schema
+from gateway.observability.request_facts import client_field
 from gateway.schema.context import RequestContext
 from gateway.server.app import create_app
 from gateway.settings import Settings
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from gateway.upstream.client import RetryPolicy
-from tests.conftest import RecordingTransport, RedisServer, eventually, live_settings
+from tests.conftest import InProcess, RecordingTransport, RedisServer, eventually, live_settings
 
 WATCH = """subscription Watch($orgId: ID, $filter: PhoneNumberFilter) {
   phoneNumberChanges(orgId: $orgId, filter: $filter) {
@@ -100,22 +98,22 @@ class Harness:
         return feeds
 
     def context(self, token: str | None = "demo-admin", **headers: str) -> RequestContext:
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        if token is not None:
-            raw.append((b"authorization", f"Bearer {token}".encode()))
-        request = Request({"type": "http", "headers": raw, "state": self.state})
+        sent = {name.lower(): value for name, value in headers.items()}
+        authorization = f"Bearer {token}" if token is not None else None
         return RequestContext(
-            request=request,
-            settings=self.settings,
-            metrics=GatewayMetrics(),
-            numbers=self.state["numbers"].for_caller(request.headers.get("authorization")),
+            numbers=self.state["numbers"].for_caller(authorization),
+            changes=self.feeds,
+            client_name=client_field(sent.get("apollographql-client-name")),
         )
+
+    @property
+    def schema(self) -> InProcess:
+        return InProcess(self.settings)
 
     async def subscribe(
         self, token: str | None = "demo-admin", variables: dict[str, Any] | None = None
     ) -> Any:
-        schema = build_schema(self.settings)
-        return await schema.subscribe(
+        return await self.schema.subscribe(
             WATCH, variable_values=variables, context_value=self.context(token)
         )
 
@@ -406,7 +404,7 @@ async def test_each_subscription_logs_one_line_when_it_ends_without_the_token() 
 
     async with harness() as h:
         with capture_logs() as logs:
-            schema = build_schema(h.settings)
+            schema = h.schema
             context = h.context("demo-admin", **{"apollographql-client-name": "admin-console"})
             stream = await schema.subscribe(WATCH, context_value=context)
             assert (await next_event(stream))["kind"] == "SYNCED"
@@ -789,7 +787,9 @@ def pending_events(h: Harness) -> list[Any]:
 async def test_an_entry_removed_between_two_page_fetches_throws_the_poll_away_not_a_false_pair() -> (
     None
 ):
-    async with harness(max_page_size=40) as h:
+    # 40 a page: a poll of the feed's 20,000 entries may take 500 calls, which the cost
+    # estimate prices (25,050), above the default limit.
+    async with harness(max_page_size=40, max_cost=100_000) as h:
         gate = MutateBeforeSecondPage(h.recorder.inner)  # type: ignore[arg-type]
         h.recorder.inner = gate
         stream = await h.subscribe()
@@ -978,7 +978,7 @@ async def test_the_subscription_log_line_filters_the_client_name_as_the_request_
 
     async with harness() as h:
         with capture_logs() as logs:
-            schema = build_schema(h.settings)
+            schema = h.schema
             sent = "admin\x01console " + "x" * 100
             context = h.context("demo-admin", **{"apollographql-client-name": sent})
             stream = await schema.subscribe(WATCH, context_value=context)

@@ -1,4 +1,4 @@
-"""The negative ``@stream(initialCount:)`` guard (``document_guards.negative_initial_count``)
+"""The ``@stream``/``@defer`` argument guard (``document_limits.stream_argument_refusal``)
 reads only the operation that will run: its own directives (and the fragments it spreads) and
 its own variables' defaults, not another operation's of the same document."""
 
@@ -8,10 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from graphql import parse
+from graphql import OperationDefinitionNode, parse
 
 from gateway.errors import ErrorCode
-from gateway.execution.document_limits import negative_initial_count
+from gateway.execution.cost import operation_variables
+from gateway.execution.document_limits import stream_argument_refusal
+from gateway.execution.fragment_walk import fragment_definitions
 from tests.conftest import RecordingTransport
 
 # ``Fine`` comes first: a guard pooling every operation's defaults lets the later ``Negative``
@@ -39,7 +41,16 @@ fragment Negative on PhoneNumberConnection {
 
 
 def refused(document: str, operation: str | None, variables: dict[str, Any] | None = None) -> bool:
-    refusal = negative_initial_count(parse(document), operation, variables)
+    parsed = parse(document)
+    (chosen,) = [
+        d
+        for d in parsed.definitions
+        if isinstance(d, OperationDefinitionNode)
+        and (operation is None or (d.name is not None and d.name.value == operation))
+    ]
+    refusal = stream_argument_refusal(
+        chosen, fragment_definitions(parsed), operation_variables(chosen, variables)
+    )
     if refusal is None:
         return False
     assert refusal.extensions == {"code": ErrorCode.BAD_USER_INPUT.value}
@@ -56,16 +67,23 @@ def test_only_the_chosen_operation_counts(document: str) -> None:
 def test_a_sent_variable_overrides_the_chosen_operations_default() -> None:
     assert refused(TWO_DEFAULTS, "Fine", {"n": -3})
     assert not refused(TWO_DEFAULTS, "Negative", {"n": 2})
-    assert not refused(TWO_DEFAULTS, "Negative", {"n": None})  # explicit null: coercion's
+    assert refused(TWO_DEFAULTS, "Negative", {"n": None})  # an explicit null: refused too
 
 
-def test_no_chosen_operation_is_left_to_execution() -> None:
-    # Without a name among two operations, or with an unknown one, nothing runs: the request
-    # fails on its own (graphql-core's "Must provide operation name...").
-    assert not refused(TWO_DEFAULTS, None)
-    assert not refused(TWO_DEFAULTS, "Missing")
-    single = "{ phoneNumbers { nodes @stream(initialCount: -1) { phoneNumber } } }"
-    assert refused(single, None)
+def test_a_null_initial_count_or_condition_is_refused_before_execution() -> None:
+    single = "query ($n: Int) { phoneNumbers { nodes @stream(initialCount: $n) { phoneNumber } } }"
+    assert refused(single, None, {"n": None})
+    assert not refused(single, None, {})  # not sent: the directive's own default
+    deferred = "query ($d: Boolean) { numberCounts { ... @defer(if: $d) { total } } }"
+    parsed = parse(deferred)
+    (operation,) = parsed.definitions
+    assert isinstance(operation, OperationDefinitionNode)
+    refusal = stream_argument_refusal(
+        operation, fragment_definitions(parsed), operation_variables(operation, {"d": None})
+    )
+    assert refusal is not None
+    assert refusal.extensions == {"code": ErrorCode.BAD_USER_INPUT.value}
+    assert "@defer(if:)" in refusal.message
 
 
 async def post(client: httpx.AsyncClient, operation: str) -> httpx.Response:

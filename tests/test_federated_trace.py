@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import base64
 import json
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from graphql import GraphQLError, Source
 
+from gateway.data.page_cache import PageCache
+from gateway.data.source import NumbersSource
 from gateway.execution.federated_trace import (
-    FederatedTrace,
     ProtoWriter,
     TraceNode,
     encode_trace,
     wants_federated_trace,
 )
-from gateway.schema.build import build_schema
+from gateway.execution.projecting_executor import projecting_execution_context
+from gateway.execution.run import RunOptions
 from gateway.schema.context import RequestContext
-from tests.conftest import graphql
+from gateway.upstream.client import UpstreamClient
+from tests.conftest import InProcess, RecordingTransport, graphql
 from tests.node_packages import run_node_json
 
 TRACE = {"apollo-federation-include-trace": "ftv1"}
@@ -141,27 +143,29 @@ def test_the_header_value_is_ftv1_only() -> None:
     assert not wants_federated_trace("ftv2")
 
 
-def test_only_an_operation_that_asked_becomes_resolver_middleware() -> None:
-    """Without the header strawberry gets no middleware, so the projection fast path (which
-    steps aside for any middleware) keeps running; with it, the trace sees every field. This
-    leans on how strawberry picks middleware (per extension instance, once it has the
-    execution context): if that changes, this test says so."""
-    schema = build_schema()
-    for asked in (False, True):
-        context = RequestContext(
-            request=cast(Any, None),
-            settings=cast(Any, None),
-            metrics=cast(Any, None),
-            numbers=cast(Any, None),
-            include_federated_trace=asked,
+async def test_only_an_operation_that_asked_runs_with_resolver_middleware(
+    recorder: RecordingTransport,
+) -> None:
+    """Without the ask no middleware runs, so the projection fast path keeps the page; with
+    it, the trace sees every field (the list is completed field by field)."""
+    runner = InProcess(executor_class=projecting_execution_context())
+    stats = runner.engine.executor_class.projectors.stats  # type: ignore[attr-defined]
+    query = "{ phoneNumbers(page: {first: 3}) { nodes { phoneNumber } } }"
+    async with httpx.AsyncClient(transport=recorder) as http:
+        source = NumbersSource(
+            UpstreamClient(http, base_url="http://webex.test/v1", deadline=30),
+            PageCache(ttl=0),
+            max_page_size=2000,
+            default_authorization="Bearer demo-admin",
         )
-        extensions = schema.get_extensions()
-        for extension in extensions:
-            extension.execution_context = cast(Any, SimpleNamespace(context=context))
-        middleware = schema._get_middleware_manager(extensions).middlewares
-        traced = [m for m in middleware if isinstance(m, FederatedTrace)]
-        assert len(traced) == (1 if asked else 0)
-        assert len(middleware) == len(traced)
+        for asked in (False, True):
+            projected = stats.projected
+            prepared = runner.operations.prepare(query, None)
+            admission = runner.engine.admit(prepared, None, RunOptions(federated_trace=asked))
+            result = await runner.engine.execute(admission, RequestContext(source.for_caller(None)))
+            assert not result.errors, result.errors
+            assert ("ftv1" in (result.extensions or {})) is asked
+            assert stats.projected - projected == (0 if asked else 1)
 
 
 # --------------------------------------------------------------------------------------------

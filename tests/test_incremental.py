@@ -18,24 +18,16 @@ import pytest
 from graphql import SubsequentIncrementalExecutionResult
 
 from gateway.data.page_cache import PageCache
-from gateway.data.source import CallerNumbers, NumbersSource
-from gateway.execution.contract_errors import contract_payload
-from gateway.schema.build import build_schema
+from gateway.data.source import NumbersSource
+from gateway.schema.context import RequestContext
 from gateway.simulator.app import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from gateway.upstream.client import RetryPolicy, UpstreamClient
-from tests.conftest import RecordingTransport
+from tests.conftest import InProcess, RecordingTransport, live_settings
 
 UPSTREAM = "http://webex.test/v1"
 PAGE_CAP = 5  # the simulator's own page size: every walk takes many upstream pages
 MAX_PAGE_SIZE = 10  # so a streamed window's first chunk is two upstream pages
-
-
-@dataclass(slots=True)
-class StreamContext:
-    """What the resolvers reach: ``info.context.numbers``."""
-
-    numbers: CallerNumbers
 
 
 @dataclass
@@ -46,13 +38,13 @@ class Engine:
     source: NumbersSource
     upstream: RecordingTransport
 
-    def context(self) -> StreamContext:
-        return StreamContext(self.source.for_caller(None))
+    def context(self, *, incremental: bool = True) -> RequestContext:
+        return RequestContext(self.source.for_caller(None), incremental_delivery=incremental)
 
     async def frames(
         self, query: str, variables: dict[str, Any] | None = None
     ) -> AsyncIterator[Any]:
-        return await self.schema.stream(
+        return await self.schema.frames(
             query, variable_values=variables, context_value=self.context()
         )
 
@@ -67,7 +59,7 @@ class Engine:
 
     async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         result = await self.schema.execute(
-            query, variable_values=variables, context_value=self.context()
+            query, variable_values=variables, context_value=self.context(incremental=False)
         )
         assert not result.errors, result.errors
         return result.data  # type: ignore[no-any-return]
@@ -75,7 +67,7 @@ class Engine:
 
 def formatted(frame: Any) -> dict[str, Any]:
     if isinstance(frame, SubsequentIncrementalExecutionResult):
-        return contract_payload(frame).formatted  # type: ignore[no-any-return]
+        return frame.formatted  # type: ignore[no-any-return]  # contract errors already
     out: dict[str, Any] = {"data": frame.data}
     if frame.errors:
         out["errors"] = [error.formatted for error in frame.errors]
@@ -152,7 +144,11 @@ def engine_over(
         max_stream_items=100_000,
         default_authorization="Bearer demo-admin",
     )
-    return Engine(build_schema(), source, recorder)
+    # The engine's own limits, wide open: these tests are about the walk, not the cost.
+    settings = live_settings(
+        max_cost=10_000_000, max_page_size=max_page_size, max_stream_items=100_000
+    )
+    return Engine(InProcess(settings), source, recorder)
 
 
 @pytest.fixture
@@ -245,7 +241,7 @@ async def test_a_stream_on_an_entity_field_equals_the_cursor_walk(engine: Engine
 async def test_items_are_sent_as_each_upstream_page_arrives(engine: Engine) -> None:
     """The first payload needs the first chunk only; each later one one upstream page, and
     the walk is never more than one page ahead of what the consumer took."""
-    stats = engine.schema.execution_context_class.projectors.stats
+    stats = engine.schema.engine.executor_class.projectors.stats
     streamed_before, chunks_before = stats.streamed, stats.chunks
     frames = await engine.frames(
         "{ phoneNumbers(page: {first: 60}) { nodes @stream(initialCount: 0) { phoneNumber } } }"

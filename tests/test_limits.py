@@ -9,31 +9,34 @@ import gc
 import tracemalloc
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from graphql import GraphQLError, parse
+from graphql import parse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.domain.arguments import numbers_query, page_window
+from gateway.domain.records import PageRequest
 from gateway.errors import BadUserInput
-from gateway.execution.cost import CALL_COST, operation_cost
-from gateway.execution.document_limits import (
-    PARSE_CACHE_BYTES,
-    PARSED_BYTES_PER_CHARACTER,
-    parsed_documents,
+from gateway.execution.cost import CALL_COST
+from gateway.execution.document_limits import PARSED_BYTES_PER_CHARACTER, limit_rules
+from gateway.execution.prepare import (
+    PREPARED_CACHE_BYTES,
+    REFUSED_ENTRY_OVERHEAD,
+    OperationRefused,
+    PreparedOperations,
 )
-from gateway.schema.types import PageInput
+from gateway.schema.build import build_schema, graphql_schema
 from gateway.server.app import create_app
 from gateway.simulator import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import (
     GATEWAY_BASE,
     RecordingTransport,
+    estimated_cost,
     eventually,
     examples,
     graphql,
@@ -628,8 +631,8 @@ def test_a_default_never_costs_less_than_the_same_value_sent(
         name: value for name, value in defaults.items() if sent.draw(st.booleans(), label=name)
     }
     limits = {"max_page_size": 2000, "max_entities": 1000}
-    with_defaults = operation_cost(parsed, None, explicit, **limits)
-    all_sent = operation_cost(parsed, None, defaults, **limits)
+    with_defaults = estimated_cost(parsed, None, explicit, **limits)
+    all_sent = estimated_cost(parsed, None, defaults, **limits)
     assert with_defaults is not None
     assert all_sent is not None
     assert with_defaults >= all_sent, document
@@ -696,12 +699,12 @@ def test_a_page_counts_its_items_exactly_when_its_selection_reaches_them(
     page: ConnectionSelection,
 ) -> None:
     limits = {"max_page_size": 2000, "max_entities": 1000}
-    cost = operation_cost(parse(page.document()), None, None, **limits)
+    cost = estimated_cost(parse(page.document()), None, None, **limits)
     first = 100 if page.first is None else page.first
     per_page = CALL_COST + first if page.holds_items else CALL_COST
     assert cost == max(1, page.entities) * per_page, page.document()
     # The same page with an item list added counts every item: nothing undercounts.
-    with_items = operation_cost(parse(page.document("nodes { phoneNumber }")), None, None, **limits)
+    with_items = estimated_cost(parse(page.document("nodes { phoneNumber }")), None, None, **limits)
     assert with_items == max(1, page.entities) * (CALL_COST + first), page.document()
 
 
@@ -709,7 +712,7 @@ def test_items_count_through_fragments_and_call_only_fields_do_not() -> None:
     limits = {"max_page_size": 2000, "max_entities": 1000}
 
     def cost(document: str) -> int | None:
-        return operation_cost(parse(document), None, None, **limits)
+        return estimated_cost(parse(document), None, None, **limits)
 
     assert cost("{ phoneNumbers(page: {first: 2000}) { totalCount } }") == CALL_COST
     assert cost("{ phoneNumbers(page: {first: 2000}) { pageInfo { hasNextPage } } }") == 50
@@ -763,7 +766,7 @@ STREAM_LIMITS = {"max_page_size": 2000, "max_entities": 1000, "max_stream_items"
 
 
 def cost_of(document: str, variables: dict[str, Any] | None = None) -> int | None:
-    return operation_cost(parse(document), None, variables, **STREAM_LIMITS)
+    return estimated_cost(parse(document), None, variables, **STREAM_LIMITS)
 
 
 def test_a_streamed_list_costs_the_upstream_pages_it_walks_not_its_items() -> None:
@@ -777,7 +780,8 @@ def test_a_streamed_list_costs_the_upstream_pages_it_walks_not_its_items() -> No
     # Through fragments, with the ceiling read as the stream's.
     fragment = """{ ...F } fragment F on Query { phoneNumbers(page: {first: 500000})
         { ... on PhoneNumberConnection { nodes @stream(initialCount: 10) { phoneNumber } } } }"""
-    assert cost_of(fragment) == 50 * CALL_COST
+    # The initial payload's 10 items are held: they count.
+    assert cost_of(fragment) == 50 * CALL_COST + 10
 
 
 def test_each_streamed_list_of_a_connection_is_priced_as_its_own_walk() -> None:
@@ -823,31 +827,34 @@ def test_fields_under_streamed_items_still_count_once_per_item() -> None:
 def test_page_first_may_reach_the_stream_ceiling_only_when_streamed() -> None:
     query = numbers_query(None, None, None)
     limits = {"max_stream_items": 100_000}
-    assert page_window(query, PageInput(first=100_000), 2000, streamed=True, **limits).size == (
+    assert page_window(query, PageRequest(first=100_000), 2000, streamed=True, **limits).size == (
         100_000
     )
     with pytest.raises(BadUserInput, match=r"between 1 and 2000.*under @stream"):
-        page_window(query, PageInput(first=2001), 2000, **limits)
+        page_window(query, PageRequest(first=2001), 2000, **limits)
     with pytest.raises(BadUserInput, match="between 1 and 100000"):
-        page_window(query, PageInput(first=100_001), 2000, streamed=True, **limits)
+        page_window(query, PageRequest(first=100_001), 2000, streamed=True, **limits)
     with pytest.raises(BadUserInput, match=r"between 1 and 2000, got 2001\.$"):
-        page_window(query, PageInput(first=2001), 2000)
+        page_window(query, PageRequest(first=2001), 2000)
 
 
-def _parse(documents: type[Any], query: str, refused_by_validation: bool = False) -> None:
-    """One operation's parse (and validation outcome) through the parse cache's hooks."""
-    context = SimpleNamespace(
-        query=query, parse_options={}, graphql_document=None, pre_execution_errors=None
+def _prepared_operations() -> PreparedOperations:
+    """The app's prepared-operation cache, as ``create_app`` builds it with the defaults."""
+    settings = live_settings()
+    return PreparedOperations(
+        graphql_schema(build_schema()),
+        max_tokens=settings.max_tokens,
+        rules=limit_rules(
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_aliases,
+            max_root_fields=settings.max_root_fields,
+        ),
     )
-    extension = documents()
-    extension.execution_context = context
-    with contextlib.suppress(GraphQLError):
-        for _ in extension.on_parse():
-            pass
-    if refused_by_validation:
-        context.pre_execution_errors = [GraphQLError("too many aliases")]
-    for _ in extension.on_validate():
-        pass
+
+
+def _prepare(operations: PreparedOperations, query: str) -> None:
+    with contextlib.suppress(OperationRefused):
+        operations.prepare(query, None)
 
 
 def _tree_bytes(query: str) -> int:
@@ -876,28 +883,30 @@ def test_the_parse_cache_never_underestimates_a_parsed_tree(query: str) -> None:
     assert _tree_bytes(query) <= len(query) * PARSED_BYTES_PER_CHARACTER
 
 
-def test_thousands_of_distinct_large_documents_keep_the_parse_cache_in_bound() -> None:
-    documents = parsed_documents()
-    cache = documents.cache  # type: ignore[attr-defined]
-    shape = "{ " + " ".join(f"a{n}: numberCounts {{ total }}" for n in range(60)) + " }"
+def test_thousands_of_distinct_large_documents_keep_the_prepared_cache_in_bound() -> None:
+    operations = _prepared_operations()
+    # Ten aliased root fields: within every limit, so each is prepared and kept with its tree.
+    shape = "{ " + " ".join(f"a{n}: numberCounts {{ total }}" for n in range(10)) + " }"
     real = _tree_bytes(shape)
     for n in range(2_000):
-        _parse(documents, f"query Q{n} {shape}")
-    assert cache.currsize <= PARSE_CACHE_BYTES
+        _prepare(operations, f"query Q{n} {shape}")
+    assert operations.held_bytes <= PREPARED_CACHE_BYTES
     # What the entries really hold, not the accounting alone, is within the bound.
-    assert 0 < len(cache) * real <= PARSE_CACHE_BYTES
+    assert 0 < len(operations) * real <= PREPARED_CACHE_BYTES
 
 
 def test_documents_refused_are_not_kept_with_their_trees() -> None:
-    documents = parsed_documents()
-    cache = documents.cache  # type: ignore[attr-defined]
+    operations = _prepared_operations()
     aliased = "{ " + " ".join(f"a{n}: __typename" for n in range(660)) + " }"
-    for n in range(50):  # refused by a validation limit (the alias limit): dropped
-        _parse(documents, f"query Q{n} {aliased}", refused_by_validation=True)
-    assert len(cache) == 0
+    for n in range(50):  # refused by a validation limit (the alias limit): its errors alone
+        _prepare(operations, f"query Q{n} {aliased}")
+    assert len(operations) == 50
+    assert operations.held_bytes <= 50 * (len(aliased) + 20 + REFUSED_ENTRY_OVERHEAD)
     cycle = "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }"
-    _parse(documents, cycle)  # refused by the guards: its refusal alone is kept
-    (entry,) = cache.values()
-    assert entry.document is None
-    assert entry.refused is not None
-    assert entry.cost < len(cycle) + 2048
+    before = operations.held_bytes
+    _prepare(operations, cycle)  # refused by the document limits: likewise
+    assert operations.held_bytes - before == len(cycle) + REFUSED_ENTRY_OVERHEAD
+    # A repeat of a refused document is refused again from the cache, not parsed again.
+    parses = operations.parses
+    _prepare(operations, cycle)
+    assert operations.parses == parses

@@ -34,20 +34,21 @@ from graphql.execution.collect_fields import (
 from graphql.execution.values import VariableValues
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gateway.data.page_cache import PageCache
-from gateway.data.source import CallerNumbers, NumbersSource
+from gateway.data.source import NumbersSource
 from gateway.domain.reader import FLAG, PHONE_NUMBER, FieldRule, Text
 from gateway.execution.projecting_executor import (
+    ConnectionNotingExecutionContext,
     ProjectingExecutionContext,
     projecting_execution_context,
 )
 from gateway.execution.projection_compiler import Projector, compile_projector
-from gateway.schema.build import build_schema
+from gateway.schema.build import build_schema, graphql_schema
+from gateway.schema.context import RequestContext
 from gateway.simulator import build_demo_world
 from gateway.upstream.client import UpstreamClient
-from tests.conftest import examples
+from tests.conftest import InProcess, examples
 
 UPSTREAM = "http://webex.test/v1"
 
@@ -55,19 +56,11 @@ UPSTREAM = "http://webex.test/v1"
 # -- two schemas, one upstream ----------------------------------------------------------------
 
 
-def gateway_schema(execution_context_class: type[Any]) -> Any:
-    """The production schema (``build_schema()``) run by ``execution_context_class``: the fast
-    path's, or strawberry's own for normal execution, however ``build_schema`` is wired."""
-    schema = build_schema()
-    schema.execution_context_class = execution_context_class
-    return schema
-
-
-@dataclass(slots=True)
-class ProjectionContext:
-    """What the resolvers reach: ``info.context.numbers``."""
-
-    numbers: CallerNumbers
+def gateway_schema(execution_context_class: type[Any]) -> InProcess:
+    """The gateway's own stages over the production schema, run by
+    ``execution_context_class``: the fast path's, or the connection-noting executor with
+    graphql-core's normal completion."""
+    return InProcess(executor_class=execution_context_class)
 
 
 @dataclass
@@ -94,7 +87,7 @@ class SideBySide:
     source: NumbersSource
 
     async def answer(self, schema: Any, query: str, variables: dict[str, Any] | None) -> bytes:
-        context = ProjectionContext(self.source.for_caller(None))
+        context = RequestContext(self.source.for_caller(None))
         result = await schema.execute(query, variable_values=variables, context_value=context)
         errors = [error.formatted for error in result.errors or ()]
         return orjson.dumps({"data": result.data, "errors": errors, "ext": result.extensions})
@@ -125,7 +118,7 @@ async def side_by_side(
         yield SideBySide(
             fast_class,
             gateway_schema(fast_class),
-            gateway_schema(StrawberryGraphQLCoreExecutionContext),
+            gateway_schema(ConnectionNotingExecutionContext),
             upstream,
             source,
         )
@@ -736,7 +729,7 @@ class DocumentCollector:
 def compiled_nodes(selection: str) -> Projector | None:
     """The projector of ``{ phoneNumbers { nodes { <selection> } } }``, compiled without
     running anything."""
-    schema = build_schema()._schema
+    schema = graphql_schema(build_schema())
     operation = parse(f"{{ phoneNumbers {{ nodes {{ {selection} }} }} }}").definitions[0]
     assert isinstance(operation, OperationDefinitionNode)
     collector = DocumentCollector(schema, operation)

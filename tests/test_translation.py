@@ -6,10 +6,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import strawberry
 
 from gateway.domain.arguments import cursor_at, decode_cursor, numbers_query, page_window
 from gateway.domain.connection import PageResult
+from gateway.domain.enums import (
+    NumberState,
+    NumberType,
+    OwnerType,
+    PhoneNumberSortField,
+    PhoneNumberType,
+    SortDirection,
+    TelephonyType,
+)
 from gateway.domain.query import Fetch, PageWindow, UpstreamPage
 from gateway.domain.reader import (
     LOCATION,
@@ -19,32 +27,22 @@ from gateway.domain.reader import (
     to_number_counts,
     to_phone_number,
 )
+from gateway.domain.records import NumberFilter, NumberOrder, PageRequest
 from gateway.errors import BadUserInput, UpstreamUnavailable
-from gateway.schema.types import (
-    NumberState,
-    NumberType,
-    OwnerType,
-    PageInput,
-    PhoneNumberFilter,
-    PhoneNumberOrder,
-    PhoneNumberSortField,
-    PhoneNumberType,
-    SortDirection,
-    TelephonyType,
-)
+from gateway.schema import types as schema_types
 from gateway.upstream.body import read_numbers_body
 
 
 def test_unset_filter_fields_send_nothing() -> None:
-    assert numbers_query(None, PhoneNumberFilter(), None).params == ()
+    assert numbers_query(None, NumberFilter(), None).params == ()
     assert numbers_query(None, None, None).params == ()
 
 
 def test_equal_filters_make_equal_queries_whatever_the_list_order() -> None:
-    a = PhoneNumberFilter(
+    a = NumberFilter(
         included_telephony_types=[TelephonyType.MOBILE_NUMBER], owner_type=OwnerType.PEOPLE
     )
-    b = PhoneNumberFilter(
+    b = NumberFilter(
         owner_type=OwnerType.PEOPLE, included_telephony_types=[TelephonyType.MOBILE_NUMBER]
     )
     assert numbers_query("org", a, None) == numbers_query("org", b, None)
@@ -61,14 +59,12 @@ def test_equal_filters_make_equal_queries_whatever_the_list_order() -> None:
     ],
 )
 def test_order(by: PhoneNumberSortField, direction: SortDirection, wire: str) -> None:
-    query = numbers_query(None, None, PhoneNumberOrder(by=by, direction=direction))
+    query = numbers_query(None, None, NumberOrder(by=by, direction=direction))
     assert query.params == (("order", wire),)
 
 
 def test_fetch_parameters_in_a_stable_order() -> None:
-    query = numbers_query(
-        "ORG", PhoneNumberFilter(available=False, location_id=strawberry.ID("L")), None
-    )
+    query = numbers_query("ORG", NumberFilter(available=False, location_id="L"), None)
     fetch = Fetch(query, PageWindow(start=20, size=10), details=True)
     assert fetch.upstream_params() == [
         ("orgId", "ORG"),
@@ -88,42 +84,40 @@ def test_fetch_parameters_in_a_stable_order() -> None:
 @pytest.mark.parametrize(
     ("flt", "fragment"),
     [
-        (PhoneNumberFilter(available=True, owner_type=OwnerType.PEOPLE), "ownerType"),
-        (PhoneNumberFilter(number_type=NumberType.EXTENSION, available=False), "EXTENSION"),
-        (PhoneNumberFilter(number_type=NumberType.EXTENSION, state=NumberState.ACTIVE), "state"),
-        (PhoneNumberFilter(reserved_number=False, available=True), "reservedNumber"),
-        (PhoneNumberFilter(reserved_number=True, assigned=False), "reservedNumber.*assigned"),
-        (PhoneNumberFilter(number_type=NumberType.EXTENSION, assigned=True), "assigned.*EXTENSION"),
-        (PhoneNumberFilter(owner_name="x" * 256), "256"),
-        (PhoneNumberFilter(owner_type=OwnerType.UNKNOWN), "UNKNOWN"),
-        (PhoneNumberFilter(state=NumberState.UNKNOWN), "UNKNOWN"),
-        (PhoneNumberFilter(phone_number_type=PhoneNumberType.UNKNOWN), "UNKNOWN"),
-        (PhoneNumberFilter(included_telephony_types=[TelephonyType.UNKNOWN]), "UNKNOWN"),
-        (PhoneNumberFilter(included_telephony_types=[]), "must not be empty"),
-        (PhoneNumberFilter(owner_name="  "), "must not be empty"),
+        (NumberFilter(available=True, owner_type=OwnerType.PEOPLE), "ownerType"),
+        (NumberFilter(number_type=NumberType.EXTENSION, available=False), "EXTENSION"),
+        (NumberFilter(number_type=NumberType.EXTENSION, state=NumberState.ACTIVE), "state"),
+        (NumberFilter(reserved_number=False, available=True), "reservedNumber"),
+        (NumberFilter(reserved_number=True, assigned=False), "reservedNumber.*assigned"),
+        (NumberFilter(number_type=NumberType.EXTENSION, assigned=True), "assigned.*EXTENSION"),
+        (NumberFilter(owner_name="x" * 256), "256"),
+        (NumberFilter(owner_type=OwnerType.UNKNOWN), "UNKNOWN"),
+        (NumberFilter(state=NumberState.UNKNOWN), "UNKNOWN"),
+        (NumberFilter(phone_number_type=PhoneNumberType.UNKNOWN), "UNKNOWN"),
+        (NumberFilter(included_telephony_types=[TelephonyType.UNKNOWN]), "UNKNOWN"),
+        (NumberFilter(included_telephony_types=[]), "must not be empty"),
+        (NumberFilter(owner_name="  "), "must not be empty"),
     ],
 )
-def test_invalid_filters(flt: PhoneNumberFilter, fragment: str) -> None:
+def test_invalid_filters(flt: NumberFilter, fragment: str) -> None:
     with pytest.raises(BadUserInput, match=fragment):
         numbers_query(None, flt, None)
 
 
 def test_allowed_neighbours_of_the_conflicts() -> None:
-    numbers_query(None, PhoneNumberFilter(available=False, owner_type=OwnerType.PEOPLE), None)
-    numbers_query(None, PhoneNumberFilter(number_type=NumberType.NUMBER, available=True), None)
-    numbers_query(None, PhoneNumberFilter(owner_name="x" * 255), None)
-    numbers_query(None, PhoneNumberFilter(number_type=NumberType.NUMBER, assigned=False), None)
-    numbers_query(None, PhoneNumberFilter(assigned=True, owner_type=OwnerType.PEOPLE), None)
-    numbers_query(None, PhoneNumberFilter(available=True, assigned=False), None)
-    numbers_query(
-        None, PhoneNumberFilter(elin_enabled=True, number_type=NumberType.EXTENSION), None
-    )
+    numbers_query(None, NumberFilter(available=False, owner_type=OwnerType.PEOPLE), None)
+    numbers_query(None, NumberFilter(number_type=NumberType.NUMBER, available=True), None)
+    numbers_query(None, NumberFilter(owner_name="x" * 255), None)
+    numbers_query(None, NumberFilter(number_type=NumberType.NUMBER, assigned=False), None)
+    numbers_query(None, NumberFilter(assigned=True, owner_type=OwnerType.PEOPLE), None)
+    numbers_query(None, NumberFilter(available=True, assigned=False), None)
+    numbers_query(None, NumberFilter(elin_enabled=True, number_type=NumberType.EXTENSION), None)
 
 
 def test_assigned_and_elin_enabled_are_sent_after_the_older_filters() -> None:
     query = numbers_query(
         None,
-        PhoneNumberFilter(elin_enabled=False, assigned=True, owner_type=OwnerType.PEOPLE),
+        NumberFilter(elin_enabled=False, assigned=True, owner_type=OwnerType.PEOPLE),
         None,
     )
     assert query.params == (
@@ -136,37 +130,35 @@ def test_assigned_and_elin_enabled_are_sent_after_the_older_filters() -> None:
 def test_page_window_rules() -> None:
     query = numbers_query(None, None, None)
     assert page_window(query, None, 2000) == PageWindow(0, 100)
-    assert page_window(query, PageInput(first=2000, offset=7), 2000) == PageWindow(7, 2000)
+    assert page_window(query, PageRequest(first=2000, offset=7), 2000) == PageWindow(7, 2000)
     cursor = cursor_at(query.fingerprint, 41)
-    assert page_window(query, PageInput(first=3, after=cursor), 2000) == PageWindow(42, 3)
+    assert page_window(query, PageRequest(first=3, after=cursor), 2000) == PageWindow(42, 3)
     for bad, fragment in [
-        (PageInput(first=0), "between 1 and 50"),
-        (PageInput(first=51), "between 1 and 50"),
-        (PageInput(offset=-1), "zero or more"),
-        (PageInput(offset=1, after=cursor), "cannot be combined"),
-        (PageInput(after="garbage!"), "not a cursor"),
-        (PageInput(after=""), "not a cursor"),
+        (PageRequest(first=0), "between 1 and 50"),
+        (PageRequest(first=51), "between 1 and 50"),
+        (PageRequest(offset=-1), "zero or more"),
+        (PageRequest(offset=1, after=cursor), "cannot be combined"),
+        (PageRequest(after="garbage!"), "not a cursor"),
+        (PageRequest(after=""), "not a cursor"),
     ]:
         with pytest.raises(BadUserInput, match=fragment):
             page_window(query, bad, 50)
 
 
 def test_cursor_is_bound_to_org_filter_and_order() -> None:
-    base = numbers_query("A", PhoneNumberFilter(owner_type=OwnerType.PEOPLE), None)
+    base = numbers_query("A", NumberFilter(owner_type=OwnerType.PEOPLE), None)
     cursor = cursor_at(base.fingerprint, 9)
     assert decode_cursor(base, cursor) == 9
     others = [
-        numbers_query("B", PhoneNumberFilter(owner_type=OwnerType.PEOPLE), None),
-        numbers_query("A", PhoneNumberFilter(owner_type=OwnerType.PLACE), None),
+        numbers_query("B", NumberFilter(owner_type=OwnerType.PEOPLE), None),
+        numbers_query("A", NumberFilter(owner_type=OwnerType.PLACE), None),
         numbers_query(
             "A",
-            PhoneNumberFilter(owner_type=OwnerType.PEOPLE),
-            PhoneNumberOrder(by=PhoneNumberSortField.DN),
+            NumberFilter(owner_type=OwnerType.PEOPLE),
+            NumberOrder(by=PhoneNumberSortField.DN),
         ),
-        numbers_query("A", PhoneNumberFilter(owner_type=OwnerType.PEOPLE, assigned=True), None),
-        numbers_query(
-            "A", PhoneNumberFilter(owner_type=OwnerType.PEOPLE, elin_enabled=False), None
-        ),
+        numbers_query("A", NumberFilter(owner_type=OwnerType.PEOPLE, assigned=True), None),
+        numbers_query("A", NumberFilter(owner_type=OwnerType.PEOPLE, elin_enabled=False), None),
     ]
     for other in others:
         with pytest.raises(BadUserInput, match="different orgId, filter or order"):
@@ -278,6 +270,7 @@ def test_the_reader_table_names_every_field_of_every_type_it_reads() -> None:
     """The table is the one description of the reader (the projection compiles it too), so a
     field added to the schema without a reading rule fails here."""
     for table in (PHONE_NUMBER, LOCATION, OWNER, NUMBER_COUNTS):
-        definition = table.type.__strawberry_definition__
+        described = getattr(schema_types, table.type.__name__)  # the record's GraphQL type
+        definition = described.__strawberry_definition__
         plain = {field.python_name for field in definition.fields if field.base_resolver is None}
         assert {rule.attribute for rule in table.fields} == plain, table.type.__name__

@@ -51,7 +51,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from gateway.data.guarded_redis import seal, unseal
-from gateway.domain.changes import EntryChange, PhoneNumberChangeKind, Snapshot
+from gateway.domain.changes import EntryChange, Snapshot
+from gateway.domain.enums import PhoneNumberChangeKind
 from gateway.errors import ErrorCode
 
 log = structlog.get_logger("gateway.changes")
@@ -167,7 +168,7 @@ def _decode_change(data: object) -> EntryChange:
     if not isinstance(data, dict):
         raise MalformedMessage("a change is not an object")
     try:
-        kind = PhoneNumberChangeKind(data.get("kind"))
+        kind = PhoneNumberChangeKind(str(data.get("kind")))
     except ValueError as exc:
         raise MalformedMessage("unknown change kind") from exc
     after, before = data.get("after"), data.get("before")

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from gateway.data.source import CallerNumbers
 from gateway.domain.changes import Entry, entry_identity
+from gateway.domain.records import NumberFilter, PageRequest
 from gateway.errors import BadUserInput, UpstreamUnavailable
-from gateway.schema.types import PageInput, PhoneNumberFilter
 
 
 class InconsistentPoll(Exception):
@@ -38,7 +38,7 @@ def too_many_entries(matched: int | None, max_items: int) -> BadUserInput:
 async def poll_entries(
     numbers: CallerNumbers,
     org_id: str | None,
-    flt: PhoneNumberFilter | None,
+    flt: NumberFilter | None,
     *,
     page_size: int,
     max_items: int,
@@ -54,7 +54,7 @@ async def poll_entries(
     while True:
         start = max(0, len(entries) - overlap)
         result = await numbers.phone_numbers(
-            org_id, flt, None, PageInput(first=page_size, offset=start), total=True
+            org_id, flt, None, PageRequest(first=page_size, offset=start), total=True
         )
         if any(event.status == "stale" for event in numbers.cache_events):
             raise UpstreamUnavailable(

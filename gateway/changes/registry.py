@@ -36,11 +36,11 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.data.page_cache import OWN_ORG
 from gateway.data.source import CallerNumbers
 from gateway.domain.arguments import numbers_query
-from gateway.domain.changes import Entry, PhoneNumberChange
+from gateway.domain.changes import Entry
 from gateway.domain.query import NumbersQuery
+from gateway.domain.records import NumberFilter, PhoneNumberChange
 from gateway.errors import GatewayError, RateLimited
 from gateway.observability.metrics import GatewayMetrics
-from gateway.schema.types import PhoneNumberFilter
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.changes")
@@ -136,7 +136,7 @@ class ChangeFeeds:
         self,
         numbers: CallerNumbers,
         org_id: str | None,
-        flt: PhoneNumberFilter | None,
+        flt: NumberFilter | None,
         *,
         client_name: str | None = None,
     ) -> AsyncGenerator[PhoneNumberChange, None]:
@@ -205,7 +205,7 @@ class ChangeFeeds:
         query: NumbersQuery,
         numbers: CallerNumbers,
         org_id: str | None,
-        flt: PhoneNumberFilter | None,
+        flt: NumberFilter | None,
     ) -> ChangeFeed:
         name = feed_name(self._secret, caller, query)
         feed = self.feeds.get(name)

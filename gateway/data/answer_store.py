@@ -1,14 +1,15 @@
-"""The response path for repeats: an identical operation by the same caller, while every
-upstream entry it used is still fresh, is answered with the bytes already produced, without
-parsing, validating or executing again.
+"""Whole answers kept for repeats: an identical operation by the same caller, while every
+upstream entry it used is still fresh, is answered with the bytes already produced, with no
+admission, execution or encoding again (``transports.operation``).
 
-The key is an HMAC, under the cache secret, of the caller's identity (``Callers``: one for every
-spelling of a credential), the document, the
-variables, the operation name and what shapes the bytes (whether the cache report was asked
-for); so two tokens never share an answer. Only answers without errors whose every upstream
-ask was a fresh cache entry or a new upstream answer are kept, and each dies with the
-shortest-lived entry it used. ``Cache-Control: no-cache`` skips the lookup (and stores the
-fresh answer); a TTL of 0 turns the path off.
+The key is an HMAC, under the cache secret, of the caller's identity (``Callers``: one for
+every spelling of a credential), the prepared operation's key (the document's text and the
+``operationName`` sent) and the variables; so two tokens never share an answer, and a GET
+and a POST of the same operation by the same caller share one. Answers carrying the cache
+report or a federated trace differ each time and are never kept. Only answers without errors
+whose every upstream ask was a fresh cache entry or a new upstream answer are kept, and each
+dies with the shortest-lived entry it used. ``Cache-Control: no-cache`` skips the lookup (and
+stores the fresh answer); a TTL of 0 turns the store off.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def count_reused(
 ) -> None:
     """A request answered with ``stored``: the reuse metric, and the request's facts (its log
     line and operation metrics; ``facts``, else the current request's) as if the operation
-    had executed. The one rule for the runner's lookup and for ``repeat_answers``."""
+    had executed."""
     metrics.responses_reused.inc()
     facts = facts if facts is not None else current_facts()
     if facts is not None:
@@ -55,7 +56,7 @@ def count_reused(
         facts.cache.append("reused:answer")
 
 
-class ResponseReuse:
+class AnswerStore:
     """A bounded store of answer bytes, keyed per caller and operation."""
 
     def __init__(
@@ -80,19 +81,17 @@ class ResponseReuse:
     def key(
         self,
         caller: str,
-        document: str,
+        operation: tuple[str, str | None],
         variables: dict[str, Any] | None,
-        operation_name: str | None,
-        shape: str,
     ) -> str | None:
         """The answer's name, or None when it cannot be reused (no caching, or variables
-        that cannot be written down canonically). ``caller`` is ``Caller.identity``."""
+        that cannot be written down canonically). ``caller`` is ``Caller.identity``;
+        ``operation`` the prepared operation's key (document text, ``operationName``)."""
         if self._answers is None:
             return None
         try:
             material = orjson.dumps(
-                [caller, document, variables, operation_name, shape],
-                option=orjson.OPT_SORT_KEYS,
+                [caller, operation[0], operation[1], variables], option=orjson.OPT_SORT_KEYS
             )
         except TypeError:
             return None

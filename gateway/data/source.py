@@ -24,11 +24,13 @@ from gateway.domain.arguments import numbers_query, page_window
 from gateway.domain.connection import PageResult, StreamedPageResult
 from gateway.domain.query import EntityKey, Fetch, UpstreamPage
 from gateway.domain.reader import to_number_counts
+from gateway.domain.records import NumberCounts, NumberFilter, NumberOrder, PageRequest
 from gateway.errors import Unauthenticated
-from gateway.schema.types import NumberCounts, PageInput, PhoneNumberFilter, PhoneNumberOrder
 from gateway.upstream.client import UpstreamClient
 
 _FRESH = frozenset({"hit", "miss", "refresh"})
+# Cache statuses of a page this caller got: from the upstream, or stored from its answer.
+_ANSWERED = frozenset({"hit", "miss", "bypass", "refresh", "stale"})
 
 
 class NumbersSource:
@@ -110,6 +112,14 @@ class CallerNumbers:
         return CallerNumbers(self._source, self._caller, self.refresh, self._loader.loader)
 
     @property
+    def caller_accepted(self) -> bool:
+        """Whether the upstream accepted this caller's credential during this operation: a
+        page was answered for it, by the upstream (miss, bypass, refresh) or from an entry
+        stored under this caller's own key from such an answer (hit, stale). What APQ
+        registration requires (``transports.documents``)."""
+        return any(event.status in _ANSWERED for event in self.cache_events)
+
+    @property
     def ttl(self) -> float:
         """How long the cache keeps an answer fresh (0: caching is off)."""
         return self._source.cache.ttl
@@ -131,9 +141,9 @@ class CallerNumbers:
     async def phone_numbers(
         self,
         org_id: str | None,
-        flt: PhoneNumberFilter | None,
-        order: PhoneNumberOrder | None,
-        page: PageInput | None,
+        flt: NumberFilter | None,
+        order: NumberOrder | None,
+        page: PageRequest | None,
         *,
         entity_key: EntityKey | None = None,
         total: bool = False,
@@ -145,9 +155,9 @@ class CallerNumbers:
     async def phone_numbers(
         self,
         org_id: str | None,
-        flt: PhoneNumberFilter | None,
-        order: PhoneNumberOrder | None,
-        page: PageInput | None,
+        flt: NumberFilter | None,
+        order: NumberOrder | None,
+        page: PageRequest | None,
         *,
         entity_key: EntityKey | None = None,
         total: bool = False,
@@ -158,9 +168,9 @@ class CallerNumbers:
     async def phone_numbers(
         self,
         org_id: str | None,
-        flt: PhoneNumberFilter | None,
-        order: PhoneNumberOrder | None,
-        page: PageInput | None,
+        flt: NumberFilter | None,
+        order: NumberOrder | None,
+        page: PageRequest | None,
         *,
         entity_key: EntityKey | None = None,
         total: bool = False,
@@ -198,7 +208,7 @@ class CallerNumbers:
     async def number_counts(
         self,
         org_id: str | None,
-        flt: PhoneNumberFilter | None,
+        flt: NumberFilter | None,
         *,
         entity_key: EntityKey | None = None,
     ) -> NumberCounts:

@@ -14,17 +14,10 @@ import binascii
 import dataclasses
 from enum import Enum
 
+from gateway.domain.enums import NumberType, PhoneNumberSortField, SortDirection, TelephonyType
 from gateway.domain.query import EntityKey, NumbersQuery, PageWindow
+from gateway.domain.records import NumberFilter, NumberOrder, PageRequest
 from gateway.errors import BadUserInput
-from gateway.schema.types import (
-    NumberType,
-    PageInput,
-    PhoneNumberFilter,
-    PhoneNumberOrder,
-    PhoneNumberSortField,
-    SortDirection,
-    TelephonyType,
-)
 
 DEFAULT_PAGE_SIZE = 100
 OWNER_NAME_MAX_LENGTH = 255
@@ -98,7 +91,7 @@ def _check_text(name: str, value: str) -> None:
         raise BadUserInput(f"{name} contains characters that are not printable text.")
 
 
-def _check_filter(flt: PhoneNumberFilter) -> None:
+def _check_filter(flt: NumberFilter) -> None:
     if flt.available is True and flt.owner_type is not None:
         raise BadUserInput(
             "filter.available: true cannot be combined with filter.ownerType; "
@@ -143,7 +136,7 @@ def _check_filter(flt: PhoneNumberFilter) -> None:
         )
 
 
-def _filter_params(flt: PhoneNumberFilter) -> list[tuple[str, str]]:
+def _filter_params(flt: NumberFilter) -> list[tuple[str, str]]:
     params: list[tuple[str, str]] = []
     for attribute, parameter in FILTER_PARAMETERS:
         value = getattr(flt, attribute)
@@ -159,9 +152,9 @@ def _filter_params(flt: PhoneNumberFilter) -> list[tuple[str, str]]:
     return params
 
 
-def _keyed(flt: PhoneNumberFilter | None, key: EntityKey) -> PhoneNumberFilter:
+def _keyed(flt: NumberFilter | None, key: EntityKey) -> NumberFilter:
     """The filter with the entity's key set; a different value in the filter is a mistake."""
-    flt = flt or PhoneNumberFilter()
+    flt = flt or NumberFilter()
     given = getattr(flt, key.attribute)
     if given is not None and given != key.value:
         parameter = _PARAMETER_OF[key.attribute]
@@ -176,8 +169,8 @@ def _keyed(flt: PhoneNumberFilter | None, key: EntityKey) -> PhoneNumberFilter:
 
 def numbers_query(
     org_id: str | None,
-    flt: PhoneNumberFilter | None,
-    order: PhoneNumberOrder | None,
+    flt: NumberFilter | None,
+    order: NumberOrder | None,
     *,
     entity_key: EntityKey | None = None,
 ) -> NumbersQuery:
@@ -239,7 +232,7 @@ def page_ceiling(*, max_page_size: int, max_stream_items: int | None, streamed: 
 
 def page_window(
     query: NumbersQuery,
-    page: PageInput | None,
+    page: PageRequest | None,
     max_page_size: int,
     *,
     streamed: bool = False,
@@ -250,7 +243,7 @@ def page_window(
     ``streamed``: the list is delivered with ``@stream``, so ``first`` may reach
     ``max_stream_items`` (see ``page_ceiling``). ``held_stream``: it carries ``@stream`` but
     is answered in one JSON body (held whole), so the unstreamed ceiling applies."""
-    page = page or PageInput()
+    page = page or PageRequest()
     ceiling = page_ceiling(
         max_page_size=max_page_size, max_stream_items=max_stream_items, streamed=streamed
     )

@@ -1,5 +1,5 @@
 """What changed between two polls of one filter: entry identities, snapshots and their diff,
-and the ``PhoneNumberChange`` type the change feed (``Subscription.phoneNumberChanges``) sends.
+and the ``PhoneNumberChange`` records the change feed (``Subscription.phoneNumberChanges``) sends.
 
 A snapshot maps each entry's identity (its phone number, or its location and extension when it
 has none) to the entry exactly as the upstream sent it. ``diff_snapshots`` gives one change per
@@ -13,65 +13,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 import orjson
-import strawberry
 
+from gateway.domain.enums import PhoneNumberChangeKind
 from gateway.domain.reader import to_phone_number
-from gateway.schema.types import PhoneNumber
+from gateway.domain.records import PhoneNumberChange
 
 Entry = dict[str, Any]
 Snapshot = dict[str, Entry]
 
 
-@strawberry.enum(description="What happened to an entry between two polls of the upstream.")
-class PhoneNumberChangeKind(Enum):
-    SYNCED = strawberry.enum_value(
-        "SYNCED",
-        description="The feed's first event: the baseline is taken, and every later event is "
-        "a change against it. `number` and `previous` are null.",
-    )
-    ADDED = strawberry.enum_value(
-        "ADDED", description="An entry now matches the filter that did not before."
-    )
-    REMOVED = strawberry.enum_value(
-        "REMOVED",
-        description="An entry no longer matches the filter (deleted, or changed so that the "
-        "filter leaves it out).",
-    )
-    ASSIGNED = strawberry.enum_value(
-        "ASSIGNED", description="An entry without an owner now has one."
-    )
-    UNASSIGNED = strawberry.enum_value("UNASSIGNED", description="An entry lost its owner.")
-    REASSIGNED = strawberry.enum_value(
-        "REASSIGNED", description="An entry moved from one owner to another."
-    )
-    UPDATED = strawberry.enum_value(
-        "UPDATED",
-        description="Something else about the entry changed: its state, main number, type, "
-        "its owner's name and the like.",
-    )
-
-
-@strawberry.type(description="One change to the entries a filter matches, seen by polling.")
-class PhoneNumberChange:
-    kind: PhoneNumberChangeKind = strawberry.field(description="What happened.")
-    number: PhoneNumber | None = strawberry.field(
-        description="The entry after the change; null for SYNCED and REMOVED."
-    )
-    previous: PhoneNumber | None = strawberry.field(
-        description="The entry before the change; null for SYNCED and ADDED."
-    )
-    observed_at: datetime = strawberry.field(
-        description="When the gateway saw the change (the poll that found it), in UTC."
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class EntryChange:
-    """One entry's change as the poller finds it, before it is read into schema types: the
+    """One entry's change as the poller finds it, before it is read into records: the
     upstream items themselves, so it travels between replicas as JSON."""
 
     kind: PhoneNumberChangeKind

@@ -16,8 +16,8 @@ from contextlib import aclosing
 from gateway.domain.arguments import cursor_at
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 from gateway.domain.reader import read_total, to_phone_number
+from gateway.domain.records import PageInfo, PhoneNumber, PhoneNumberEdge
 from gateway.errors import UpstreamUnavailable
-from gateway.schema.types import PageInfo, PhoneNumber, PhoneNumberEdge
 
 # The rest of a window, one upstream page at a time (``pipeline.page_stream``). A page's
 # ``has_more``: another page follows it in this walk.

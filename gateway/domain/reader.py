@@ -17,17 +17,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from gateway.domain.enums import NumberState, OwnerType, PhoneNumberType, TelephonyType
+from gateway.domain.records import Location, NumberCounts, NumberOwner, PhoneNumber
 from gateway.errors import UpstreamUnavailable
-from gateway.schema.types import (
-    Location,
-    NumberCounts,
-    NumberOwner,
-    NumberState,
-    OwnerType,
-    PhoneNumber,
-    PhoneNumberType,
-    TelephonyType,
-)
 
 GRAPHQL_INT_MAX = 2**31 - 1
 

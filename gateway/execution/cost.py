@@ -1,37 +1,41 @@
 """Operation cost: what one operation can make the gateway do, estimated before it runs.
 
-Each upstream call costs ``CALL_COST``; each item a page may answer costs 1. A field's cost is
-multiplied by the sizes of the lists around it, so ``phoneNumbers(page: {first: 2000})`` costs
-2,050, ten aliased copies of it 20,500, and ``owner { person { phoneNumbers } }`` under a page of
-2,000 nodes costs 2,000 times a whole page. ``_entities`` multiplies by its representations.
-A page's items count only when its selection reaches ``nodes`` or ``edges`` (through fragments
-too): ``phoneNumbers { totalCount pageInfo { hasNextPage } }`` builds and answers no item, so
-it costs the call alone, and a router's plan of 150 people asking ``totalCount`` costs 7,500.
-``first`` comes from literals or variables, and a variable the request does not send takes the
-default its operation declares (``$f: Int = 2000``, ``$p: PageInput = {first: 2000}``), as
-execution will; 100 when absent, the most when unreadable. ``@skip`` and ``@include`` are
-ignored, so the estimate never undercounts.
+Each upstream call costs ``CALL_COST``; each item the gateway may hold costs 1. A field's cost
+is multiplied by the sizes of the lists around it, so ``phoneNumbers(page: {first: 2000})``
+costs 2,050, ten aliased copies of it 20,500, and ``owner { person { phoneNumbers } }`` under a
+page of 2,000 nodes costs 2,000 times a whole page. ``_entities`` multiplies by its
+representations. A page's items count only when its selection reaches ``nodes`` or ``edges``
+(through fragments too): ``phoneNumbers { totalCount pageInfo { hasNextPage } }`` builds and
+answers no item, so it costs the call alone. ``first`` comes from literals or variables, and a
+variable the request does not send takes the default its operation declares, as execution
+will; 100 when absent, the most when unreadable. ``@skip`` and ``@include`` are ignored, so the
+estimate never undercounts.
 
-A streamed connection (its ``nodes``/``edges`` all under ``@stream``) is not held whole: its
-items cost nothing, the upstream pages it walks cost a call each, once per streamed list (its
-first chunk is one shared call; each list walks the rest on its own) (``first`` may then reach
-``GATEWAY_MAX_STREAM_ITEMS``, and is read against that ceiling); fields under its items that
-make upstream calls of their own still count once per item. Only when the response streams
-(``RequestContext.incremental_delivery``): merged into one JSON body the list is held whole,
-so it is costed and bounded as unstreamed.
+Fields are priced as execution runs them: fields of one selection set with the same response
+key are one field (merged, as graphql-core's ``collect_fields`` merges them), so a field asked
+twice, once with ``nodes @stream`` and once with ``edges``, is one page whose ``edges`` are held
+whole, and priced so.
 
-It runs once validation is known (from strawberry's cache, or about to run), before execution:
-an operation over ``GATEWAY_MAX_COST`` costs nothing upstream. Its walk is linear in the
-document's expanded size, which ``ParsedDocuments`` bounds before anything walks it.
+A streamed connection (every ``nodes``/``edges`` list of the merged field under an active
+``@stream``) is not held whole: its items cost nothing but the initial payload's
+(``initialCount``, which is held), the upstream pages it walks cost a call each, once per
+streamed list (its first chunk is one shared call; each list walks the rest on its own), and
+``first`` may reach ``GATEWAY_MAX_STREAM_ITEMS``. Only when the response streams: an answer
+held whole (one JSON body, a batch's element) holds every list, so ``held`` prices it as
+unstreamed. A subscription (``phoneNumberChanges``) costs what one poll of its feed may: the
+counts call and a walk of up to ``GATEWAY_CHANGES_MAX_ITEMS`` entries.
+
+It runs for each request (the variables differ), over a document the prepared-operation cache
+holds: its walk is linear in the document's expanded size, which the document limits bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
-    DocumentNode,
     FieldNode,
     GraphQLError,
     OperationDefinitionNode,
@@ -40,34 +44,38 @@ from graphql import (
     value_from_ast_untyped,
 )
 from graphql.pyutils import Undefined
-from strawberry.extensions import SchemaExtension
 
 from gateway.domain.arguments import DEFAULT_PAGE_SIZE, page_ceiling
 from gateway.errors import ErrorCode
-from gateway.execution.directive_hints import STREAM_DIRECTIVE
-from gateway.execution.fragment_walk import Spreading, fragment_definitions, selected_fields
+from gateway.execution.fragment_walk import Fragments, Spreading, selected_fields
 
 CALL_COST = 50
 PAGE_FIELDS = frozenset({"phoneNumbers"})
 COUNT_FIELDS = frozenset({"numberCounts"})
+FEED_FIELDS = frozenset({"phoneNumberChanges"})
 ITEM_LISTS = frozenset({"nodes", "edges"})
 STREAM = "stream"
+DEFAULT_FEED_ITEMS = 20_000  # GATEWAY_CHANGES_MAX_ITEMS' default
+
+# Fields of one selection set under one response key, each with the spreading path that led
+# to it: execution merges them into one field.
+FieldGroup = list[tuple[FieldNode, Spreading]]
+
+
+@dataclass(frozen=True, slots=True)
+class CostLimits:
+    """What the estimate reads ``first`` and entities against (the settings)."""
+
+    max_cost: int
+    max_page_size: int
+    max_entities: int
+    max_stream_items: int | None = None
+    max_feed_items: int = DEFAULT_FEED_ITEMS
 
 
 def upstream_pages(first: int, upstream_page_size: int) -> int:
     """Upstream calls a walk of ``first`` items makes, ``upstream_page_size`` at a time."""
     return max(1, -(-first // upstream_page_size))
-
-
-def chosen_operation(
-    document: DocumentNode, operation_name: str | None
-) -> OperationDefinitionNode | None:
-    """The operation that would run: the one named ``operation_name``, or the document's
-    only one; None when none can be chosen (the request then fails on its own)."""
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if operation_name is not None:
-        operations = [op for op in operations if op.name and op.name.value == operation_name]
-    return operations[0] if len(operations) == 1 else None
 
 
 def operation_variables(
@@ -89,116 +97,110 @@ class CostEstimate:
 
     def __init__(
         self,
-        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        fragments: Fragments,
         variables: Mapping[str, Any] | None,
+        limits: CostLimits,
         *,
-        max_page_size: int,
-        max_entities: int,
-        max_stream_items: int | None = None,
-        incremental: bool = True,
+        held: bool,
     ) -> None:
-        self.variables: dict[str, Any] = dict(variables or {})
-        self.incremental = incremental  # the response streams: @stream lists are not held
-        self.max_page_size = max_page_size
-        self.max_stream_items = max_page_size if max_stream_items is None else max_stream_items
-        self.max_entities = max_entities
-        self.fragments = fragment_definitions(document)
+        self.operation = operation
+        self.fragments = fragments
+        self.variables = operation_variables(operation, variables)
+        self.limits = limits
+        self.held = held  # the answer is held whole: no list is streamed
+        self.max_page_size = limits.max_page_size
+        self.max_stream_items = (
+            limits.max_page_size if limits.max_stream_items is None else limits.max_stream_items
+        )
         self.total = 0
 
-    def operation(self, operation: OperationDefinitionNode) -> int:
-        self.variables = operation_variables(operation, self.variables)
+    def run(self) -> int:
         self.total = 0
-        self._walk(operation.selection_set, 1, ())
+        self._walk([(self.operation.selection_set, ())], 1)
         return self.total
 
-    def _fields(
-        self, selection_set: SelectionSetNode, spreading: Spreading
-    ) -> Iterator[tuple[FieldNode, Spreading]]:
-        return selected_fields(selection_set, self.fragments, spreading)
+    def _groups(self, selection_sets: list[tuple[SelectionSetNode, Spreading]]) -> list[FieldGroup]:
+        """The fields of ``selection_sets`` (one merged field's children) by response key."""
+        groups: dict[str, FieldGroup] = {}
+        for selection_set, spreading in selection_sets:
+            for field, path in selected_fields(selection_set, self.fragments, spreading):
+                key = (field.alias or field.name).value
+                groups.setdefault(key, []).append((field, path))
+        return list(groups.values())
 
-    def _walk(self, selection_set: SelectionSetNode, multiplier: int, spreading: Spreading) -> None:
-        for field, path in self._fields(selection_set, spreading):
-            name = field.name.value
+    @staticmethod
+    def _children(group: FieldGroup) -> list[tuple[SelectionSetNode, Spreading]]:
+        return [(f.selection_set, path) for f, path in group if f.selection_set is not None]
+
+    def _walk(
+        self, selection_sets: list[tuple[SelectionSetNode, Spreading]], multiplier: int
+    ) -> None:
+        for group in self._groups(selection_sets):
+            name = group[0][0].name.value
             inner = multiplier
             if name in PAGE_FIELDS:
-                self._page(field, multiplier, path)
+                self._page(group, multiplier)
                 continue
             if name in COUNT_FIELDS:
                 self.total += multiplier * CALL_COST
+            elif name in FEED_FIELDS:
+                poll = 1 + upstream_pages(self.limits.max_feed_items, self.max_page_size)
+                self.total += multiplier * poll * CALL_COST
             elif name == "_entities":
-                inner = multiplier * self._representations(field)
-            if field.selection_set is not None:
-                self._walk(field.selection_set, inner, path)
+                inner = multiplier * max(self._representations(f) for f, _ in group)
+            self._walk(self._children(group), inner)
 
-    def _page(self, field: FieldNode, multiplier: int, spreading: Spreading) -> None:
-        item_lists = self._item_lists(field.selection_set, spreading)
-        streamed = self.incremental and self._all_streamed(item_lists)
-        first = self._first(field, streamed=streamed)
+    def _page(self, group: FieldGroup, multiplier: int) -> None:
+        item_lists = [
+            list_group
+            for list_group in self._groups(self._children(group))
+            if list_group[0][0].name.value in ITEM_LISTS
+        ]
+        streamed = (
+            not self.held
+            and bool(item_lists)
+            and all(self._streams(field) for list_group in item_lists for field, _ in list_group)
+        )
+        first = max(self._first(field, streamed=streamed) for field, _ in group)
         if streamed:
-            # Held a chunk at a time, never whole: the walk's calls are what it costs. The
-            # first chunk is one call shared by the operation's fields, but each streamed list
-            # (``nodes`` and ``edges`` both, or two aliases) walks the rest on its own.
-            walks = len(self._response_keys(item_lists))
+            # Held a chunk at a time, never whole: the walk's calls are what it costs, and the
+            # initial payload's items, which are held. The first chunk is one call shared by
+            # the lists, but each streamed list walks the rest on its own.
             rest = upstream_pages(first, self.max_page_size) - 1
-            self.total += multiplier * (1 + walks * rest) * CALL_COST
+            initial = max(
+                min(self._initial_count(field), first)
+                for list_group in item_lists
+                for field, _ in list_group
+            )
+            walks = len(item_lists)
+            self.total += multiplier * ((1 + walks * rest) * CALL_COST + initial)
         elif item_lists:
             self.total += multiplier * (CALL_COST + first)
         else:
             # Only totalCount/pageInfo: no item is built or answered, the call is the cost.
             self.total += multiplier * CALL_COST
-        if field.selection_set is not None:
-            self._walk_page(field.selection_set, multiplier, first, spreading)
-
-    def _walk_page(
-        self,
-        selection_set: SelectionSetNode,
-        multiplier: int,
-        first: int,
-        spreading: Spreading,
-    ) -> None:
-        for field, path in self._fields(selection_set, spreading):
-            if field.selection_set is None:
+        for child in self._groups(self._children(group)):
+            if child[0][0].selection_set is None:
                 continue
-            items = multiplier * first if field.name.value in ITEM_LISTS else multiplier
-            self._walk(field.selection_set, items, path)
-
-    def _all_streamed(self, item_lists: list[FieldNode]) -> bool:
-        """Whether a connection's item lists (``_item_lists``) stream its items: there is at
-        least one, and every one carries an active ``@stream``. One unstreamed item list makes
-        the whole page be held, so it is costed (and bounded) as unstreamed."""
-        return bool(item_lists) and all(self._streams(field) for field in item_lists)
-
-    def _item_lists(
-        self, connection: SelectionSetNode | None, spreading: Spreading
-    ) -> list[FieldNode]:
-        """The ``nodes``/``edges`` fields a connection's selection reaches, through fragments."""
-        if connection is None:
-            return []
-        return [
-            field
-            for field, _ in self._fields(connection, spreading)
-            if field.name.value in ITEM_LISTS
-        ]
-
-    @staticmethod
-    def _response_keys(fields: list[FieldNode]) -> set[str]:
-        """The distinct lists the fields answer: a key selected twice (in two fragments, say)
-        is merged into one field by execution, so one walk."""
-        return {(f.alias or f.name).value for f in fields}
+            items = multiplier * first if child[0][0].name.value in ITEM_LISTS else multiplier
+            self._walk(self._children(child), items)
 
     def _streams(self, field: FieldNode) -> bool:
-        for directive in field.directives or ():
-            if directive.name.value == STREAM:
-                condition = self._value(self._argument(directive.arguments, "if"))
-                return condition is not False  # absent, true or unreadable: it streams
-        return False
+        stream = _directive(field, STREAM)
+        if stream is None:
+            return False
+        condition = self._value(_argument(stream.arguments, "if"))
+        return condition is not False  # absent, true or unreadable: it streams
 
-    @staticmethod
-    def _argument(arguments: Any, name: str) -> ValueNode | None:
-        for argument in arguments or ():
-            if argument.name.value == name:
-                return argument.value  # type: ignore[no-any-return]
-        return None
+    def _initial_count(self, field: FieldNode) -> int:
+        stream = _directive(field, STREAM)
+        count = self._value(_argument(stream.arguments, "initialCount")) if stream else None
+        if count is None:
+            return 0
+        if isinstance(count, int) and not isinstance(count, bool):
+            return max(0, count)
+        return self.max_stream_items  # unreadable: the most it could hold
 
     def _value(self, node: ValueNode | None) -> Any:
         """The Python value of an argument, variables (and their defaults) substituted;
@@ -214,7 +216,7 @@ class CostEstimate:
             max_stream_items=self.max_stream_items,
             streamed=streamed,
         )
-        page = self._value(self._argument(field.arguments, "page"))
+        page = self._value(_argument(field.arguments, "page"))
         if page is None:
             return min(DEFAULT_PAGE_SIZE, ceiling)
         if not isinstance(page, Mapping):
@@ -228,97 +230,51 @@ class CostEstimate:
         return ceiling
 
     def _representations(self, field: FieldNode) -> int:
-        representations = self._value(self._argument(field.arguments, "representations"))
+        representations = self._value(_argument(field.arguments, "representations"))
         if isinstance(representations, list):
-            return max(1, min(len(representations), self.max_entities))
-        return self.max_entities
+            return max(1, min(len(representations), self.limits.max_entities))
+        return self.limits.max_entities
+
+
+def _directive(field: FieldNode, name: str) -> Any:
+    for directive in field.directives or ():
+        if directive.name.value == name:
+            return directive
+    return None
+
+
+def _argument(arguments: Any, name: str) -> ValueNode | None:
+    for argument in arguments or ():
+        if argument.name.value == name:
+            return argument.value  # type: ignore[no-any-return]
+    return None
 
 
 def operation_cost(
-    document: DocumentNode,
-    operation_name: str | None,
+    operation: OperationDefinitionNode,
+    fragments: Fragments,
     variables: Mapping[str, Any] | None,
+    limits: CostLimits,
     *,
-    max_page_size: int,
-    max_entities: int,
-    max_stream_items: int | None = None,
-    incremental: bool = True,
-) -> int | None:
-    """The cost of the operation that would run, or None when none can be chosen (the
-    request then fails on its own, before execution)."""
-    operation = chosen_operation(document, operation_name)
-    if operation is None:
-        return None
-    estimate = CostEstimate(
-        document,
-        variables,
-        max_page_size=max_page_size,
-        max_entities=max_entities,
-        max_stream_items=max_stream_items,
-        incremental=incremental,
+    held: bool,
+) -> int:
+    """The cost of ``operation`` with these variables; ``held``: its answer is held whole
+    (one JSON body), so no list is priced as streamed."""
+    return CostEstimate(operation, fragments, variables, limits, held=held).run()
+
+
+def over_limit(cost: int, limits: CostLimits, *, held: bool, streams: bool) -> GraphQLError:
+    """The refusal of an operation whose estimate is over ``GATEWAY_MAX_COST``."""
+    hint = (
+        " Lists under @stream count their upstream calls, not their items, only when the "
+        "response streams: accept multipart/mixed or text/event-stream."
+        if held and streams
+        else ""
     )
-    return estimate.operation(operation)
-
-
-def cost_limiter(
-    *,
-    max_cost: int,
-    max_page_size: int,
-    max_entities: int,
-    report: bool,
-    max_stream_items: int | None = None,
-) -> type[SchemaExtension]:
-    """A schema extension refusing operations over ``max_cost`` before execution, and
-    reporting the estimate (``extensions.cost`` when ``report``; the metric always).
-    ``max_stream_items`` is the ceiling of a streamed ``first`` (``max_page_size`` if None)."""
-
-    class OperationCost(SchemaExtension):
-        cost: int | None = None
-
-        def on_validate(self) -> Iterator[None]:
-            context = self.execution_context
-            document = context.graphql_document
-            # Validation may already have run (ValidationCache); its errors come first.
-            if document is not None and not context.pre_execution_errors:
-                # Merged into one JSON body, an @stream list is held whole (RequestContext).
-                incremental = getattr(context.context, "incremental_delivery", True)
-                self.cost = operation_cost(
-                    document,
-                    context.operation_name,
-                    context.variables,
-                    max_page_size=max_page_size,
-                    max_entities=max_entities,
-                    max_stream_items=max_stream_items,
-                    incremental=incremental,
-                )
-                if self.cost is not None and self.cost > max_cost:
-                    hint = (
-                        ""
-                        if incremental or STREAM_DIRECTIVE.search(context.query or "") is None
-                        else " Lists under @stream count their upstream calls, not their "
-                        "items, only when the response streams: accept multipart/mixed or "
-                        "text/event-stream."
-                    )
-                    context.pre_execution_errors = [
-                        GraphQLError(
-                            f"The operation's estimated cost is {self.cost}, above the limit "
-                            f"of {max_cost}. Each upstream call counts {CALL_COST} and each "
-                            "item a page may return counts 1, times the lists around it: ask "
-                            f"for fewer or smaller pages, or split the operation.{hint}",
-                            extensions={"code": ErrorCode.BAD_USER_INPUT.value},
-                        )
-                    ]
-            yield
-
-        def on_execute(self) -> Iterator[None]:
-            yield
-            metrics = getattr(self.execution_context.context, "metrics", None)
-            if metrics is not None and self.cost is not None:
-                metrics.operation_cost.observe(self.cost)
-
-        def get_results(self) -> dict[str, Any]:
-            if not report or self.cost is None:
-                return {}
-            return {"cost": {"estimated": self.cost, "limit": max_cost}}
-
-    return OperationCost
+    return GraphQLError(
+        f"The operation's estimated cost is {cost}, above the limit of {limits.max_cost}. "
+        f"Each upstream call counts {CALL_COST} and each item a page may return counts 1, "
+        "times the lists around it: ask for fewer or smaller pages, or split the "
+        f"operation.{hint}",
+        extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+    )

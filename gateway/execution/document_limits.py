@@ -1,26 +1,20 @@
-"""Document guards: checks a GraphQL document passes before it may be validated or executed.
+"""Document limits: what a parsed document must pass before it is validated or executed.
 
-``parsed_documents()`` is strawberry's parser cache made bounded in estimated bytes of memory
-(text length times what a parsed tree costs per character, measured; a refused document keeps
-its refusal, not its tree), with four checks made once per document (no empty selection set,
-no spread of a fragment the document does not define, no fragment cycle, no fragment expansion
-past ``MAX_EXPANDED_FIELDS``), so every later walk (``fragment_walk``) is bounded;
-``root_field_limit()`` is a validation rule bounding root fields, so a wide operation cannot
-fan out upstream calls;
-``stream_arguments()`` refuses a negative ``@stream(initialCount:)``, literal or variable, in
-the operation that will run, as ``BAD_USER_INPUT`` before execution;
-``as_limit()`` makes a validation rule's errors limit errors (``BAD_USER_INPUT``), so they are
-not taken for the document's own mistakes (``GRAPHQL_VALIDATION_FAILED``).
+``refusal`` makes four checks once per document (no empty selection set, no spread of a
+fragment the document does not define, no fragment cycle, no fragment expansion past
+``MAX_EXPANDED_FIELDS``), so every later walk (``fragment_walk``) is bounded; ``parsed_size``
+is what a parsed tree may cost in memory (the prepared-operation cache is bounded by it);
+``limit_rules`` are the validation rules of the operation limits (depth, aliases, root fields),
+whose errors are limit errors (``BAD_USER_INPUT``, ``as_limit``), not the document's own
+mistakes (``GRAPHQL_VALIDATION_FAILED``); ``stream_argument_refusal`` refuses an ``@stream`` or
+``@defer`` argument execution would fail on (a negative or null ``initialCount``, a null
+``if``), with the request's variables, before execution.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, ClassVar, Final, cast
+from typing import Any, Final, cast
 
-from cachetools import LRUCache
 from graphql import (
     ASTValidationRule,
     DirectiveNode,
@@ -31,16 +25,14 @@ from graphql import (
     OperationDefinitionNode,
     ValidationRule,
     Visitor,
-    parse,
     value_from_ast_untyped,
     visit,
 )
+from graphql.pyutils import Undefined
 from graphql.validation import ASTValidationContext
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 
 from gateway.errors import ErrorCode
-from gateway.execution.cost import chosen_operation, operation_variables
-from gateway.execution.directive_hints import STREAM_DIRECTIVE
 from gateway.execution.fragment_walk import (
     Fragments,
     expanded_field_count,
@@ -50,45 +42,23 @@ from gateway.execution.fragment_walk import (
     unknown_fragments,
 )
 
+INCREMENTAL_DIRECTIVES: Final = frozenset({"defer", "stream"})
+
 # Fields an operation may expand to once its fragments are spread. A fragment spread twice
 # in a fragment spread twice ... doubles at each level: 30 levels fit in 1.3 KB and would make
 # every walk of the document (the limiters', the cost estimate's) run for hours.
 MAX_EXPANDED_FIELDS: Final = 5_000
-# What the parse cache may hold, in bytes of memory as estimated by ``parsed_cost``.
-PARSE_CACHE_BYTES: Final = 64 * 1024 * 1024
 # Bytes of memory a parsed document takes per character of its text, at most: graphql-core
 # keeps every token (a linked list, for locations) and a node per name, so the densest
 # documents cost most. Measured with tracemalloc on graphql-core 3.2: `{ a a a ... }` 279,
 # `{ a{b{c{d{e{f}}}}} ... }` 339, `{a{a{a ...}}}` 341, 660 aliased `__typename` 73, long
 # comments and strings 1-20. Rounded up, so the estimate never undercounts.
 PARSED_BYTES_PER_CHARACTER: Final = 400
-# What a document the guards refuse costs to remember: its text (the key), the refusal and
-# the entry itself; its parsed tree is dropped.
-REFUSED_ENTRY_OVERHEAD: Final = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedDocument:
-    """One entry of the parse cache: the parsed document, or why it is refused (then the
-    tree is not kept), and what the entry costs in memory."""
-
-    document: DocumentNode | None
-    refused: GraphQLError | None
-    cost: int
-
-
-def parsed_entry(query: str, document: DocumentNode) -> ParsedDocument:
-    """The cache entry for ``query``: a refused document keeps only its refusal, so a flood
-    of distinct refused documents costs their text, not their trees."""
-    refused = refusal(document)
-    if refused is not None:
-        return ParsedDocument(None, refused, len(query) + REFUSED_ENTRY_OVERHEAD)
-    return ParsedDocument(document, None, parsed_size(query))
 
 
 def parsed_size(query: str) -> int:
-    """Bytes of memory the parsed tree of ``query`` may take, at most (the estimate every
-    cache of parsed documents is bounded by: this one and the operation plans)."""
+    """Bytes of memory the parsed tree of ``query`` may take, at most (what the
+    prepared-operation cache is bounded by)."""
     return len(query) * PARSED_BYTES_PER_CHARACTER
 
 
@@ -147,93 +117,53 @@ def refusal(document: DocumentNode) -> GraphQLError | None:
     return None
 
 
-def parsed_documents() -> type[SchemaExtension]:
-    """strawberry's ``ParserCache`` (but one per app, bounded in estimated bytes of memory,
-    ``PARSE_CACHE_BYTES``), with the checks of ``refusal`` made once per document before
-    validation. A document these checks refuse is remembered by its refusal alone; one that
-    validation or a limit refuses is dropped. A document that does
-    not parse is left to strawberry's own parse, which reports the error as a request error
-    (``ParserCache`` raises it from the hook, past the error handling)."""
-    documents: LRUCache[str, ParsedDocument] = LRUCache(
-        maxsize=PARSE_CACHE_BYTES, getsizeof=lambda entry: entry.cost
-    )
-    guard = threading.Lock()
-
-    class ParsedDocuments(SchemaExtension):
-        cache: ClassVar[LRUCache[str, ParsedDocument]] = documents  # to inspect its accounting
-
-        def on_parse(self) -> Iterator[None]:
-            context = self.execution_context
-            query = context.query
-            if query:
-                with guard:
-                    found = documents.get(query)
-                if found is None:
-                    try:
-                        document = parse(query, **context.parse_options)
-                    except GraphQLError:
-                        yield  # strawberry parses again and reports it
-                        return
-                    found = parsed_entry(query, document)
-                    if found.cost <= documents.maxsize:
-                        with guard:
-                            documents[query] = found
-                if found.refused is not None:
-                    raise found.refused
-                context.graphql_document = found.document
-            yield
-
-        def on_validate(self) -> Iterator[None]:
-            yield
-            context = self.execution_context
-            if context.pre_execution_errors and context.query:
-                # Refused by validation or a limit (every hook has run by now): its tree is
-                # of no use again, so a flood of distinct refused documents keeps nothing.
-                with guard:
-                    documents.pop(context.query, None)
-
-    return ParsedDocuments
-
-
-def negative_initial_count(
-    document: DocumentNode, operation_name: str | None, variables: dict[str, Any] | None
+def stream_argument_refusal(
+    operation: OperationDefinitionNode, fragments: Fragments, variables: dict[str, Any]
 ) -> GraphQLError | None:
-    """The refusal of an ``@stream`` whose ``initialCount`` (a literal, or a variable sent or
-    defaulted) is negative: graphql-core would fail on it mid-execution, as an internal
-    error. Only the operation that will run counts (``cost.chosen_operation``), with its
-    own variables' defaults (``cost.operation_variables``): another operation of the document
-    may declare the same variable with another default, or stream a list it never runs.
-    Other wrong types are the validator's and the variables' coercion's to report."""
-    operation = chosen_operation(document, operation_name)
-    if operation is None:
-        return None  # no operation can be chosen: the request fails on its own
-    values = operation_variables(operation, variables)
-    for directive in _stream_directives(operation, fragment_definitions(document)):
+    """The refusal of an ``@stream`` or ``@defer`` argument that execution would fail on, as
+    an internal error, mid-way: a negative or null ``initialCount``, a null ``if`` (a literal,
+    or a variable sent or defaulted). Only the operation that will run counts, with its own
+    variables' defaults (``variables``: ``cost.operation_variables``); other wrong types are
+    the validator's and the variables' coercion's to report."""
+    for directive in incremental_directives(operation, fragments):
+        name = directive.name.value
         for argument in directive.arguments or ():
-            if argument.name.value != "initialCount":
+            value = value_from_ast_untyped(argument.value, variables)  # Undefined: not set
+            if value is Undefined:
                 continue
-            count = value_from_ast_untyped(argument.value, values)  # Undefined if not set
-            if isinstance(count, int) and not isinstance(count, bool) and count < 0:
-                return GraphQLError(
-                    f"@stream(initialCount: {count}) is negative; send 0 or more.",
-                    directive,
-                    extensions={"code": ErrorCode.BAD_USER_INPUT.value},
+            if argument.name.value == "if" and value is None:
+                return _argument_error(
+                    f"@{name}(if:) is null; send true or false, or leave it out.", directive
                 )
+            if argument.name.value == "initialCount" and name == "stream":
+                if value is None:
+                    return _argument_error(
+                        "@stream(initialCount:) is null; send 0 or more, or leave it out.",
+                        directive,
+                    )
+                if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                    return _argument_error(
+                        f"@stream(initialCount: {value}) is negative; send 0 or more.", directive
+                    )
     return None
 
 
-def _stream_directives(
+def _argument_error(message: str, directive: DirectiveNode) -> GraphQLError:
+    return GraphQLError(message, directive, extensions={"code": ErrorCode.BAD_USER_INPUT.value})
+
+
+def incremental_directives(
     operation: OperationDefinitionNode, fragments: Fragments
 ) -> list[DirectiveNode]:
-    """The ``@stream`` directives ``operation`` reaches, in the fragments it spreads too
-    (each fragment visited once, however often it is spread)."""
+    """The ``@stream`` and ``@defer`` directives ``operation`` reaches, in the fragments it
+    spreads too (each fragment visited once, however often it is spread)."""
     collected: list[DirectiveNode] = []
     pending: list[OperationDefinitionNode | FragmentDefinitionNode] = [operation]
     reached: set[str] = set()
 
     class Collect(Visitor):
         def enter_directive(self, node: DirectiveNode, *_: Any) -> None:
-            if node.name.value == "stream":
+            if node.name.value in INCREMENTAL_DIRECTIVES:
                 collected.append(node)
 
         def enter_fragment_spread(self, node: FragmentSpreadNode, *_: Any) -> None:
@@ -246,29 +176,6 @@ def _stream_directives(
     while pending:
         visit(pending.pop(), collect)
     return collected
-
-
-def stream_arguments() -> type[SchemaExtension]:
-    """A schema extension refusing a negative ``@stream(initialCount:)`` (literal or
-    variable) as ``BAD_USER_INPUT`` before execution (``negative_initial_count``)."""
-
-    class StreamArguments(SchemaExtension):
-        def on_validate(self) -> Iterator[None]:
-            context = self.execution_context
-            document = context.graphql_document
-            if (
-                document is not None
-                and not context.pre_execution_errors
-                and STREAM_DIRECTIVE.search(context.query or "") is not None
-            ):
-                refused = negative_initial_count(
-                    document, context.operation_name, context.variables
-                )
-                if refused is not None:
-                    context.pre_execution_errors = [refused]
-            yield
-
-    return StreamArguments
 
 
 def root_field_limit(max_root_fields: int) -> type[ValidationRule]:

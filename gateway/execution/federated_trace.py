@@ -4,8 +4,7 @@ A federation router that reports field-level usage to GraphOS (Apollo Router, Ap
 sends ``apollo-federation-include-trace: ftv1`` on its subgraph requests; the subgraph answers
 with ``extensions.ftv1``: the base64 of one ``Trace`` message of Apollo's ``reports.proto``
 (the copy in ``@apollo/usage-reporting-protobuf``), which the router stitches into its own trace
-of the whole plan. Without the header nothing is recorded and
-nothing is added: the operation runs exactly as it would without this extension.
+of the whole plan. Without the header nothing is recorded and nothing is added.
 
 What is recorded (the subset of ``Trace`` a subgraph fills in, as Apollo Server's inline-trace
 plugin does): the operation's wall-clock start and end, its duration, and a tree of nodes under
@@ -14,16 +13,14 @@ nanosecond offsets from the operation's start) with list items as index nodes be
 each error of the response hangs on the node of its path (root for errors without a path),
 with its message, locations and JSON: the error as the response has it, after the contract
 rewrite, so a trace never says more than the response does (masked messages stay masked).
-Documents that fail before execution (parse, validation, limits) get a trace with timings and
-no error nodes: the hooks that give them contract codes have not run when results are taken.
+Documents that fail before execution (parse, validation, limits) get no trace: nothing ran.
 
-Why the ``resolve`` hook is switched per operation: strawberry turns every extension that
-implements ``resolve`` into graphql-core resolver middleware, and middleware wraps every field of
-every operation and switches off the projection fast path (``gateway.execution.projecting_executor``).
-This extension reports ``_implements_resolve()`` as False unless its own operation asked for a
-trace (strawberry asks each extension instance after it has the operation's context), so
-operations without the header keep the fast path and pay nothing. With the header, every field
-runs on the normal path, as it must for every field to have a timing.
+Why it is middleware made per operation: graphql-core resolver middleware wraps every field of
+the operation it is given, and switches off the projection fast path
+(``gateway.execution.projecting_executor``). So ``run`` passes a ``FederatedTrace`` only to an
+operation whose request asked for one (and, in production, carries the router secret): every
+other operation keeps the fast path and pays nothing. With one, every field runs on the normal
+path, as it must for every field to have a timing.
 
 The protobuf is written by hand (``ProtoWriter``: varints and length-delimited fields are all
 ``Trace`` needs), so this module depends on nothing new. Field numbers are ``reports.proto``'s.
@@ -34,16 +31,12 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from inspect import isawaitable
 from typing import Any, Final
 
 from graphql import GraphQLError, GraphQLResolveInfo
-from strawberry.extensions import SchemaExtension
-from strawberry.utils.await_maybe import AwaitableOrValue
-
-from gateway.schema.context import RequestContext
 
 HEADER: Final = "apollo-federation-include-trace"
 HEADER_VALUE: Final = "ftv1"
@@ -196,40 +189,14 @@ def encode_trace(start_epoch_ns: int, duration_ns: int, root: TraceNode) -> byte
     )
 
 
-class FederatedTrace(SchemaExtension):
-    """``extensions.ftv1`` for operations whose request asked for it; inert otherwise."""
+class FederatedTrace:
+    """One operation's trace, recorded while it runs: graphql-core resolver middleware (its
+    ``resolve``), made only for an operation whose request asked for it and may have it."""
 
-    _wanted: bool | None = None
-    _start_epoch_ns: int = 0
-    _start_ns: int = 0  # monotonic: node offsets and the duration never jump with the clock
-    _duration_ns: int | None = None
-    _root: TraceNode | None = None
-
-    def _asked(self) -> bool:
-        if self._wanted is None:
-            context = getattr(getattr(self, "execution_context", None), "context", None)
-            self._wanted = isinstance(context, RequestContext) and context.include_federated_trace
-        return self._wanted
-
-    # strawberry asks each instance, after giving it the execution context, whether to make it
-    # resolver middleware (see the module docstring): only an operation that asked is wrapped.
-    def _implements_resolve(self) -> bool:  # type: ignore[override]
-        return self._asked()
-
-    def on_operation(self) -> Iterator[None]:
-        if not self._asked():
-            yield
-            return
+    def __init__(self) -> None:
         self._root = TraceNode()
         self._start_epoch_ns = time.time_ns()
-        self._start_ns = time.monotonic_ns()
-        yield
-        # Listed before ContractErrors, so this runs after it: the errors are the response's.
-        self._duration_ns = self._elapsed()
-        result = self.execution_context.result
-        if result is not None:
-            for error in result.errors or ():
-                self._node_at(error.path).errors.append(error)
+        self._start_ns = time.monotonic_ns()  # monotonic: offsets never jump with the clock
 
     def resolve(
         self,
@@ -238,7 +205,7 @@ class FederatedTrace(SchemaExtension):
         info: GraphQLResolveInfo[Any],
         *args: str,
         **kwargs: Any,
-    ) -> AwaitableOrValue[object]:
+    ) -> Any:
         node = self._node_at(info.path.as_list())
         node.type = str(info.return_type)
         node.parent_type = info.parent_type.name
@@ -257,18 +224,19 @@ class FederatedTrace(SchemaExtension):
         finally:
             node.end_ns = self._elapsed()
 
-    def get_results(self) -> dict[str, Any]:
-        if not self._asked() or self._root is None:
-            return {}
-        duration = self._duration_ns if self._duration_ns is not None else self._elapsed()
+    def extension(self, errors: Iterable[GraphQLError]) -> dict[str, str]:
+        """``extensions.ftv1`` of the operation, ending now, with ``errors`` (the response's,
+        after the contract rewrite) hung on the nodes of their paths."""
+        duration = self._elapsed()
+        for error in errors:
+            self._node_at(error.path).errors.append(error)
         trace = encode_trace(self._start_epoch_ns, max(duration, 1), self._root)
         return {EXTENSION_KEY: base64.b64encode(trace).decode("ascii")}
 
     def _elapsed(self) -> int:
         return time.monotonic_ns() - self._start_ns
 
-    def _node_at(self, path: list[str | int] | None) -> TraceNode:
-        assert self._root is not None
+    def _node_at(self, path: Sequence[str | int] | None) -> TraceNode:
         node = self._root
         for key in path or ():
             node = node.child(key)

@@ -90,12 +90,15 @@ from gateway.execution.projection_compiler import (
     Projector,
     compile_projector,
 )
+from gateway.schema.connection_asks import connection_asks
+from gateway.schema.context import RequestContext
 from gateway.schema.types import PhoneNumberConnection
 
 log = structlog.get_logger("gateway.projection")
 
 DEFAULT_MAX_PROJECTORS: Final = 1024
 _CONNECTION_LISTS: Final = frozenset({"nodes", "edges"})
+_CONNECTION_FIELDS: Final = frozenset({"phoneNumbers"})
 _ABSENT: Final = object()  # a variable the operation did not set
 _STREAM: Final = "stream"
 
@@ -186,8 +189,39 @@ def inclusion_variables(
     return tuple(sorted(names))
 
 
-class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    """strawberry's executor with the projection fast path for lists of phone numbers.
+class ConnectionNotingExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """strawberry's executor (resolvers get the plain variables dict) that notes, before a
+    ``phoneNumbers`` field's resolver runs, what the field selects of its connection, every
+    merged node of it (``schema.connection_asks``): the resolver reads it to decide how to
+    fetch. Normal completion for everything else (tests compare the fast path with it)."""
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        position_context: Any = None,
+    ) -> Any:
+        if field_details_list[0].node.name.value in _CONNECTION_FIELDS:
+            self._note_connection(field_details_list, path)
+        return super().execute_field(
+            parent_type, source, field_details_list, path, position_context
+        )
+
+    def _note_connection(self, field_details_list: FieldDetailsList, path: Path) -> None:
+        context = self.context_value
+        if isinstance(context, RequestContext):
+            asks = connection_asks(
+                [details.node for details in field_details_list],
+                self.fragment_definitions,
+                self.variable_values.coerced,
+            )
+            context.connections.note(path, asks)
+
+
+class ProjectingExecutionContext(ConnectionNotingExecutionContext):
+    """The executor with the projection fast path for lists of phone numbers.
 
     Use ``projecting_execution_context()``, which binds a projector cache to the class."""
 

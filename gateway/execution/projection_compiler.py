@@ -75,7 +75,7 @@ from gateway.domain.reader import (
     Reading,
     Text,
 )
-from gateway.schema.types import PhoneNumberEdge
+from gateway.domain.records import PhoneNumberEdge
 
 
 class Projection(NamedTuple):
@@ -150,9 +150,10 @@ def compile_projector(
         return None
 
 
-def _strawberry_origin(graphql_type: GraphQLObjectType) -> object:
-    definition = (graphql_type.extensions or {}).get(_DEFINITION)
-    return getattr(definition, "origin", None)
+def _describes(graphql_type: GraphQLObjectType, record: type[Any]) -> bool:
+    """Whether ``graphql_type`` is the schema's description of the domain ``record`` (the
+    schema types are named as the records they describe, ``schema.types``)."""
+    return graphql_type.name == record.__name__
 
 
 def _field_definition(field: GraphQLField) -> Any:
@@ -433,7 +434,7 @@ class ProjectorCompiler:
     ) -> str:
         """Emit statements reading ``graphql_type`` from the mapping in ``source``; returns the
         expression of its response dict (keys in the collected order)."""
-        if _strawberry_origin(graphql_type) is not table.type:
+        if not _describes(graphql_type, table.type):
             raise NotProjectable
         rules = {rule.attribute: rule for rule in table.fields}
         getter = f"{source}.get"  # called as a method: faster than a stored bound method
@@ -599,7 +600,7 @@ class ProjectorCompiler:
     ) -> str:
         """An edge: its ``cursor`` from ``PageResult.cursor(position)``, its ``node`` from the
         item (as ``PageResult.edges()`` builds it)."""
-        if _strawberry_origin(edge_type) is not PhoneNumberEdge:
+        if not _describes(edge_type, PhoneNumberEdge):
             raise NotProjectable
         cursor: str | None = None
         entries: list[str] = []

@@ -1,26 +1,23 @@
-"""What every resolver of one GraphQL request can reach: the caller's numbers and settings."""
+"""What every resolver of one GraphQL operation can reach: the caller's numbers, the change
+feeds, and what the executor noted about the connection fields it runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from starlette.requests import HTTPConnection
-
+from gateway.changes.registry import ChangeFeeds
 from gateway.data.source import CallerNumbers
-from gateway.observability.metrics import GatewayMetrics
-from gateway.settings import Settings
+from gateway.schema.connection_asks import SelectedConnections
 
 
 @dataclass(slots=True)
 class RequestContext:
-    request: HTTPConnection
-    settings: Settings
-    metrics: GatewayMetrics
     numbers: CallerNumbers
-    report_cache: bool = False  # the caller asked for extensions.cache (a header)
-    include_federated_trace: bool = False  # a router asked for extensions.ftv1 (a header)
+    changes: ChangeFeeds | None = None  # the app's feeds (subscriptions); None: none served
+    client_name: str | None = None  # the caller's client name, as the request log keeps it
     # The response sends each payload as it comes (multipart, SSE, a WebSocket). Only then is
     # an @stream list walked while the client takes it, priced by its upstream pages and
     # allowed up to GATEWAY_MAX_STREAM_ITEMS; merged into one JSON body it is held whole, so
-    # it is priced and bounded as unstreamed (api.cost, numbers.types).
+    # it is priced and bounded as unstreamed (execution.cost, schema.types).
     incremental_delivery: bool = False
+    connections: SelectedConnections = field(default_factory=SelectedConnections)

@@ -4,20 +4,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import strawberry
-from graphql import GraphQLError
 from strawberry.federation.schema import FederationAny
-from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
-from strawberry.types import ExecutionResult
-from strawberry.types.execution import ExecutionContext
-from strawberry.types.graphql import OperationType
 
 from gateway.domain.arguments import check_url_text
 from gateway.errors import BadUserInput
-from gateway.execution.operation_plans import OperationPlans
 from gateway.schema.context import RequestContext
 from gateway.schema.types import Location, Organization, Person
 
@@ -39,59 +33,9 @@ ENTITY_TYPES: Final = (Person, Organization)
 class GatewaySchema(strawberry.federation.Schema):
     """A federation 2 subgraph schema whose ``_entities`` is bounded and checked."""
 
-    def __init__(
-        self,
-        *,
-        max_entities: int = DEFAULT_MAX_ENTITIES,
-        plans: OperationPlans | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, max_entities: int = DEFAULT_MAX_ENTITIES, **kwargs: Any) -> None:
         self.max_entities = max_entities  # read by entities_resolver, bound during __init__
-        # Operations of documents that passed every check before run by their plan.
-        self.plans = plans
         super().__init__(federation_version=FEDERATION_VERSION, **kwargs)
-
-    async def execute(
-        self,
-        query: str | None,
-        variable_values: dict[str, Any] | None = None,
-        context_value: Any | None = None,
-        root_value: Any | None = None,
-        operation_name: str | None = None,
-        allowed_operation_types: Iterable[OperationType] | None = None,
-        operation_extensions: dict[str, Any] | None = None,
-    ) -> ExecutionResult:
-        plans = self.plans
-        if plans is not None and root_value is None and operation_extensions is None:
-            planned = await plans.run(
-                self,
-                query,
-                variables=variable_values,
-                context=context_value,
-                operation_name=operation_name,
-                allowed=(
-                    DEFAULT_ALLOWED_OPERATION_TYPES
-                    if allowed_operation_types is None
-                    else allowed_operation_types
-                ),
-            )
-            if planned is not None:
-                return planned
-        return await super().execute(
-            query,
-            variable_values,
-            context_value,
-            root_value,
-            operation_name,
-            allowed_operation_types,
-            operation_extensions,
-        )
-
-    def process_errors(
-        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
-    ) -> None:
-        # ContractErrors logs what is unexpected; expected errors are not log noise.
-        return
 
     def entities_resolver(
         self,

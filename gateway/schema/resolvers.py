@@ -1,5 +1,6 @@
 """The root ``Query`` type. Resolvers hand their arguments to the request's numbers and
-return; validation lives in ``numbers.arguments``, the data path in ``pipeline.source``.
+return; argument rules live in ``domain.arguments``, the data path in ``data.source``; entity
+fields live with their types (``schema.types``).
 """
 
 from __future__ import annotations
@@ -8,12 +9,11 @@ from typing import Annotated
 
 import strawberry
 
+from gateway.domain import records
 from gateway.schema.context import RequestContext
+from gateway.schema.inputs import FilterArgument, OrderArgument, PageArgument, to_filter
 from gateway.schema.types import (
-    FilterArgument,
     NumberCounts,
-    OrderArgument,
-    PageArgument,
     PhoneNumberConnection,
     caller_numbers,
     numbers_connection,
@@ -46,12 +46,13 @@ class Query:
 
     @strawberry.field(
         description="Counts over every entry the filter matches: assigned, unassigned, "
-        "inactive, extension-only, toll-free, mobile, service and reserved numbers."
+        "inactive, extension-only, toll-free, mobile, service and reserved numbers.",
+        graphql_type=NumberCounts | None,
     )
     async def number_counts(
         self,
         info: strawberry.Info[RequestContext, None],
         org_id: OrgIdArgument = None,
         filter: FilterArgument = None,
-    ) -> NumberCounts | None:
-        return await caller_numbers(info).number_counts(org_id, filter)
+    ) -> records.NumberCounts | None:
+        return await caller_numbers(info).number_counts(org_id, to_filter(filter))

@@ -10,30 +10,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import httpx
+from graphql.execution import Executor
 import structlog
 from redis.asyncio import Redis
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from gateway.changes.registry import ChangeFeeds, build_change_feeds
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.data.answer_store import ResponseReuse
+from gateway.data.answer_store import AnswerStore
 from gateway.data.guarded_redis import REDIS_OPERATION_TIMEOUT, GuardedRedis
 from gateway.data.page_cache import PageCache
 from gateway.data.persisted_queries import PersistedQueries
 from gateway.data.source import NumbersSource
+from gateway.execution.cost import CostLimits
+from gateway.execution.document_limits import limit_rules
+from gateway.execution.prepare import PreparedOperations
+from gateway.execution.projecting_executor import projecting_execution_context
+from gateway.execution.run import OperationEngine
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
-from gateway.observability.request_facts import REQUEST_ID_HEADER
 from gateway.observability.tracing import Tracing, instrument_upstream
-from gateway.schema.build import build_schema
-from gateway.server.gateway_middleware import GatewayMiddleware
-from gateway.server.request_log import RequestLogMiddleware
+from gateway.schema.build import build_schema, graphql_schema
+from gateway.server.middleware import gateway_middleware
 from gateway.settings import Settings, SettingsError
 from gateway.simulator import (
     CONTROL_PREFIX,
@@ -44,7 +47,6 @@ from gateway.simulator import (
 from gateway.transports.documents import DocumentPolicy
 from gateway.transports.graphiql import graphiql_routes, load_examples, render_graphiql_page
 from gateway.transports.operation import OperationRunner
-from gateway.transports.repeat_answers import RepeatAnswers
 from gateway.transports.routes import (
     ASSET_BASE,
     GRAPHQL_PATH,
@@ -63,16 +65,14 @@ EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
 # With the embedded simulator, a caller who sends no token acts as its demo full admin.
 EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
 USER_AGENT = "numbers-gateway/0.1"
-CORS_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 
 log = structlog.get_logger("gateway.server.app")
 
 
 class LifespanState(TypedDict):
-    numbers: NumbersSource
-    documents: DocumentPolicy
-    responses: ResponseReuse
-    changes: ChangeFeeds
+    runner: OperationRunner  # every transport's way to run an operation
+    numbers: NumbersSource  # readiness: the upstream client is up
+    changes: ChangeFeeds  # shutdown ends the subscriptions first (``cli``)
     streams: OpenStreams
 
 
@@ -135,20 +135,55 @@ def load_trusted_documents(settings: Settings) -> TrustedDocuments | None:
         raise SettingsError(f"GATEWAY_TRUSTED_DOCUMENTS: {exc}") from None
 
 
+def build_execution(
+    settings: Settings,
+    metrics: GatewayMetrics,
+    *,
+    executor_class: type[Executor[Any]] | None = None,
+) -> tuple[PreparedOperations, OperationEngine]:
+    """The schema's prepared-operation cache and the engine that runs them, as ``settings``
+    configure them (``executor_class``: another projecting executor, for tests)."""
+    schema = graphql_schema(build_schema(max_entities=settings.max_entities))
+    operations = PreparedOperations(
+        schema,
+        max_tokens=settings.max_tokens,
+        rules=limit_rules(
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_aliases,
+            max_root_fields=settings.max_root_fields,
+        ),
+        production=settings.production,
+    )
+    engine = OperationEngine(
+        schema,
+        # Lists of phone numbers are projected from the upstream items by a function compiled
+        # once per selection, instead of completed leaf by leaf.
+        executor_class=executor_class or projecting_execution_context(),
+        limits=CostLimits(
+            max_cost=settings.max_cost,
+            max_page_size=settings.max_page_size,
+            max_entities=settings.max_entities,
+            max_stream_items=settings.max_stream_items,
+            max_feed_items=settings.changes_max_items,
+        ),
+        production=settings.production,
+        metrics=metrics,
+    )
+    return operations, engine
+
+
 def create_app(
     settings: Settings,
     *,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = SYSTEM_CLOCK,
     tracing: Tracing | None = None,
-    repeat_answers: bool = True,
 ) -> Starlette:
     """Build the gateway.
 
     ``upstream_transport`` replaces the network (tests, embedding); ``clock`` replaces time
     for the cache, the breaker and retry waits (tests); ``tracing`` is off unless given
-    (``serve`` gives what the ``OTEL_*`` variables ask for); ``repeat_answers`` False leaves
-    out the repeat fast path (tests and benchmarks compare it with the view's own path).
+    (``serve`` gives what the ``OTEL_*`` variables ask for).
     """
     metrics = GatewayMetrics()
     tracing = tracing if tracing is not None else Tracing()
@@ -165,6 +200,7 @@ def create_app(
             simulator_controls = create_simulator_control_app(simulator)
     else:
         upstream_url = str(settings.upstream_url)
+    operations, engine = build_execution(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
@@ -216,22 +252,6 @@ def create_app(
                 if settings.persisted_queries
                 else None
             )
-            documents = DocumentPolicy(
-                apq=apq, trusted=trusted, trusted_only=settings.production and trusted is not None
-            )
-            log.debug(
-                "gateway_started",
-                upstream="embedded simulator" if settings.embedded_simulator else upstream_url,
-                env=settings.env.value,
-            )
-            responses = ResponseReuse(
-                ttl=settings.cache_ttl,
-                secret=cache.secret,
-                max_entries=settings.cache_max_entries,
-                max_bytes=settings.answer_reuse_max_bytes,
-                owner_share=settings.cache_caller_share,
-                clock=clock,
-            )
             # Closed before the upstream client: shutdown ends every subscription first.
             changes = build_change_feeds(settings, clock=clock, metrics=metrics)
             await changes.start()
@@ -240,13 +260,31 @@ def create_app(
             # with a final payload while the upstream client is still up.
             streams = OpenStreams(settings.max_streams_per_caller)
             resources.push_async_callback(streams.close)
-            yield {
-                "numbers": numbers,
-                "documents": documents,
-                "responses": responses,
-                "changes": changes,
-                "streams": streams,
-            }
+            runner = OperationRunner(
+                operations=operations,
+                engine=engine,
+                documents=DocumentPolicy(
+                    apq=apq,
+                    trusted=trusted,
+                    trusted_only=settings.production and trusted is not None,
+                ),
+                numbers=numbers,
+                answers=AnswerStore(
+                    ttl=settings.cache_ttl,
+                    secret=cache.secret,
+                    max_entries=settings.cache_max_entries,
+                    max_bytes=settings.answer_reuse_max_bytes,
+                    owner_share=settings.cache_caller_share,
+                    clock=clock,
+                ),
+                changes=changes,
+            )
+            log.debug(
+                "gateway_started",
+                upstream="embedded simulator" if settings.embedded_simulator else upstream_url,
+                env=settings.env.value,
+            )
+            yield {"runner": runner, "numbers": numbers, "changes": changes, "streams": streams}
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -267,21 +305,19 @@ def create_app(
             graphql_path=settings.root_path + GRAPHQL_PATH,
         )
     )
-    runner = OperationRunner(settings=settings, schema=build_schema(settings), metrics=metrics)
     routes: list[BaseRoute] = [
         Route(
             GRAPHQL_PATH,
             GraphQLView(
-                runner=runner,
                 ide_page=ide_page,
                 router_secret=settings.router_secret,
                 batch_max=settings.batch_max,
+                trace_needs_router=settings.production,
             ),
         ),
         # graphql-transport-ws: subscriptions (and queries) over a WebSocket, same path.
         WebSocketRoute(
-            GRAPHQL_PATH,
-            GraphQLWebSocket(runner=runner, allowed_origins=tuple(settings.allowed_origins)),
+            GRAPHQL_PATH, GraphQLWebSocket(allowed_origins=tuple(settings.allowed_origins))
         ),
         Route(HEALTH_PATH, healthz, methods=["GET"]),
         Route(READY_PATH, readyz, methods=["GET"]),
@@ -292,35 +328,11 @@ def create_app(
         routes += graphiql_routes(asset_base=ASSET_BASE)
     if simulator_controls is not None:
         routes.append(Mount(CONTROL_PREFIX, app=simulator_controls))
-    middleware = [
-        Middleware(RequestLogMiddleware, metrics=metrics, tracing=tracing),
-        # The in-flight bound, compression, CORS, the body guard and CSRF, in that order, as
-        # one layer: a request that needs none of their work skips it.
-        Middleware(
-            GatewayMiddleware,
-            max_in_flight=settings.max_in_flight,
-            compression_min_bytes=settings.compression_min_bytes,
-            cors={
-                "allow_origins": list(settings.allowed_origins),
-                "allow_methods": ["GET", "POST"],
-                # GATEWAY_CORS_ALLOW_HEADERS: Apollo Client's, OpenTelemetry web's and ours.
-                "allow_headers": list(settings.cors_allow_headers),
-                "expose_headers": [REQUEST_ID_HEADER],
-                "allow_credentials": False,  # bearer tokens, never cookies: so '*' is safe
-                "max_age": CORS_MAX_AGE,
-            },
-            max_body_bytes=settings.max_body_bytes,
-            body_timeout=settings.body_timeout,
-            csrf_required_headers=(
-                settings.csrf_required_headers if settings.csrf_prevention else None
-            ),
-        ),
-    ]
-    if repeat_answers and settings.cache_ttl > 0:
-        # In front of the log and the guards: a repeated GET answered from the answer store
-        # in one pass, with everything they and the view would have sent, logged and counted.
-        middleware.insert(0, Middleware(RepeatAnswers, metrics=metrics))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=gateway_middleware(settings, metrics=metrics, tracing=tracing),
+        lifespan=lifespan,
+    )
     app.state.metrics = metrics  # for the metrics listener (serve, GATEWAY_METRICS_PORT)
     return app
 

@@ -28,11 +28,11 @@ from gateway.errors import ErrorCode
 from gateway.transports.asgi import app_path, send_refusal
 from gateway.transports.refusals import Refusal, refusal_body
 from gateway.transports.routes import PROBE_ROUTES
+from gateway.transports.websocket import WEBSOCKET_ACTIVITY
 
 RETRY_AFTER_SECONDS = 1
 # The scope key under which the WebSocket endpoint leaves its connection (a
 # ``WebSocketActivity``), so the connection table can shed an idle WebSocket under pressure.
-WEBSOCKET_ACTIVITY = "gateway.websocket"
 
 
 class WebSocketActivity(Protocol):

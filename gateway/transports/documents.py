@@ -4,13 +4,17 @@ text to run, and when a document may be registered for APQ.
 APQ: a client sends ``extensions.persistedQuery.sha256Hash``; a hash we hold runs its
 document; an unknown one answers ``PERSISTED_QUERY_NOT_FOUND`` so the client sends the document
 with the hash, which registers it (after checking that the hash is the document's), but only
-once it has parsed and validated, only up to ``GATEWAY_PERSISTED_QUERIES_MAX_DOCUMENT_BYTES``,
-and only for a caller the upstream accepted during that very operation
-(``RequestFacts.caller_accepted``: a 2xx upstream answer, or a page cached under this caller's
-own key) or for a trusted document. A credential-shaped header is not a caller: ``Bearer
-junk``, ``{ __typename }`` (no upstream call) and an answer whose every field failed
-``UNAUTHENTICATED`` register nothing. The store is ``pipeline.persisted_queries``; the
-manifest is ``http.trusted_documents``.
+once it has run, only up to ``GATEWAY_PERSISTED_QUERIES_MAX_DOCUMENT_BYTES``, and only for a
+caller the upstream accepted during that very operation (``CallerNumbers.caller_accepted``: a
+page the upstream answered for this caller's credential, fresh or from its own cache entries)
+or for a trusted document. A credential-shaped header is not a caller: ``Bearer junk``,
+``{ __typename }`` (no upstream call) and an answer whose every field failed ``UNAUTHENTICATED``
+register nothing. The store is ``data.persisted_queries``; the manifest is
+``trusted_documents``.
+
+Trusted documents only (production with a manifest): a listed document runs; an unlisted one
+that names no federation field is refused before it is parsed; one that does is prepared like
+any other and runs only if it is a router's federation operation (``router_access``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,20 @@ from dataclasses import dataclass
 
 from gateway.data.persisted_queries import PersistedQueries, normal_hash, sha256_hex
 from gateway.errors import ErrorCode
-from gateway.observability.request_facts import current_facts, vouch_for_document
+from gateway.execution.prepare import PreparedOperation
 from gateway.transports.refusals import Refusal
+from gateway.transports.router_access import (
+    FEDERATION_FIELDS,
+    SERVICE_ONLY,
+    may_be_federation,
+    only_root_fields,
+)
 from gateway.transports.trusted_documents import TrustedDocuments
+
+NOT_IN_LIST = (
+    "This gateway runs trusted documents only, and this one is not in its manifest. Send the "
+    "id of a document the manifest lists."
+)
 
 
 class PersistedDocumentError(Refusal):
@@ -35,55 +50,57 @@ class PersistedDocumentError(Refusal):
         super().__init__(200 if not_found else 400, message, code, legacy_status=200)
 
 
-def upstream_vouched_for_caller() -> bool:
-    """Whether the current operation proved its caller real: the upstream accepted the
-    caller's credential during it, or it ran one of the operator's trusted documents."""
-    facts = current_facts()
-    return facts is not None and (facts.caller_accepted or facts.trusted_document)
+@dataclass(frozen=True, slots=True)
+class ResolvedDocument:
+    """The text a request runs, and what the policy knows of it."""
+
+    text: str
+    register_as: str | None = None  # the APQ digest to keep it under once it has run
+    trusted: bool = False  # listed in the operator's manifest
+    # Trusted documents only, and this one is not listed: it may run only as a router's
+    # federation operation (``DocumentPolicy.admits_operation``, once prepared).
+    needs_admission: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class DocumentPolicy:
-    """How the view turns a request's document, hash or id into the text to run."""
+    """How a request's document, hash or id becomes the text to run."""
 
     apq: PersistedQueries | None
     trusted: TrustedDocuments | None
     trusted_only: bool  # production with a manifest
 
     async def resolve(
-        self,
-        query: str | None,
-        persisted_hash: str | None,
-        document_id: str | None,
-        *,
-        router: bool = False,
-    ) -> tuple[str, str | None]:
-        """The document to run, and the APQ digest to register it under once it has run
-        (a document that does not parse or validate is never registered). ``router``: the
-        request carries the router secret (``TrustedDocuments.admits``)."""
+        self, query: str | None, persisted_hash: str | None, document_id: str | None
+    ) -> ResolvedDocument:
+        """The document to run; raises ``PersistedDocumentError`` when there is none to run."""
         if document_id is not None or (persisted_hash is not None and query is None):
-            return await self._by_id(document_id or persisted_hash or ""), None
+            return await self._by_id(document_id or persisted_hash or "")
         assert query is not None  # the request parser guarantees a query, a hash or an id
-        if self.trusted_only and (
-            self.trusted is None or not self.trusted.admits(query, router=router)
-        ):
-            raise PersistedDocumentError(
-                ErrorCode.PERSISTED_QUERY_NOT_IN_LIST,
-                "This gateway runs trusted documents only, and this one is not in its "
-                "manifest. Send the id of a document the manifest lists.",
-            )
-        if self.trusted is not None and query in self.trusted:
-            vouch_for_document()  # the operator listed it: its name may take a metric label
+        listed = self.trusted is not None and query in self.trusted
+        if self.trusted_only and not listed:
+            if not may_be_federation(query):
+                raise self.not_in_list()
+            return ResolvedDocument(query, needs_admission=True)
         if persisted_hash is None or self.apq is None:
-            return query, None
-        return query, self._digest_of(persisted_hash, query)
+            return ResolvedDocument(query, trusted=listed)
+        return ResolvedDocument(query, self._digest_of(persisted_hash, query), trusted=listed)
 
-    async def _by_id(self, document_id: str) -> str:
+    def admits_operation(self, prepared: PreparedOperation, *, router: bool) -> bool:
+        """Whether an unlisted document may run where only trusted documents run: a
+        federation operation a router needs, ``_service`` for anyone, ``_entities`` too for a
+        request carrying the router secret."""
+        return only_root_fields(prepared.document, FEDERATION_FIELDS if router else SERVICE_ONLY)
+
+    @staticmethod
+    def not_in_list() -> PersistedDocumentError:
+        return PersistedDocumentError(ErrorCode.PERSISTED_QUERY_NOT_IN_LIST, NOT_IN_LIST)
+
+    async def _by_id(self, document_id: str) -> ResolvedDocument:
         if self.trusted is not None:
             found = self.trusted.get(document_id)
             if found is not None:
-                vouch_for_document()
-                return found
+                return ResolvedDocument(found, trusted=True)
         if self.trusted_only:
             raise PersistedDocumentError(
                 ErrorCode.PERSISTED_QUERY_NOT_IN_LIST,
@@ -106,7 +123,7 @@ class DocumentPolicy:
             raise PersistedDocumentError(
                 ErrorCode.PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound"
             )
-        return found
+        return ResolvedDocument(found)
 
     @staticmethod
     def _digest_of(persisted_hash: str, query: str) -> str:
@@ -119,10 +136,9 @@ class DocumentPolicy:
             )
         return digest
 
-    async def register(self, digest: str, query: str, caller: str | None) -> None:
-        """Keep a document that parsed and validated under its APQ digest, in the share of
-        ``caller`` (``Caller.identity``), once this operation proved the caller real
-        (``upstream_vouched_for_caller``); nothing is kept otherwise. Called after the
-        operation ran, so the upstream's verdict on the credential is known."""
-        if self.apq is not None and caller is not None and upstream_vouched_for_caller():
+    async def register(self, digest: str, query: str, caller: str, *, vouched: bool) -> None:
+        """Keep a document that ran under its APQ digest, in the share of ``caller``
+        (``Caller.identity``), when the operation proved the caller real (``vouched``: the
+        upstream accepted its credential during it, or the document is a trusted one)."""
+        if self.apq is not None and vouched:
             await self.apq.put(digest, query, caller)

@@ -1,8 +1,8 @@
 """One streamed operation's payloads, read one ahead of the client: ``PayloadStream``.
 
-The operation's frames (``schema.stream``: the initial result and each later payload of
+The operation's frames (``execution.run``: the initial result and each later payload of
 ``@defer``/``@stream``, or each event of a subscription) are consumed by one task of their
-own, so the whole execution, with the schema extensions' hooks, runs in one task, and the
+own, so the whole execution runs in one task, and the
 transport can wait on the client (a disconnect, a WebSocket ``complete``), on shutdown and
 on the next payload at once. The task holds at most one payload the transport has not taken,
 and asks the engine for the next frame only once it is taken (backpressure: the engine is
@@ -43,9 +43,11 @@ class PayloadStream:
         plain_payload: Callable[[Any], Payload],
         *,
         subscription: bool,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.writer = writer
         self.subscription = subscription
+        self._on_close = on_close  # the operation's resources, given back once it has stopped
         self.payloads = 0  # payloads handed to the transport (for the request's log line)
         self._frames = frames
         self._plain_payload = plain_payload
@@ -120,6 +122,9 @@ class PayloadStream:
         # A task cancelled before its first step never ran its ``finally``: close the
         # operation's generator here (a no-op when the pump closed it already).
         await self._frames.aclose()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     async def __aenter__(self) -> PayloadStream:
         return self

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import hmac
 
-from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
+from graphql import DocumentNode, OperationDefinitionNode, OperationType
 from pydantic import SecretStr
 
-from gateway.execution.fragment_walk import fragment_definitions, selected_fields, walkable
+from gateway.execution.fragment_walk import fragment_definitions, selected_fields
 
 ROUTER_SECRET_HEADER = "gateway-router-secret"  # noqa: S105 (a header name)
 # Root fields of the federation subgraph protocol; ``__typename`` is harmless anywhere.
 SERVICE_ONLY = frozenset({"_service", "__typename"})
 FEDERATION_FIELDS = frozenset({"_service", "_entities", "__typename"})
-# A router's generated operation is small; past this it is not one, and is not parsed.
-_MAX_TOKENS = 20_000
 
 
 def is_router(secret: SecretStr | None, sent: str | None) -> bool:
@@ -35,22 +33,14 @@ def is_router(secret: SecretStr | None, sent: str | None) -> bool:
     return hmac.compare_digest(sent.encode("latin-1"), secret.get_secret_value().encode())
 
 
-def only_root_fields(document: str, allowed: frozenset[str]) -> bool:
-    """Whether every operation in ``document`` is a query selecting only ``allowed`` root
-    fields (fragments spread in place, by ``fragment_walk``). Cheap for every other
-    document: one that names no federation field is not parsed at all; one that does not
-    parse, or that ``fragment_walk`` may not walk (unknown fragments, cycles, too large once
-    spread), is refused."""
-    if "_service" not in document and "_entities" not in document:
-        return False
-    try:
-        parsed = parse(document, no_location=True, max_tokens=_MAX_TOKENS)
-    except GraphQLError:
-        return False
-    if not walkable(parsed, _MAX_TOKENS):
-        return False
-    fragments = fragment_definitions(parsed)
-    operations = [node for node in parsed.definitions if isinstance(node, OperationDefinitionNode)]
+def only_root_fields(document: DocumentNode, allowed: frozenset[str]) -> bool:
+    """Whether every operation in ``document`` (prepared: parsed under the limits and
+    walkable) is a query selecting only ``allowed`` root fields, fragments spread in place
+    (``fragment_walk``)."""
+    fragments = fragment_definitions(document)
+    operations = [
+        node for node in document.definitions if isinstance(node, OperationDefinitionNode)
+    ]
     return bool(operations) and all(
         operation.operation is OperationType.QUERY
         and all(
@@ -59,3 +49,9 @@ def only_root_fields(document: str, allowed: frozenset[str]) -> bool:
         )
         for operation in operations
     )
+
+
+def may_be_federation(text: str) -> bool:
+    """A cheap look at a document's text: only one naming a federation field can be one a
+    router needs (every other is refused without being parsed)."""
+    return "_service" in text or "_entities" in text

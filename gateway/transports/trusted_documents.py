@@ -5,8 +5,8 @@ Apollo's persisted query manifest (``{"format": "apollo-persisted-query-manifest
 "operations": [{"id", "body", ...}]}``) or GraphQL Codegen's client-preset
 ``persisted-documents.json`` (``{"<hash>": "<document>"}``). Clients may send just the id
 (``documentId``, or the APQ hash). In production, with a manifest, any other document is
-refused before it is parsed (``http.document_policy``), except the federation operations a
-router needs (``router_access``).
+refused (``documents``), except the federation operations a router needs
+(``router_access``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import orjson
 
 from gateway.data.persisted_queries import normal_hash, sha256_hex
-from gateway.transports.router_access import FEDERATION_FIELDS, SERVICE_ONLY, only_root_fields
 
 
 class TrustedDocuments:
@@ -66,11 +65,3 @@ class TrustedDocuments:
 
     def __contains__(self, document: str) -> bool:
         return sha256_hex(document) in self.documents
-
-    def admits(self, document: str, *, router: bool = False) -> bool:
-        """Whether ``document`` may run where only trusted documents run: it is listed, or
-        it is a federation operation a router needs (``router_access``): ``_service`` for
-        anyone, ``_entities`` too for a request carrying the router secret."""
-        if document in self:
-            return True
-        return only_root_fields(document, FEDERATION_FIELDS if router else SERVICE_ONLY)

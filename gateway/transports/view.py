@@ -2,13 +2,14 @@
 
 One request: the method is checked (405), a browser asking for HTML gets GraphiQL
 (development), a response style is negotiated from ``Accept`` (406 when none fits), the
-parameters are read (``graphql_request``), and the ``OperationRunner`` (``operation``) runs
-them. The style (``response_style``: ``json_body``) writes what comes out, an answer or
-a refusal; every refusal has the one body of ``refusals``, never a ``data`` entry.
+parameters are read (``graphql_request``), and the ``OperationRunner`` (``operation``) prepares
+the operation once; the style (``json_body``) writes its answer or refusal (every refusal has
+the one body of ``refusals``, never a ``data`` entry). A repeat is answered from the answer
+store in the runner, before anything else is built for it.
 
 Incremental delivery and subscriptions: when ``Accept`` names ``multipart/mixed`` or
-``text/event-stream`` and the operation wants a stream (``@defer``, ``@stream``, a
-subscription), or no JSON type is acceptable at all, the operation's payloads are written by
+``text/event-stream`` and the prepared operation is one a stream serves (``@defer``,
+``@stream``, a subscription), or no JSON type is acceptable at all, its payloads are written by
 a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``.
 A request that fails before its first payload is still answered as JSON with its status.
 """
@@ -18,17 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import orjson
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.data.persisted_queries import normal_hash
-from gateway.data.source import NumbersSource
 from gateway.errors import ErrorCode
 from gateway.execution.federated_trace import HEADER as FEDERATED_TRACE_HEADER
 from gateway.execution.federated_trace import wants_federated_trace
-from gateway.observability.request_facts import current_facts
+from gateway.execution.prepare import OperationRefused
+from gateway.observability.request_facts import client_field
 from gateway.transports.batch import run_batch
 from gateway.transports.graphiql import graphiql_response
 from gateway.transports.graphql_request import (
@@ -48,9 +49,14 @@ from gateway.transports.negotiation import (
     prefers_json,
     wants_html,
 )
-from gateway.transports.operation import Answer, OperationCall, OperationRunner
+from gateway.transports.operation import (
+    Answer,
+    OperationCall,
+    OperationRunner,
+    PreparedCall,
+    refusal_payload,
+)
 from gateway.transports.refusals import Refusal
-from gateway.transports.repeat_answers import RepeatPlan, leave_plan
 from gateway.transports.request_head import request_head
 from gateway.transports.response_style import ResponseStyle
 from gateway.transports.router_access import ROUTER_SECRET_HEADER, is_router
@@ -64,6 +70,7 @@ from gateway.transports.stream_styles import (
 
 # Request header asking for ``extensions.cache`` (what each upstream ask was served from).
 CACHE_REPORT_HEADER = "gateway-cache-report"
+CLIENT_NAME_HEADER = b"apollographql-client-name"
 _ALLOWED_METHODS = "GET, POST"
 # Refusals made before a style is negotiated are plain JSON.
 _PLAIN_JSON = JsonBodyStyle(APPLICATION_JSON)
@@ -79,20 +86,22 @@ def choose_style(accept: str | None) -> ResponseStyle | None:
 
 class GraphQLView:
     """The ASGI app behind ``/graphql``. Built once by ``create_app``; holds no request
-    state."""
+    state (the runner is the lifespan's, in each request's state)."""
 
     def __init__(
         self,
         *,
-        runner: OperationRunner,
         ide_page: str | None,
         router_secret: SecretStr | None = None,
         batch_max: int = 0,
+        trace_needs_router: bool = False,
     ) -> None:
-        self.runner = runner
         self.ide_page = ide_page
         self.router_secret = router_secret
         self.batch_max = batch_max  # 0: a JSON array body is refused
+        # Production: a federated trace costs every field its timing, so only a router
+        # (carrying GATEWAY_ROUTER_SECRET) may ask for one.
+        self.trace_needs_router = trace_needs_router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.handle(Request(scope, receive))
@@ -126,81 +135,118 @@ class GraphQLView:
             )
             return _PLAIN_JSON.refused(refusal, None)
         style = json_style or _STREAM_REFUSALS
+        runner: OperationRunner = request.state.runner
         try:
             params = await params_of(request, batch_max=self.batch_max)
             if isinstance(params, Batch):
                 return await run_batch(
-                    self.runner,
+                    runner,
                     params,
                     lambda one: self._operation_call(request, one),
                     style.media_type,
                 )
-            call = self._operation_call(request, params)
-            if stream_type is not None and (
-                json_style is None
-                or await self.runner.wants_stream(call, json_preferred=prefers_json(accept))
-            ):
-                return await self._streamed(request, call, stream_type, style)
-            answer = await self.runner.run(call)
+            with runner.traced():
+                prepared = await runner.prepare(self._operation_call(request, params))
+                if stream_type is not None and (
+                    json_style is None
+                    or _wants_stream(prepared, json_preferred=prefers_json(accept))
+                ):
+                    return await self._streamed(request, runner, prepared, stream_type, style)
+                answer = await runner.answer(prepared)
+        except OperationRefused as refused:
+            answer = Answer(orjson.dumps(refusal_payload(refused.errors)), rejected=True)
         except Refusal as refusal:
             return style.refused(refusal, request)
-        if answer.reuse_key is not None and request.method == "GET":
-            _leave_plan(request, answer.reuse_key, style.media_type, params)
         return style.answered(answer, request)
 
     async def _streamed(
-        self, request: Request, call: OperationCall, stream_type: str, style: ResponseStyle
+        self,
+        request: Request,
+        runner: OperationRunner,
+        prepared: PreparedCall,
+        stream_type: str,
+        style: ResponseStyle,
     ) -> Response | ASGIApp:
         """The operation's payloads as ``stream_type`` (a subscription goes as SSE whenever
         the client accepts it), or its JSON answer when it failed before the first."""
-        streams: OpenStreams = request.state.streams
-        numbers: NumbersSource = request.state.numbers
-        caller = numbers.callers.known(call.authorization)
-        key = caller.identity if caller is not None else NO_CALLER
-        # Subscriptions have their own bounds (GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER): they
-        # hold no stream slot, not even while they start (only they "prefer" a stream).
-        release: Callable[[], None] = _nothing
-        if not await self.runner.wants_stream(call, json_preferred=True):
-            streams.acquire(key)
-            release = partial(streams.release, key)
-        try:
-            # A subscription is not written as multipart (no client reads that framing of
-            # one): a client accepting only multipart/mixed is told to ask for SSE (406).
-            outcome = await self.runner.stream(
-                call, subscriptions=stream_type == EVENT_STREAM or _accepts_sse(request)
+        accepts_sse = stream_type == EVENT_STREAM or _accepts_sse(request)
+        if prepared.subscription and not accepts_sse:
+            # No client reads a subscription as plain multipart: tell it to ask for SSE.
+            raise_refusal = Refusal(
+                406,
+                "Subscriptions are served as text/event-stream (send that in Accept) or over "
+                "the graphql-transport-ws WebSocket on this path, not as multipart/mixed.",
+                legacy_status=200,
             )
+            return style.refused(raise_refusal, request)
+        streams: OpenStreams = request.state.streams
+        key = prepared.caller.identity if prepared.caller is not None else NO_CALLER
+        # Subscriptions have their own bounds (GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER): they
+        # hold no stream slot.
+        release: Callable[[], None] = _nothing
+        try:
+            if not prepared.subscription:
+                streams.acquire(key)
+                release = partial(streams.release, key)
+            admitted = runner.admit_stream(prepared)
+            if isinstance(admitted, Answer):
+                release()
+                return style.answered(admitted, request)
+            payloads = await runner.stream(prepared, admitted)
+        except Refusal as refusal:
+            release()
+            return style.refused(refusal, request)
         except BaseException:
             release()
             raise
-        if isinstance(outcome, Answer):
+        try:
+            first = await payloads.peek()
+        except BaseException:
+            await payloads.aclose()
             release()
-            refused = early_refusal(outcome)
-            if refused is not None:
-                return style.refused(refused, request)
-            return style.answered(outcome, request)
-        accepts_sse = stream_type == EVENT_STREAM or _accepts_sse(request)
+            raise
+        if first is None or ("data" not in first and "incremental" not in first):
+            # Failed before its first payload (variables, or a subscription refused at once:
+            # limits, credentials): a request error the caller gets as JSON.
+            await payloads.aclose()
+            release()
+            answer = Answer(orjson.dumps(first or {}), rejected=first is not None)
+            refused = early_refusal(answer)
+            return style.refused(refused, request) if refused else style.answered(answer, request)
+        if prepared.subscription and first.get("data") is None:
+            await payloads.aclose()
+            release()
+            answer = Answer(orjson.dumps(first), rejected=True)
+            refused = early_refusal(answer)
+            return style.refused(refused, request) if refused else style.answered(answer, request)
         framing = (
             EventStreamFraming()
-            if stream_type == EVENT_STREAM or (outcome.subscription and accepts_sse)
+            if accepts_sse and (stream_type == EVENT_STREAM or prepared.subscription)
             else MultipartFraming()
         )
-        return StreamedResponse(outcome, framing, streams, release=release)
+        return StreamedResponse(payloads, framing, streams, release=release)
 
     def _operation_call(self, request: Request, params: GraphQLParams) -> OperationCall:
         """The call that runs ``params`` as this request (a batch's differ only in them)."""
-        method = request.method
         head = request_head(request.scope)
+        router = is_router(self.router_secret, _text(head.get(_ROUTER_SECRET)))
+        trace = wants_federated_trace(_text(head.get(_FEDERATED_TRACE)))
         return OperationCall(
-            connection=request,
             params=params,
             authorization=_text(head.get(b"authorization")),
-            queries_only=method == "GET",
+            queries_only=request.method == "GET",
             refresh="no-cache" in (_text(head.get(b"cache-control")) or "").lower(),
             report_cache=(_text(head.get(_CACHE_REPORT)) or "").lower() in ("1", "true", "yes"),
-            federated_trace=wants_federated_trace(_text(head.get(_FEDERATED_TRACE))),
-            router=is_router(self.router_secret, _text(head.get(_ROUTER_SECRET))),
-            shape=method,
+            federated_trace=trace and (router or not self.trace_needs_router),
+            router=router,
+            client_name=client_field(head.get(CLIENT_NAME_HEADER)),
         )
+
+
+def _wants_stream(prepared: PreparedCall, *, json_preferred: bool) -> bool:
+    """Whether a streamed response serves the operation better: a subscription always (it
+    has no JSON form); ``@defer``/``@stream`` unless the client ranks JSON higher."""
+    return prepared.subscription or (not json_preferred and prepared.prepared.incremental)
 
 
 # The headers an operation call reads, as ``request_head`` names them (lower-case bytes).
@@ -215,33 +261,9 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _header(request: Request, name: bytes) -> str | None:
-    """The first value of request header ``name`` (lower-case), as Starlette's ``Headers``
-    would give it, read from the request head the outer layers already parsed (no second
-    pass over the header list, no ``Headers`` object). The head is the request as it
-    arrived; the only layer that rewrites headers (compression, ``Accept-Encoding``)
-    touches none read here."""
+    """The first value of request header ``name`` (lower-case), read from the request head
+    the request log already parsed (no second pass over the header list)."""
     return _text(request_head(request.scope).get(name))
-
-
-def _leave_plan(request: Request, reuse_key: str, media_type: str, params: GraphQLParams) -> None:
-    """How this GET was answered (``JsonBodyStyle``, in ``media_type``), for
-    ``repeat_answers`` to answer its repeats the same way."""
-    facts = current_facts()
-    trusted = facts is not None and facts.trusted_document
-    digest = None
-    if params.query is None and not trusted:  # resolved from the APQ store by its hash
-        digest = normal_hash(params.document_id or params.persisted_hash or "")
-        if digest is None:
-            return
-    leave_plan(
-        request.scope,
-        RepeatPlan(
-            reuse_key=reuse_key,
-            content_type=f"{media_type}; charset=utf-8".encode("latin-1"),
-            trusted_document=trusted,
-            persisted_digest=digest,
-        ),
-    )
 
 
 def _accepts_sse(request: Request) -> bool:

@@ -56,8 +56,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.http.websocket_origin import is_same_origin, normalize_origin
 
 from gateway.changes.registry import ChangeFeeds
-from gateway.data.source import NumbersSource
 from gateway.errors import ErrorCode
+from gateway.execution.prepare import OperationRefused
 from gateway.observability.request_facts import (
     CLIENT_NAME_HEADER,
     RequestFacts,
@@ -65,9 +65,14 @@ from gateway.observability.request_facts import (
     collecting,
     new_request_id,
 )
-from gateway.server.connections import WEBSOCKET_ACTIVITY
 from gateway.transports.graphql_request import GraphQLParams, params_from_body
-from gateway.transports.operation import Answer, OperationCall, OperationRunner
+from gateway.transports.operation import (
+    Answer,
+    OperationCall,
+    OperationRunner,
+    PreparedCall,
+    refusal_payload,
+)
 from gateway.transports.payload_stream import PayloadStream
 from gateway.transports.refusals import Refusal
 from gateway.transports.stream_limits import NO_CALLER, RETRY_AFTER_SECONDS, OpenStreams
@@ -76,6 +81,9 @@ from gateway.transports.stream_styles import SHUTDOWN_ERROR
 log = structlog.get_logger("gateway.http")
 
 SUBPROTOCOL: Final = "graphql-transport-ws"
+# Where a connection's protocol state sits in its ASGI scope, for the server's connection
+# table (``server.connections``: an idle WebSocket may be shed under pressure).
+WEBSOCKET_ACTIVITY: Final = "gateway.websocket"
 CONNECTION_INIT_TIMEOUT: Final = 10.0  # seconds (graphql-ws's default)
 KEEP_ALIVE_SECONDS: Final = 12.0
 # Operations one connection may run at once (each also holds a stream or subscription slot
@@ -117,12 +125,10 @@ class GraphQLWebSocket:
     def __init__(
         self,
         *,
-        runner: OperationRunner,
         allowed_origins: tuple[str, ...],
         init_timeout: float = CONNECTION_INIT_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
     ) -> None:
-        self.runner = runner
         self.allowed_origins = allowed_origins
         self.init_timeout = init_timeout
         self.idle_timeout = idle_timeout
@@ -318,7 +324,7 @@ class _Connection:
         facts = RequestFacts(request_id=new_request_id(), client_name=self.client_name)
         run = _OperationRun(facts)
         try:
-            with collecting(facts):
+            with collecting(facts), self.websocket.state.runner.traced():
                 await self._operate(operation_id, payload, run)
         except BaseException:
             run.ended = "cancelled"  # the client's ``complete``, its leaving, or shutdown
@@ -337,35 +343,38 @@ class _Connection:
     async def _operate(
         self, operation_id: str, payload: dict[str, Any], run: _OperationRun
     ) -> None:
+        runner: OperationRunner = self.websocket.state.runner
         try:
             params = params_from_body(orjson.dumps(payload))
             if not isinstance(params, GraphQLParams):  # pragma: no cover - batch_max is 0
                 raise Refusal(400, "One operation per subscribe message.")
             run.operation_name = (params.operation_name or "")[:64] or None
-            call = self._call(params)
-            runner = self.endpoint.runner
-            # Only a subscription "prefers" a stream over JSON: those have their own bounds.
-            subscription = await runner.wants_stream(call, json_preferred=True)
-            if not subscription:
+            prepared = await runner.prepare(self._call(params))
+            if not prepared.subscription:
                 self.queries.add(operation_id)
-            async with self._operation_slot(counted=not subscription):
-                outcome = await runner.stream(call)
-                if isinstance(outcome, Answer):
-                    errors = orjson.loads(outcome.body).get("errors", [])
-                    run.refused(errors)
-                    await self._send({"type": "error", "id": operation_id, "payload": errors})
+            async with self._operation_slot(prepared):
+                admitted = runner.admit_stream(prepared)
+                if isinstance(admitted, Answer):
+                    await self._refuse(operation_id, orjson.loads(admitted.body)["errors"], run)
                     return
-                async with outcome:
-                    await self._relay(operation_id, outcome, run)
+                async with await runner.stream(prepared, admitted) as payloads:
+                    await self._relay(operation_id, payloads, run)
+        except OperationRefused as refused:
+            await self._refuse(operation_id, refusal_payload(refused.errors)["errors"], run)
         except Refusal as refusal:
-            errors = _errors(refusal)
-            run.refused(errors)
-            await self._send({"type": "error", "id": operation_id, "payload": errors})
+            await self._refuse(operation_id, _errors(refusal), run)
+
+    async def _refuse(
+        self, operation_id: str, errors: list[dict[str, Any]], run: _OperationRun
+    ) -> None:
+        run.refused(errors)
+        await self._send({"type": "error", "id": operation_id, "payload": errors})
 
     @contextlib.asynccontextmanager
-    async def _operation_slot(self, *, counted: bool) -> Any:
-        """One of this connection's operation slots and, when ``counted`` (not a
-        subscription), one of the caller's stream slots, for the operation's duration."""
+    async def _operation_slot(self, prepared: PreparedCall) -> Any:
+        """One of this connection's operation slots and, unless it is a subscription (those
+        have their own bounds), one of the caller's stream slots, for the operation's
+        duration."""
         if len(self.operations) > MAX_OPERATIONS_PER_CONNECTION:
             raise Refusal(
                 429,
@@ -374,12 +383,10 @@ class _Connection:
                 ErrorCode.RATE_LIMITED,
                 extensions={"retryAfter": RETRY_AFTER_SECONDS},
             )
-        if not counted:
+        if prepared.subscription:
             yield
             return
-        numbers: NumbersSource = self.websocket.state.numbers
-        caller = numbers.callers.known(self.authorization)
-        key = caller.identity if caller is not None else NO_CALLER
+        key = prepared.caller.identity if prepared.caller is not None else NO_CALLER
         self.streams.acquire(key)  # raises Refusal (RATE_LIMITED) past the caller's bound
         try:
             yield
@@ -389,11 +396,11 @@ class _Connection:
     async def _relay(self, operation_id: str, payloads: PayloadStream, run: _OperationRun) -> None:
         first = True
         while (payload := await payloads.next()) is not None:
-            if first and payloads.subscription and payload.get("data") is None:
-                # Refused at once (limits, credentials, a bad filter): an error, not an event.
-                errors = payload.get("errors", [])
-                run.refused(errors)
-                await self._send({"type": "error", "id": operation_id, "payload": errors})
+            refused = "data" not in payload and "incremental" not in payload
+            if first and (refused or (payloads.subscription and payload.get("data") is None)):
+                # Failed before its first payload (variables), or a subscription refused at
+                # once (limits, credentials, a bad filter): an error, not an event.
+                await self._refuse(operation_id, payload.get("errors", []), run)
                 return
             first = False
             run.sent(payload)
@@ -406,11 +413,7 @@ class _Connection:
 
     def _call(self, params: GraphQLParams) -> OperationCall:
         return OperationCall(
-            connection=self.websocket,
-            params=params,
-            authorization=self.authorization,
-            queries_only=False,
-            shape="websocket",
+            params=params, authorization=self.authorization, client_name=self.client_name
         )
 
     async def _keep_alive(self) -> None:
