@@ -23,7 +23,7 @@ from gateway.execution.contract_errors import contract_payload
 from gateway.schema.build import build_schema
 from gateway.simulator.app import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
-from gateway.upstream.client import RetryPolicy, UpstreamClient
+from gateway.upstream.client import UpstreamClient
 from tests.conftest import RecordingTransport
 
 UPSTREAM = "http://webex.test/v1"
@@ -141,9 +141,7 @@ def engine_over(
     recorder = RecordingTransport(Faulty())
     client = UpstreamClient(
         httpx.AsyncClient(transport=recorder),
-        base_url=UPSTREAM,
-        deadline=30,
-        retry=RetryPolicy(max_attempts=1),
+        base_url=UPSTREAM,  # a bare client: one attempt per request, no retries
     )
     source = NumbersSource(
         client,

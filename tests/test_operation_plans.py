@@ -33,7 +33,7 @@ from gateway.observability.request_facts import RequestFacts, collecting
 from gateway.schema.build import build_schema
 from gateway.schema.context import RequestContext
 from gateway.settings import Settings, load_settings
-from gateway.upstream.client import RetryPolicy, UpstreamClient
+from gateway.upstream.client import UpstreamClient
 from tests.conftest import examples
 from tests.test_projection import PAGES, Operation, operations
 
@@ -166,10 +166,9 @@ async def pair(**overrides: Any) -> AsyncIterator[Pair]:
     settings = load_settings(upstream_url=UPSTREAM, cache_ttl=0, **overrides)
     upstream = Upstream()
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
-        # One attempt: a 429 or a 5xx fails at once instead of waiting to retry.
-        client = UpstreamClient(
-            http, base_url=UPSTREAM, deadline=30, retry=RetryPolicy(max_attempts=1)
-        )
+        # A bare client, with no resilient transport: a 429 or a 5xx fails at once instead
+        # of waiting to retry.
+        client = UpstreamClient(http, base_url=UPSTREAM)
         source = NumbersSource(client, PageCache(ttl=0), max_page_size=settings.max_page_size)
         yield Pair(gateway(settings, plans=True), gateway(settings, plans=False), upstream, source)
 
