@@ -5,7 +5,7 @@ It wraps the transport that really talks to the upstream (the network, the embed
 simulator's ``ASGITransport``, a test's recording transport) and, for each request:
 
 - **checks the circuit breaker** first (an open circuit sends nothing: ``CircuitOpen``), and
-  records the outcome (``breaker``);
+  records the outcome under the admission's epoch (``breaker``);
 - **bounds the exchange by one deadline**, retries and backoffs included. Requests that carry
   the same ``Exchange`` in ``request.extensions`` share it: the deadline starts with the first
   of them (a ``Link`` walk is one exchange). Past it: ``ExchangeDeadlineExceeded``;
@@ -45,7 +45,7 @@ import httpx
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.http_syntax import decimal_value
 from gateway.observability.metrics import GatewayMetrics
-from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.breaker import Admission, CircuitBreaker
 from gateway.upstream.slots import FairSlots
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -208,7 +208,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         exchange = request.extensions.get(EXCHANGE_EXTENSION)
         if not isinstance(exchange, Exchange):
             exchange = Exchange(UNNAMED_CALLER)
-        admitted = self._admit(request)
+        admission = self._admit(request)
         if exchange.deadline_at is None:
             exchange.deadline_at = asyncio.get_running_loop().time() + self.deadline
         wire = _Wire()
@@ -216,45 +216,46 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout_at(exchange.deadline_at):
                 response = await self._attempts(request, exchange, wire)
         except TimeoutError:
-            self._judge(admitted, failed=True if wire.busy else None)
+            self._judge(admission, failed=True if wire.busy else None)
             raise ExchangeDeadlineExceeded(
                 f"The upstream did not answer within {self.deadline:g} s.",
                 deadline=self.deadline,
                 request=request,
             ) from None
         except httpx.TransportError:
-            self._judge(admitted, failed=True)
+            self._judge(admission, failed=True)
             raise
         except BaseException:
             # Cancellation (or a bug) proves nothing either way, but must not keep the
             # half-open probe's place taken.
-            self._judge(admitted, failed=None)
+            self._judge(admission, failed=None)
             raise
-        self._judge(admitted, failed=not proves_upstream_alive(response.status_code))
+        self._judge(admission, failed=not proves_upstream_alive(response.status_code))
         return response
 
-    def _admit(self, request: httpx.Request) -> bool:
+    def _admit(self, request: httpx.Request) -> Admission | None:
         if self.breaker is None:
-            return False
-        if not self.breaker.allow():
+            return None
+        admission = self.breaker.admit()
+        if admission is None:
             retry_in = self.breaker.retry_in()
             raise CircuitOpen(
                 f"The upstream's circuit is open; retry in {retry_in:.0f} s.",
                 retry_in=retry_in,
                 request=request,
             )
-        return True
+        return admission
 
-    def _judge(self, admitted: bool, *, failed: bool | None) -> None:
+    def _judge(self, admission: Admission | None, *, failed: bool | None) -> None:
         """The breaker's verdict: a failure, a success, or (None) no verdict at all."""
-        if self.breaker is None or not admitted:
+        if self.breaker is None or admission is None:
             return
         if failed is None:
-            self.breaker.release_probe()
+            self.breaker.release(admission)
         elif failed:
-            self.breaker.record_failure()
+            self.breaker.record_failure(admission)
         else:
-            self.breaker.record_success()
+            self.breaker.record_success(admission)
 
     async def _attempts(
         self, request: httpx.Request, exchange: Exchange, wire: _Wire
