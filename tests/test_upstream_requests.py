@@ -28,9 +28,11 @@ from tests.conftest import (
 )
 
 EMPTY_PAGE = orjson.dumps({"phoneNumbers": []})
-# Characters a caller's filter may carry that URL encoding treats specially.
+# Characters a caller's filter may carry that URL encoding treats specially. No lone
+# surrogates: a GraphQL document cannot carry one (its parse refuses the escape).
 AWKWARD = st.text(
-    alphabet=st.sampled_from(" +&=%#?/;,:@[]~.-_'\"é漢😀\t") | st.characters(),
+    alphabet=st.sampled_from(" +&=%#?/;,:@[]~.-_'\"é漢😀\t")
+    | st.characters(exclude_categories=["Cs"]),
     max_size=12,
 )
 PARAM_NAMES = st.sampled_from(["phoneNumber", "ownerName", "extension", "order", "a b", "x+y"])
