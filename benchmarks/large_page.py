@@ -35,18 +35,20 @@ from asgi_lifespan import LifespanManager
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
 from gateway.data.source import CallerNumbers, NumbersSource
 from gateway.execution.projecting_executor import (
     ProjectingExecutionContext,
     projecting_execution_context,
 )
+from gateway.observability.tracing import Tracing
 from gateway.schema.build import build_schema
 from gateway.server.app import create_app
 from gateway.server.cli import settle_heap
 from gateway.settings import Settings, load_settings
 from gateway.simulator import build_demo_world
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.factory import build_upstream
 
 UPSTREAM = "http://webex.test/v1"
 PAGE = 2000
@@ -116,10 +118,18 @@ async def main(rounds: int) -> None:
         "normal": schema(StrawberryGraphQLCoreExecutionContext),
     }
 
-    async with httpx.AsyncClient(transport=transport) as http:
-        upstream = UpstreamClient(http, base_url=UPSTREAM, deadline=30)
+    # The upstream as the app builds it: the resilient transport over the fixed bytes.
+    built = build_upstream(
+        load_settings(upstream_url=UPSTREAM, upstream_timeout=30),
+        base_url=UPSTREAM,
+        transport=transport,
+        metrics=None,
+        clock=SYSTEM_CLOCK,
+        tracing=Tracing(),
+    )
+    async with built.http:
         source = NumbersSource(
-            upstream, PageCache(ttl=0), max_page_size=PAGE, default_authorization="Bearer b"
+            built.client, PageCache(ttl=0), max_page_size=PAGE, default_authorization="Bearer b"
         )
 
         async def response_bytes(gateway_schema: Any) -> bytes:

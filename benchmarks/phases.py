@@ -33,16 +33,18 @@ import structlog
 from asgi_lifespan import LifespanManager
 from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 
+from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
 from gateway.data.source import NumbersSource
 from gateway.execution.projecting_executor import ProjectingExecutionContext
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracing
 from gateway.schema.build import build_schema
 from gateway.schema.context import RequestContext
-from gateway.server.app import build_upstream_http, create_app
+from gateway.server.app import create_app
 from gateway.server.cli import settle_heap
 from gateway.settings import load_settings
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.factory import build_upstream
 
 PHASES = ("read", "decode", "project", "encode", "graphql", "middleware")
 
@@ -101,10 +103,19 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
         "Content-Type": "application/json",
         "Accept-Encoding": "identity",
     }
+    # The upstream as the lifespan builds it (the resilient transport, headers, timeouts, no
+    # cookie jar).
+    upstream = build_upstream(
+        settings,
+        base_url=UPSTREAM,
+        transport=transport,
+        metrics=None,
+        clock=SYSTEM_CLOCK,
+        tracing=Tracing(),
+    )
     async with (
         LifespanManager(app) as manager,
-        # The upstream client as the lifespan builds it (headers, timeouts, no cookie jar).
-        build_upstream_http(settings, transport) as upstream_http,
+        upstream.http,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway.test"
         ) as client,
@@ -117,7 +128,7 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
 
         # The pipeline as the lifespan builds it, caching off, over the same fixed bytes.
         source = NumbersSource(
-            UpstreamClient(upstream_http, base_url=UPSTREAM, deadline=30),
+            upstream.client,
             PageCache(ttl=0),
             max_page_size=settings.max_page_size,
         )
@@ -148,7 +159,7 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
             orjson.dumps(orjson.loads(body))
 
         async def read() -> None:
-            (await upstream_http.get(UPSTREAM + "/telephony/config/numbers")).read()
+            (await upstream.http.get(UPSTREAM + "/telephony/config/numbers")).read()
 
         async def decode() -> None:
             orjson.loads(body)

@@ -25,12 +25,15 @@ import httpx
 import orjson
 from graphql import SubsequentIncrementalExecutionResult
 
+from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
 from gateway.data.source import CallerNumbers, NumbersSource
 from gateway.execution.contract_errors import contract_payload
+from gateway.observability.tracing import Tracing
 from gateway.schema.build import build_schema
+from gateway.settings import load_settings
 from gateway.simulator import build_demo_world, create_simulator_app
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.factory import build_upstream
 
 BASE = "http://upstream.test/v1"
 MAX_PAGE_SIZE = 2000
@@ -110,9 +113,18 @@ async def paged(schema: Any, source: NumbersSource, entries: int, rss: PeakRss) 
 async def main(entries: int) -> None:
     world = build_demo_world(size=entries, seed=7)
     transport = httpx.ASGITransport(app=create_simulator_app(world))
-    async with httpx.AsyncClient(transport=transport) as http:
+    # The upstream as the app builds it: the resilient transport over the simulator.
+    upstream = build_upstream(
+        load_settings(upstream_url=BASE, upstream_timeout=120),
+        base_url=BASE,
+        transport=transport,
+        metrics=None,
+        clock=SYSTEM_CLOCK,
+        tracing=Tracing(),
+    )
+    async with upstream.http:
         source = NumbersSource(
-            UpstreamClient(http, base_url=BASE, deadline=120),
+            upstream.client,
             PageCache(ttl=0),
             max_page_size=MAX_PAGE_SIZE,
             max_stream_items=max(entries, 100_000),

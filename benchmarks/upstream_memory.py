@@ -2,8 +2,9 @@
 
 The gateway reads an upstream answer into one growing buffer (never a list of chunks joined
 into a second copy) and decodes it with one ``orjson.loads`` from that buffer. This measures,
-with ``tracemalloc``, the peak Python allocation of ``UpstreamClient``'s read (over an
-``httpx.MockTransport`` streaming the body in 64 KiB chunks, as a socket would) plus the decode,
+with ``tracemalloc``, the peak Python allocation of the upstream transport's bounded read
+(``ResilientTransport`` over an ``httpx.MockTransport`` streaming the body in 64 KiB chunks, as
+a socket would) and of the body the ``UpstreamClient`` is handed, plus the decode,
 for a page of about 1 MB (2,000 items) and one of about 16 MB (the default
 ``GATEWAY_MAX_UPSTREAM_BYTES``), and prints it as bytes per body byte: split into the buffer
 (the read alone) and the decoded objects (read + decode).
@@ -21,7 +22,7 @@ import httpx
 import orjson
 
 from gateway.simulator import build_demo_world, create_simulator_app
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.transport import ResilientTransport
 
 CHUNK = 64 * 1024
 BASE = "http://upstream.test/v1"
@@ -52,18 +53,20 @@ class ChunkedBody(httpx.AsyncByteStream):
 
 async def measure(body: bytes, *, decode: bool) -> int:
     """Peak bytes allocated while one page is read (and, with ``decode``, decoded)."""
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=ChunkedBody(body)))
+    wire = httpx.MockTransport(lambda request: httpx.Response(200, stream=ChunkedBody(body)))
+    transport = ResilientTransport(wire, deadline=30, max_body_bytes=len(body) + 1)
     async with httpx.AsyncClient(transport=transport) as http:
-        client = UpstreamClient(http, base_url=BASE, deadline=30, max_body_bytes=len(body) + 1)
         gc.collect()
         tracemalloc.start()
         tracemalloc.reset_peak()
         base, _ = tracemalloc.get_traced_memory()
-        answer = await client._request(client.numbers_url, "Bearer benchmark")
-        decoded = answer.json() if decode else None
+        # What ``UpstreamClient`` does with an answer: the one chunk it is handed is the body.
+        async with http.stream("GET", f"{BASE}/telephony/config/numbers") as response:
+            [content] = [chunk async for chunk in response.aiter_bytes()]
+        decoded = orjson.loads(content) if decode else None
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        del answer, decoded
+        del content, decoded
         return peak - base
 
 

@@ -153,7 +153,7 @@ async def test_only_an_operation_that_asked_runs_with_resolver_middleware(
     query = "{ phoneNumbers(page: {first: 3}) { nodes { phoneNumber } } }"
     async with httpx.AsyncClient(transport=recorder) as http:
         source = NumbersSource(
-            UpstreamClient(http, base_url="http://webex.test/v1", deadline=30),
+            UpstreamClient(http, base_url="http://webex.test/v1"),
             PageCache(ttl=0),
             max_page_size=2000,
             default_authorization="Bearer demo-admin",

@@ -744,7 +744,7 @@ async def test_csrf_and_probes_hold_behind_a_prefix_stripping_proxy() -> None:
 
 
 def test_retry_after_with_digits_that_are_not_ascii() -> None:
-    from gateway.upstream.client import parse_retry_after
+    from gateway.upstream.transport import parse_retry_after
 
     assert parse_retry_after("²", now=0) is None
     assert parse_retry_after("3", now=0) == 3

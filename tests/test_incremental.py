@@ -22,7 +22,7 @@ from gateway.data.source import NumbersSource
 from gateway.schema.context import RequestContext
 from gateway.simulator.app import create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
-from gateway.upstream.client import RetryPolicy, UpstreamClient
+from gateway.upstream.client import UpstreamClient
 from tests.conftest import InProcess, RecordingTransport, live_settings
 
 UPSTREAM = "http://webex.test/v1"
@@ -133,9 +133,7 @@ def engine_over(
     recorder = RecordingTransport(Faulty())
     client = UpstreamClient(
         httpx.AsyncClient(transport=recorder),
-        base_url=UPSTREAM,
-        deadline=30,
-        retry=RetryPolicy(max_attempts=1),
+        base_url=UPSTREAM,  # a bare client: one attempt per request, no retries
     )
     source = NumbersSource(
         client,

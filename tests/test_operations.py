@@ -534,6 +534,34 @@ async def test_the_upstream_gets_the_gateways_traceparent_and_no_other_caller_he
         assert header not in sent.headers
 
 
+async def test_each_attempt_is_a_span_and_a_logged_call_of_its_own(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    """The retries are the upstream transport's, under the client: the observers sit under
+    them, so a 503 then a 200 is two CLIENT spans, two logged calls and two traceparents."""
+    answers = [503, 200]
+    sent: list[str | None] = []  # as each attempt went out (a retry re-sends the same request)
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("traceparent"))
+        return httpx.Response(answers.pop(0), json={"phoneNumbers": [], "count": {"total": 1}})
+
+    tracing, exporter = spans
+    settings = live_settings()
+    transport = RecordingTransport(handler=flaky)
+    async with running_gateway(settings, transport, tracing=tracing, clock=FakeClock()) as client:
+        with capture_logs() as logs:
+            body = await graphql(client, NAMED, headers=ADMIN)
+    assert body["data"]["numberCounts"]["total"] == 1
+    attempts = named(exporter.get_finished_spans(), "GET")
+    statuses = [dict(span.attributes or {})["http.response.status_code"] for span in attempts]
+    assert statuses == [503, 200]
+    assert [header.split("-")[2] if header else None for header in sent] == [
+        f"{span.context.span_id:016x}" for span in attempts
+    ], "each attempt carries its own span as its parent"
+    assert [call["status"] for call in only_graphql_line(logs)["upstream"]] == [503, 200]
+
+
 async def test_without_a_caller_traceparent_the_gateway_starts_the_trace(
     recorder: RecordingTransport, spans: tuple[Tracing, InMemorySpanExporter]
 ) -> None:

@@ -25,7 +25,7 @@ class CountedSource:
     def __init__(self, http: httpx.AsyncClient, transport: RecordingTransport) -> None:
         self.transport = transport
         self.source = NumbersSource(
-            UpstreamClient(http, base_url=UPSTREAM_BASE, deadline=30),
+            UpstreamClient(http, base_url=UPSTREAM_BASE),
             PageCache(ttl=0),
             max_page_size=100,
         )

@@ -111,7 +111,7 @@ async def side_by_side(
     fast_class = fast_class or projecting_execution_context()
     upstream = FakeUpstream()
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
-        client = UpstreamClient(http, base_url=UPSTREAM, deadline=30)
+        client = UpstreamClient(http, base_url=UPSTREAM)
         source = NumbersSource(
             client, PageCache(ttl=0), max_page_size=2000, default_authorization="Bearer t"
         )

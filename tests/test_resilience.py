@@ -11,11 +11,16 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.domain.query import Fetch, NumbersQuery, PageWindow
+from gateway.errors import UpstreamTimeout
+from gateway.observability.tracing import Tracing
 from gateway.simulator import FaultPlan, FaultRule, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from gateway.upstream.breaker import BreakerState, CircuitBreaker
-from gateway.upstream.client import parse_retry_after
+from gateway.upstream.factory import build_upstream
+from gateway.upstream.transport import parse_retry_after
 from tests.conftest import (
+    UPSTREAM_BASE,
     FakeClock,
     GatedTransport,
     RecordingTransport,
@@ -170,6 +175,90 @@ async def test_upstream_concurrency_is_bounded() -> None:
     assert gate.calls == 8
 
 
+class ShiftableClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test moves forward (the upstream deadline is the loop's
+    time): every timer due by then fires within a turn or two of the loop, without waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.shift
+
+
+def test_one_deadline_spans_every_page_of_a_walk() -> None:
+    """Each page takes 6 s of a 10 s deadline: each would fit alone, two do not. A walk is one
+    exchange, so the second page is cut off at the deadline and no third is asked for."""
+    deadline = 10.0
+
+    class SlowPages(httpx.AsyncBaseTransport):
+        def __init__(self, loop: ShiftableClockLoop) -> None:
+            self.loop = loop
+            self.calls = 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.calls += 1
+            self.loop.shift += 0.6 * deadline
+            for _ in range(3):  # turns of the loop, in which timers due by now fire
+                await asyncio.sleep(0)
+            start = int(request.url.params.get("start", "0"))
+            following = f"{UPSTREAM_BASE}/telephony/config/numbers?start={start + 1}&max=1"
+            return httpx.Response(
+                200,
+                json={"phoneNumbers": [{"extension": str(start), "location": {"id": "L"}}]},
+                headers={"Link": f'<{following}>; rel="next"'},
+            )
+
+    async def scenario(loop: ShiftableClockLoop) -> None:
+        wire = SlowPages(loop)
+        upstream = build_upstream(
+            live_settings(upstream_timeout=deadline),
+            base_url=UPSTREAM_BASE,
+            transport=wire,
+            metrics=None,
+            clock=FakeClock(),
+            tracing=Tracing(),
+        )
+        window = Fetch(NumbersQuery(None, ()), PageWindow(0, 5), details=False)
+        async with upstream.http:
+            with pytest.raises(UpstreamTimeout, match="within 10 s"):
+                await upstream.client.fetch(window, "Bearer t", caller="c")
+        assert wire.calls == 2
+
+    with asyncio.Runner(loop_factory=ShiftableClockLoop) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, ShiftableClockLoop)
+        runner.run(scenario(loop))
+
+
+async def test_an_encoding_that_does_not_decode_is_the_upstreams_failure() -> None:
+    """A body that says gzip and is not: the field fails with the upstream's status and
+    tracking id (not an internal error), it is not retried, and the breaker counts it."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(  # a stream: httpx would decode ``content=`` right here
+            200,
+            stream=httpx.ByteStream(b"not gzip at all"),
+            headers={"Content-Encoding": "gzip", "TrackingID": "ROUTER_2"},
+        )
+
+    recorder = RecordingTransport(handler=answer)
+    settings = live_settings(breaker_failures=1, breaker_cooldown=30, cache_ttl=0)
+    async with running_gateway(settings, recorder, clock=FakeClock()) as client:
+        first = await ask(client)
+        assert first["errors"][0]["extensions"] == {
+            "code": "UPSTREAM_UNAVAILABLE",
+            "upstreamStatus": 200,
+            "trackingId": "ROUTER_2",
+        }
+        assert "did not decode" in first["errors"][0]["message"]
+        assert recorder.calls == 1, "an answer that does not decode is not asked for again"
+        second = await ask(client)
+        assert second["errors"][0]["extensions"] == {"code": "UPSTREAM_UNAVAILABLE"}
+        assert recorder.calls == 1, "the breaker recorded the failure and opened"
+
+
 # --- the circuit breaker ------------------------------------------------------------------
 
 
@@ -246,18 +335,97 @@ async def test_an_unreadable_content_length_is_the_upstreams_failure(declared: b
 def test_breaker_states() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=2, cooldown=5, clock=clock.monotonic)
-    breaker.record_failure()
-    assert breaker.allow()
-    breaker.record_failure()
+    for _ in range(2):
+        admitted = breaker.admit()
+        assert admitted is not None
+        breaker.record_failure(admitted)
     assert breaker.state is BreakerState.OPEN
-    assert not breaker.allow()
+    assert breaker.admit() is None
     clock.now += 5
-    assert breaker.allow(), "the probe"
-    assert not breaker.allow(), "only one probe at a time"
-    breaker.release_probe()
-    assert breaker.allow()
-    breaker.record_success()
+    probe = breaker.admit()
+    assert probe is not None
+    assert probe.probe, "the probe"
+    assert breaker.admit() is None, "only one probe at a time"
+    breaker.release(probe)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(probe)
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_an_exchange_admitted_before_the_trip_cannot_close_or_reopen_the_circuit() -> None:
+    """Issue 27: a late success of an exchange admitted while the circuit was closed set it
+    CLOSED again, so a half-dead upstream (some answers fail fast, some succeed slowly) made
+    the breaker flap. Only outcomes of the current epoch count."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=5, clock=clock.monotonic)
+    slow = breaker.admit()
+    failing = breaker.admit()
+    late_failure = breaker.admit()
+    assert slow is not None
+    assert failing is not None
+    assert late_failure is not None
+    breaker.record_failure(failing)
+    assert breaker.state is BreakerState.OPEN
+    breaker.record_success(slow)
+    assert breaker.state is BreakerState.OPEN, "a success from before the trip keeps it open"
+    assert breaker.admit() is None
+    clock.now += 5
+    probe = breaker.admit()
+    assert probe is not None
+    assert probe.probe
+    breaker.record_success(slow)
+    breaker.record_failure(late_failure)
+    breaker.release(late_failure)
+    assert breaker.state is BreakerState.HALF_OPEN, "the probe alone decides"
+    assert breaker.admit() is None, "and its place is still taken"
+    breaker.record_success(probe)
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure(late_failure)
+    assert breaker.state is BreakerState.CLOSED, "a stale failure cannot re-open it"
+    assert breaker.consecutive_failures == 0
+
+
+class HeldUntilReleased(httpx.AsyncBaseTransport):
+    """Answers a request for ``held_extension`` with 200 only once released; every other
+    request at once with 500."""
+
+    def __init__(self, held_extension: str) -> None:
+        self.held_extension = held_extension
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if request.url.params.get("extension") != self.held_extension:
+            return httpx.Response(500, json={"message": "broken"})
+        self.arrived.set()
+        await self.release.wait()
+        return httpx.Response(200, json=OK_BODY)
+
+
+async def test_a_late_success_from_before_the_trip_leaves_the_breaker_open() -> None:
+    transport = HeldUntilReleased(held_extension="1")
+    settings = live_settings(breaker_failures=1, breaker_cooldown=30, cache_ttl=0)
+    async with running_gateway(settings, transport, clock=FakeClock()) as client:
+        slow = asyncio.create_task(
+            ask(client, '{ numberCounts(filter: {extension: "1"}) { total } }')
+        )
+        await transport.arrived.wait()
+        failed = await ask(client, '{ numberCounts(filter: {extension: "2"}) { total } }')
+        assert failed["errors"][0]["extensions"]["upstreamStatus"] == 500
+        transport.release.set()
+        late = await slow
+        assert late["data"]["numberCounts"]["total"] == 7, "the late answer is served"
+        calls = transport.calls
+        after = await ask(client, '{ numberCounts(filter: {extension: "3"}) { total } }')
+        assert after["errors"][0]["extensions"] == {"code": "UPSTREAM_UNAVAILABLE"}
+        assert transport.calls == calls, "the breaker stayed open: no upstream call"
+        assert (
+            'gateway_upstream_breaker_state{state="open"} 1.0'
+            in (await client.get("/metrics")).text
+        )
 
 
 # --- stale-if-error -----------------------------------------------------------------------

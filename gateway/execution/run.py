@@ -24,7 +24,7 @@ graphql-core on the ``GraphQLSchema`` strawberry made of them (``build.graphql_s
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from inspect import isawaitable
@@ -210,7 +210,7 @@ class OperationEngine:
 
     async def _events(
         self, admission: Admission, context: RequestContext
-    ) -> AsyncIterator[ExecutionResult]:
+    ) -> AsyncGenerator[ExecutionResult, None]:
         prepared = admission.prepared
         try:
             source = subscribe(

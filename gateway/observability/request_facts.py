@@ -3,8 +3,8 @@
 ``RequestLogMiddleware`` makes one ``RequestFacts`` per HTTP request and puts it in a context
 variable for the request's duration. What happens deeper in fills it in, with no parameter
 threaded through: the GraphQL extension (``api.operation_observer``: operation name and
-type, error codes, cache outcomes) and the upstream client's httpx event hooks
-(``observe_upstream_calls``: each upstream request's status, Webex tracking id and duration).
+type, error codes, cache outcomes) and the transport under the upstream client
+(``UpstreamCallsObserved``: each upstream request's status, Webex tracking id and duration).
 Tasks a request starts (the loader's batch, a single-flight fetch) copy its context, so what
 they do is counted for the request that started them.
 
@@ -47,8 +47,6 @@ UPSTREAM_CALLS_LOGGED = 20  # calls detailed in one log line (all are counted)
 # Cache statuses (``PageCache``'s ``CacheEvent.status``) of a page this caller got: from the
 # upstream (miss, bypass, refresh) or from an entry stored from such an answer (hit, stale).
 PAGE_ANSWERED = frozenset({"hit", "miss", "bypass", "refresh", "stale"})
-
-_EXTENSION_KEY = "numbers_gateway.upstream_call"
 
 
 class RequestIds:
@@ -214,33 +212,33 @@ def collecting(facts: RequestFacts) -> Iterator[RequestFacts]:
         _current.reset(token)
 
 
-async def _on_upstream_request(request: httpx.Request) -> None:
-    facts = _current.get()
-    if facts is None:
-        return
-    call = UpstreamCall()
-    facts.upstream_calls.append(call)
-    request.extensions[_EXTENSION_KEY] = (call, time.perf_counter())
+class UpstreamCallsObserved(httpx.AsyncBaseTransport):
+    """Records each request sent through ``inner`` in the current request's facts.
 
+    It wraps the transport that talks to the upstream, under the retries and the ``Link``
+    walk, so it sees every request that goes out, retries and followed pages included; a
+    request that gets no answer stays recorded with no status. Its duration runs until the
+    answer's head arrives."""
 
-async def _on_upstream_response(response: httpx.Response) -> None:
-    entry = response.request.extensions.get(_EXTENSION_KEY)
-    if entry is None:
-        return
-    call, started = entry
-    call.status = response.status_code
-    call.tracking_id = tracking_id_of(response.headers)
-    call.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
 
+    async def __aenter__(self) -> UpstreamCallsObserved:
+        await self.inner.__aenter__()
+        return self
 
-def observe_upstream_calls(http: httpx.AsyncClient) -> None:
-    """Record each request ``http`` sends in the current request's facts (idempotent).
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
-    Event hooks see every request the client sends, retries and followed pages included; a
-    request that gets no answer stays recorded with no status."""
-    hooks = http.event_hooks
-    if _on_upstream_request in hooks["request"]:
-        return
-    hooks["request"].append(_on_upstream_request)
-    hooks["response"].append(_on_upstream_response)
-    http.event_hooks = hooks
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        facts = _current.get()
+        if facts is None:
+            return await self.inner.handle_async_request(request)
+        call = UpstreamCall()
+        facts.upstream_calls.append(call)
+        started = time.perf_counter()
+        response = await self.inner.handle_async_request(request)
+        call.status = response.status_code
+        call.tracking_id = tracking_id_of(response.headers)
+        call.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        return response

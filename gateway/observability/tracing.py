@@ -43,8 +43,8 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.observability.request_facts import (
+    UpstreamCallsObserved,
     current_facts,
-    observe_upstream_calls,
     tracking_id_of,
 )
 
@@ -196,21 +196,23 @@ class Tracing:
             shutdown()
 
 
-def instrument_upstream(http: httpx.AsyncClient, tracing: Tracing) -> None:
-    """What the app does to its shared upstream client, once, in the lifespan: each request it
-    sends is recorded in the current request's facts (always), and, with tracing on, gets a
-    CLIENT span (opentelemetry-instrumentation-httpx), which also sends ``traceparent``."""
-    observe_upstream_calls(http)
-    if tracing.provider is None or getattr(http, "_is_instrumented_by_opentelemetry", False):
-        return
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+def instrument_upstream(
+    transport: httpx.AsyncBaseTransport, tracing: Tracing
+) -> httpx.AsyncBaseTransport:
+    """The transport that talks to the upstream, observed: each request it sends is recorded
+    in the current request's facts (always), and, with tracing on, gets a CLIENT span
+    (opentelemetry-instrumentation-httpx's transport), which also sends ``traceparent``.
+    Wrapped under the retries, so each attempt is a call of its own."""
+    if tracing.provider is not None:
+        from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 
-    HTTPXClientInstrumentor.instrument_client(
-        http,
-        tracer_provider=tracing.provider,
-        request_hook=_on_upstream_span_start,
-        response_hook=_on_upstream_span_end,
-    )
+        transport = AsyncOpenTelemetryTransport(
+            transport,
+            tracer_provider=tracing.provider,
+            request_hook=_on_upstream_span_start,
+            response_hook=_on_upstream_span_end,
+        )
+    return UpstreamCallsObserved(transport)
 
 
 async def _on_upstream_span_start(span: Span, request: RequestInfo) -> None:

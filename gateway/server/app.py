@@ -13,8 +13,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypedDict
 
 import httpx
-from graphql.execution import Executor
 import structlog
+from graphql.execution import Executor
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,7 +34,7 @@ from gateway.execution.prepare import PreparedOperations
 from gateway.execution.projecting_executor import projecting_execution_context
 from gateway.execution.run import OperationEngine
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
-from gateway.observability.tracing import Tracing, instrument_upstream
+from gateway.observability.tracing import Tracing
 from gateway.schema.build import build_schema, graphql_schema
 from gateway.server.middleware import gateway_middleware
 from gateway.settings import Settings, SettingsError
@@ -58,13 +58,11 @@ from gateway.transports.stream_limits import OpenStreams
 from gateway.transports.trusted_documents import TrustedDocuments
 from gateway.transports.view import GraphQLView
 from gateway.transports.websocket import GraphQLWebSocket
-from gateway.upstream.breaker import CircuitBreaker
-from gateway.upstream.client import NoCookieJar, UpstreamClient
+from gateway.upstream.factory import build_upstream
 
 EMBEDDED_UPSTREAM_URL = "http://simulator.embedded/v1"
 # With the embedded simulator, a caller who sends no token acts as its demo full admin.
 EMBEDDED_DEFAULT_AUTHORIZATION = "Bearer demo-admin"
-USER_AGENT = "numbers-gateway/0.1"
 
 log = structlog.get_logger("gateway.server.app")
 
@@ -74,24 +72,6 @@ class LifespanState(TypedDict):
     numbers: NumbersSource  # readiness: the upstream client is up
     changes: ChangeFeeds  # shutdown ends the subscriptions first (``cli``)
     streams: OpenStreams
-
-
-def build_upstream_http(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None
-) -> httpx.AsyncClient:
-    timeout = settings.upstream_timeout
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(
-            max_connections=settings.upstream_concurrency * 2,
-            max_keepalive_connections=settings.upstream_concurrency,
-        ),
-        headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-        follow_redirects=False,  # a redirect could carry the caller's token elsewhere
-        # Shared by every caller: a cookie one caller's answer sets must never reach another.
-        cookies=NoCookieJar(),
-    )
 
 
 def build_redis(settings: Settings, metrics: GatewayMetrics) -> GuardedRedis | None:
@@ -205,34 +185,22 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
         async with AsyncExitStack() as resources:
-            http = await resources.enter_async_context(
-                build_upstream_http(settings, upstream_transport)
+            upstream = build_upstream(
+                settings,
+                base_url=upstream_url,
+                transport=upstream_transport,
+                metrics=metrics,
+                clock=clock,
+                tracing=tracing,
             )
-            instrument_upstream(http, tracing)
+            await resources.enter_async_context(upstream.http)
             redis = build_redis(settings, metrics)
             if redis is not None:
                 resources.push_async_callback(redis.close)
             cache = build_cache(settings, metrics, clock, redis)
             metrics.watch_cache(cache.local)
-            breaker = CircuitBreaker(
-                failure_threshold=settings.breaker_failures,
-                cooldown=settings.breaker_cooldown,
-                clock=clock.monotonic,
-            )
-            metrics.watch_breaker(breaker)
-            upstream = UpstreamClient(
-                http,
-                base_url=upstream_url,
-                deadline=settings.upstream_timeout,
-                concurrency=settings.upstream_concurrency,
-                per_caller=settings.upstream_concurrency_per_caller,
-                max_body_bytes=settings.max_upstream_bytes,
-                metrics=metrics,
-                breaker=breaker,
-                clock=clock,
-            )
             numbers = NumbersSource(
-                upstream,
+                upstream.client,
                 cache,
                 max_page_size=settings.max_page_size,
                 max_stream_items=settings.max_stream_items,

@@ -1,1 +1,2 @@
-"""Talking to Webex: the body reader, retry policy, circuit breaker and the upstream client."""
+"""Talking to Webex: the resilient httpx transport (breaker, deadline, fair slots, retries,
+bounded reads), the client that walks ``Link`` pages and maps errors, and their assembly."""

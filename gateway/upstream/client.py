@@ -1,37 +1,25 @@
 """The upstream client: one ``Fetch`` in, one completed ``UpstreamPage`` out.
 
-Wraps the app's shared ``httpx.AsyncClient`` (its transport is the seam: the embedded
-simulator and the tests plug in there). It forwards the caller's ``Authorization`` and no
-other header, walks ``Link: rel="next"`` until the window is full (or, with ``pages``, hands
-the walk out one page at a time, each page its own exchange), bounds the whole exchange
-(retries included) by one deadline, retries what is worth retrying, and turns every upstream
-failure into an ``UpstreamError`` carrying the status and tracking id.
+It asks ``GET {base}/telephony/config/numbers`` through the app's shared ``httpx.AsyncClient``,
+whose transport is the ``ResilientTransport`` (``transport``: deadline, breaker, fair slots,
+retries, bounded reads) over the network, the embedded simulator or a test's transport. What
+is left here is what is about *this* endpoint: the URL of each ``Fetch`` (built once and kept,
+never re-parsed from parameters), the caller's ``Authorization`` and no other header, the walk
+along ``Link: rel="next"`` until the window is full (or, with ``pages``, one page at a time,
+each page its own exchange), and the mapping of every upstream answer and failure onto the
+contract's ``UpstreamError`` tree, with the status and tracking id.
 
-Upstream answers are untrusted: bodies are read as a stream and cut off past
-``max_body_bytes`` (counted after decompression), a ``next`` link that does not advance is a
-fault, and tracking ids are echoed only when they look like tracking ids. Slots are shared
-fairly between callers (``slots``), and only the upstream's own failures count against it in
-the circuit breaker: a deadline that passes while waiting for a local slot or a backoff is the
-gateway's congestion, not the upstream's.
-
-The shared client serves every caller, so it must keep no state between them: its cookie jar
-is a ``NoCookieJar`` (a ``Set-Cookie`` in one caller's answer would otherwise be sent with the
-next caller's request). A request's URL is built once per ``Fetch`` (``upstream_url``), never
-re-parsed from parameters on the way out.
+Upstream answers are untrusted: a ``next`` link to anywhere but the configured endpoint is not
+followed (the caller's token would go with it), one that does not advance is a fault, a 200
+whose body is not JSON is a fault, and tracking ids are echoed only when they look like one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import random
-import time
-import urllib.request
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from functools import lru_cache, partial
-from http.cookiejar import Cookie, CookieJar
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -49,45 +37,25 @@ from gateway.errors import (
     code_for_upstream_status,
 )
 from gateway.http_syntax import decimal_value
-from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import tracking_id_of
 from gateway.upstream.body import read_numbers_body
-from gateway.upstream.breaker import CircuitBreaker
-from gateway.upstream.slots import FairSlots
+from gateway.upstream.transport import (
+    RATE_LIMIT_STATUSES,
+    CircuitOpen,
+    Exchange,
+    ExchangeDeadlineExceeded,
+    UnreadableAnswer,
+    rate_limit_wait,
+)
 
 # The list-phone-numbers endpoint, relative to the API base (``https://webexapis.com/v1``).
 NUMBERS_ENDPOINT = "/telephony/config/numbers"
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
-RATE_LIMIT_STATUSES = frozenset({423, 429})
-DEFAULT_RETRY_AFTER = 5.0  # what wxc_sdk waits when a 429 carries no Retry-After
 _MESSAGE_LIMIT = 300
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a 2,000-item page is about 1 MB
 # URLs built from a ``Fetch``, kept per client: a repeated ``Fetch`` (the same filter and window,
 # asked by another caller, again once its cache entry is gone, or with caching off) reuses its URL.
 _KEPT_URLS = 256
 
 log = structlog.get_logger("gateway.upstream")
-T = TypeVar("T")
-
-
-class NoCookieJar(CookieJar):
-    """A cookie jar that never keeps a cookie, for the one ``httpx.AsyncClient`` all callers
-    share: a ``Set-Cookie`` in caller A's answer must never travel with caller B's request.
-
-    Why a jar and not a flag: httpx 0.28 has no switch to turn cookies off, and the client
-    copies any ``httpx.Cookies`` it is given into a plain jar, but it takes a ``CookieJar``
-    as it is (``Cookies(jar).jar is jar``) and does all its cookie work through the jar's two
-    standard entry points. Both refuse here, so the jar stays empty whatever httpx calls:
-    nothing is stored (``extract_cookies`` returns at once, without parsing ``Set-Cookie``
-    headers, which also saves that work on every answer) and so nothing is ever sent (an
-    empty jar adds no ``Cookie`` header, and httpx does not even merge it into a request).
-    """
-
-    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
-        return None
-
-    def set_cookie(self, cookie: Cookie) -> None:
-        return None
 
 
 def query_string(params: Iterable[tuple[str, str]]) -> str:
@@ -98,37 +66,6 @@ def query_string(params: Iterable[tuple[str, str]]) -> str:
     for name, value in params:
         grouped.setdefault(name, []).append(value)
     return urlencode([(name, value) for name, values in grouped.items() for value in values])
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How hard to try: attempts per upstream request, and full-jitter backoff bounds."""
-
-    max_attempts: int = 3
-    backoff_base: float = 0.2
-    backoff_cap: float = 2.0
-
-    def backoff(self, attempt: int) -> float:
-        # Full jitter (AWS architecture blog): spreads retries of many clients apart.
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now`` (wall time: an HTTP-date is a date), from
-    delta-seconds or an HTTP-date; None if unreadable."""
-    if value is None:
-        return None
-    text = value.strip()
-    seconds = decimal_value(text)
-    if seconds is not None:
-        return float(seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def _upstream_message(body: Any) -> str | None:
@@ -145,7 +82,7 @@ def _upstream_message(body: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamAnswer:
-    """One upstream HTTP answer, its body read (and bounded)."""
+    """One upstream HTTP answer, its body read (and bounded, by the transport)."""
 
     status: int
     headers: httpx.Headers
@@ -180,10 +117,9 @@ def error_for_response(answer: UpstreamAnswer, now: float) -> UpstreamError:
     message = f"{hint}: {detail}" if detail else f"{hint}."
     code = code_for_upstream_status(status)
     if status in RATE_LIMIT_STATUSES:
-        retry_after = parse_retry_after(answer.headers.get("retry-after"), now)
         return RateLimited(
             f"The upstream is rate limiting this caller ({status}); retry later.",
-            retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
+            retry_after=rate_limit_wait(answer.headers, now),
             upstream_status=status,
             tracking_id=tracking_id,
         )
@@ -191,45 +127,42 @@ def error_for_response(answer: UpstreamAnswer, now: float) -> UpstreamError:
     return kind(message, code=code, upstream_status=status, tracking_id=tracking_id)
 
 
-@dataclass(slots=True)
-class Exchange:
-    """One fetch's state: who is asking, its deadline, where it has been, and whether a
-    request is on the wire right now (so a deadline that passes can be blamed right)."""
-
-    authorization: str
-    caller: str
-    scope: asyncio.Timeout
-    on_the_wire: bool = False
-    visited: set[str] = field(default_factory=set)
+def error_for_failure(failure: httpx.RequestError) -> UpstreamError:
+    """The contract error for an exchange that got no answer to map (the transport's own
+    refusals included)."""
+    if isinstance(failure, CircuitOpen):
+        return UpstreamUnavailable(
+            "The upstream is failing; the gateway stopped calling it for a while. "
+            f"Try again in {failure.retry_in:.0f} s."
+        )
+    if isinstance(failure, ExchangeDeadlineExceeded):
+        return UpstreamTimeout(f"The upstream did not answer within {failure.deadline:g} s.")
+    if isinstance(failure, UnreadableAnswer):
+        return UpstreamUnavailable(
+            str(failure),
+            upstream_status=failure.status_code,
+            tracking_id=tracking_id_of(failure.headers),
+        )
+    if isinstance(failure, httpx.TimeoutException):
+        return UpstreamTimeout("The upstream did not answer in time.")
+    return UpstreamUnavailable(f"Could not reach the upstream ({type(failure).__name__}).")
 
 
 class UpstreamClient:
-    """Fetches pages of ``GET {base}/telephony/config/numbers`` for one caller at a time."""
+    """Fetches pages of ``GET {base}/telephony/config/numbers`` for one caller at a time.
+
+    ``http`` is the shared client; built by ``factory.build_upstream``, its transport is the
+    resilient one. (Over a bare client, as some tests use it, requests go out once each,
+    with no deadline, breaker, slots or body bound.) ``clock``'s wall time reads an
+    HTTP-date ``Retry-After`` into the ``RateLimited`` error's ``retryAfter``."""
 
     def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        base_url: str,
-        deadline: float,
-        concurrency: int = 16,
-        per_caller: int | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        retry: RetryPolicy | None = None,
-        metrics: GatewayMetrics | None = None,
-        breaker: CircuitBreaker | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        self, http: httpx.AsyncClient, *, base_url: str, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.http = http
         self.base = httpx.URL(base_url.rstrip("/") + "/")
         self.numbers_url = httpx.URL(base_url.rstrip("/") + NUMBERS_ENDPOINT)
-        self.deadline = deadline
-        self.max_body_bytes = max_body_bytes
-        self.retry = retry or RetryPolicy()
-        self.metrics = metrics
-        self.breaker = breaker
         self.clock = clock
-        self.slots = FairSlots(concurrency, per_caller or concurrency)
         self._numbers_prefix = f"{self.numbers_url}?"
         # Per client (its base URL), bounded; a hit skips encoding and parsing the URL.
         self.upstream_url = lru_cache(maxsize=_KEPT_URLS)(self._upstream_url)
@@ -241,13 +174,28 @@ class UpstreamClient:
         return httpx.URL(self._numbers_prefix + query_string(fetch.upstream_params()))
 
     async def fetch(self, fetch: Fetch, authorization: str, *, caller: str) -> UpstreamPage:
-        """Run one fetch to completion within the deadline, or raise an ``UpstreamError``.
-        ``authorization`` is the normalised ``Bearer <token>``; ``caller`` is the caller's
-        identity (the pipeline's ``Caller``), its name for the fair slots."""
-        return await self._exchange(
-            lambda exchange: self._walk(fetch, exchange),
-            lambda scope: Exchange(authorization, caller, scope),
-        )
+        """Run one fetch to completion as one exchange (one deadline over every page and
+        retry), or raise an ``UpstreamError``. ``authorization`` is the normalised
+        ``Bearer <token>``; ``caller`` is the caller's identity (the pipeline's ``Caller``),
+        its name for the fair slots."""
+        exchange = Exchange(caller)
+        wanted = fetch.window.size if fetch.window is not None else 1
+        # The first URL with its query, built once: what is sent (httpx would merge the
+        # parameters into a new URL again) and how the page is known among those visited.
+        url = self.upstream_url(fetch)
+        items: list[dict[str, Any]] = []
+        count: dict[str, Any] | None = None
+        visited = {str(url)}
+        while True:
+            body, next_url = await self._get(url, authorization, exchange)
+            page_items, page_count = read_numbers_body(body)
+            count = count if count is not None else page_count
+            items.extend(page_items)
+            if fetch.window is None or len(items) >= wanted or not page_items or not next_url:
+                break
+            url = self._next_request(next_url, fetch, len(items), visited)
+        has_more = len(items) > wanted or (bool(next_url) and bool(page_items))
+        return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
 
     async def pages(
         self, fetch: Fetch, authorization: str, *, caller: str, page_size: int
@@ -261,7 +209,7 @@ class UpstreamClient:
 
         Every request asks for at most ``page_size`` items (``GATEWAY_MAX_PAGE_SIZE``), never
         for the whole rest of the window: an upstream that honours a large ``max`` would
-        otherwise answer a 100,000-item walk in one body, past ``max_body_bytes`` and the
+        otherwise answer a 100,000-item walk in one body, past the body bound and the
         stream's memory bound."""
         assert fetch.window is not None  # a walk is of a window
         wanted = fetch.window.size
@@ -271,15 +219,9 @@ class UpstreamClient:
         url = self.upstream_url(first)
         # Shared by the pages' exchanges: a ``next`` link back to any page is a fault.
         visited = {str(url)}
-        opened: list[Exchange] = []
-
-        def opening(scope: asyncio.Timeout) -> Exchange:
-            opened.append(Exchange(authorization, caller, scope, visited=visited))
-            return opened[-1]
-
         collected = 0
         while True:
-            body, next_url = await self._exchange(partial(self._get, url), opening)
+            body, next_url = await self._get(url, authorization, Exchange(caller))
             page_items, count = read_numbers_body(body)
             page_items = page_items[: wanted - collected]
             collected += len(page_items)
@@ -287,82 +229,14 @@ class UpstreamClient:
             yield UpstreamPage(items=page_items, count=count, has_more=more)
             if not more or next_url is None:
                 return
-            url = self._next_request(next_url, fetch, collected, opened[-1], page_size=page_size)
-
-    async def _exchange(
-        self,
-        run: Callable[[Exchange], Awaitable[T]],
-        opening: Callable[[asyncio.Timeout], Exchange],
-    ) -> T:
-        """``run`` within the deadline and the breaker, its outcome recorded; every failure
-        an ``UpstreamError``."""
-        if self.breaker is not None and not self.breaker.allow():
-            raise UpstreamUnavailable(
-                "The upstream is failing; the gateway stopped calling it for a while. "
-                f"Try again in {self.breaker.retry_in():.0f} s."
-            )
-        exchange: Exchange | None = None
-        try:
-            async with asyncio.timeout(self.deadline) as scope:
-                exchange = opening(scope)
-                outcome = await run(exchange)
-        except TimeoutError:
-            # Only a request the upstream was sitting on counts against it; a deadline spent
-            # queueing for a local slot (or in a backoff) says nothing about its health.
-            self._record(failed=True if exchange and exchange.on_the_wire else None)
-            raise UpstreamTimeout(
-                f"The upstream did not answer within {self.deadline:g} s."
-            ) from None
-        except (UpstreamUnavailable, UpstreamTimeout):
-            self._record(failed=True)
-            raise
-        except (UpstreamRejected, RateLimited):
-            self._record(failed=False)  # the caller's doing: the upstream is alive
-            raise
-        except BaseException:
-            # Cancellation (or a bug) proves nothing either way, but must not keep the
-            # half-open probe slot taken.
-            self._record(failed=None)
-            raise
-        self._record(failed=False)
-        return outcome
-
-    def _record(self, *, failed: bool | None) -> None:
-        """The breaker's verdict: a failure, a success, or (None) no verdict at all."""
-        if self.breaker is None:
-            return
-        if failed is None:
-            self.breaker.release_probe()
-        elif failed:
-            self.breaker.record_failure()
-        else:
-            self.breaker.record_success()
-
-    async def _walk(self, fetch: Fetch, exchange: Exchange) -> UpstreamPage:
-        wanted = fetch.window.size if fetch.window is not None else 1
-        # The first URL with its query, built once: what is sent (httpx would merge the
-        # parameters into a new URL again) and how the page is known among those visited.
-        url = self.upstream_url(fetch)
-        items: list[dict[str, Any]] = []
-        count: dict[str, Any] | None = None
-        exchange.visited.add(str(url))
-        while True:
-            body, next_url = await self._get(url, exchange)
-            page_items, page_count = read_numbers_body(body)
-            count = count if count is not None else page_count
-            items.extend(page_items)
-            if fetch.window is None or len(items) >= wanted or not page_items or not next_url:
-                break
-            url = self._next_request(next_url, fetch, len(items), exchange)
-        has_more = len(items) > wanted or (bool(next_url) and bool(page_items))
-        return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
+            url = self._next_request(next_url, fetch, collected, visited, page_size=page_size)
 
     def _next_request(
         self,
         next_url: str,
         fetch: Fetch,
         collected: int,
-        exchange: Exchange,
+        visited: set[str],
         *,
         page_size: int | None = None,
     ) -> httpx.URL:
@@ -390,13 +264,13 @@ class UpstreamClient:
         if safe:
             start = decimal_value(url.params.get("start"))
             behind = start is not None and start < fetch.window.start + collected
-            if str(url) in exchange.visited or behind:
+            if str(url) in visited or behind:
                 raise UpstreamUnavailable(
                     "The upstream's next link does not advance (it would serve the same "
                     "entries again); the page was not completed.",
                     upstream_status=200,
                 )
-            exchange.visited.add(str(url))
+            visited.add(str(url))
             link_max = decimal_value(url.params.get("max"))
             if page_size is not None and (link_max is None or link_max > page_size):
                 url = url.copy_set_param("max", str(page_size))
@@ -408,118 +282,41 @@ class UpstreamClient:
         rest = Fetch(query=fetch.query, window=remaining, details=False)
         return self.upstream_url(rest)
 
-    async def _get(self, url: httpx.URL, exchange: Exchange) -> tuple[Any, str | None]:
-        """One upstream request with retries; returns the JSON body and the next link."""
-        attempt = 0
-        while True:
-            attempt += 1
-            failure: UpstreamError
-            try:
-                answer = await self._send(url, exchange)
-            except httpx.TimeoutException:
-                failure = UpstreamTimeout("The upstream did not answer in time.")
-                wait = self.retry.backoff(attempt)
-            except httpx.TransportError as exc:
-                failure = UpstreamUnavailable(
-                    f"Could not reach the upstream ({type(exc).__name__})."
-                )
-                wait = self.retry.backoff(attempt)
-            else:
-                if answer.status == 200:
-                    body = answer.json()
-                    if body is None:
-                        raise UpstreamUnavailable(
-                            "The upstream answered 200 with a body that is not JSON.",
-                            upstream_status=200,
-                            tracking_id=tracking_id_of(answer.headers),
-                        )
-                    return body, answer.next_link
-                failure = error_for_response(answer, self.clock.wall())
-                if isinstance(failure, RateLimited):
-                    wait = failure.retry_after
-                elif answer.status in RETRYABLE_STATUSES:
-                    wait = self.retry.backoff(attempt)
-                else:
-                    raise failure
-            if attempt >= self.retry.max_attempts or not self._fits(wait, exchange.scope):
-                raise failure
-            await self.clock.sleep(wait)
-
-    @staticmethod
-    def _fits(wait: float, scope: asyncio.Timeout) -> bool:
-        when = scope.when()
-        return when is None or asyncio.get_running_loop().time() + wait < when
-
-    async def _send(self, url: httpx.URL, exchange: Exchange) -> UpstreamAnswer:
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.upstream_waiting.inc()
-        waiting = True
+    async def _get(
+        self, url: httpx.URL, authorization: str, exchange: Exchange
+    ) -> tuple[Any, str | None]:
+        """One page of the exchange: its JSON body and its next link, or an ``UpstreamError``."""
         try:
-            async with self.slots.slot(exchange.caller):
-                if metrics is not None:
-                    metrics.upstream_waiting.dec()
-                    metrics.upstream_in_flight.inc()
-                waiting = False
-                started = time.perf_counter()
-                outcome = "error"
-                exchange.on_the_wire = True
-                try:
-                    answer = await self._request(url, exchange.authorization)
-                    outcome = str(answer.status)
-                    return answer
-                finally:
-                    exchange.on_the_wire = False
-                    if metrics is not None:
-                        metrics.upstream_in_flight.dec()
-                        metrics.observe_upstream(outcome, time.perf_counter() - started)
-        finally:
-            if waiting and metrics is not None:
-                metrics.upstream_waiting.dec()
+            answer = await self._request(url, authorization, exchange)
+        except httpx.RequestError as failure:
+            raise error_for_failure(failure) from None
+        if answer.status != 200:
+            raise error_for_response(answer, self.clock.wall())
+        body = answer.json()
+        if body is None:
+            raise UpstreamUnavailable(
+                "The upstream answered 200 with a body that is not JSON.",
+                upstream_status=200,
+                tracking_id=tracking_id_of(answer.headers),
+            )
+        return body, answer.next_link
 
-    async def _request(self, url: httpx.URL, authorization: str) -> UpstreamAnswer:
+    async def _request(
+        self, url: httpx.URL, authorization: str, exchange: Exchange
+    ) -> UpstreamAnswer:
         # Only the caller's credentials travel upstream; no other caller header does.
         async with self.http.stream(
-            "GET", url, headers={"Authorization": authorization}
+            "GET",
+            url,
+            headers={"Authorization": authorization},
+            extensions=exchange.extensions,
         ) as response:
-            content = await self._read_bounded(response)
+            chunks = [chunk async for chunk in response.aiter_bytes()]
             return UpstreamAnswer(
                 status=response.status_code,
                 headers=response.headers,
-                content=content,
+                # The transport hands the body on as the one buffer it read it into: kept as
+                # it is, not copied into a joined one.
+                content=chunks[0] if len(chunks) == 1 else b"".join(chunks),
                 next_link=response.links.get("next", {}).get("url"),
             )
-
-    async def _read_bounded(self, response: httpx.Response) -> bytearray:
-        """The body, decompressed, refusing more than ``max_body_bytes`` as it streams in (a
-        small gzip body can expand a thousandfold).
-
-        Chunks are appended to one growing buffer, never gathered in a list and joined: the
-        body exists once in memory (growth reallocates in place for large buffers), so an
-        in-flight page costs its size once plus the decoded objects."""
-        limit = self.max_body_bytes
-        declared = response.headers.get("content-length")
-        length = decimal_value(declared)
-        if declared is not None and length is None:
-            # The network path never gets here (h11 refuses such a head); a transport that
-            # passes one on is answering with something that is not HTTP.
-            raise UpstreamUnavailable(
-                "The upstream's answer declared a Content-Length that is not a length; it "
-                "was not read.",
-                upstream_status=response.status_code,
-                tracking_id=tracking_id_of(response.headers),
-            )
-        body = bytearray()
-        if length is None or length <= limit:
-            async for chunk in response.aiter_bytes():
-                if len(body) + len(chunk) > limit:
-                    break
-                body += chunk
-            else:
-                return body
-        raise UpstreamUnavailable(
-            f"The upstream's answer is larger than {limit} bytes "
-            "(GATEWAY_MAX_UPSTREAM_BYTES); it was not read.",
-            upstream_status=response.status_code,
-            tracking_id=tracking_id_of(response.headers),
-        )

@@ -2,9 +2,10 @@
 
 At most ``capacity`` upstream requests are in flight at once, and at most ``per_caller`` of
 them for one caller (a caller is its identity, a keyed hash of its normalised credential that
-the pipeline derives, never the token). When a slot
-frees up it goes to the next waiting caller in round-robin order, not to whoever queued
-most: one tenant's flood waits behind its own share and cannot starve the others.
+the data layer derives, never the token). When a slot frees up it goes to the next waiting
+caller in round-robin order, not to whoever queued most: one tenant's flood waits behind its
+own share and cannot starve the others. The resilient transport holds a slot for each attempt
+while it is on the wire, its body read included.
 """
 
 from __future__ import annotations
