@@ -14,7 +14,7 @@ PORT ?= 8000
 UV_VERSION := 0.13.9
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run simulator test test-fast lint typecheck layers schema schema-check pytest \
+.PHONY: run simulator test test-fast lint typecheck layers schema schema-check docs pytest \
 	pytest-fast test-services bench bench-peer soak lock graphiql-assets clean
 
 $(RUNTIME): $(RUNTIME_LOCK) $(BUILD_LOCK) pyproject.toml
@@ -56,6 +56,12 @@ schema-check: $(TESTING)
 	$(BIN)/numbers-gateway export-schema | diff -u schema/numbers.graphql - \
 	  || (echo "schema/numbers.graphql is stale: run 'make schema' and commit it" && exit 1)
 
+# The docs site (mkdocs.yml, docs/) into site/ (gitignored). Strict: a broken link or anchor, or a
+# page missing from the nav, fails the build. (The variable silences Material's banner about
+# MkDocs 2.0, printed on every build.)
+docs: $(TESTING)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # What the tests need from outside Python, installed when missing and when we can (root with
 # apt-get): Debian's redis-server (cache tests), nodejs and npm (federation composers, Apollo
 # Gateway, Apollo Client, urql, the graphql-http audit: their npm packages are installed by
@@ -87,7 +93,7 @@ pytest: $(TESTING) test-services
 pytest-fast: $(TESTING)
 	HYPOTHESIS_PROFILE=dev $(BIN)/python -m pytest -m "not e2e"
 
-test: lint typecheck layers schema-check pytest
+test: lint typecheck layers schema-check docs pytest
 
 test-fast: lint typecheck layers pytest-fast
 
@@ -123,4 +129,4 @@ graphiql-assets: $(RUNTIME)
 	$(BIN)/python tools/graphiql_refresh.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache site

@@ -76,16 +76,6 @@ def test_serve_stops_with_one_line_on_a_bad_setting() -> None:
     assert "GATEWAY_MAX_PAGE_SIZE" in lines[0]
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
-    from pathlib import Path
-
-    from gateway.settings import Settings
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    missing = [name for name in Settings.model_fields if f"GATEWAY_{name.upper()}" not in readme]
-    assert missing == []
-
-
 @pytest.mark.parametrize(
     ("args", "variables"),
     [(["--env", "production"], {}), ([], {"GATEWAY_ENV": "production"})],
