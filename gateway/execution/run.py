@@ -138,20 +138,13 @@ class OperationEngine:
 
     async def execute(self, admission: Admission, context: RequestContext) -> ExecutionResult:
         """The operation's one whole result (a query without ``@defer``/``@stream``)."""
-        prepared = admission.prepared
         trace = self._trace(admission)
         try:
             # The schema declares @defer and @stream, which graphql-core's ``execute`` refuses;
             # an operation that reaches neither gets one whole result from this one too.
             running = experimental_execute_incrementally(
-                self.schema,
-                prepared.document,
-                context_value=context,
-                variable_values=admission.variables,
-                operation_name=prepared.operation_name,
+                **self._arguments(admission, context),
                 middleware=[trace] if trace is not None else None,
-                executor_class=self.executor_class,
-                hide_suggestions=self.production,
             )
             result = await running if isawaitable(running) else running
             if not isinstance(result, ExecutionResult):  # never: prepared.incremental is False
@@ -179,15 +172,7 @@ class OperationEngine:
                     async for event in events:
                         yield event
                 return
-            running = experimental_execute_incrementally(
-                self.schema,
-                admission.prepared.document,
-                context_value=context,
-                variable_values=admission.variables,
-                operation_name=admission.prepared.operation_name,
-                executor_class=self.executor_class,
-                hide_suggestions=self.production,
-            )
+            running = experimental_execute_incrementally(**self._arguments(admission, context))
             outcome = await running if isawaitable(running) else running
             if isinstance(outcome, ExecutionResult):
                 yield self._whole(admission, context, outcome)
@@ -211,17 +196,8 @@ class OperationEngine:
     async def _events(
         self, admission: Admission, context: RequestContext
     ) -> AsyncGenerator[ExecutionResult, None]:
-        prepared = admission.prepared
         try:
-            source = subscribe(
-                self.schema,
-                prepared.document,
-                context_value=context,
-                variable_values=admission.variables,
-                operation_name=prepared.operation_name,
-                executor_class=self.executor_class,
-                hide_suggestions=self.production,
-            )
+            source = subscribe(**self._arguments(admission, context))
             events = await source if isawaitable(source) else source
         except Exception:
             log.exception("graphql_subscription_failed")
@@ -241,6 +217,18 @@ class OperationEngine:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    def _arguments(self, admission: Admission, context: RequestContext) -> dict[str, Any]:
+        """What graphql-core runs the admitted operation with (execute or subscribe)."""
+        return {
+            "schema": self.schema,
+            "document": admission.prepared.document,
+            "context_value": context,
+            "variable_values": admission.variables,
+            "operation_name": admission.prepared.operation_name,
+            "executor_class": self.executor_class,
+            "hide_suggestions": self.production,
+        }
 
     def _whole(
         self, admission: Admission, context: RequestContext, result: ExecutionResult
