@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis_graphql import Mode, nodes, queries
 
 from gateway.errors import ErrorCode
-from gateway.schema.build import build_schema
+from gateway.schema.build import build_schema, graphql_schema
 from gateway.settings import load_settings
 from tests.conftest import examples, running_gateway
 
@@ -75,7 +75,9 @@ def run_fuzz(mode: Mode, ci_depth: int) -> None:
             )
             @given(
                 query=queries(
-                    build_schema()._schema, mode=mode, custom_scalars={"_Any": REPRESENTATIONS}
+                    graphql_schema(build_schema()),
+                    mode=mode,
+                    custom_scalars={"_Any": REPRESENTATIONS},
                 ),
                 token=TOKENS,
             )

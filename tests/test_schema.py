@@ -13,12 +13,14 @@ from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
     GraphQLObjectType,
+    GraphQLSchema,
     OperationDefinitionNode,
     OperationType,
     parse,
+    print_schema,
 )
 
-from gateway.schema.build import build_schema, export_sdl
+from gateway.schema.build import build_schema, export_sdl, graphql_schema
 from gateway.server.app import create_app
 from gateway.settings import load_settings
 from tests.conftest import graphql, running_gateway
@@ -50,8 +52,20 @@ def test_export_schema_command_prints_the_sdl() -> None:
     assert result.stdout == export_sdl()
 
 
+def test_the_graphql_core_schema_is_the_one_strawberry_built() -> None:
+    """``build.graphql_schema`` reads strawberry's private ``Schema._schema`` (no public
+    accessor): this fails first if an upgrade renames or changes it."""
+    schema = build_schema()
+    built = graphql_schema(schema)
+    assert isinstance(built, GraphQLSchema)
+    assert built.query_type is not None
+    assert built.query_type.name == "Query"
+    assert print_schema(built) == print_schema(schema._schema)
+    assert {"defer", "stream"} <= {directive.name for directive in built.directives}
+
+
 def test_every_type_field_argument_and_enum_value_is_described() -> None:
-    schema = build_schema()._schema
+    schema = graphql_schema(build_schema())
     missing: list[str] = []
     for name, named_type in schema.type_map.items():
         # Built-in scalars, introspection and the federation spec's own types (_Any,
@@ -91,7 +105,7 @@ def test_every_type_field_argument_and_enum_value_is_described() -> None:
 
 
 def test_contract_surface() -> None:
-    schema = build_schema()._schema
+    schema = graphql_schema(build_schema())
     query = schema.query_type
     assert query is not None
     phone_numbers = query.fields["phoneNumbers"]
