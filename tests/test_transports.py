@@ -699,7 +699,7 @@ def test_ws_a_credential_past_the_bound_never_reaches_the_upstream(
     ws_client: TestClient, recorder: RecordingTransport
 ) -> None:
     with _connect(ws_client) as ws:
-        _ws_init(ws, "Bearer " + "a" * 10_000_000)
+        _ws_init(ws, "Bearer " + "a" * 100_000)
         ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": FIRST}})
         answered = ws.receive_json()  # a query's field error, as over HTTP
         assert ws.receive_json() == {"type": "complete", "id": "1"}
@@ -711,6 +711,16 @@ def test_ws_a_credential_past_the_bound_never_reaches_the_upstream(
         assert error["extensions"]["code"] == "UNAUTHENTICATED"
         assert "longer than 8192 characters" in error["message"]
     assert recorder.calls == 0
+
+
+def test_ws_a_message_past_the_body_bound_closes_1009(ws_client: TestClient) -> None:
+    """A WebSocket message is bounded as an HTTP body is (GATEWAY_MAX_BODY_BYTES, 1 MiB),
+    not by uvicorn's 16 MiB: a 15 MB document never reaches the parser."""
+    with _connect(ws_client) as ws:
+        _ws_init(ws)
+        document = "{ " + "a " * 700_000 + "}"
+        ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": document}})
+        assert _closed_with(ws) == 1009
 
 
 def test_ws_a_subscribe_id_past_the_bound_closes_4400(ws_client: TestClient) -> None:

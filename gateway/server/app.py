@@ -285,7 +285,11 @@ def create_app(
         ),
         # graphql-transport-ws: subscriptions (and queries) over a WebSocket, same path.
         WebSocketRoute(
-            GRAPHQL_PATH, GraphQLWebSocket(allowed_origins=tuple(settings.allowed_origins))
+            GRAPHQL_PATH,
+            GraphQLWebSocket(
+                allowed_origins=tuple(settings.allowed_origins),
+                max_message_bytes=settings.max_body_bytes,
+            ),
         ),
         Route(HEALTH_PATH, healthz, methods=["GET"]),
         Route(READY_PATH, readyz, methods=["GET"]),

@@ -47,7 +47,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
 import orjson
 import structlog
@@ -95,6 +96,10 @@ MAX_OPERATION_ID_LENGTH: Final = 128  # characters; graphql-ws clients use short
 IDLE_TIMEOUT_SECONDS: Final = 60.0
 # How long shutdown waits to write each final message to a client that does not read.
 CLOSE_WRITE_SECONDS: Final = 2.0
+# How long one message may wait to be written to a client that does not read, and how many
+# may wait: past either the connection is closed (1008), never buffered for.
+WRITE_TIMEOUT_SECONDS: Final = 30.0
+MAX_UNSENT_MESSAGES: Final = 64
 # Service Restart: graphql-ws clients retry it (4xxx codes, and most 1xxx, are fatal to them).
 SHUTDOWN_CLOSE_CODE: Final = 1012
 
@@ -126,12 +131,16 @@ class GraphQLWebSocket:
         self,
         *,
         allowed_origins: tuple[str, ...],
+        max_message_bytes: int,
         init_timeout: float = CONNECTION_INIT_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        write_timeout: float = WRITE_TIMEOUT_SECONDS,
     ) -> None:
         self.allowed_origins = allowed_origins
+        self.max_message_bytes = max_message_bytes  # GATEWAY_MAX_BODY_BYTES, as for HTTP
         self.init_timeout = init_timeout
         self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.serve(WebSocket(scope, receive, send))
@@ -155,8 +164,29 @@ class GraphQLWebSocket:
         await connection.serve()
 
 
+@dataclass(slots=True, eq=False)
+class _Operation:
+    """One ``subscribe``: its task and, once prepared, what kind of operation it is (a
+    subscription is told nothing at shutdown, so its client resubscribes; a query cut short
+    is told it was). The id's entry and its kind go together, so an id the client reuses
+    after ``complete`` is a new operation with a kind of its own."""
+
+    id: str
+    task: asyncio.Task[None] | None = None
+    kind: Literal["pending", "query", "subscription"] = "pending"
+    run: _OperationRun | None = field(default=None, repr=False)
+
+
 class _Connection:
-    """One WebSocket connection's protocol state."""
+    """One WebSocket connection's protocol state.
+
+    Four tasks serve it: the reader (the protocol's messages), the writer (the only one that
+    writes to the socket: every message goes through ``outbox``, each write within the write
+    timeout), the keep-alive and the idle watch; and it watches shutdown and shedding. A
+    client that does not read fills the outbox or stalls a write: the connection is then
+    closed (1008), never buffered for. Operations wait for room in the outbox (backpressure
+    down to the upstream walk); the reader's own messages (``connection_ack``, ``pong``, an
+    operation refused at once) never wait: no room is a client that does not read."""
 
     def __init__(self, endpoint: GraphQLWebSocket, websocket: WebSocket) -> None:
         self.endpoint = endpoint
@@ -164,14 +194,12 @@ class _Connection:
         self.streams: OpenStreams = websocket.state.streams
         self.authorization: str | None = websocket.headers.get("authorization")
         self.acknowledged = False
-        self.operations: dict[str, asyncio.Task[None]] = {}
-        # Operations known not to be subscriptions: cut short at shutdown, they get an error.
-        self.queries: set[str] = set()
+        self.operations: dict[str, _Operation] = {}
         self.started = time.perf_counter()
         self.operations_run = 0
         self.close_code = 1000
-        self.send_lock = asyncio.Lock()
         self.client_name = client_field(websocket.headers.get(CLIENT_NAME_HEADER))
+        self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=MAX_UNSENT_MESSAGES)
         self._busy = asyncio.Event()  # set while an operation runs
         self._shed = asyncio.Event()  # set when the server needs this connection's slot
 
@@ -186,34 +214,54 @@ class _Connection:
 
     async def serve(self) -> None:
         reading = asyncio.ensure_future(self._read())
+        writing = asyncio.ensure_future(self._write())
         pinging = asyncio.ensure_future(self._keep_alive())
         idling = asyncio.ensure_future(self._idle_watch())
         shutdown = asyncio.ensure_future(self.streams.closing.wait())
         shed = asyncio.ensure_future(self._shed.wait())
-        tasks = (reading, pinging, idling, shutdown, shed)
+        tasks = [reading, writing, pinging, idling, shutdown, shed]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if done == {shed} and not self.idle:
+                    # A subscribe raced the shedding: the connection is busy again, so it is
+                    # not the idle one to shed; it keeps serving.
+                    self._shed.clear()
+                    tasks.remove(shed)
+                    shed = asyncio.ensure_future(self._shed.wait())
+                    tasks.append(shed)
+                    continue
+                break
             error = next(
-                (t.exception() for t in (reading, idling) if t in done and t.exception()), None
+                (
+                    t.exception()
+                    for t in (reading, writing, pinging, idling)
+                    if t in done and not t.cancelled() and t.exception()
+                ),
+                None,
             )
             if isinstance(error, _Closing):
                 await self._close(error.code, error.reason)
             elif isinstance(error, WebSocketDisconnect):
                 self.close_code = error.code
+            elif isinstance(error, OSError):  # the socket could not be written: it is gone
+                self.close_code = 1006
             elif error is not None:
                 log.error("websocket_failed", exc_info=error)
                 await self._close(1011, "Internal error")
             elif shutdown in done:
+                writing.cancel()
                 await self._end_for_shutdown()
                 await self._close(SHUTDOWN_CLOSE_CODE, "The gateway is restarting; reconnect")
-            elif shed in done and self.idle:
+            elif shed in done:
                 await self._close(1013, "The gateway needs this idle connection; reconnect")
-            elif pinging in done:  # the socket could not be written: it is gone
-                self.close_code = 1006
         finally:
             for task in tasks:
                 task.cancel()
             await self._stop_operations()
+            for task in tasks:  # every outcome retrieved: no "exception was never retrieved"
+                with contextlib.suppress(BaseException):
+                    await task
             log.info(
                 "websocket_closed",
                 closeCode=self.close_code,
@@ -236,7 +284,10 @@ class _Connection:
 
     async def _until_idle(self) -> None:
         while self.operations:  # asyncio.wait: being cancelled leaves the operations be
-            await asyncio.wait(list(self.operations.values()))
+            tasks = [op.task for op in self.operations.values() if op.task is not None]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
 
     def _note_activity(self) -> None:
         if self.operations:
@@ -248,35 +299,42 @@ class _Connection:
         try:
             async with asyncio.timeout(self.endpoint.init_timeout):
                 while not self.acknowledged:
-                    await self._handle(await self._receive())
+                    self._handle(await self._receive())
         except TimeoutError:
             raise _Closing(4408, "Connection initialisation timeout") from None
         while True:
-            await self._handle(await self._receive())
+            self._handle(await self._receive())
 
     async def _receive(self) -> dict[str, Any]:
         message = await self.websocket.receive()
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         text = message.get("text")
+        raw: str | bytes = text if text is not None else (message.get("bytes") or b"")
+        if len(raw) > self.endpoint.max_message_bytes:  # characters are at least a byte
+            raise _Closing(1009, f"Message larger than {self.endpoint.max_message_bytes} bytes")
+        if isinstance(raw, str) and len(raw.encode("utf-8", "surrogatepass")) > (
+            self.endpoint.max_message_bytes
+        ):
+            raise _Closing(1009, f"Message larger than {self.endpoint.max_message_bytes} bytes")
         try:
-            data = orjson.loads(text if text is not None else message.get("bytes") or b"")
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise _Closing(4400, "Invalid message received") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise _Closing(4400, "Invalid message received")
         return data
 
-    async def _handle(self, message: dict[str, Any]) -> None:
+    def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "connection_init":
             if self.acknowledged:
                 raise _Closing(4429, "Too many initialisation requests")
             self._take_credentials(message.get("payload"))
             self.acknowledged = True
-            await self._send({"type": "connection_ack"})
+            self._send_now({"type": "connection_ack"})
         elif kind == "ping":
-            await self._send({"type": "pong"})
+            self._send_now({"type": "pong"})
         elif kind == "pong":
             pass
         elif kind == "subscribe":
@@ -284,9 +342,9 @@ class _Connection:
                 raise _Closing(4401, "Unauthorized")
             self._subscribe(message)
         elif kind == "complete":
-            task = self.operations.pop(str(message.get("id")), None)
-            if task is not None:
-                task.cancel()
+            operation = self.operations.pop(str(message.get("id")), None)
+            if operation is not None and operation.task is not None:
+                operation.task.cancel()
             self._note_activity()
         else:
             raise _Closing(4400, f"Unknown message type {kind[:32]!r}")
@@ -307,26 +365,38 @@ class _Connection:
             raise _Closing(4400, f"Subscribe id longer than {MAX_OPERATION_ID_LENGTH} characters")
         if operation_id in self.operations:
             raise _Closing(4409, f"Subscriber for {operation_id[:64]} already exists")
+        if len(self.operations) >= MAX_OPERATIONS_PER_CONNECTION:
+            # Refused here, before any task exists for it: a flood of subscribes costs one
+            # message each in the outbox, and a client that does not read them is closed.
+            refusal = Refusal(
+                429,
+                f"This connection runs {MAX_OPERATIONS_PER_CONNECTION} operations, the most it "
+                "may; complete one first or open another connection.",
+                ErrorCode.RATE_LIMITED,
+                extensions={"retryAfter": RETRY_AFTER_SECONDS},
+            )
+            self._send_now({"type": "error", "id": operation_id, "payload": _errors(refusal)})
+            return
         self.operations_run += 1
-        task = asyncio.ensure_future(self._run(operation_id, payload))
-        self.operations[operation_id] = task
-        task.add_done_callback(lambda _: self._forget(operation_id, task))
+        operation = _Operation(operation_id)
+        operation.task = asyncio.ensure_future(self._run(operation, payload))
+        self.operations[operation_id] = operation
+        operation.task.add_done_callback(lambda _: self._forget(operation))
         self._note_activity()
 
-    def _forget(self, operation_id: str, task: asyncio.Task[None]) -> None:
-        if self.operations.get(operation_id) is task:
-            del self.operations[operation_id]
-            self.queries.discard(operation_id)
+    def _forget(self, operation: _Operation) -> None:
+        if self.operations.get(operation.id) is operation:
+            del self.operations[operation.id]
         self._note_activity()
 
-    async def _run(self, operation_id: str, payload: dict[str, Any]) -> None:
+    async def _run(self, operation: _Operation, payload: dict[str, Any]) -> None:
         """One operation, from its ``subscribe`` to its end, with its own log line."""
         facts = RequestFacts(request_id=new_request_id(), client_name=self.client_name)
-        run = _OperationRun(facts)
+        run = operation.run = _OperationRun(facts)
         try:
             with collecting(facts), self.websocket.state.runner.traced():
-                await self._operate(operation_id, payload, run)
-        except BaseException:
+                await self._operate(operation, payload, run)
+        except asyncio.CancelledError:
             run.ended = "cancelled"  # the client's ``complete``, its leaving, or shutdown
             raise
         finally:
@@ -341,7 +411,7 @@ class _Connection:
             )
 
     async def _operate(
-        self, operation_id: str, payload: dict[str, Any], run: _OperationRun
+        self, operation: _Operation, payload: dict[str, Any], run: _OperationRun
     ) -> None:
         runner: OperationRunner = self.websocket.state.runner
         try:
@@ -350,19 +420,18 @@ class _Connection:
                 raise Refusal(400, "One operation per subscribe message.")
             run.operation_name = (params.operation_name or "")[:64] or None
             prepared = await runner.prepare(self._call(params))
-            if not prepared.subscription:
-                self.queries.add(operation_id)
+            operation.kind = "subscription" if prepared.subscription else "query"
             async with self._operation_slot(prepared):
                 admitted = runner.admit_stream(prepared)
                 if isinstance(admitted, Answer):
-                    await self._refuse(operation_id, orjson.loads(admitted.body)["errors"], run)
+                    await self._refuse(operation.id, orjson.loads(admitted.body)["errors"], run)
                     return
                 async with await runner.stream(prepared, admitted) as payloads:
-                    await self._relay(operation_id, payloads, run)
+                    await self._relay(operation.id, payloads, run)
         except OperationRefused as refused:
-            await self._refuse(operation_id, refusal_payload(refused.errors)["errors"], run)
+            await self._refuse(operation.id, refusal_payload(refused.errors)["errors"], run)
         except Refusal as refusal:
-            await self._refuse(operation_id, _errors(refusal), run)
+            await self._refuse(operation.id, _errors(refusal), run)
 
     async def _refuse(
         self, operation_id: str, errors: list[dict[str, Any]], run: _OperationRun
@@ -372,17 +441,8 @@ class _Connection:
 
     @contextlib.asynccontextmanager
     async def _operation_slot(self, prepared: PreparedCall) -> Any:
-        """One of this connection's operation slots and, unless it is a subscription (those
-        have their own bounds), one of the caller's stream slots, for the operation's
-        duration."""
-        if len(self.operations) > MAX_OPERATIONS_PER_CONNECTION:
-            raise Refusal(
-                429,
-                f"This connection runs {MAX_OPERATIONS_PER_CONNECTION} operations, the most it "
-                "may; complete one first or open another connection.",
-                ErrorCode.RATE_LIMITED,
-                extensions={"retryAfter": RETRY_AFTER_SECONDS},
-            )
+        """Unless it is a subscription (those have their own bounds), one of the caller's
+        stream slots for the operation's duration (shared with HTTP's streamed responses)."""
         if prepared.subscription:
             yield
             return
@@ -419,12 +479,37 @@ class _Connection:
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(KEEP_ALIVE_SECONDS)
-            await self._send({"type": "ping"})
+            self._send_now({"type": "ping"})
 
     async def _send(self, message: dict[str, Any]) -> None:
-        async with self.send_lock:
-            if self.websocket.application_state is WebSocketState.CONNECTED:
-                await self.websocket.send_text(orjson.dumps(message).decode())
+        """An operation's message, in order: waits for room in the outbox (backpressure)."""
+        await self.outbox.put(orjson.dumps(message).decode())
+
+    def _send_now(self, message: dict[str, Any]) -> None:
+        """A message of the reader's or the keep-alive's: never waits; no room in the outbox
+        means the client does not read, and the connection is closed."""
+        try:
+            self.outbox.put_nowait(orjson.dumps(message).decode())
+        except asyncio.QueueFull:
+            raise _Closing(1008, "Too many unsent messages: the client does not read") from None
+
+    async def _write(self) -> None:
+        """The one writer: each message within the write timeout, else the connection is
+        closed (a client that does not read holds nothing for long)."""
+        timeout = self.endpoint.write_timeout
+        while True:
+            text = await self.outbox.get()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._write_now(text)
+            except TimeoutError:
+                raise _Closing(
+                    1008, "A message waited too long: the client does not read"
+                ) from None
+
+    async def _write_now(self, text: str) -> None:
+        if self.websocket.application_state is WebSocketState.CONNECTED:
+            await self.websocket.send_text(text)
 
     def _server_stopping(self) -> bool:
         changes: ChangeFeeds | None = getattr(self.websocket.state, "changes", None)
@@ -434,30 +519,33 @@ class _Connection:
         """Stop every operation, then tell each query cut short that it was (an ``error``);
         subscriptions are told nothing, so that the client resubscribes after reconnecting.
         An operation whose kind is not known yet sent nothing either: it is retried too."""
-        running = dict(self.operations)
-        queries = set(self.queries)
+        running = list(self.operations.values())
         await self._stop_operations()
-        cut_short = [oid for oid, task in running.items() if oid in queries and task.cancelled()]
-        with contextlib.suppress(TimeoutError):
+        cut_short = [
+            op.id
+            for op in running
+            if op.kind == "query" and op.task is not None and op.task.cancelled()
+        ]
+        with contextlib.suppress(TimeoutError, OSError, RuntimeError):
             async with asyncio.timeout(CLOSE_WRITE_SECONDS):
                 for operation_id in cut_short:
-                    await self._send(
-                        {"type": "error", "id": operation_id, "payload": [SHUTDOWN_ERROR]}
-                    )
+                    message = {"type": "error", "id": operation_id, "payload": [SHUTDOWN_ERROR]}
+                    await self._write_now(orjson.dumps(message).decode())
 
     async def _stop_operations(self) -> None:
-        tasks = list(self.operations.values())
+        tasks = [op.task for op in self.operations.values() if op.task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(BaseException):
                 await task
 
     async def _close(self, code: int, reason: str) -> None:
         self.close_code = code
         if self.websocket.application_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError, OSError):
-                await self.websocket.close(code, reason)
+            with contextlib.suppress(RuntimeError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_WRITE_SECONDS):
+                    await self.websocket.close(code, reason)
 
 
 class _OperationRun:
@@ -473,7 +561,11 @@ class _OperationRun:
 
     @property
     def outcome(self) -> str:
-        """``success``, ``error`` (it ran, with errors) or ``rejected`` (it never ran)."""
+        """``success``, ``error`` (it ran, with errors), ``rejected`` (it never ran) or
+        ``cancelled`` (stopped before its end: the client's ``complete``, its leaving,
+        shutdown)."""
+        if self.ended == "cancelled":
+            return "cancelled"
         if self.ended == "error" and not self.payloads:
             return "rejected"
         return "error" if self.error_codes else "success"
