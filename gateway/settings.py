@@ -92,6 +92,19 @@ def _header_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name.lower() for name in names)
 
 
+CHANGES_POLL_INTERVAL = 30.0
+# The embedded simulator is the demo: polling it costs nothing upstream, and whoever tries the
+# change feed (GraphiQL's example) wants to see a change soon after making it.
+DEMO_CHANGES_POLL_INTERVAL = 2.0
+
+
+def _default_poll_interval(data: dict[str, Any]) -> float:
+    """GATEWAY_CHANGES_POLL_INTERVAL when unset: short against the embedded simulator in
+    development, the production default otherwise."""
+    demo = data.get("upstream_url") is None and data.get("env") is Environment.DEVELOPMENT
+    return DEMO_CHANGES_POLL_INTERVAL if demo else CHANGES_POLL_INTERVAL
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Field ``x`` is read from ``GATEWAY_X``."""
 
@@ -326,12 +339,6 @@ class Settings(BaseSettings):
         description="Responses at least this large are compressed (br or gzip) when the "
         "client accepts it.",
     )
-    changes_poll_interval: float = Field(
-        default=30.0,
-        ge=1,
-        le=86_400,
-        description="Seconds between two polls of one change feed (`phoneNumberChanges`).",
-    )
     changes_max_items: int = Field(
         default=20_000,
         ge=1,
@@ -356,6 +363,15 @@ class Settings(BaseSettings):
     env: Environment = Field(
         default=Environment.DEVELOPMENT,
         description="`production` turns off introspection, GraphiQL and field suggestions.",
+    )
+    # After env and upstream_url, whose values its default reads.
+    changes_poll_interval: float = Field(
+        default_factory=_default_poll_interval,
+        ge=1,
+        le=86_400,
+        description="Seconds between two polls of one change feed (`phoneNumberChanges`); "
+        f"unset: {DEMO_CHANGES_POLL_INTERVAL:g} in development with the embedded simulator "
+        f"(so a change made to it shows within seconds), else {CHANGES_POLL_INTERVAL:g}.",
     )
     simulator_size: int = Field(
         default=1000, ge=10, le=100_000, description="Entries in the embedded simulator's org."

@@ -1,9 +1,11 @@
-"""The offline GraphiQL: our page loads only same-origin, pinned, checksummed assets, embeds the
-example operations, is served with a strict CSP, and really runs in a browser with no network.
+"""The offline GraphiQL: our page loads only same-origin, pinned, checksummed assets (the vendored
+ones and our own page script and style), hands the page script its configuration as data,
+is served with a strict CSP, and really runs in a browser with no network.
 
 The HTTP tests build a tiny Starlette app around ``gateway.transports.graphiql``'s routes (not the
 gateway's ``create_app``). The ``browser`` test drives Debian's headless Chromium through
-Playwright (no ``playwright install``) and is skipped, with the reason, when either is missing.
+Playwright (no ``playwright install``) and is skipped, with the reason, when either is missing;
+``test_graphiql_demo.py`` checks what the docs say about GraphiQL against a real gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 from html.parser import HTMLParser
@@ -35,15 +39,17 @@ from gateway.transports.graphiql import (
     EXAMPLES_DIR,
     GRAPHIQL_CSP,
     GRAPHIQL_DIR,
+    PAGE_DIR,
+    PAGE_FILES,
     AssetError,
     graphiql_response,
     graphiql_routes,
     load_examples,
     load_manifest,
+    load_page_assets,
     render_graphiql_page,
 )
 from tests.conftest import serve_on_loopback
-from tests.processes import gateway_process
 from tools import graphiql_refresh
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,17 +153,57 @@ def test_page_loads_only_same_origin_urls(page: str) -> None:
 
 def test_every_page_asset_is_pinned_and_matches_its_checksum(page: str) -> None:
     manifest = {asset.path: asset for asset in load_manifest()}
+    ours = {asset.path: asset for asset in load_page_assets()}
     loaded = [(url, integrity) for _, url, integrity in page_parts(page).urls if url != "data:,"]
-    roles = {manifest[url.removeprefix(ASSET_BASE)].role for url, _ in loaded}
-    assert roles == {"script", "style"}
     for url, integrity in loaded:
-        asset = manifest[url.removeprefix(ASSET_BASE)]
-        assert sha256_file(GRAPHIQL_DIR / asset.path) == asset.sha256, asset.path
-        assert (GRAPHIQL_DIR / asset.path).stat().st_size == asset.size, asset.path
-        assert integrity == asset.integrity, f"{url}: the page's SRI is not the manifest's sha256"
-    # React before ReactDOM before GraphiQL: the UMD bundles find each other as globals.
+        path = url.removeprefix(ASSET_BASE)
+        if path in ours:  # our page files: the bytes on disk, named by their own sha256
+            asset = ours[path]
+            source = PAGE_DIR / path.split("/", 1)[1]
+            assert path.startswith(f"page-{sha256_file(source)[:16]}/"), path
+        else:
+            asset = manifest[path]
+            source = GRAPHIQL_DIR / asset.path
+        assert sha256_file(source) == asset.sha256, asset.path
+        assert source.stat().st_size == asset.size, asset.path
+        assert integrity == asset.integrity, f"{url}: the page's SRI is not the file's sha256"
+    # React before ReactDOM before GraphiQL (the UMD bundles find each other as globals), and
+    # our page script last: it mounts them. Our style after GraphiQL's.
     scripts = [url.rsplit("/", 1)[-1] for url, _ in loaded if url.endswith(".js")]
-    assert scripts == ["react.production.min.js", "react-dom.production.min.js", "graphiql.min.js"]
+    assert scripts == [
+        "react.production.min.js",
+        "react-dom.production.min.js",
+        "graphiql.min.js",
+        "graphiql-page.js",
+    ]
+    styles = [url.rsplit("/", 1)[-1] for url, _ in loaded if url.endswith(".css")]
+    assert styles == ["graphiql.min.css", "graphiql-page.css"]
+
+
+def test_page_script_is_a_static_file_configured_by_data() -> None:
+    """Issue 26: the page's JavaScript is a file of its own, never Python text; the Python side
+    renders the HTML shell, and what varies reaches the script as a JSON data block."""
+    module = Path(sys.modules[render_graphiql_page.__module__].__file__ or "").read_text()
+    for javascript in ("ReactDOM.createRoot", "getReader", "function (", "localStorage"):
+        assert javascript not in module, f"JavaScript in graphiql.py: {javascript!r}"
+    script = (PAGE_DIR / "graphiql-page.js").read_text(encoding="utf-8")
+    assert 'getElementById("graphiql-config")' in script
+    first = render_graphiql_page(asset_base=ASSET_BASE, examples=load_examples())
+    other = render_graphiql_page(
+        asset_base=ASSET_BASE,
+        examples=[("Y", "query Y { y }")],
+        graphql_path="/elsewhere/graphql",
+        default_headers='{"X": "1"}',
+        request_headers={"Y": "2"},
+    )
+    same_files = [u for u in page_parts(first).urls if u[1] != "data:,"]
+    assert same_files == [u for u in page_parts(other).urls if u[1] != "data:,"]
+    config = json.loads(page_parts(other).data_blocks["graphiql-config"])
+    assert config["url"] == "/elsewhere/graphql"
+    assert config["tabs"] == [{"query": "query Y { y }", "headers": '{"X": "1"}'}]
+    assert config["headers"] == '{"X": "1"}'
+    assert config["requestHeaders"] == {"Y": "2"}
+    assert [name for name, _ in PAGE_FILES] == sorted(p.name for p in PAGE_DIR.iterdir())
 
 
 def test_vendored_files_match_manifest_like_check() -> None:
@@ -167,11 +213,36 @@ def test_vendored_files_match_manifest_like_check() -> None:
         assert (GRAPHIQL_DIR / pin.folder / "LICENSE").is_file(), pin.spec
 
 
+@pytest.mark.parametrize("cwd", ["repo root", "elsewhere"])
+def test_refresh_script_runs_as_the_makefile_runs_it(cwd: str, tmp_path: Path) -> None:
+    """``python tools/graphiql_refresh.py --check`` from the repo root (the Makefile's
+    ``graphiql-assets`` target runs the refresh so), and by its path from anywhere."""
+    script = (
+        "tools/graphiql_refresh.py"
+        if cwd == "repo root"
+        else str(REPO / "tools/graphiql_refresh.py")
+    )
+    result = subprocess.run(
+        [sys.executable, script, "--check"],
+        cwd=REPO if cwd == "repo root" else tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{GRAPHIQL_DIR} matches MANIFEST.json" in result.stdout
+    assert result.stderr == ""
+
+
 def test_examples_are_embedded_as_one_tab_each(page: str) -> None:
     config = json.loads(page_parts(page).data_blocks["graphiql-config"])
     expected = [p.read_text(encoding="utf-8") for p in sorted(EXAMPLES_DIR.glob("*.graphql"))]
     assert [tab["query"] for tab in config["tabs"]] == expected
     assert {tab["headers"] for tab in config["tabs"]} == {DEFAULT_HEADERS}
+    assert json.loads(DEFAULT_HEADERS) == {"Authorization": "Bearer demo-admin"}
+    # The docs: GraphiQL sends Gateway-Cache-Report: true with every operation.
+    assert config["requestHeaders"] == {"Gateway-Cache-Report": "true"}
     assert config["url"] == "/graphql"
     if SCHEMA_EXAMPLES.is_dir():
         source = [p.read_text(encoding="utf-8") for p in sorted(SCHEMA_EXAMPLES.glob("*.graphql"))]
@@ -226,7 +297,7 @@ def test_page_paths_must_be_same_origin() -> None:
         graphiql_routes(asset_base="//cdn.example/")
 
 
-def test_csp_allows_only_self_and_our_inline_code_by_hash(page: str) -> None:
+def test_csp_allows_only_this_origin_and_the_page_has_no_inline_code(page: str) -> None:
     directives = {}
     for part in GRAPHIQL_CSP.split(";"):
         name, _, value = part.strip().partition(" ")
@@ -237,13 +308,13 @@ def test_csp_allows_only_self_and_our_inline_code_by_hash(page: str) -> None:
     assert "unsafe-inline" not in GRAPHIQL_CSP
     assert "unsafe-eval" not in GRAPHIQL_CSP
     assert "http" not in GRAPHIQL_CSP
+    assert directives["script-src"] == "'self'"  # no inline script to allow, by hash or else
+    # Only GraphiQL's own dialog style (see DIALOG_SCROLL_LOCK_STYLE_HASH) besides this origin.
+    assert re.fullmatch(r"'self' 'sha256-[A-Za-z0-9+/]+=*'", directives["style-src"])
     parts = page_parts(page)
-    assert len(parts.inline_scripts) == 1
-    assert directives["script-src"] == f"'self' {csp_hash(parts.inline_scripts[0])}"
-    assert [csp_hash(style) in directives["style-src"] for style in parts.inline_styles] == [True]
-    # The inline script is the same whatever the examples: the CSP is a constant.
-    other = render_graphiql_page(asset_base="/x/", examples=[("Y", "{ y }")], graphql_path="/y")
-    assert page_parts(other).inline_scripts == parts.inline_scripts
+    assert parts.inline_scripts == []
+    assert parts.inline_styles == []
+    assert list(parts.data_blocks) == ["graphiql-config"]  # data, which a browser never runs
 
 
 def test_page_response_carries_the_csp(page: str) -> None:
@@ -258,7 +329,7 @@ def test_page_response_carries_the_csp(page: str) -> None:
 
 
 async def test_every_manifest_file_is_served_immutable(client: httpx.AsyncClient) -> None:
-    for asset in load_manifest():
+    for asset in (*load_manifest(), *load_page_assets()):
         response = await client.get(ASSET_BASE + asset.path)
         assert response.status_code == 200, asset.path
         assert hashlib.sha256(response.content).hexdigest() == asset.sha256
@@ -270,7 +341,8 @@ async def test_every_manifest_file_is_served_immutable(client: httpx.AsyncClient
             "license": "text/plain; charset=utf-8",
         }[asset.role]
         assert response.headers["content-type"] == expected_type, asset.path
-        assert asset.version in asset.path  # a bump changes the URL, so immutable is safe
+        # A bump (vendored) or an edit (ours) changes the URL, so immutable is safe.
+        assert asset.version in asset.path
         again = await client.get(
             ASSET_BASE + asset.path, headers={"If-None-Match": response.headers["etag"]}
         )
@@ -288,6 +360,10 @@ async def test_unknown_paths_are_404(client: httpx.AsyncClient) -> None:
         "graphiql-4.1.2/",
         "graphiql-4.1.2/graphiql.js",
         "graphiql-0.0.0/graphiql.min.js",
+        "graphiql-page.js",
+        "page/graphiql-page.js",
+        "page-0000000000000000/graphiql-page.js",
+        f"{load_page_assets()[0].path.split('/')[0]}/graphiql-page.js",  # right name, wrong hash
         "%2e%2e/graphiql.py",
         "graphiql-4.1.2/%2e%2e/%2e%2e/graphiql.py",
         "..%2fgraphiql.py",
@@ -360,6 +436,44 @@ def test_a_file_that_differs_from_the_manifest_is_refused(
     monkeypatch.setattr(graphiql_refresh, "STATIC_DIR", copy)
     assert graphiql_refresh.main(["--check"]) == 1
     assert "sha256 differs" in capsys.readouterr().err
+
+
+async def test_an_edited_page_file_gets_a_new_url(tmp_path: Path) -> None:
+    """Our page files are cached as immutable, so an edit must change their URL: each is
+    named by its own sha256, and only the current bytes are served."""
+    copy = tmp_path / "page"
+    shutil.copytree(PAGE_DIR, copy)
+    before = {a.path for a in load_page_assets(copy)}
+    script = copy / "graphiql-page.js"
+    script.write_text(script.read_text(encoding="utf-8") + "// edited\n", encoding="utf-8")
+    after = {a.path for a in load_page_assets(copy)}
+    [old_script] = before - after  # the style is untouched: same URL
+    [new_script] = after - before
+    assert old_script.endswith("/graphiql-page.js")
+    assert new_script.endswith("/graphiql-page.js")
+    app = Starlette(routes=graphiql_routes(asset_base=ASSET_BASE, page_directory=copy))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        assert (await client.get(ASSET_BASE + old_script)).status_code == 404
+        served = await client.get(ASSET_BASE + new_script)
+        assert served.status_code == 200
+        assert served.content == script.read_bytes()
+    page = render_graphiql_page(
+        asset_base=ASSET_BASE,
+        examples=[],
+        assets=[*load_manifest(), *load_page_assets(copy)],
+    )
+    assert ASSET_BASE + new_script in page
+    assert ASSET_BASE + old_script not in page
+
+
+def test_a_missing_page_file_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "page"
+    shutil.copytree(PAGE_DIR, copy)
+    (copy / "graphiql-page.js").unlink()
+    with pytest.raises(AssetError, match=r"graphiql-page\.js"):
+        graphiql_routes(page_directory=copy)
 
 
 def test_manifest_with_an_unsafe_path_is_refused(tmp_path: Path) -> None:
@@ -511,7 +625,9 @@ def test_graphiql_runs_offline_in_chromium() -> None:
             assert console_errors == [], console_errors  # CSP violations are console errors
             assert all(urlsplit(u).hostname == "127.0.0.1" for u in requests if "://" in u)
             assert {urlsplit(u).path for u in requests if u.startswith(origin)} >= {
-                f"{ASSET_BASE}{a.path}" for a in load_manifest() if a.role != "license"
+                f"{ASSET_BASE}{a.path}"
+                for a in (*load_manifest(), *load_page_assets())
+                if a.role != "license"
             }
             assert {body.get("operationName") for _, body in endpoint.posts} >= {
                 "IntrospectionQuery",  # the docs explorer's schema, over the same fetcher
@@ -521,6 +637,8 @@ def test_graphiql_runs_offline_in_chromium() -> None:
                 assert headers["content-type"] == "application/json"
                 if body.get("operationName") == "Hello":  # the open headers editor's text
                     assert headers["authorization"] == "Bearer demo-admin"
+                # The page's own, with every operation (the schema's introspection too).
+                assert headers["gateway-cache-report"] == "true"
         except BaseException as exc:
             folder = tempfile.mkdtemp(prefix="graphiql-browser-")
             shot = Path(folder) / "failure.png"
@@ -530,66 +648,3 @@ def test_graphiql_runs_offline_in_chromium() -> None:
             raise
         finally:
             browser.close()
-
-
-@pytest.mark.browser
-@pytest.mark.e2e
-@pytest.mark.timeout(300)
-def test_graphiql_shows_a_streamed_result_and_a_subscription_event() -> None:
-    """Against a real gateway (embedded simulator): the "every number, streamed" example
-    arrives over SSE and renders whole; "watch assignments" shows its SYNCED event."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: `pip install playwright`"
-    )
-    executable = _chromium()
-    env = {"GATEWAY_ENV": "development", "GATEWAY_CHANGES_POLL_INTERVAL": "1"}
-    console_errors: list[str] = []
-    streamed_posts: list[str] = []
-    with gateway_process(env=env) as gateway, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda e: console_errors.append(f"page error: {e}"))
-        page.on(
-            "response",
-            lambda r: (
-                streamed_posts.append(r.headers.get("content-type", ""))
-                if r.request.method == "POST"
-                else None
-            ),
-        )
-        expect = sync_api.expect
-        try:
-            page.goto(gateway.url)
-            page.wait_for_selector(".graphiql-container")
-            page.locator(".graphiql-tab", has_text="EveryNumberStreamed").click()
-            expect(page.locator(".graphiql-query-editor")).to_contain_text("EveryNumberStreamed")
-            result = page.locator(".result-window")
-            # The result editor renders only its visible lines: the streamed list's first items.
-            run_until(page, result, '"phoneNumber"')
-            page.locator(".graphiql-tab", has_text="WatchAssignments").click()
-            expect(page.locator(".graphiql-query-editor")).to_contain_text("WatchAssignments")
-            run_until(page, result, "SYNCED")
-            assert any(t.startswith("text/event-stream") for t in streamed_posts), streamed_posts
-            assert console_errors == [], console_errors
-        except AssertionError:
-            print(gateway.tail(60))  # the gateway's log, for the failure report
-            raise
-        finally:
-            browser.close()
-
-
-def run_until(page: Any, result: Any, text: str, attempts: int = 3) -> None:
-    """Run the open tab until its result shows ``text``: right after a tab switch GraphiQL
-    may still send the previous tab's operation name (its editor state updates debounced),
-    which the gateway answers as a request error; the next run sends the right one."""
-    from playwright.sync_api import expect
-
-    for attempt in range(attempts):
-        page.locator(".graphiql-execute-button").click()
-        try:
-            expect(result).to_contain_text(text, timeout=10_000)
-            return
-        except AssertionError:
-            if attempt == attempts - 1:
-                raise

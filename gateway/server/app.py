@@ -41,7 +41,7 @@ from gateway.settings import Settings, SettingsError
 from gateway.simulator import (
     CONTROL_PREFIX,
     build_demo_world,
-    create_simulator_app,
+    create_embedded_simulator_app,
     create_simulator_control_app,
 )
 from gateway.transports.documents import DocumentPolicy
@@ -173,7 +173,7 @@ def create_app(
         upstream_url = EMBEDDED_UPSTREAM_URL
         if upstream_transport is None:
             world = build_demo_world(size=settings.simulator_size, seed=settings.simulator_seed)
-            simulator = create_simulator_app(world, churn=settings.simulator_churn)
+            simulator = create_embedded_simulator_app(world, churn=settings.simulator_churn)
             upstream_transport = httpx.ASGITransport(app=simulator)
             # Its changes, faults and stats, so the change feed can be tried offline; only
             # the gateway's own simulator (never a real upstream, never production).

@@ -5,7 +5,9 @@ parameter and conflict, ``Link: <absolute URL>; rel="next"`` paging under a serv
 ``details=true`` counts, Webex error bodies with a ``TrackingID`` header, and faults on demand
 (``/_simulator/faults``), and data that changes on demand (``/_simulator/changes``). It is the
 embedded default upstream, the demo, and the test bed. ``create_simulator_control_app`` serves
-the control routes alone, for the gateway to mount under ``/_simulator`` when it embeds one.
+the control routes alone, for the gateway to mount under ``/_simulator`` when it embeds one;
+``create_embedded_simulator_app`` is the simulator the gateway embeds, paced like a real
+upstream so that the demo shows what streaming is for.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ from gateway.simulator.search import (
 
 NUMBERS_PATH = "/v1/telephony/config/numbers"
 CONTROL_PREFIX = "/_simulator"  # faults, stats and changes: the test bed's controls
+
+# The embedded simulator (the gateway's own, `make run`): pages of at most 100 entries, each
+# answer taking 1 ms per entry it carries, as a real upstream takes longer the more it sends.
+# A query of a few entries is answered in a few ms (a 100-entry page in 0.1 s), while the
+# 1,000 demo entries take ten pages and about a second to walk: a streamed list visibly
+# arrives page by page. The standalone simulator and the test bed answer at once, capped at
+# 2,000 (DEFAULT_MAX), unless asked otherwise.
+EMBEDDED_PAGE_CAP = 100
+EMBEDDED_SECONDS_PER_ENTRY = 0.001
 
 _STATUS_MESSAGES = {
     400: "The request was invalid or cannot be otherwise served.",
@@ -112,9 +123,12 @@ class Simulator:
         page_cap: int = DEFAULT_MAX,
         faults: FaultPlan | None = None,
         churn: float = 0.0,
+        seconds_per_entry: float = 0.0,
     ) -> None:
         self.world = world
         self.page_cap = page_cap
+        # How long an answer takes per entry it carries (0: at once).
+        self.seconds_per_entry = seconds_per_entry
         self.faults = faults or FaultPlan()
         self.indexes = {org_id: OrgIndex(org) for org_id, org in world.orgs.items()}
         self.request_count = 0
@@ -199,6 +213,8 @@ class Simulator:
         limit = None if search.details else search.start + page_size + 1
         matched = self.indexes[org_id].matching(search, grant.location_ids, limit)
         page = matched[search.start : search.start + page_size]
+        if self.seconds_per_entry and page:
+            await self.sleep(self.seconds_per_entry * len(page))
         body: dict[str, Any] = {"phoneNumbers": [entry.payload for entry in page]}
         if search.details:
             body["count"] = count_details(matched)
@@ -252,10 +268,14 @@ def create_simulator_app(
     page_cap: int = DEFAULT_MAX,
     faults: FaultPlan | None = None,
     churn: float = 0.0,
+    seconds_per_entry: float = 0.0,
 ) -> Starlette:
     """A Starlette app serving ``world``; ``app.state.simulator`` exposes it to tests.
-    ``churn``: random changes per second to the demo org (``simulator --churn``)."""
-    simulator = Simulator(world, page_cap=page_cap, faults=faults, churn=churn)
+    ``churn``: random changes per second to the demo org (``simulator --churn``);
+    ``seconds_per_entry``: how long an answer takes per entry it carries."""
+    simulator = Simulator(
+        world, page_cap=page_cap, faults=faults, churn=churn, seconds_per_entry=seconds_per_entry
+    )
     app = Starlette(
         routes=[
             Route(NUMBERS_PATH, simulator.list_numbers, methods=["GET"]),
@@ -265,6 +285,17 @@ def create_simulator_app(
     )
     app.state.simulator = simulator
     return app
+
+
+def create_embedded_simulator_app(world: SimulatorWorld, *, churn: float = 0.0) -> Starlette:
+    """The simulator the gateway serves when no upstream is configured: ``world`` in pages of
+    ``EMBEDDED_PAGE_CAP``, paced by ``EMBEDDED_SECONDS_PER_ENTRY``, with ``churn``."""
+    return create_simulator_app(
+        world,
+        page_cap=EMBEDDED_PAGE_CAP,
+        churn=churn,
+        seconds_per_entry=EMBEDDED_SECONDS_PER_ENTRY,
+    )
 
 
 def _control_routes(simulator: Simulator, prefix: str) -> list[Route]:

@@ -1,23 +1,28 @@
 """GraphiQL served by the gateway itself, so it works offline: our page, our asset routes.
 
-The page is ours (strawberry's template loads its scripts from a public CDN): a small HTML
-document that loads React, ReactDOM and GraphiQL from the gateway's own origin (the files
-vendored under ``static/graphiql/`` and listed in its ``MANIFEST.json``, see
-``tools/graphiql_refresh.py``), and mounts GraphiQL with one tab per example operation,
-the headers editor open, and a fetcher that POSTs ``application/json`` to the GraphQL path
-(operations with ``@defer``/``@stream`` and subscriptions ask for ``text/event-stream`` and
-hand GraphiQL each payload as it arrives).
+The page is ours (strawberry's template loads its scripts from a public CDN): an HTML shell
+that loads React, ReactDOM and GraphiQL from the gateway's own origin (the files vendored
+under ``static/graphiql/`` and listed in its ``MANIFEST.json``, see
+``tools/graphiql_refresh.py``) and then our page script and style (``static/page/``), which
+mount GraphiQL with one tab per example operation, the headers editor open, and a fetcher
+that POSTs ``application/json`` to the GraphQL path (operations with ``@defer``/``@stream``
+and subscriptions ask for ``text/event-stream`` and hand GraphiQL each payload as it arrives).
 
-- ``render_graphiql_page(...)``: the HTML. Its one inline script is constant (the examples
-  travel in a JSON data block), so ``GRAPHIQL_CSP`` can name it by hash.
+- ``render_graphiql_page(...)``: the HTML shell. What varies (the GraphQL path, the example
+  tabs, the headers editor's default, the headers sent with every operation) travels as data
+  in one JSON block, ``#graphiql-config``, which the page script reads; the page has no
+  inline script or style of its own, so ``GRAPHIQL_CSP`` is a constant that allows scripts
+  and styles from this origin only.
 - ``graphiql_response(html)``: an ``HTMLResponse`` with ``GRAPHIQL_PAGE_HEADERS`` (the CSP).
-- ``graphiql_routes(...)``: Starlette routes serving exactly the files in MANIFEST.json,
-  cached as immutable (each URL names the package version); anything else is 404.
+- ``graphiql_routes(...)``: Starlette routes serving exactly the vendored files of
+  MANIFEST.json and our page files, cached as immutable (a vendored URL names the package
+  version, a page file's URL its own sha256); anything else is 404.
 - ``load_examples()``: the example operations shipped in ``static/examples/`` (copies of
   ``schema/examples/``; a test keeps them identical).
 
 Every script and stylesheet tag carries its sha256 as ``integrity``, so the browser refuses a
-file that differs from the manifest.
+file that differs from what the server checked (the manifest's sha256 for vendored files; the
+file as read at start-up for ours).
 """
 
 from __future__ import annotations
@@ -41,11 +46,24 @@ from gateway.transports.routes import ASSET_BASE, GRAPHQL_PATH
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GRAPHIQL_DIR = STATIC_DIR / "graphiql"
 EXAMPLES_DIR = STATIC_DIR / "examples"
+# Our own page files (not vendored, so not in MANIFEST.json): in load order, each with its role.
+PAGE_DIR = STATIC_DIR / "page"
+PAGE_FILES: tuple[tuple[str, str], ...] = (
+    ("graphiql-page.css", "style"),
+    ("graphiql-page.js", "script"),
+)
 MANIFEST_NAME = "MANIFEST.json"
 
-# A hint in the headers editor of every tab; against the embedded simulator no header means
-# demo-admin anyway, and another demo token is one edit away.
+# The headers editor of a new tab starts with this hint; against the embedded simulator no
+# header means demo-admin anyway, and another demo token is one edit away. GraphiQL does not
+# keep headers across a reload (shouldPersistHeaders is off: tokens stay out of storage).
 DEFAULT_HEADERS = '{\n  "Authorization": "Bearer demo-admin"\n}'
+
+# Sent with every operation, whatever the headers editor holds (a header of the same name in
+# the editor replaces one of these): every result shows ``extensions.cache`` (hits, misses,
+# and per upstream call its status, tier and age), which is what a person exploring wants to
+# see and what a frontend in production never asks for.
+REQUEST_HEADERS: Mapping[str, str] = {"Gateway-Cache-Report": "true"}
 
 ASSET_CACHE_CONTROL = "public, max-age=31536000, immutable"
 _CONTENT_TYPES: Mapping[str, str] = {
@@ -54,161 +72,23 @@ _CONTENT_TYPES: Mapping[str, str] = {
     "": "text/plain; charset=utf-8",  # LICENSE
 }
 
-PAGE_STYLE = "html,body{height:100%;margin:0}#graphiql{height:100vh}"
-
-# The page's only inline script. It is constant (configuration comes from the JSON block
-# #graphiql-config), so the CSP allows it by hash. Tab state is kept in localStorage under a
-# key that changes with the examples, so a changed example set opens fresh tabs instead of
-# what an older page (or strawberry's GraphiQL on this origin) left behind; headers (tokens)
-# are never stored.
-BOOT_SCRIPT = """
-(function () {
-  "use strict";
-  var root = document.getElementById("graphiql");
-  var config = JSON.parse(document.getElementById("graphiql-config").textContent);
-  if (!window.React || !window.ReactDOM || !window.GraphiQL) {
-    root.textContent = "GraphiQL could not start: its scripts did not load from " +
-      config.assetBase;
-    return;
-  }
-
-  // Operations that stream (@defer, @stream, subscriptions) go as GraphQL over SSE and come
-  // back as an async iterable, whose payloads GraphiQL shows (and merges) as they arrive.
-  var STREAMING = /@(defer|stream)\\b|\\bsubscription\\b/;
-
-  function readEvents(response) {
-    var reader = response.body.getReader();
-    var decoder = new TextDecoder();
-    var buffered = "";
-    var queue = [];
-    var finished = false;
-    function pull() {
-      if (queue.length) { return Promise.resolve({value: queue.shift(), done: false}); }
-      if (finished) { return Promise.resolve({value: undefined, done: true}); }
-      return reader.read().then(function (chunk) {
-        if (chunk.done) { finished = true; return pull(); }
-        buffered += decoder.decode(chunk.value, {stream: true});
-        var blocks = buffered.split("\\n\\n");
-        buffered = blocks.pop();
-        blocks.forEach(function (block) {
-          var event = null;
-          var data = "";
-          block.split("\\n").forEach(function (line) {
-            if (line.indexOf("event: ") === 0) { event = line.slice(7); }
-            else if (line.indexOf("data: ") === 0) { data += line.slice(6); }
-          });
-          if (event === "next") { queue.push(JSON.parse(data)); }
-          else if (event === "complete") { finished = true; }
-        });
-        return pull();
-      });
-    }
-    var iterator = {
-      next: pull,
-      return: function () {
-        finished = true;
-        reader.cancel();
-        return Promise.resolve({value: undefined, done: true});
-      }
-    };
-    iterator[Symbol.asyncIterator] = function () { return iterator; };
-    return iterator;
-  }
-
-  function fetcher(params, options) {
-    var streaming = STREAMING.test(params.query || "");
-    var headers = {
-      "Content-Type": "application/json",
-      "Accept": streaming ? "text/event-stream, application/json" : "application/json"
-    };
-    var extra = (options && options.headers) || {};
-    Object.keys(extra).forEach(function (name) { headers[name] = String(extra[name]); });
-    return fetch(config.url, {
-      method: "POST",
-      headers: headers,
-      body: JSON.stringify(params),
-      credentials: "same-origin"
-    }).then(function (response) {
-      var type = response.headers.get("Content-Type") || "";
-      if (type.indexOf("text/event-stream") === 0) { return readEvents(response); }
-      return response.text().then(function (text) {
-        try {
-          return JSON.parse(text);
-        } catch (error) {
-          return {errors: [{message: "HTTP " + response.status + " with a body that is not JSON: " +
-            text.slice(0, 500)}]};
-        }
-      });
-    });
-  }
-
-  var prefix = "numbers-gateway:" + config.storageKey + ":";
-  var memory = {};
-  var local = null;
-  try {
-    local = window.localStorage;
-    local.getItem(prefix);
-  } catch (error) {
-    local = null;
-  }
-  function ownKeys() {
-    if (!local) { return Object.keys(memory); }
-    var keys = [];
-    for (var i = 0; i < local.length; i += 1) {
-      var key = local.key(i);
-      if (key !== null && key.indexOf(prefix) === 0) { keys.push(key.slice(prefix.length)); }
-    }
-    return keys;
-  }
-  var storage = {
-    getItem: function (key) {
-      if (local) { return local.getItem(prefix + key); }
-      return Object.prototype.hasOwnProperty.call(memory, key) ? memory[key] : null;
-    },
-    setItem: function (key, value) {
-      if (local) { local.setItem(prefix + key, value); } else { memory[key] = String(value); }
-    },
-    removeItem: function (key) {
-      if (local) { local.removeItem(prefix + key); } else { delete memory[key]; }
-    },
-    clear: function () { ownKeys().forEach(function (key) { storage.removeItem(key); }); },
-    key: function (index) { return ownKeys()[index] || null; },
-    get length() { return ownKeys().length; }
-  };
-
-  ReactDOM.createRoot(root).render(React.createElement(GraphiQL, {
-    fetcher: fetcher,
-    defaultTabs: config.tabs,
-    defaultHeaders: config.headers,
-    isHeadersEditorEnabled: true,
-    defaultEditorToolsVisibility: "headers",
-    shouldPersistHeaders: false,
-    storage: storage
-  }));
-})();
-"""
-
-
-def _csp_hash(source: str) -> str:
-    digest = hashlib.sha256(source.encode("utf-8")).digest()
-    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
-
-
 # The one inline <style> GraphiQL itself adds: when a dialog (settings, short keys) opens,
 # react-remove-scroll-bar (inside GraphiQL 4.1.2's dialogs) inserts a scroll-lock style whose
-# text depends on the page's scrollbar gap and body margins, which PAGE_STYLE fixes at 0 (the
-# page never scrolls). Without it the browser blocks that style (harmless here) and logs a CSP
-# error on every dialog. The browser test opens a dialog and fails on any CSP error, so a
-# GraphiQL bump that changes this text is caught.
+# text depends on the page's scrollbar gap and body margins, which our page style
+# (static/page/graphiql-page.css) fixes at 0: the page never scrolls. Without this hash the
+# browser blocks that style (harmless here) and logs a CSP error on every dialog. The browser
+# test opens a dialog and fails on any CSP error, so a GraphiQL bump that changes this text is
+# caught.
 DIALOG_SCROLL_LOCK_STYLE_HASH = "'sha256-nzTgYzXYDNe6BAHiiI7NNlfK8n/auuOAhh2t92YvuXo='"
 
-# Only this origin, plus our one inline script and style by hash. GraphiQL's CSS embeds its
-# fonts and a few icons as data: URLs; its scripts need neither eval nor inline code.
+# Only this origin (and GraphiQL's own dialog style, by hash). GraphiQL's CSS embeds its fonts
+# and a few icons as data: URLs; its scripts need neither eval nor inline code, and the page's
+# configuration is a JSON data block, which a browser never runs.
 GRAPHIQL_CSP = "; ".join(
     [
         "default-src 'none'",
-        f"script-src 'self' {_csp_hash(BOOT_SCRIPT)}",
-        f"style-src 'self' {_csp_hash(PAGE_STYLE)} {DIALOG_SCROLL_LOCK_STYLE_HASH}",
+        "script-src 'self'",
+        f"style-src 'self' {DIALOG_SCROLL_LOCK_STYLE_HASH}",
         "img-src 'self' data:",
         "font-src 'self' data:",
         "connect-src 'self'",
@@ -228,9 +108,9 @@ GRAPHIQL_PAGE_HEADERS: Mapping[str, str] = {
 
 @dataclass(frozen=True)
 class Asset:
-    """One vendored file as MANIFEST.json lists it."""
+    """One file the page loads: a vendored one as MANIFEST.json lists it, or one of ours."""
 
-    path: str  # relative to static/graphiql/, POSIX separators, e.g. graphiql-4.1.2/graphiql.min.js
+    path: str  # its URL under the asset base, e.g. graphiql-4.1.2/graphiql.min.js
     role: str  # "script", "style" or "license"
     package: str
     version: str
@@ -248,7 +128,8 @@ class Asset:
 
 
 class AssetError(Exception):
-    """MANIFEST.json is unreadable, lists an unsafe path, or a file differs from it."""
+    """MANIFEST.json is unreadable, lists an unsafe path, or a file differs from it; or a page
+    file is missing."""
 
 
 def _is_plain_relative(path: str) -> bool:
@@ -279,9 +160,38 @@ def load_manifest(directory: Path = GRAPHIQL_DIR) -> tuple[Asset, ...]:
     return assets
 
 
+def _read_page_files(directory: Path) -> tuple[tuple[Asset, bytes], ...]:
+    """Our page files with their bytes. Each URL is ``page-<first 16 hex of its sha256>/NAME``:
+    an edited file gets a new URL, so immutable caching never serves a stale one."""
+    files: list[tuple[Asset, bytes]] = []
+    for name, role in PAGE_FILES:
+        try:
+            body = (directory / name).read_bytes()
+        except OSError as exc:
+            raise AssetError(f"page file {name}: {exc}") from exc
+        digest = hashlib.sha256(body).hexdigest()
+        asset = Asset(
+            path=f"page-{digest[:16]}/{name}",
+            role=role,
+            package="numbers-gateway",
+            version=digest[:16],
+            sha256=digest,
+            size=len(body),
+        )
+        files.append((asset, body))
+    return tuple(files)
+
+
+def load_page_assets(directory: Path = PAGE_DIR) -> tuple[Asset, ...]:
+    """Our own page files (``PAGE_FILES``, in load order), as the page and routes name them."""
+    return tuple(asset for asset, _ in _read_page_files(directory))
+
+
 @lru_cache(maxsize=1)
-def _default_manifest() -> tuple[Asset, ...]:
-    return load_manifest(GRAPHIQL_DIR)
+def _default_assets() -> tuple[Asset, ...]:
+    """What the page loads by default: the vendored files, then ours (our style after
+    GraphiQL's, our script after the scripts it mounts)."""
+    return load_manifest(GRAPHIQL_DIR) + load_page_assets(PAGE_DIR)
 
 
 def _check_path(name: str, value: str, *, trailing_slash: bool) -> None:
@@ -325,16 +235,19 @@ def render_graphiql_page(
     examples: list[tuple[str, str]],
     graphql_path: str = GRAPHQL_PATH,
     default_headers: str = DEFAULT_HEADERS,
+    request_headers: Mapping[str, str] = REQUEST_HEADERS,
     assets: Sequence[Asset] | None = None,
 ) -> str:
     """The GraphiQL page: scripts and styles from ``asset_base`` on this origin only (with
     SRI), one tab per ``(title, document)`` example, each with ``default_headers`` in its
-    open headers editor, and a fetcher POSTing JSON to ``graphql_path``. Serve it with
+    open headers editor, and a fetcher POSTing JSON to ``graphql_path`` with
+    ``request_headers`` and the editor's; all of it handed to the page script as the JSON
+    block ``#graphiql-config``. Serve it with
     ``GRAPHIQL_PAGE_HEADERS`` (``graphiql_response`` does). ``assets`` defaults to the
-    vendored MANIFEST.json."""
+    vendored MANIFEST.json followed by our page files."""
     _check_path("asset_base", asset_base, trailing_slash=True)
     _check_path("graphql_path", graphql_path, trailing_slash=False)
-    listed = _default_manifest() if assets is None else tuple(assets)
+    listed = _default_assets() if assets is None else tuple(assets)
     tabs = [{"query": document, "headers": default_headers} for _, document in examples]
     storage_key = hashlib.sha256(
         json.dumps([tabs, graphql_path], sort_keys=True).encode("utf-8")
@@ -343,6 +256,7 @@ def render_graphiql_page(
         "url": graphql_path,
         "assetBase": asset_base,
         "headers": default_headers,
+        "requestHeaders": dict(request_headers),
         "storageKey": storage_key,
         "titles": [title for title, _ in examples],
         "tabs": tabs,
@@ -370,7 +284,6 @@ def render_graphiql_page(
     <meta name="referrer" content="no-referrer">
     <title>numbers-gateway · GraphiQL</title>
     <link rel="icon" href="data:,">
-    <style>{PAGE_STYLE}</style>
 {styles}
   </head>
   <body>
@@ -379,7 +292,6 @@ def render_graphiql_page(
       POST them as JSON to {html.escape(graphql_path)}.</noscript>
     <script id="graphiql-config" type="application/json">{_embed_json(config)}</script>
 {scripts}
-    <script>{BOOT_SCRIPT}</script>
   </body>
 </html>
 """
@@ -391,13 +303,19 @@ def graphiql_response(page: str) -> HTMLResponse:
 
 
 def graphiql_routes(
-    *, asset_base: str = ASSET_BASE, directory: Path = GRAPHIQL_DIR
+    *,
+    asset_base: str = ASSET_BASE,
+    directory: Path = GRAPHIQL_DIR,
+    page_directory: Path = PAGE_DIR,
 ) -> list[BaseRoute]:
-    """``GET asset_base + PATH`` for exactly the files in MANIFEST.json (immutable caching,
-    ETag = sha256, ``nosniff``); any other path, ``..`` included, is 404. The files are read
-    and checked against their sha256 once, here: a file that differs raises ``AssetError``."""
+    """``GET asset_base + PATH`` for exactly the files in MANIFEST.json and our page files
+    (immutable caching, ETag = sha256, ``nosniff``); any other path, ``..`` included, is 404.
+    The files are read once, here, and the vendored ones checked against their sha256: a file
+    that differs raises ``AssetError``."""
     _check_path("asset_base", asset_base, trailing_slash=True)
-    served: dict[str, tuple[Asset, bytes]] = {}
+    served: dict[str, tuple[Asset, bytes]] = {
+        asset.path: (asset, body) for asset, body in _read_page_files(page_directory)
+    }
     for asset in load_manifest(directory):
         try:
             body = (directory / asset.path).read_bytes()
