@@ -47,6 +47,7 @@ from gateway.settings import Settings
 from gateway.transports.documents import DocumentPolicy
 from gateway.transports.graphql_request import GraphQLParams
 from gateway.transports.incremental_payloads import PayloadWriter, merged_answer
+from gateway.transports.negotiation import IncrementalFormat
 from gateway.transports.payload_stream import PayloadStream
 from gateway.transports.refusals import Refusal
 
@@ -74,6 +75,8 @@ class OperationCall:
     numbers: CallerNumbers | None = None
     # What else shapes the answer's bytes, so two shapes never share a stored answer.
     shape: str = ""
+    # How ``@defer``/``@stream`` payloads are written when they stream (``Accept``'s choice).
+    incremental_format: IncrementalFormat = IncrementalFormat.PATHS
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +265,13 @@ class OperationRunner:
         return PayloadStream(
             frames,
             # Later payloads' errors: contract codes, production wording, the metric.
-            PayloadWriter(_with_contract_code, partial(contract_payload, context=context)),
+            PayloadWriter(
+                _with_contract_code,
+                partial(contract_payload, context=context),
+                # Merged into one answer: graphql-core's own format, which names each
+                # entry's place (no index to work out).
+                call.incremental_format if incremental else IncrementalFormat.V0_2,
+            ),
             _streamed_result_payload,
             subscription=_is_subscription(document, params.operation_name),
         )

@@ -1,14 +1,15 @@
 """Streamed response styles: ``multipart/mixed`` and ``text/event-stream``, and the ASGI
 response that writes a ``PayloadStream`` with either.
 
-- ``multipart/mixed`` (``boundary="-"``, what Apollo Client, urql and GraphiQL read, with or
-  without ``deferSpec=20220824``): one ``application/json`` part per payload, always ended by
-  the closing boundary ``-----``.
+- ``multipart/mixed`` (``boundary="-"``, what Apollo Client, urql and GraphiQL read): one
+  ``application/json`` part per payload, always ended by the closing boundary ``-----``; the
+  ``Content-Type`` repeats the incremental format asked for (``deferSpec=20220824``,
+  ``incrementalSpec=v0.2``; none for a bare ``multipart/mixed``).
 - ``text/event-stream``: GraphQL over Server-Sent Events, distinct connections mode: an
   ``event: next`` per payload, then ``event: complete``; a ``: ping`` comment every
   ``SSE_KEEP_ALIVE_SECONDS`` while nothing else is sent (subscriptions wait long).
 
-Both are sent uncompressed (``Content-Encoding: identity``, which the compression middleware
+All are sent uncompressed (``Content-Encoding: identity``, which the compression middleware
 leaves alone), so each payload reaches the client when it is written, with
 ``Cache-Control: no-store`` and ``X-Accel-Buffering: no`` (proxies must not buffer them).
 
@@ -35,7 +36,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.errors import ErrorCode
 from gateway.observability.request_facts import current_facts
 from gateway.transports.incremental_payloads import Payload
-from gateway.transports.negotiation import EVENT_STREAM, MULTIPART_MIXED
+from gateway.transports.negotiation import EVENT_STREAM, MULTIPART_MIXED, IncrementalFormat
 from gateway.transports.operation import Answer
 from gateway.transports.payload_stream import PayloadStream
 from gateway.transports.refusals import Refusal
@@ -59,6 +60,9 @@ class StreamFraming(Protocol):
     name: str  # for the log line: ``multipart`` or ``sse``
     content_type: str
     keep_alive: bytes | None  # sent when nothing else was for a while; None: never
+    keep_alive_seconds: float  # how long "a while" is
+    # Every payload says ``hasNext`` (one whole result in one part says ``false``).
+    says_has_next: bool
 
     def opening(self) -> bytes: ...
     def payload(self, payload: Payload) -> bytes: ...
@@ -66,11 +70,18 @@ class StreamFraming(Protocol):
 
 
 class MultipartFraming:
-    """``multipart/mixed; boundary="-"``, as graphql-yoga and strawberry write it."""
+    """``multipart/mixed; boundary="-"``, as graphql-yoga and strawberry write it, with the
+    incremental format's parameter as Apollo Server writes it."""
 
     name: str = "multipart"
-    content_type: str = f'{MULTIPART_MIXED}; boundary="-"'
     keep_alive: bytes | None = None
+    keep_alive_seconds: float = 0.0
+    says_has_next: bool = True
+
+    def __init__(self, spec: IncrementalFormat = IncrementalFormat.PATHS) -> None:
+        self.content_type = f'{MULTIPART_MIXED}; boundary="-"' + (
+            f"; {spec.value}" if spec.value else ""
+        )
 
     def opening(self) -> bytes:
         return b"---"
@@ -92,6 +103,8 @@ class EventStreamFraming:
     name: str = "sse"
     content_type: str = f"{EVENT_STREAM}; charset=utf-8"
     keep_alive: bytes | None = b": ping\n\n"
+    keep_alive_seconds: float = SSE_KEEP_ALIVE_SECONDS
+    says_has_next: bool = False
 
     def opening(self) -> bytes:
         return b""
@@ -143,7 +156,7 @@ def early_refusal(answer: Answer) -> Refusal | None:
 
 def _last(payload: Payload, framing: StreamFraming, *, incremental: bool) -> Payload:
     """A final payload: for multipart (and incremental SSE) it says ``hasNext: false``."""
-    return payload | {"hasNext": False} if incremental or framing.name == "multipart" else payload
+    return payload | {"hasNext": False} if incremental or framing.says_has_next else payload
 
 
 class StreamedResponse:
@@ -205,7 +218,7 @@ class StreamedResponse:
             upcoming: asyncio.Future[Any] = asyncio.ensure_future(self.payloads.next())
             done, _ = await asyncio.wait(
                 {upcoming, disconnected, closing},
-                timeout=SSE_KEEP_ALIVE_SECONDS if framing.keep_alive is not None else None,
+                timeout=framing.keep_alive_seconds if framing.keep_alive is not None else None,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if upcoming not in done:
@@ -219,7 +232,7 @@ class StreamedResponse:
                     await _body(send, framing.closing(), more=False)
                     return
                 incremental = incremental or "hasNext" in payload
-                if framing.name == "multipart" and "hasNext" not in payload:
+                if framing.says_has_next and "hasNext" not in payload:
                     payload = payload | {"hasNext": False}  # one whole result in one part
                 if await _written_before(closing, _body(send, framing.payload(payload), more=True)):
                     continue

@@ -9,7 +9,8 @@ a refusal; every refusal has the one body of ``refusals``, never a ``data`` entr
 Incremental delivery and subscriptions: when ``Accept`` names ``multipart/mixed`` or
 ``text/event-stream`` and the operation wants a stream (``@defer``, ``@stream``, a
 subscription), or no JSON type is acceptable at all, the operation's payloads are written by
-a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``.
+a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``;
+``@defer``/``@stream`` payloads in the incremental format ``Accept`` asks for (``negotiation``).
 A request that fails before its first payload is still answered as JSON with its status.
 """
 
@@ -45,6 +46,7 @@ from gateway.transports.negotiation import (
     MULTIPART_MIXED,
     choose_media_type,
     choose_stream_type,
+    incremental_format,
     prefers_json,
     wants_html,
 )
@@ -182,7 +184,7 @@ class GraphQLView:
         framing = (
             EventStreamFraming()
             if stream_type == EVENT_STREAM or (outcome.subscription and accepts_sse)
-            else MultipartFraming()
+            else MultipartFraming(call.incremental_format)
         )
         return StreamedResponse(outcome, framing, streams, release=release)
 
@@ -200,6 +202,7 @@ class GraphQLView:
             federated_trace=wants_federated_trace(_text(head.get(_FEDERATED_TRACE))),
             router=is_router(self.router_secret, _text(head.get(_ROUTER_SECRET))),
             shape=method,
+            incremental_format=incremental_format(_text(head.get(b"accept"))),
         )
 
 
