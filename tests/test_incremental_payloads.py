@@ -7,7 +7,7 @@ with ``experimental_execute_incrementally``; ``PayloadWriter`` writes every fram
 ``IncrementalFormat`` and ``merged_answer`` must give back exactly the plain execution's answer.
 The 2022 formats are also read as Apollo Client 3 reads them (only ``data`` entries, merged at
 their paths), and ``incrementalSpec=v0.2`` must be graphql-core's own payloads. The ``Accept``
-parameters that choose a format are in ``negotiation``.
+parameters that choose a format and a subscription protocol are in ``negotiation``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from gateway.transports.negotiation import (
     EVENT_STREAM,
     MULTIPART_MIXED,
     IncrementalFormat,
+    SubscriptionProtocol,
     choose_stream_type,
     incremental_format,
+    subscription_protocol,
 )
 
 SDL = """
@@ -350,3 +352,31 @@ def test_accept_chooses_the_streamed_type_and_its_incremental_format(
     assert choose_stream_type(accept) == stream_type
     expected = spec if isinstance(spec, IncrementalFormat) else IncrementalFormat[spec]
     assert incremental_format(accept) is expected
+
+
+SUBSCRIPTION_ACCEPTS = [
+    # Apollo Client 4's HttpLink for a subscription, and Apollo Client 3's:
+    (
+        "multipart/mixed;boundary=graphql;subscriptionSpec=1.0,"
+        "application/graphql-response+json,application/json;q=0.9",
+        SubscriptionProtocol.MULTIPART,
+    ),
+    ("multipart/mixed;boundary=graphql;subscriptionSpec=1.0,application/json", "MULTIPART"),
+    ('multipart/mixed; subscriptionSpec="1.0", application/json', "MULTIPART"),
+    ("text/event-stream", "SSE"),
+    ("text/event-stream, multipart/mixed", "SSE"),  # urql's
+    ("multipart/mixed;subscriptionSpec=1.0, text/event-stream", "SSE"),
+    ("multipart/mixed;subscriptionSpec=1.0, text/event-stream;q=0.5", "MULTIPART"),
+    ("multipart/mixed", None),
+    ("multipart/mixed;subscriptionSpec=2.0", None),
+    ("multipart/mixed;subscriptionSpec=1.0;q=0, application/json", None),
+    ("application/json", None),
+]
+
+
+@pytest.mark.parametrize(("accept", "protocol"), SUBSCRIPTION_ACCEPTS)
+def test_accept_chooses_the_subscription_protocol(
+    accept: str, protocol: SubscriptionProtocol | str | None
+) -> None:
+    expected = SubscriptionProtocol[protocol] if isinstance(protocol, str) else protocol
+    assert subscription_protocol(accept) is expected

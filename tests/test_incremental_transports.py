@@ -1,4 +1,4 @@
-"""``/graphql``'s incremental formats, through the app.
+"""``/graphql``'s incremental formats and Apollo's multipart subscriptions, through the app.
 
 - Nested ``@defer`` and ``@defer`` inside ``@stream`` items lose nothing on any transport
   (issue 27): multipart in each format, SSE, and the merged JSON answer all add up to the
@@ -7,21 +7,28 @@
   ``deferSpec=20220824`` named the 2022 format with each streamed item a ``data`` entry,
   ``incrementalSpec=v0.2`` graphql-core's own ``pending``/``incremental``/``completed``; the
   ``Content-Type`` says which; errors after the first payload carry contract codes in each.
+- ``multipart/mixed;subscriptionSpec=1.0`` subscribes as Apollo Router serves it: each event
+  ``{"payload": ...}``, heartbeats ``{}``, the subscription bounds of SSE, refusals as JSON
+  with their status, and at shutdown ``{"payload": null, "errors": [...]}`` (which Apollo
+  Client's RetryLink resubscribes after) then the closing boundary.
 
 Raw ASGI exchanges (``tests.test_transports``) read each payload as it is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from gateway.transports import stream_styles
 from gateway.transports.incremental_payloads import merged_answer
+from gateway.transports.stream_limits import OpenStreams
 from tests.conftest import RecordingTransport
-from tests.test_transports import app_with, exchanged, multipart_parts, sse_events
+from tests.test_transports import app_with, exchange, exchanged, multipart_parts, sse_events
 
 NESTED = """{ phoneNumbers(page: {first: 4}, filter: {ownerType: PEOPLE}) { nodes { phoneNumber
   owner { firstName ... @defer { lastName } }
@@ -158,3 +165,122 @@ async def test_an_upstream_failure_mid_stream_is_a_contract_error_in_every_forma
         assert last["completed"][0]["errors"] == [error]
     else:
         assert last["incremental"][-1]["errors"] == [error]
+
+
+# --- Apollo's multipart subscription protocol -------------------------------------------------
+
+
+def subscription_parts(text: bytes) -> list[dict[str, Any]]:
+    """The JSON parts of a body framed as Apollo Router frames multipart subscriptions."""
+    assert text.startswith(b"\r\n--graphql"), text[:30]
+    parts = []
+    for raw in text[len(b"\r\n--graphql") :].split(b"\r\n--graphql"):
+        if raw in (b"", b"--\r\n"):
+            continue
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.strip().lower() == b"content-type: application/json", head
+        parts.append(orjson.loads(body))
+    return parts
+
+
+async def test_a_multipart_subscription_wraps_each_event_in_a_payload(
+    recorder: RecordingTransport,
+) -> None:
+    async with app_with(recorder, changes_poll_interval=1) as (_, manager):
+        raw = exchange(manager, WATCH, APOLLO_SUBSCRIPTION_ACCEPT)
+        running = asyncio.ensure_future(raw.run())
+        await raw.read_until(b"SYNCED")
+        raw.disconnected.set()
+        await asyncio.wait_for(running, 10)
+    assert raw.status == 200
+    assert raw.headers["content-type"] == 'multipart/mixed;boundary="graphql";subscriptionSpec=1.0'
+    assert raw.headers["cache-control"] == "no-store"
+    assert raw.headers["content-encoding"] == "identity"
+    (event,) = subscription_parts(raw.text + b"--\r\n")
+    assert set(event) == {"payload"}
+    assert event["payload"]["data"]["phoneNumberChanges"]["kind"] == "SYNCED"
+    assert "hasNext" not in event["payload"]
+
+
+async def test_a_multipart_subscription_sends_heartbeats_while_nothing_changes(
+    recorder: RecordingTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream_styles.MultipartSubscriptionFraming, "keep_alive_seconds", 0.01)
+    async with app_with(recorder, changes_poll_interval=60) as (_, manager):
+        raw = exchange(manager, WATCH, 'multipart/mixed; subscriptionSpec="1.0"')
+        running = asyncio.ensure_future(raw.run())
+        await raw.read_until(b"SYNCED")
+        await raw.read_until(b"\r\n\r\n{}\r\n--graphql\r\ncontent-type")  # two heartbeats
+        raw.disconnected.set()
+        await asyncio.wait_for(running, 10)
+    parts = subscription_parts(raw.text + b"--\r\n")
+    assert parts[0]["payload"]["data"]["phoneNumberChanges"]["kind"] == "SYNCED"
+    assert parts[1:3] == [{}, {}]
+
+
+@pytest.mark.parametrize("feeds_first", [True, False], ids=["as-serve-does", "streams-alone"])
+async def test_shutdown_ends_a_multipart_subscription_with_a_transport_error(
+    recorder: RecordingTransport, feeds_first: bool
+) -> None:
+    """Apollo's transport-level error (``payload: null``): Apollo Client's RetryLink takes it
+    as a failure to retry, so the client subscribes again (to another replica); then the
+    closing boundary, so a client without RetryLink ends cleanly with that error. ``serve``
+    closes the change feeds first (the subscription's events end), then the streams: a
+    subscription ended so is not a normal end either."""
+    async with app_with(recorder, changes_poll_interval=1) as (_, manager):
+        raw = exchange(manager, WATCH, APOLLO_SUBSCRIPTION_ACCEPT)
+        running = asyncio.ensure_future(raw.run())
+        await raw.read_until(b"SYNCED")
+        if feeds_first:
+            await manager._state["changes"].close()
+            await asyncio.wait_for(running, 10)  # ended before the streams are told
+        streams: OpenStreams = manager._state["streams"]
+        await streams.close()
+        await asyncio.wait_for(running, 10)
+    assert raw.text.endswith(b"\r\n--graphql--\r\n")
+    final = subscription_parts(raw.text)[-1]
+    assert final["payload"] is None
+    (error,) = final["errors"]
+    assert error["extensions"]["code"] == "RATE_LIMITED"
+    assert "shutting down" in error["message"]
+
+
+async def test_multipart_subscriptions_have_the_subscription_bounds_not_the_stream_bounds(
+    recorder: RecordingTransport,
+) -> None:
+    async with app_with(
+        recorder, changes_poll_interval=1, max_subscriptions_per_caller=1, max_streams_per_caller=1
+    ) as (_, manager):
+        held = exchange(manager, WATCH, APOLLO_SUBSCRIPTION_ACCEPT)
+        running = asyncio.ensure_future(held.run())
+        await held.read_until(b"SYNCED")
+        # It holds no stream slot: a streamed query of the same caller still runs.
+        streamed = await exchanged(manager, IN_STREAMED_ITEMS, "multipart/mixed")
+        over = await exchanged(manager, WATCH, APOLLO_SUBSCRIPTION_ACCEPT)
+        unauthenticated = await exchanged(
+            manager, WATCH, APOLLO_SUBSCRIPTION_ACCEPT, authorization="Basic x"
+        )
+        held.disconnected.set()
+        await asyncio.wait_for(running, 10)
+    assert streamed.status == 200
+    assert over.status == 429
+    assert over.headers["retry-after"] == "1"
+    assert over.headers["content-type"].startswith("application/graphql-response+json")
+    assert orjson.loads(over.text)["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert unauthenticated.status == 401
+    body = orjson.loads(unauthenticated.text)
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_subscription_naming_a_bare_multipart_is_told_which_protocols_serve_it(
+    recorder: RecordingTransport,
+) -> None:
+    async with app_with(recorder) as (_, manager):
+        raw = await exchanged(manager, WATCH, "multipart/mixed")
+        other_version = await exchanged(manager, WATCH, "multipart/mixed;subscriptionSpec=2.0")
+    for refused in (raw, other_version):
+        assert refused.status == 406
+        message = orjson.loads(refused.text)["errors"][0]["message"]
+        assert "subscriptionSpec" in message
+        assert "text/event-stream" in message
+    assert recorder.calls == 0

@@ -1,6 +1,6 @@
 """Content negotiation for GraphQL over HTTP: which media type to answer with (``Accept``),
-which incremental format a streamed answer speaks (the parameters of ``Accept``'s streamed
-types), and which content coding (``Accept-Encoding``)."""
+which incremental format and subscription protocol a streamed answer speaks (the parameters of
+``Accept``'s streamed types), and which content coding (``Accept-Encoding``)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ class IncrementalFormat(Enum):
     # Client 4's GraphQL17Alpha9Handler, Apollo Server 5): ``pending`` ids, ``incremental``
     # entries naming an id, ``completed``.
     V0_2 = "incrementalSpec=v0.2"
+
+
+class SubscriptionProtocol(Enum):
+    """How a subscription's events are written over HTTP."""
+
+    SSE = EVENT_STREAM  # GraphQL over SSE, distinct connections mode
+    # Apollo's multipart subscription protocol (``multipart/mixed;subscriptionSpec=1.0``):
+    # Apollo Client's HttpLink, Apollo Router's clients.
+    MULTIPART = "subscriptionSpec=1.0"
 
 
 # The incremental parameters we speak, by name (lower case) and value.
@@ -155,6 +164,29 @@ def incremental_format(accept: str | None) -> IncrementalFormat:
     and quality, the newest), ``IncrementalFormat.PATHS`` when it names none."""
     best = _best_stream(accept)
     return best[1] if best is not None else IncrementalFormat.PATHS
+
+
+def subscription_protocol(accept: str | None) -> SubscriptionProtocol | None:
+    """How a subscription is answered for ``accept``: GraphQL over SSE when it names
+    ``text/event-stream``, Apollo's multipart protocol when it names ``multipart/mixed`` with
+    ``subscriptionSpec=1.0`` (quoted or not); the higher quality wins, SSE on a tie. None when
+    it names neither (a bare ``multipart/mixed`` is no subscription protocol)."""
+    if not accept:
+        return None
+    best: tuple[float, int] | None = None
+    chosen: SubscriptionProtocol | None = None
+    for entry in _ranked(accept):
+        if entry.quality <= 0:
+            continue
+        if entry.value == EVENT_STREAM:
+            protocol, rank = SubscriptionProtocol.SSE, 1
+        elif entry.value == MULTIPART_MIXED and entry.parameters.get("subscriptionspec") == "1.0":
+            protocol, rank = SubscriptionProtocol.MULTIPART, 0
+        else:
+            continue
+        if best is None or (entry.quality, rank) > best:
+            best, chosen = (entry.quality, rank), protocol
+    return chosen
 
 
 def prefers_json(accept: str | None) -> bool:

@@ -120,8 +120,9 @@ class OperationRunner:
         if _is_subscription(document, params.operation_name):
             raise Refusal(
                 406,
-                "Subscriptions are served as text/event-stream (send that in Accept) or over "
-                "the graphql-transport-ws WebSocket on this path.",
+                "Subscriptions are served as text/event-stream or as Apollo's multipart "
+                'subscriptions (multipart/mixed;subscriptionSpec="1.0"): send one in Accept; '
+                "or over the graphql-transport-ws WebSocket on this path.",
                 legacy_status=200,
             )
         if INCREMENTAL_DIRECTIVE.search(document):
@@ -221,8 +222,10 @@ class OperationRunner:
         if not subscriptions and _is_subscription(document, params.operation_name):
             raise Refusal(
                 406,
-                "Subscriptions are served as text/event-stream (send that in Accept) or over "
-                "the graphql-transport-ws WebSocket on this path, not as multipart/mixed.",
+                "Subscriptions are served as text/event-stream or as Apollo's multipart "
+                'subscriptions (multipart/mixed;subscriptionSpec="1.0"), not as a bare '
+                "multipart/mixed: send one in Accept; or over the graphql-transport-ws "
+                "WebSocket on this path.",
                 legacy_status=200,
             )
         payloads = await self.open_stream(call, document, incremental=True)

@@ -9,9 +9,10 @@ a refusal; every refusal has the one body of ``refusals``, never a ``data`` entr
 Incremental delivery and subscriptions: when ``Accept`` names ``multipart/mixed`` or
 ``text/event-stream`` and the operation wants a stream (``@defer``, ``@stream``, a
 subscription), or no JSON type is acceptable at all, the operation's payloads are written by
-a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``;
-``@defer``/``@stream`` payloads in the incremental format ``Accept`` asks for (``negotiation``).
-A request that fails before its first payload is still answered as JSON with its status.
+a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``:
+``@defer``/``@stream`` payloads in the incremental format ``Accept`` asks for, a subscription
+over SSE or Apollo's multipart protocol (``negotiation``). A request that fails before its
+first payload is still answered as JSON with its status.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ from gateway.transports.negotiation import (
     EVENT_STREAM,
     GRAPHQL_RESPONSE_JSON,
     MULTIPART_MIXED,
+    SubscriptionProtocol,
     choose_media_type,
     choose_stream_type,
     incremental_format,
     prefers_json,
+    subscription_protocol,
     wants_html,
 )
 from gateway.transports.operation import Answer, OperationCall, OperationRunner
@@ -60,7 +63,9 @@ from gateway.transports.stream_limits import NO_CALLER, OpenStreams
 from gateway.transports.stream_styles import (
     EventStreamFraming,
     MultipartFraming,
+    MultipartSubscriptionFraming,
     StreamedResponse,
+    StreamFraming,
     early_refusal,
 )
 
@@ -142,7 +147,7 @@ class GraphQLView:
                 json_style is None
                 or await self.runner.wants_stream(call, json_preferred=prefers_json(accept))
             ):
-                return await self._streamed(request, call, stream_type, style)
+                return await self._streamed(request, call, stream_type, style, accept)
             answer = await self.runner.run(call)
         except Refusal as refusal:
             return style.refused(refusal, request)
@@ -151,10 +156,15 @@ class GraphQLView:
         return style.answered(answer, request)
 
     async def _streamed(
-        self, request: Request, call: OperationCall, stream_type: str, style: ResponseStyle
+        self,
+        request: Request,
+        call: OperationCall,
+        stream_type: str,
+        style: ResponseStyle,
+        accept: str | None,
     ) -> Response | ASGIApp:
-        """The operation's payloads as ``stream_type`` (a subscription goes as SSE whenever
-        the client accepts it), or its JSON answer when it failed before the first."""
+        """The operation's payloads as ``stream_type`` (a subscription as the subscription
+        protocol ``accept`` names), or its JSON answer when it failed before the first."""
         streams: OpenStreams = request.state.streams
         numbers: NumbersSource = request.state.numbers
         caller = numbers.callers.known(call.authorization)
@@ -165,12 +175,11 @@ class GraphQLView:
         if not await self.runner.wants_stream(call, json_preferred=True):
             streams.acquire(key)
             release = partial(streams.release, key)
+        protocol = subscription_protocol(accept)
         try:
-            # A subscription is not written as multipart (no client reads that framing of
-            # one): a client accepting only multipart/mixed is told to ask for SSE (406).
-            outcome = await self.runner.stream(
-                call, subscriptions=stream_type == EVENT_STREAM or _accepts_sse(request)
-            )
+            # A client naming no subscription protocol (a bare multipart/mixed: no client
+            # reads a subscription framed so) is told which to ask for (406).
+            outcome = await self.runner.stream(call, subscriptions=protocol is not None)
         except BaseException:
             release()
             raise
@@ -180,12 +189,17 @@ class GraphQLView:
             if refused is not None:
                 return style.refused(refused, request)
             return style.answered(outcome, request)
-        accepts_sse = stream_type == EVENT_STREAM or _accepts_sse(request)
-        framing = (
-            EventStreamFraming()
-            if stream_type == EVENT_STREAM or (outcome.subscription and accepts_sse)
-            else MultipartFraming(call.incremental_format)
-        )
+        framing: StreamFraming
+        if outcome.subscription:
+            framing = (
+                EventStreamFraming()
+                if protocol is SubscriptionProtocol.SSE
+                else MultipartSubscriptionFraming()
+            )
+        elif stream_type == EVENT_STREAM:
+            framing = EventStreamFraming()
+        else:
+            framing = MultipartFraming(call.incremental_format)
         return StreamedResponse(outcome, framing, streams, release=release)
 
     def _operation_call(self, request: Request, params: GraphQLParams) -> OperationCall:
@@ -245,11 +259,6 @@ def _leave_plan(request: Request, reuse_key: str, media_type: str, params: Graph
             persisted_digest=digest,
         ),
     )
-
-
-def _accepts_sse(request: Request) -> bool:
-    accept = _header(request, b"accept") or ""
-    return EVENT_STREAM in accept.lower()
 
 
 def _nothing() -> None:
