@@ -81,6 +81,41 @@ class _Delivered:
     value: Any
     items: bool = False
 
+    def at(self, rest: Sequence[PathKey]) -> Any:
+        """The value ``rest`` further down (from the list, for items), or None."""
+        if not self.items:
+            return _walk(self.value, rest)
+        start, index = self.path[-1], rest[0] if rest else None
+        if not isinstance(index, int) or not isinstance(start, int):
+            return None
+        offset = index - start
+        found = self.value[offset] if 0 <= offset < len(self.value) else None
+        return _walk(found, rest[1:])
+
+
+class _Deliveries:
+    """What one payload delivered, by the path it sits under: a pending id's data is found
+    in as many look-ups as its path is deep, however many entries the payload holds (a
+    stream's items each with a deferred fragment make thousands)."""
+
+    def __init__(self, *delivered: _Delivered) -> None:
+        self._under: dict[tuple[PathKey, ...], list[_Delivered]] = {}
+        for part in delivered:
+            self.add(part)
+
+    def add(self, part: _Delivered) -> None:
+        base = part.path[:-1] if part.items else part.path
+        self._under.setdefault(tuple(base), []).append(part)
+
+    def value_at(self, path: Sequence[PathKey]) -> Any:
+        """The value at ``path`` inside one of the delivered values, or None."""
+        for depth in range(len(path), -1, -1):
+            for part in self._under.get(tuple(path[:depth]), ()):
+                found = part.at(path[depth:])
+                if found is not None:
+                    return found
+        return None
+
 
 class PayloadWriter:
     """One operation's frames as payloads in ``spec``'s format, in order."""
@@ -110,7 +145,7 @@ class PayloadWriter:
             self._announce(frame.pending)
             self._locate_streams(
                 [self._pending[pending.id] for pending in frame.pending],
-                [_Delivered([], frame.data)],
+                _Deliveries(_Delivered([], frame.data)),
             )
         payload["hasNext"] = frame.has_next
         if frame.extensions:
@@ -178,7 +213,7 @@ class PayloadWriter:
         """The frame's entries with their paths, in the frame's order. An item entry of a
         stream announced in this frame waits until the entry delivering its list is read."""
         written: list[list[Payload] | None] = [None] * len(results)
-        delivered: list[_Delivered] = []
+        delivered = _Deliveries()
         waiting = list(range(len(results)))
         while waiting:
             still: list[int] = []
@@ -209,13 +244,13 @@ class PayloadWriter:
         return [entry for entries in written for entry in entries or ()]
 
     def _incremental_entries(
-        self, result: IncrementalResult, pending: _Pending, delivered: list[_Delivered]
+        self, result: IncrementalResult, pending: _Pending, delivered: _Deliveries
     ) -> list[Payload]:
         entries: list[Payload]
         if isinstance(result, IncrementalStreamResult):
             start = pending.next_index or 0
             path = [*pending.path, start]
-            delivered.append(_Delivered(path, result.items, items=True))
+            delivered.add(_Delivered(path, result.items, items=True))
             if self.spec is IncrementalFormat.DEFER_SPEC:
                 entries = [
                     {"data": item, "path": [*pending.path, start + offset]}
@@ -227,7 +262,7 @@ class PayloadWriter:
             self.items += len(result.items)
         else:
             path = [*pending.path, *(result.sub_path or ())]
-            delivered.append(_Delivered(path, result.data))
+            delivered.add(_Delivered(path, result.data))
             entries = [{"data": result.data, "path": path}]
         for entry in entries:
             if pending.label is not None:
@@ -256,12 +291,12 @@ class PayloadWriter:
         return failed
 
     @staticmethod
-    def _locate_streams(pendings: Iterable[_Pending], delivered: Sequence[_Delivered]) -> None:
+    def _locate_streams(pendings: Iterable[_Pending], delivered: _Deliveries) -> None:
         """A stream starts where its list ends in the data delivered with its announcement
         (its initial items); a pending id whose path holds no list there is a fragment."""
         for pending in pendings:
             if pending.next_index is None:
-                listed = _value_at(pending.path, delivered)
+                listed = delivered.value_at(pending.path)
                 if isinstance(listed, list):
                     pending.next_index = len(listed)
 
@@ -271,29 +306,6 @@ def _pending_entry(pending: PendingResult) -> Payload:
     if pending.label is not None:
         entry["label"] = pending.label
     return entry
-
-
-def _value_at(path: list[PathKey], delivered: Sequence[_Delivered]) -> Any:
-    """The value at ``path`` inside one of the delivered values, or None."""
-    for part in delivered:
-        base = part.path[:-1] if part.items else part.path
-        if path[: len(base)] != base:
-            continue
-        rest: Sequence[PathKey] = path[len(base) :]
-        found = part.value
-        if part.items:  # the items sit from the index that ends the entry's path
-            start, index = part.path[-1], rest[0] if rest else None
-            if not isinstance(index, int) or not isinstance(start, int):
-                continue
-            rest, found = rest[1:], _at(part.value, index - start)
-        found = _walk(found, rest)
-        if found is not None:
-            return found
-    return None
-
-
-def _at(items: list[Any], index: int) -> Any:
-    return items[index] if 0 <= index < len(items) else None
 
 
 def merged_answer(payloads: Iterable[Payload]) -> Payload:
