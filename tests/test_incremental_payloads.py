@@ -25,7 +25,17 @@ from graphql import (
     graphql,
     parse,
 )
-from graphql.execution import ExperimentalIncrementalExecutionResults
+from graphql.execution import (
+    ExperimentalIncrementalExecutionResults,
+    InitialIncrementalExecutionResult,
+    SubsequentIncrementalExecutionResult,
+)
+from graphql.execution.types import (
+    CompletedResult,
+    IncrementalDeferResult,
+    IncrementalStreamResult,
+    PendingResult,
+)
 
 from gateway.errors import ErrorCode, GatewayError
 from gateway.execution.contract_errors import contract_payload
@@ -380,3 +390,47 @@ def test_accept_chooses_the_subscription_protocol(
 ) -> None:
     expected = SubscriptionProtocol[protocol] if isinstance(protocol, str) else protocol
     assert subscription_protocol(accept) is expected
+
+
+# --- orders graphql-core does not make, but the format allows --------------------------------
+
+
+def hand_made_payloads(frames: list[Any]) -> list[Payload]:
+    writer = PayloadWriter(format_error, lambda frame: frame, IncrementalFormat.PATHS)
+    return [writer.initial(frames[0]), *(writer.subsequent(frame) for frame in frames[1:])]
+
+
+def test_an_entry_delivering_a_streams_list_may_come_after_the_streams_items() -> None:
+    payloads = hand_made_payloads(
+        [
+            InitialIncrementalExecutionResult(
+                data={"a": {}}, pending=[PendingResult("0", ["a"])], has_next=True
+            ),
+            SubsequentIncrementalExecutionResult(
+                pending=[PendingResult("1", ["a", "list"])],
+                incremental=[
+                    IncrementalStreamResult([3, 4], "1"),
+                    IncrementalDeferResult({"list": [1, 2]}, "0"),
+                ],
+                completed=[CompletedResult("0"), CompletedResult("1")],
+            ),
+        ]
+    )
+    assert payloads[1]["incremental"] == [
+        {"items": [3, 4], "path": ["a", "list", 2]},
+        {"data": {"list": [1, 2]}, "path": ["a"]},
+    ]
+
+
+def test_items_of_a_stream_whose_list_came_with_nothing_count_from_zero() -> None:
+    payloads = hand_made_payloads(
+        [
+            InitialIncrementalExecutionResult(data={}, pending=[], has_next=True),
+            SubsequentIncrementalExecutionResult(
+                pending=[PendingResult("0", ["list"])],
+                incremental=[IncrementalStreamResult([1], "0"), IncrementalStreamResult([2], "0")],
+                completed=[CompletedResult("0")],
+            ),
+        ]
+    )
+    assert [e["path"] for e in payloads[1]["incremental"]] == [["list", 0], ["list", 1]]

@@ -234,7 +234,8 @@ class PayloadWriter:
                 # stream's list with its announcement): counted from 0 rather than lost.
                 for index in still:
                     pending = self._pending[results[index].id]
-                    pending.next_index = 0
+                    if pending.next_index is None:
+                        pending.next_index = 0
                     written[index] = self._incremental_entries(results[index], pending, delivered)
                 still = []
             waiting = still
