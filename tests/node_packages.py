@@ -2,7 +2,8 @@
 
 ``tests/js/package.json`` and its ``package-lock.json`` pin Apollo Federation (composition,
 gateway, subgraph, server), The Guild's composer, Hive Gateway's runtime (with its HTTP
-transport), Apollo's usage-reporting protobuf (to decode ftv1), Apollo Client, urql, graphql-ws
+transport), Apollo's usage-reporting protobuf (to decode ftv1), Apollo Client 3 and 4 (4 as
+the npm alias ``@apollo/client-4``, with its peer ``rxjs``), urql, graphql-ws
 (with ws), graphql-sse and graphql-http. They are installed with ``npm ci`` once per lockfile into a cache OUTSIDE the repo::
 
     ${NUMBERS_GATEWAY_NODE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/numbers-gateway/node}/<lock16>/
@@ -54,10 +55,13 @@ The scripts, their arguments and their output (see each script's header comment)
         [--headers JSON] [--mode post|get] [--apq on|off] [--repeat N]
         -> {"results": [{"data", "errors", "networkError"}], "requests": [{"method", "url",
             "headers", "body", "status", "response"}]}
-    stream-clients.mjs --client apollo-defer|urql|graphql-ws|graphql-sse|apollo-ws --url URL
+    stream-clients.mjs --client apollo-defer|apollo4-defer20220824|apollo4-alpha9|urql|
+        graphql-ws|graphql-sse|apollo-ws|apollo-multipart|apollo3-multipart --url URL
         (--query-file F | --query Q) [--variables JSON] [--token T] [--stop-at PHONE_NUMBER]
-        -> queries: one line {"results": [...]} (urql: and "data"); subscriptions: one line
-           {"event": data} per event until --stop-at's, then {"done": true}
+        [--until-nodes N] [--accept TYPE] [--fetch-policy no-cache|cache-first]
+        -> queries: one line {"results": [...]} (Apollo: and "accept", urql: and "data");
+           subscriptions: one line {"event": data} per event until --stop-at's (the multipart
+           clients: and {"retry", "error"} per RetryLink retry), then {"done": true}
     graphql-http-audit.mjs --url URL [--headers JSON]
         -> {"results": [{"id", "name", "status", "reason"}], "ok", "notice", "warn", "error"}
 

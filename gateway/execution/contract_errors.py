@@ -104,7 +104,10 @@ def contract_errors(
 
 
 def contract_payload(
-    frame: SubsequentIncrementalExecutionResult, *, production: bool, metrics: GatewayMetrics
+    frame: SubsequentIncrementalExecutionResult,
+    *,
+    production: bool,
+    metrics: GatewayMetrics | None,
 ) -> SubsequentIncrementalExecutionResult:
     """A subsequent payload of ``@defer``/``@stream`` with its errors made contract errors, as
     the initial result's are. The errors sit in ``incremental[].errors`` (a deferred fragment's

@@ -43,6 +43,7 @@ from gateway.schema.context import RequestContext
 from gateway.transports.documents import DocumentPolicy
 from gateway.transports.graphql_request import GraphQLParams
 from gateway.transports.incremental_payloads import PayloadWriter, merged_answer
+from gateway.transports.negotiation import IncrementalFormat
 from gateway.transports.payload_stream import PayloadStream
 from gateway.transports.refusals import Refusal
 
@@ -59,6 +60,8 @@ class OperationCall:
     federated_trace: bool = False  # ``extensions.ftv1`` asked for (and allowed): never reused
     router: bool = False  # carries GATEWAY_ROUTER_SECRET: federation operations may run
     client_name: str | None = None  # as the request log keeps it
+    # How ``@defer``/``@stream`` payloads are written when they stream (``Accept``'s choice).
+    incremental_format: IncrementalFormat = IncrementalFormat.PATHS
     # The request's numbers when several operations share them (a batch: one loader, so
     # equal asks across the batch make one upstream call); None: made for this call.
     numbers: CallerNumbers | None = None
@@ -188,9 +191,9 @@ class OperationRunner:
         if prepared.subscription:
             raise Refusal(
                 406,
-                "Subscriptions are served as text/event-stream or multipart/mixed with "
-                'subscriptionSpec="1.0" (send one in Accept), or over the '
-                "graphql-transport-ws WebSocket on this path.",
+                "Subscriptions are served as text/event-stream or as Apollo's multipart "
+                'subscriptions (multipart/mixed;subscriptionSpec="1.0"): send one in Accept; '
+                "or over the graphql-transport-ws WebSocket on this path.",
                 legacy_status=200,
             )
         if admission is None:
@@ -246,7 +249,7 @@ class OperationRunner:
         frames = self.engine.frames(admission, context)
         payloads = PayloadStream(
             frames,
-            PayloadWriter(format_error, _as_is),
+            PayloadWriter(format_error, _as_is, prepared_call.call.incremental_format),
             result_payload,
             subscription=prepared_call.subscription,
             on_close=context.numbers.release if prepared_call.call.numbers is None else None,
@@ -262,8 +265,10 @@ class OperationRunner:
         return payloads
 
     async def _merged(self, admission: Admission, context: RequestContext) -> dict[str, Any]:
-        """An incremental operation answered as one JSON result: its payloads merged."""
-        writer = PayloadWriter(format_error, _as_is)
+        """An incremental operation answered as one JSON result: its payloads merged (written
+        in graphql-core's own format, which names each entry's place: no index to work
+        out)."""
+        writer = PayloadWriter(format_error, _as_is, IncrementalFormat.V0_2)
         collected: list[dict[str, Any]] = []
         frames = self.engine.frames(admission, context)
         try:

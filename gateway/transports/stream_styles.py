@@ -1,22 +1,32 @@
-"""Streamed response styles: ``multipart/mixed`` and ``text/event-stream``, and the ASGI
-response that writes a ``PayloadStream`` with either.
+"""Streamed response styles: ``multipart/mixed`` (incremental delivery, and Apollo's
+multipart subscription protocol) and ``text/event-stream``, and the ASGI response that writes a
+``PayloadStream`` with one of them.
 
-- ``multipart/mixed`` (``boundary="-"``, what Apollo Client, urql and GraphiQL read, with or
-  without ``deferSpec=20220824``): one ``application/json`` part per payload, always ended by
-  the closing boundary ``-----``.
+- ``multipart/mixed`` (``boundary="-"``, what Apollo Client, urql and GraphiQL read): one
+  ``application/json`` part per payload, always ended by the closing boundary ``-----``; the
+  ``Content-Type`` repeats the incremental format asked for (``deferSpec=20220824``,
+  ``incrementalSpec=v0.2``; none for a bare ``multipart/mixed``).
+- Apollo's multipart subscription protocol (``multipart/mixed;boundary="graphql";
+  subscriptionSpec=1.0``, as Apollo Router writes it): each event is a part
+  ``{"payload": <the GraphQL result>}``; a heartbeat part ``{}`` every
+  ``HEARTBEAT_SECONDS`` while nothing else is sent; an end the transport imposes (shutdown, a
+  failure below the operation) is ``{"payload": null, "errors": [...]}``, which Apollo
+  Client's ``RetryLink`` retries (it resubscribes) and ``HttpLink`` alone reports as an
+  error; then the closing boundary.
 - ``text/event-stream``: GraphQL over Server-Sent Events, distinct connections mode: an
   ``event: next`` per payload, then ``event: complete``; a ``: ping`` comment every
   ``SSE_KEEP_ALIVE_SECONDS`` while nothing else is sent (subscriptions wait long).
 
-Both are sent uncompressed (``Content-Encoding: identity``, which the compression middleware
+All are sent uncompressed (``Content-Encoding: identity``, which the compression middleware
 leaves alone), so each payload reaches the client when it is written, with
 ``Cache-Control: no-store`` and ``X-Accel-Buffering: no`` (proxies must not buffer them).
 
 ``StreamedResponse`` writes the headers and the first payload, then each payload as it
 comes, while watching the client (``http.disconnect``: the operation is closed at once, so
-its upstream walk stops) and shutdown (``OpenStreams.closing``: a final payload says so,
-then the end; a write waiting on a client that does not read is abandoned, and the final one
-waits at most ``CLOSE_WRITE_SECONDS``, so shutdown keeps ``GATEWAY_SHUTDOWN_TIMEOUT``). A
+its upstream walk stops) and shutdown (``OpenStreams.closing``, or a subscription that ends
+once the change feeds are closed: a final payload says so, then the end; a write waiting on a
+client that does not read is abandoned, and the final one waits at most
+``CLOSE_WRITE_SECONDS``, so shutdown keeps ``GATEWAY_SHUTDOWN_TIMEOUT``). A
 failure after the headers ends the stream with a final payload, never a cut-off body; the
 request's log line is written when it ends, with the payloads and items sent.
 """
@@ -32,10 +42,11 @@ from typing import Any, Final, Protocol
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.changes.registry import ChangeFeeds
 from gateway.errors import ErrorCode
 from gateway.observability.request_facts import current_facts
 from gateway.transports.incremental_payloads import Payload
-from gateway.transports.negotiation import EVENT_STREAM, MULTIPART_MIXED
+from gateway.transports.negotiation import EVENT_STREAM, MULTIPART_MIXED, IncrementalFormat
 from gateway.transports.operation import Answer
 from gateway.transports.payload_stream import PayloadStream
 from gateway.transports.refusals import Refusal
@@ -43,6 +54,8 @@ from gateway.transports.response_style import VARY
 from gateway.transports.stream_limits import RETRY_AFTER_SECONDS, OpenStreams
 
 SSE_KEEP_ALIVE_SECONDS: Final = 12.0
+# Apollo Router's heartbeat interval for multipart subscriptions.
+HEARTBEAT_SECONDS: Final = 5.0
 # How long shutdown waits to write a stream's final payload to a client that does not read.
 CLOSE_WRITE_SECONDS: Final = 2.0
 
@@ -56,9 +69,12 @@ SHUTDOWN_ERROR: Final = {
 class StreamFraming(Protocol):
     """How payloads are framed on the wire."""
 
-    name: str  # for the log line: ``multipart`` or ``sse``
+    name: str  # for the log line: ``multipart``, ``multipart-subscription`` or ``sse``
     content_type: str
     keep_alive: bytes | None  # sent when nothing else was for a while; None: never
+    keep_alive_seconds: float  # how long "a while" is
+    # Every payload says ``hasNext`` (one whole result in one part says ``false``).
+    says_has_next: bool
 
     def opening(self) -> bytes: ...
     def payload(self, payload: Payload) -> bytes: ...
@@ -66,11 +82,18 @@ class StreamFraming(Protocol):
 
 
 class MultipartFraming:
-    """``multipart/mixed; boundary="-"``, as graphql-yoga and strawberry write it."""
+    """``multipart/mixed; boundary="-"``, as graphql-yoga and strawberry write it, with the
+    incremental format's parameter as Apollo Server writes it."""
 
     name: str = "multipart"
-    content_type: str = f'{MULTIPART_MIXED}; boundary="-"'
     keep_alive: bytes | None = None
+    keep_alive_seconds: float = 0.0
+    says_has_next: bool = True
+
+    def __init__(self, spec: IncrementalFormat = IncrementalFormat.PATHS) -> None:
+        self.content_type = f'{MULTIPART_MIXED}; boundary="-"' + (
+            f"; {spec.value}" if spec.value else ""
+        )
 
     def opening(self) -> bytes:
         return b"---"
@@ -86,12 +109,43 @@ class MultipartFraming:
         return b"--\r\n"
 
 
+_SUBSCRIPTION_PART: Final = b"\r\ncontent-type: application/json\r\n\r\n"
+
+
+class MultipartSubscriptionFraming:
+    """Apollo's multipart subscription protocol, framed as Apollo Router frames it."""
+
+    name: str = "multipart-subscription"
+    content_type: str = f'{MULTIPART_MIXED};boundary="graphql";subscriptionSpec=1.0'
+    keep_alive: bytes | None = _SUBSCRIPTION_PART + b"{}\r\n--graphql"
+    keep_alive_seconds: float = HEARTBEAT_SECONDS
+    says_has_next: bool = False
+
+    def opening(self) -> bytes:
+        return b"\r\n--graphql"
+
+    def payload(self, payload: Payload) -> bytes:
+        # An event always has ``data``; a payload without it is the transport's own end
+        # (shutdown, a failure below the operation): Apollo's transport-level error.
+        wrapped = (
+            {"payload": payload}
+            if "data" in payload
+            else {"payload": None, "errors": payload.get("errors", [])}
+        )
+        return _SUBSCRIPTION_PART + orjson.dumps(wrapped) + b"\r\n--graphql"
+
+    def closing(self) -> bytes:
+        return b"--\r\n"
+
+
 class EventStreamFraming:
     """GraphQL over SSE, distinct connections mode."""
 
     name: str = "sse"
     content_type: str = f"{EVENT_STREAM}; charset=utf-8"
     keep_alive: bytes | None = b": ping\n\n"
+    keep_alive_seconds: float = SSE_KEEP_ALIVE_SECONDS
+    says_has_next: bool = False
 
     def opening(self) -> bytes:
         return b""
@@ -143,7 +197,7 @@ def early_refusal(answer: Answer) -> Refusal | None:
 
 def _last(payload: Payload, framing: StreamFraming, *, incremental: bool) -> Payload:
     """A final payload: for multipart (and incremental SSE) it says ``hasNext: false``."""
-    return payload | {"hasNext": False} if incremental or framing.name == "multipart" else payload
+    return payload | {"hasNext": False} if incremental or framing.says_has_next else payload
 
 
 class StreamedResponse:
@@ -185,7 +239,7 @@ class StreamedResponse:
                     ],
                 }
             )
-            await self._write_all(send, disconnected, closing)
+            await self._write_all(send, disconnected, closing, _feeds_of(scope))
         except OSError:  # the server could not write: the client has gone
             self.ended = "disconnected"
         finally:
@@ -196,7 +250,11 @@ class StreamedResponse:
             self._record(time.perf_counter() - started)
 
     async def _write_all(
-        self, send: Send, disconnected: asyncio.Future[Any], closing: asyncio.Future[Any]
+        self,
+        send: Send,
+        disconnected: asyncio.Future[Any],
+        closing: asyncio.Future[Any],
+        feeds: ChangeFeeds | None,
     ) -> None:
         framing = self.framing
         incremental = False
@@ -205,7 +263,7 @@ class StreamedResponse:
             upcoming: asyncio.Future[Any] = asyncio.ensure_future(self.payloads.next())
             done, _ = await asyncio.wait(
                 {upcoming, disconnected, closing},
-                timeout=SSE_KEEP_ALIVE_SECONDS if framing.keep_alive is not None else None,
+                timeout=framing.keep_alive_seconds if framing.keep_alive is not None else None,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if upcoming not in done:
@@ -215,14 +273,18 @@ class StreamedResponse:
                 return  # nobody to write to: the operation is closed by the caller
             if upcoming in done:
                 payload = upcoming.result()
-                if payload is None:
+                if payload is not None:
+                    incremental = incremental or "hasNext" in payload
+                    if framing.says_has_next and "hasNext" not in payload:
+                        payload = payload | {"hasNext": False}  # one whole result in one part
+                    written = _body(send, framing.payload(payload), more=True)
+                    if await _written_before(closing, written):
+                        continue
+                elif not (self.payloads.subscription and feeds is not None and feeds.closed):
                     await _body(send, framing.closing(), more=False)
                     return
-                incremental = incremental or "hasNext" in payload
-                if framing.name == "multipart" and "hasNext" not in payload:
-                    payload = payload | {"hasNext": False}  # one whole result in one part
-                if await _written_before(closing, _body(send, framing.payload(payload), more=True)):
-                    continue
+                # else: a subscription ended by shutdown (the change feeds close first):
+                # ended as shutdown ends every stream, so its client knows to resume.
             elif closing not in done:
                 if framing.keep_alive is not None:
                     await _body(send, framing.keep_alive, more=True)
@@ -246,6 +308,12 @@ class StreamedResponse:
                 "ended": self.ended,
                 "streamMs": round(elapsed * 1000, 1),
             }
+
+
+def _feeds_of(scope: Scope) -> ChangeFeeds | None:
+    """The app's change feeds (lifespan state, as ``request.state.changes`` reads it)."""
+    feeds = (scope.get("state") or {}).get("changes")
+    return feeds if isinstance(feeds, ChangeFeeds) else None
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -10,8 +10,10 @@ store in the runner, before anything else is built for it.
 Incremental delivery and subscriptions: when ``Accept`` names ``multipart/mixed`` or
 ``text/event-stream`` and the prepared operation is one a stream serves (``@defer``,
 ``@stream``, a subscription), or no JSON type is acceptable at all, its payloads are written by
-a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``.
-A request that fails before its first payload is still answered as JSON with its status.
+a streamed style (``stream_styles``), within the caller's ``GATEWAY_MAX_STREAMS_PER_CALLER``:
+``@defer``/``@stream`` payloads in the incremental format ``Accept`` asks for, a subscription
+over SSE or Apollo's multipart protocol (``negotiation``). A request that fails before its
+first payload is still answered as JSON with its status.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ from gateway.transports.negotiation import (
     EVENT_STREAM,
     GRAPHQL_RESPONSE_JSON,
     MULTIPART_MIXED,
+    SubscriptionProtocol,
     choose_media_type,
     choose_stream_type,
+    incremental_format,
     prefers_json,
+    subscription_protocol,
     wants_html,
 )
 from gateway.transports.operation import (
@@ -64,7 +69,9 @@ from gateway.transports.stream_limits import NO_CALLER, OpenStreams
 from gateway.transports.stream_styles import (
     EventStreamFraming,
     MultipartFraming,
+    MultipartSubscriptionFraming,
     StreamedResponse,
+    StreamFraming,
     early_refusal,
 )
 
@@ -151,7 +158,9 @@ class GraphQLView:
                     json_style is None
                     or _wants_stream(prepared, json_preferred=prefers_json(accept))
                 ):
-                    return await self._streamed(request, runner, prepared, stream_type, style)
+                    return await self._streamed(
+                        request, runner, prepared, stream_type, style, accept
+                    )
                 answer = await runner.answer(prepared)
         except OperationRefused as refused:
             answer = Answer(orjson.dumps(refusal_payload(refused.errors)), rejected=True)
@@ -166,19 +175,22 @@ class GraphQLView:
         prepared: PreparedCall,
         stream_type: str,
         style: ResponseStyle,
+        accept: str | None,
     ) -> Response | ASGIApp:
-        """The operation's payloads as ``stream_type`` (a subscription goes as SSE whenever
-        the client accepts it), or its JSON answer when it failed before the first."""
-        accepts_sse = stream_type == EVENT_STREAM or _accepts_sse(request)
-        if prepared.subscription and not accepts_sse:
-            # No client reads a subscription as plain multipart: tell it to ask for SSE.
-            raise_refusal = Refusal(
+        """The operation's payloads as ``stream_type`` (a subscription as the subscription
+        protocol ``accept`` names), or its JSON answer when it failed before the first."""
+        protocol = subscription_protocol(accept)
+        if prepared.subscription and protocol is None:
+            # A bare multipart/mixed: no client reads a subscription framed so.
+            refusal = Refusal(
                 406,
-                "Subscriptions are served as text/event-stream (send that in Accept) or over "
-                "the graphql-transport-ws WebSocket on this path, not as multipart/mixed.",
+                "Subscriptions are served as text/event-stream or as Apollo's multipart "
+                'subscriptions (multipart/mixed;subscriptionSpec="1.0"), not as a bare '
+                "multipart/mixed: send one in Accept; or over the graphql-transport-ws "
+                "WebSocket on this path.",
                 legacy_status=200,
             )
-            return style.refused(raise_refusal, request)
+            return style.refused(refusal, request)
         streams: OpenStreams = request.state.streams
         key = prepared.caller.identity if prepared.caller is not None else NO_CALLER
         # Subscriptions have their own bounds (GATEWAY_MAX_SUBSCRIPTIONS_PER_CALLER): they
@@ -219,11 +231,17 @@ class GraphQLView:
             answer = Answer(orjson.dumps(first), rejected=True)
             refused = early_refusal(answer)
             return style.refused(refused, request) if refused else style.answered(answer, request)
-        framing = (
-            EventStreamFraming()
-            if accepts_sse and (stream_type == EVENT_STREAM or prepared.subscription)
-            else MultipartFraming()
-        )
+        framing: StreamFraming
+        if prepared.subscription:
+            framing = (
+                EventStreamFraming()
+                if protocol is SubscriptionProtocol.SSE
+                else MultipartSubscriptionFraming()
+            )
+        elif stream_type == EVENT_STREAM:
+            framing = EventStreamFraming()
+        else:
+            framing = MultipartFraming(prepared.call.incremental_format)
         return StreamedResponse(payloads, framing, streams, release=release)
 
     def _operation_call(self, request: Request, params: GraphQLParams) -> OperationCall:
@@ -240,6 +258,7 @@ class GraphQLView:
             federated_trace=trace and (router or not self.trace_needs_router),
             router=router,
             client_name=client_field(head.get(CLIENT_NAME_HEADER)),
+            incremental_format=incremental_format(_text(head.get(b"accept"))),
         )
 
 
@@ -264,11 +283,6 @@ def _header(request: Request, name: bytes) -> str | None:
     """The first value of request header ``name`` (lower-case), read from the request head
     the request log already parsed (no second pass over the header list)."""
     return _text(request_head(request.scope).get(name))
-
-
-def _accepts_sse(request: Request) -> bool:
-    accept = _header(request, b"accept") or ""
-    return EVENT_STREAM in accept.lower()
 
 
 def _nothing() -> None:
