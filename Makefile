@@ -36,8 +36,8 @@ simulator: $(RUNTIME)
 	$(BIN)/numbers-gateway simulator --host $(HOST) --port 8001
 
 lint: $(TESTING)
-	$(BIN)/ruff check gateway tests benchmarks
-	$(BIN)/ruff format --check gateway tests benchmarks
+	$(BIN)/ruff check gateway tests benchmarks tools
+	$(BIN)/ruff format --check gateway tests benchmarks tools
 
 typecheck: $(TESTING)
 	$(BIN)/mypy
