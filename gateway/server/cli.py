@@ -118,16 +118,24 @@ WORKER_APP = "gateway.server.cli:worker_app"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Check everything once, here (one line naming the variable, exit 2), then serve: in
-    this process, or with ``--workers N`` in N processes sharing one socket."""
+    """Check everything once, here (every problem, one line each naming its variable; exit
+    2), then serve: in this process, or with ``--workers N`` in N processes sharing one
+    socket."""
     from gateway.observability.tracing import Tracing, TracingConfig, TracingConfigError
 
     overrides = {name: getattr(args, name) for name in SERVE_OVERRIDES}
+    # Every problem at once, one line each: the GATEWAY_* settings, then the OTEL_* ones.
+    problems: list[str] = []
     try:
         settings = load_settings(**overrides)
+    except SettingsError as exc:
+        problems += exc.problems
+    try:
         tracing_config = TracingConfig.from_environment()
-    except (SettingsError, TracingConfigError) as exc:
-        print(f"numbers-gateway: {exc}", file=sys.stderr)
+    except TracingConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        _report(problems)
         return 2
 
     import uvicorn
@@ -145,7 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings, tracing=tracing)
     except SettingsError as exc:
         tracing.shutdown()
-        print(f"numbers-gateway: {exc}", file=sys.stderr)
+        _report(exc.problems)
         return 2
     configure_logging(settings.log_level)
     options: dict[str, Any] = {
@@ -184,6 +192,12 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_here(uvicorn.Config(app, **options), settings, metrics_config)
     finally:
         tracing.shutdown()
+
+
+def _report(problems: Sequence[str]) -> None:
+    """Why start-up stopped: one line per problem, each naming its variable."""
+    for problem in problems:
+        print(f"numbers-gateway: {problem}", file=sys.stderr)
 
 
 def worker_app() -> ASGIApp:
