@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.types import ASGIApp
 
+    from gateway.server.connections import ConnectionGuard
+
 DEMO_TOKENS_HELP = "demo tokens (send as 'Authorization: Bearer <token>'):\n" + "\n".join(
     f"  {token:<22} {description}" for token, description in DEMO_TOKEN_DESCRIPTIONS.items()
 )
@@ -142,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.observability.logs import configure_logging, uvicorn_log_config
     from gateway.server.app import create_app
-    from gateway.server.connections import uvicorn_limits
+    from gateway.server.connections import WorkerConnection
 
     tracing = Tracing()
     try:
@@ -156,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         _report(exc.problems)
         return 2
     configure_logging(settings.log_level)
+    guard = connection_guard(settings)
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -163,25 +166,19 @@ def _serve(args: argparse.Namespace) -> int:
         # uvicorn's loggers keep no formatter of their own: their lines are JSON like ours.
         "log_config": uvicorn_log_config(),
         "access_log": False,  # RequestLogMiddleware logs each request, with more in it
-        "proxy_headers": settings.forwarded_allow_ips is not None,
-        "forwarded_allow_ips": list(settings.forwarded_allow_ips or ()) or None,
         "root_path": settings.root_path,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "lifespan": "on",
-        # Connections past the bound, and clients slow to send a request head, are refused.
-        **uvicorn_limits(
-            max_connections=settings.max_connections,
-            header_timeout=settings.header_timeout,
-            keep_alive_timeout=settings.keep_alive_timeout,
-            max_connections_per_client=settings.max_connections_per_client,
-            trusted_proxies=settings.forwarded_allow_ips,
-        ),
+        # Connections past the bounds, and clients slow to send a request head, are refused;
+        # X-Forwarded-For is read (by uvicorn's ProxyHeadersMiddleware) in the guard's layer.
+        **guard.uvicorn_options(),
     }
     if settings.workers > 1:
         # Each worker is a new interpreter reading the environment: pass the flags on.
         for name, value in overrides.items():
             if value is not None:
                 os.environ[ENV_PREFIX + name.upper()] = str(value)
+        options["http"] = WorkerConnection  # each worker builds its own guard (worker_app)
         config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
         return _serve_workers(config, settings)
     try:
@@ -189,9 +186,23 @@ def _serve(args: argparse.Namespace) -> int:
             app, args.host, settings.metrics_port, header_timeout=settings.header_timeout
         )
         settle_heap()
-        return _serve_here(uvicorn.Config(app, **options), settings, metrics_config)
+        config = uvicorn.Config(guard.wrap(app), **options)
+        return _serve_here(config, settings, guard, metrics_config)
     finally:
         tracing.shutdown()
+
+
+def connection_guard(settings: Settings) -> ConnectionGuard:
+    """The serving port's connection bounds, from the settings."""
+    from gateway.server.connections import ConnectionGuard
+
+    return ConnectionGuard(
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
+        max_connections_per_client=settings.max_connections_per_client,
+        trusted_proxies=settings.forwarded_allow_ips,
+    )
 
 
 def _report(problems: Sequence[str]) -> None:
@@ -206,19 +217,15 @@ def worker_app() -> ASGIApp:
     from gateway.observability.logs import configure_logging
     from gateway.observability.tracing import Tracing, TracingConfig
     from gateway.server.app import create_app
-    from gateway.server.connections import configure_connection_limits
+    from gateway.server.connections import guard_this_worker
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    configure_connection_limits(
-        max_connections=settings.max_connections,
-        header_timeout=settings.header_timeout,
-        max_connections_per_client=settings.max_connections_per_client,
-        trusted_proxies=settings.forwarded_allow_ips,
-    )
+    guard = connection_guard(settings)
+    guard_this_worker(guard)
     app = create_app(settings, tracing=Tracing.start(TracingConfig.from_environment()))
     settle_heap()
-    return app
+    return guard.wrap(app)
 
 
 # Container allocations between two collections of the young generation (CPython: 700).
@@ -250,26 +257,29 @@ def _metrics_config(app: Starlette, host: str, port: int | None, *, header_timeo
 
     from gateway.observability.logs import uvicorn_log_config
     from gateway.server.app import create_metrics_app
-    from gateway.server.connections import scrape_limits
+    from gateway.server.connections import scrape_guard
 
     if port is None:
         return None
+    # Scrapers, not callers: a few at once, behind the same guards as the main port (a
+    # head deadline, idle sockets closed first when full), so held sockets cannot starve a
+    # scrape.
+    guard = scrape_guard(header_timeout=header_timeout)
     return uvicorn.Config(
-        create_metrics_app(app),
+        guard.wrap(create_metrics_app(app)),
         host=host,
         port=port,
         log_level="warning",
         log_config=uvicorn_log_config(),
         access_log=False,
         lifespan="off",
-        # Scrapers, not callers: a few at once, behind the same guards as the main port (a
-        # head deadline, idle sockets closed first when full), so held sockets cannot
-        # starve a scrape.
-        **scrape_limits(header_timeout=header_timeout),
+        **guard.uvicorn_options(),
     )
 
 
-def _serve_here(config: Any, settings: Settings, metrics_config: Any = None) -> int:
+def _serve_here(
+    config: Any, settings: Settings, guard: ConnectionGuard, metrics_config: Any = None
+) -> int:
     """Serve on this process's loop: the gateway, and with GATEWAY_METRICS_PORT a second
     listener for ``/metrics`` on the same loop (so it shares the app's registry). The gateway's
     server owns the signals: on SIGTERM it drains, then the metrics listener stops."""
