@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from gateway.server.connections import ConnectionGuard
+    from gateway.server.shutdown import ShutdownSequence
 
 DEMO_TOKENS_HELP = "demo tokens (send as 'Authorization: Bearer <token>'):\n" + "\n".join(
     f"  {token:<22} {description}" for token, description in DEMO_TOKEN_DESCRIPTIONS.items()
@@ -145,6 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.observability.logs import configure_logging, uvicorn_log_config
     from gateway.server.app import create_app
     from gateway.server.connections import WorkerConnection
+    from gateway.server.shutdown import ShutdownSequence
 
     tracing = Tracing()
     try:
@@ -186,8 +188,12 @@ def _serve(args: argparse.Namespace) -> int:
             app, args.host, settings.metrics_port, header_timeout=settings.header_timeout
         )
         settle_heap()
-        config = uvicorn.Config(guard.wrap(app), **options)
-        return _serve_here(config, settings, guard, metrics_config)
+        sequence = ShutdownSequence(guard, timeout=settings.shutdown_timeout)
+        # The shutdown sequence drains and cuts; what uvicorn's own shutdown finds after it
+        # (nothing, or a connection the cut just aborted) gets a moment, not the timeout.
+        options["timeout_graceful_shutdown"] = LEFTOVER_SECONDS
+        config = uvicorn.Config(sequence.wrap(guard.wrap(app)), **options)
+        return _serve_here(config, settings, sequence, metrics_config)
     finally:
         tracing.shutdown()
 
@@ -273,21 +279,25 @@ def _metrics_config(app: Starlette, host: str, port: int | None, *, header_timeo
         log_config=uvicorn_log_config(),
         access_log=False,
         lifespan="off",
+        # It stops once the gateway has: a scrape still in flight then gets a moment.
+        timeout_graceful_shutdown=LEFTOVER_SECONDS,
         **guard.uvicorn_options(),
     )
 
 
 def _serve_here(
-    config: Any, settings: Settings, guard: ConnectionGuard, metrics_config: Any = None
+    config: Any, settings: Settings, sequence: ShutdownSequence, metrics_config: Any = None
 ) -> int:
     """Serve on this process's loop: the gateway, and with GATEWAY_METRICS_PORT a second
     listener for ``/metrics`` on the same loop (so it shares the app's registry). The gateway's
-    server owns the signals: on SIGTERM it drains, then the metrics listener stops."""
+    server owns the signals: the first SIGTERM or SIGINT runs the shutdown sequence
+    (``gateway.server.shutdown``), a second one cuts its drain short; then the metrics
+    listener stops."""
     import asyncio
 
     import uvicorn
 
-    class AnnouncingServer(uvicorn.Server):
+    class GatewayServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
@@ -295,13 +305,21 @@ def _serve_here(
                 _announce(self.servers[0].sockets[0].getsockname(), settings, loop_name(loop))
 
         async def shutdown(self, sockets: Any = None) -> None:
-            # uvicorn runs the lifespan's end (which ends streams) only once every connection
-            # has closed, so open streams would hold SIGTERM until --shutdown-timeout. They
-            # end first, with their final payload, while new connections are refused.
-            for listener in self.servers:
-                listener.close()
-            await end_open_streams(getattr(self.lifespan, "state", {}))
-            await super().shutdown(sockets=sockets)
+            # The sequence first (uvicorn alone would wait for every connection, streams and
+            # WebSockets included, before it ran the lifespan's end); uvicorn's own shutdown
+            # is its last step, closing what is left and running the lifespan's end.
+            await sequence.run(self.servers, lambda: super(GatewayServer, self).shutdown(sockets))
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn's own handler escalates only a second SIGINT, and then skips the
+            # lifespan's end (Redis and the upstream client left open); a second SIGTERM did
+            # nothing. Here either cuts the drain short, and the sequence still closes.
+            # Not handed to uvicorn's, which would re-raise the signal after serving (for
+            # SIGTERM, death by signal): finished is finished, exit 0.
+            if self.should_exit:
+                sequence.interrupt(sig)
+            else:
+                self.should_exit = True
 
     class MetricsServer(uvicorn.Server):
         bound = asyncio.Event()
@@ -314,7 +332,7 @@ def _serve_here(
             await super().startup(sockets=sockets)
             self.bound.set()
 
-    server = AnnouncingServer(config)
+    server = GatewayServer(config)
     metrics_server = MetricsServer(metrics_config) if metrics_config is not None else None
 
     async def serve_both() -> None:
@@ -336,33 +354,49 @@ def _serve_here(
             metrics_server.should_exit = True
             await listening
 
-    # uvicorn re-raises a signal it handled once its graceful shutdown is over, for the
-    # default action; for SIGTERM that is death by signal. Finished is finished: exit 0.
+    # A signal after serving (uvicorn restores the handlers it found) must not kill the
+    # process mid-exit: what is left is bounded (``run_until_stopped``).
     signal.signal(signal.SIGTERM, _after_graceful_shutdown)
-    # On the loop uvicorn would choose (uvloop when installed), as ``uvicorn.run`` does;
-    # ``asyncio.run`` would always make asyncio's own, about a third slower per request.
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
-    ):
-        runner.run(serve_both())
+    with contextlib.suppress(KeyboardInterrupt):
+        run_until_stopped(serve_both(), config.get_loop_factory())
     return 0 if server.started else STARTUP_FAILURE
 
 
-async def end_open_streams(lifespan_state: Mapping[str, Any]) -> None:
-    """Shutdown has begun: every subscription completes and every change feed stops
-    (``ChangeFeeds.close``), then every streamed response writes its final payload
-    (``OpenStreams.close``, which waits a few seconds at most). Both are closed again, as no-ops,
-    by the lifespan's end."""
-    from gateway.changes.registry import ChangeFeeds
-    from gateway.transports.stream_limits import OpenStreams
+# How long tasks still running after the shutdown sequence (none, unless one is stuck) get to
+# end once cancelled, and what uvicorn's own shutdown waits for after the sequence's cut.
+LEFTOVER_SECONDS: Final = 1.0
 
-    changes = lifespan_state.get("changes")
-    if isinstance(changes, ChangeFeeds):
-        await changes.close()
-    streams = lifespan_state.get("streams")
-    if isinstance(streams, OpenStreams):
-        await streams.close()
+
+def run_until_stopped(main: Coroutine[Any, Any, None], loop_factory: Any) -> None:
+    """Run ``main`` on the loop uvicorn would choose (uvloop when installed), as
+    ``uvicorn.run`` does (``asyncio.run`` would always make asyncio's own, about a third
+    slower per request). Then, unlike ``asyncio.run``, which waits for every task left to end
+    once cancelled, however long that takes: tasks left get ``LEFTOVER_SECONDS``, and one
+    that will not end is named in a log line and left behind, so the process still exits
+    within its shutdown timeout."""
+    import asyncio
+
+    loop = (loop_factory or asyncio.new_event_loop)()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in left:
+                task.cancel()
+            if left:
+                _, stuck = loop.run_until_complete(asyncio.wait(left, timeout=LEFTOVER_SECONDS))
+                if stuck:
+                    _log().error(
+                        "gateway_tasks_abandoned",
+                        tasks=sorted(str(task.get_coro()) for task in stuck)[:20],
+                    )
+            ending = loop.create_task(loop.shutdown_asyncgens())
+            loop.run_until_complete(asyncio.wait({ending}, timeout=LEFTOVER_SECONDS))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _serve_workers(config: Any, settings: Settings) -> int:
@@ -385,7 +419,7 @@ def _serve_workers(config: Any, settings: Settings) -> int:
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
-    """Nothing left to do: uvicorn has drained the requests and run the lifespan's end."""
+    """Nothing left to do: the shutdown sequence has drained, cut and closed."""
 
 
 def _log() -> Any:

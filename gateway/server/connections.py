@@ -570,13 +570,23 @@ class ConnectionGuard:
     # --- shutdown --------------------------------------------------------------------------
 
     @property
-    def busy(self) -> int:
-        """Connections serving a request, or a WebSocket still open."""
+    def requests(self) -> int:
+        """HTTP requests being served."""
         return sum(
             1
             for connection in self.by_address.values()
-            if connection.task is not None or connection.state is _State.UPGRADED
+            if connection.task is not None and connection.state is not _State.UPGRADED
         )
+
+    @property
+    def websockets(self) -> int:
+        """WebSockets still open."""
+        return sum(1 for c in self.by_address.values() if c.state is _State.UPGRADED)
+
+    @property
+    def busy(self) -> int:
+        """Connections serving a request, or a WebSocket still open."""
+        return self.requests + self.websockets
 
     def stop_accepting(self) -> None:
         """Shutdown begins: new connections are refused, idle ones closed; a request being

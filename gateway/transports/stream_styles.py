@@ -15,8 +15,10 @@ leaves alone), so each payload reaches the client when it is written, with
 ``StreamedResponse`` writes the headers and the first payload, then each payload as it
 comes, while watching the client (``http.disconnect``: the operation is closed at once, so
 its upstream walk stops) and shutdown (``OpenStreams.closing``: a final payload says so,
-then the end; a write waiting on a client that does not read is abandoned, and the final one
-waits at most ``CLOSE_WRITE_SECONDS``, so shutdown keeps ``GATEWAY_SHUTDOWN_TIMEOUT``). A
+then the end; an SSE subscription's body just ends, with neither, so that graphql-sse's
+client subscribes again; a write waiting on a client that does not read is abandoned, and
+the final one waits at most ``CLOSE_WRITE_SECONDS``, so shutdown keeps
+``GATEWAY_SHUTDOWN_TIMEOUT``). A
 failure after the headers ends the stream with a final payload, never a cut-off body; the
 request's log line is written when it ends, with the payloads and items sent.
 """
@@ -215,6 +217,8 @@ class StreamedResponse:
                 return  # nobody to write to: the operation is closed by the caller
             if upcoming in done:
                 payload = upcoming.result()
+                if payload is None and self._resumes():
+                    break  # a subscription ended by shutdown (the feeds close after the streams)
                 if payload is None:
                     await _body(send, framing.closing(), more=False)
                     return
@@ -227,14 +231,29 @@ class StreamedResponse:
                 if framing.keep_alive is not None:
                     await _body(send, framing.keep_alive, more=True)
                 continue
-            # Shutdown: a final payload says so, written within CLOSE_WRITE_SECONDS (a
-            # client that does not read is left with what it has: shutdown keeps its time).
-            self.ended = "shutdown"
+            break
+        # Shutdown: a final payload says so, written within CLOSE_WRITE_SECONDS (a client that
+        # does not read is left with what it has: shutdown keeps its time). A subscription
+        # over SSE gets no final event at all, not ``complete`` (graphql-sse's client takes
+        # that as the subscription's end) nor an error: its body just ends, which that client
+        # retries while it waits for events, subscribing again elsewhere.
+        self.ended = "shutdown"
+        last = b""
+        if not self._resumes():
             final = _last({"errors": [SHUTDOWN_ERROR]}, framing, incremental=incremental)
-            with suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_WRITE_SECONDS):
-                    await _body(send, framing.payload(final) + framing.closing(), more=False)
-            return
+            last = framing.payload(final) + framing.closing()
+        with suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WRITE_SECONDS):
+                await _body(send, last, more=False)
+
+    def _resumes(self) -> bool:
+        """Whether this stream, as the gateway shuts down, is one its client resumes: an SSE
+        subscription (``StreamedResponse`` writes no multipart subscription)."""
+        return (
+            self.payloads.subscription
+            and self.framing.name == "sse"
+            and self.streams.closing.is_set()
+        )
 
     def _record(self, elapsed: float) -> None:
         facts = current_facts()
