@@ -364,7 +364,7 @@ def _serve_here(
 
 # How long tasks still running after the shutdown sequence (none, unless one is stuck) get to
 # end once cancelled, and what uvicorn's own shutdown waits for after the sequence's cut.
-LEFTOVER_SECONDS: Final = 1.0
+LEFTOVER_SECONDS: Final = 1  # whole seconds: uvicorn types its shutdown timeout as int
 
 
 def run_until_stopped(main: Coroutine[Any, Any, None], loop_factory: Any) -> None:
