@@ -1,7 +1,7 @@
 // Frontend clients receiving the gateway's incremental payloads and subscription events.
 //
 //   node stream-clients.mjs --client NAME --url URL (--query-file F | --query TEXT)
-//        [--variables JSON] [--token TOKEN] [--stop-at PHONE_NUMBER]
+//        [--variables JSON] [--token TOKEN] [--stop-at PHONE_NUMBER] [--retry-attempts N]
 //
 // Queries (@defer/@stream over multipart/mixed), the run ends with the operation:
 //   apollo-defer   Apollo Client 3 (HttpLink, its @defer support), watchQuery until the
@@ -19,6 +19,8 @@
 //   graphql-sse    the graphql-sse client, distinct connections mode
 //   apollo-ws      Apollo Client's GraphQLWsLink (graphql-ws underneath)
 //   stdout: one JSON line {"event": <data>} per event, then {"done": true}
+// --retry-attempts: how often a subscription client reconnects after losing its server (the
+// libraries' own retries, with their own backoff; default 0, none): a rolling deploy's test.
 // The token goes as `Authorization: Bearer <token>` (default demo-admin). Exit 0 when the
 // run ended as described; 1 with the reason on stderr otherwise; 2 for bad usage.
 import { readFileSync } from 'node:fs';
@@ -44,6 +46,7 @@ const { values } = cliArgs({
   variables: { type: 'string' },
   token: { type: 'string', default: 'demo-admin' },
   'stop-at': { type: 'string' },
+  'retry-attempts': { type: 'string', default: '0' },
 });
 const query = values.query ?? (values['query-file'] && readFileSync(values['query-file'], 'utf8'));
 if (!values.url || !query || !CLIENTS.includes(values.client)) {
@@ -54,6 +57,8 @@ const wsUrl = url.replace(/^http/, 'ws');
 const variables = jsonOption(values.variables, 'variables', {});
 const authorization = `Bearer ${values.token}`;
 const stopAt = values['stop-at'] ?? null;
+const retryAttempts = Number(values['retry-attempts']);
+if (!Number.isInteger(retryAttempts) || retryAttempts < 0) fail('--retry-attempts: a count', 2);
 
 const formatErrors = (errors) => (errors ?? []).map((e) => ({
   message: e.message, code: e.extensions?.code ?? null,
@@ -133,7 +138,7 @@ function graphqlWs() {
     url: wsUrl,
     webSocketImpl: WebSocket,
     connectionParams: { Authorization: authorization },
-    retryAttempts: 0,
+    retryAttempts,
   });
   return new Promise((resolve, reject) => {
     const onEvent = printer(resolve);
@@ -154,7 +159,7 @@ function graphqlSse() {
     singleConnection: false, // distinct connections mode
     headers: { Authorization: authorization },
     fetchFn: recordingFetch(),
-    retryAttempts: 0,
+    retryAttempts,
   });
   return new Promise((resolve, reject) => {
     const onEvent = printer(resolve);
@@ -174,7 +179,7 @@ function apolloWs() {
     url: wsUrl,
     webSocketImpl: WebSocket,
     connectionParams: { Authorization: authorization },
-    retryAttempts: 0,
+    retryAttempts,
   });
   const client = new ApolloClient({
     link: new GraphQLWsLink(ws), cache: new InMemoryCache({ addTypename: false }),
