@@ -204,62 +204,44 @@ class _State(Enum):
     UPGRADED = "upgraded"  # a WebSocket
 
 
+# What a relay hands straight to the socket's transport: everything but changing protocols.
+_RELAYED: Final = (
+    "get_extra_info",
+    "is_closing",
+    "close",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "set_write_buffer_limits",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "abort",
+)
+
+
 class _Relay(asyncio.Transport):
     """The transport uvicorn's protocols are given: the socket's own, except that handing
-    the connection to another protocol (uvicorn's WebSocket upgrade) tells the guard."""
+    the connection to another protocol (uvicorn's WebSocket upgrade) tells the guard.
+
+    The socket transport's own bound methods are set on each relay, so a write costs no
+    extra call (this sits under every response)."""
 
     def __init__(self, transport: asyncio.Transport, connection: GuardedConnection) -> None:
         super().__init__()
-        self._transport = transport
         self._connection = connection
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def close(self) -> None:
-        self._transport.close()
+        self.__dict__.update(
+            {name: getattr(transport, name) for name in _RELAYED if hasattr(transport, name)}
+        )
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._connection.hand_over(protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._connection.serving
-
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._transport.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._transport.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._transport.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
-
-    def abort(self) -> None:
-        self._transport.abort()
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -613,14 +595,15 @@ class GuardedApp:
     def __init__(self, guard: ConnectionGuard, app: ASGIApp) -> None:
         self.guard = guard
         self.app = app
-        self.forwarded: ASGIApp | None = None
+        self.inner = app  # what a request goes on to: the app, or the proxy headers first
+        self.proxied = guard.proxies.entries is not None
         if guard.proxies.entries is not None:
             # uvicorn's own reading of X-Forwarded-For/-Proto, typed with uvicorn's scope types.
             proxied = ProxyHeadersMiddleware(
                 self._count_forwarded,  # type: ignore[arg-type]
                 trusted_hosts=list(guard.proxies.entries),
             )
-            self.forwarded = cast(ASGIApp, proxied)
+            self.inner = cast(ASGIApp, proxied)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -629,16 +612,17 @@ class GuardedApp:
             return
         connection = self.guard.by_address.get((scope.get("client"), scope.get("server")))
         if connection is None:  # not one of the guard's sockets (a test's transport)
-            await self._serve(scope, receive, send)
+            await self.inner(scope, receive, send)
             return
         if kind == "websocket":
             connection.websocket = scope
         elif self.guard.stopping:
             send = _asking_to_close(send)
+        if self.proxied:
+            scope[_CONNECTION] = connection
         connection.request_started(asyncio.current_task())
         try:
-            scope[_CONNECTION] = connection
-            await self._serve(scope, receive, send)
+            await self.inner(scope, receive, send)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task not in self.guard.cut_tasks:
@@ -648,12 +632,6 @@ class GuardedApp:
             task.uncancel()
         finally:
             connection.request_ended()
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.forwarded is not None:
-            await self.forwarded(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
 
     async def _count_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         connection: GuardedConnection | None = scope.get(_CONNECTION)
