@@ -10,7 +10,7 @@ was cut.
    cut short); every SSE subscription's response ends with no further event (graphql-sse's
    client retries a stream that ends while it waits for events, and takes ``complete`` as
    the subscription's end); every ``@defer``/``@stream`` response ends with a final payload
-   saying so (``OpenStreams.closing``).
+   saying so (``OpenStreams.closing``). They get ``STREAMS_END_SECONDS`` to do so.
 3. **Let go of the change feeds' leases** (``ChangeFeeds.close``), so another replica takes
    each feed over at its next poll instead of when the lease expires.
 4. **Drain**: requests still being served finish, until the drain deadline (the timeout less
@@ -49,6 +49,12 @@ CLOSE_RESERVE: Final = 3.0
 # How long a connection with nothing in flight may take to send what it has left, once the
 # requests are over: a client that does not read gets no longer than this.
 FLUSH_SECONDS: Final = 1.0
+# How long the transports get to end their streams and subscriptions in their own way (a
+# final write waits at most 2 s for a client that does not read) before the feeds end what is
+# left: a subscription still waiting for its first event, say.
+STREAMS_END_SECONDS: Final = 3.0
+# The close (Redis, the upstream client) gets at least this, whatever the timeout left.
+CLOSE_FLOOR_SECONDS: Final = 0.5
 POLL_SECONDS: Final = 0.05  # how often a wait looks again (and at a second signal)
 
 
@@ -117,7 +123,7 @@ class ShutdownSequence:
                 (changes is None or changes.open_subscriptions == 0)
                 and (streams is None or streams.open == 0)
             ),
-            drain_until,
+            min(drain_until, time.monotonic() + STREAMS_END_SECONDS),
         )
         # 3. Let go of the leases (of every feed: those whose last subscriber just left are
         # letting go already, and ``close`` waits for them too).
@@ -134,9 +140,10 @@ class ShutdownSequence:
         websockets_cut = guard.websockets
         connections_cut = guard.cut()
         # 6. Close: uvicorn's shutdown runs the app's lifespan end (Redis, upstream client).
-        closed = await self._within(
-            close(), began + self.timeout - reserve / 2, interruptible=False
+        close_until = max(
+            began + self.timeout - reserve / 2, time.monotonic() + CLOSE_FLOOR_SECONDS
         )
+        closed = await self._within(close(), close_until, interruptible=False)
         cut = requests_cut or websockets_cut or connections_cut or feeds_left or not closed
         log.info(
             "gateway_stopped",
