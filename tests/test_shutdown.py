@@ -14,7 +14,8 @@
   and ``gateway_stopped`` says what was cut.
 
 Waits are on conditions, each with a bound that only stops a hang; the one time bound asserted
-is the shutdown timeout itself, which the sequence promises to keep.
+is the shutdown timeout itself, which the sequence promises to keep. ``SHUTDOWN_ITERATIONS``
+(default 20) lowers the count for a quick local run.
 """
 
 from __future__ import annotations
