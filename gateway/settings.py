@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -19,7 +20,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -81,7 +81,12 @@ class Environment(StrEnum):
 
 
 class SettingsError(Exception):
-    """A setting is invalid; the message is one line that names the variable."""
+    """Settings are invalid: ``problems`` holds one line per problem, each naming its
+    variable; the message is those lines."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def _header_names(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -460,64 +465,6 @@ class Settings(BaseSettings):
             raise ValueError("name at least one header, or set GATEWAY_CSRF_PREVENTION=false")
         return _header_names(value)
 
-    @model_validator(mode="after")
-    def _redis_needs_a_shared_secret(self) -> Settings:
-        if self.redis_url is not None and self.cache_key_secret is None:
-            raise ValueError(
-                "GATEWAY_CACHE_KEY_SECRET is required when GATEWAY_REDIS_URL is set, "
-                "so that replicas derive the same cache keys"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _one_metrics_listener_per_registry(self) -> Settings:
-        if self.metrics_port is not None and self.workers > 1:
-            raise ValueError(
-                "GATEWAY_METRICS_PORT: with GATEWAY_WORKERS > 1 each worker has its own "
-                "metrics and one port cannot serve them all; run one worker per container "
-                "(more replicas), or unset GATEWAY_METRICS_PORT"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _production_needs_a_real_cache_key_secret(self) -> Settings:
-        secret = self.cache_key_secret
-        if self.production and secret is not None:
-            value = secret.get_secret_value()
-            if len(value.encode()) < MIN_CACHE_KEY_SECRET_BYTES:
-                raise ValueError(
-                    f"GATEWAY_CACHE_KEY_SECRET: production needs at least "
-                    f"{MIN_CACHE_KEY_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)"
-                )
-            if _is_placeholder(value):
-                raise ValueError(
-                    "GATEWAY_CACHE_KEY_SECRET: this is a known example value, not a secret; "
-                    "set at least 32 random bytes (e.g. openssl rand -base64 48)"
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _production_needs_a_long_router_secret(self) -> Settings:
-        secret = self.router_secret
-        too_short = secret is not None and (
-            len(secret.get_secret_value().encode()) < MIN_ROUTER_SECRET_BYTES
-        )
-        if self.production and too_short:
-            raise ValueError(
-                f"GATEWAY_ROUTER_SECRET: production needs at least "
-                f"{MIN_ROUTER_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _production_needs_a_real_upstream(self) -> Settings:
-        if self.production and self.upstream_url is None:
-            raise ValueError(
-                "GATEWAY_ENV=production needs GATEWAY_UPSTREAM_URL: production never serves "
-                "the embedded simulator's demo data (set GATEWAY_ENV=development to try it)"
-            )
-        return self
-
     @property
     def embedded_simulator(self) -> bool:
         return self.upstream_url is None
@@ -533,16 +480,111 @@ class Settings(BaseSettings):
         return () if self.production else DEVELOPMENT_CORS_ORIGINS
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the environment, apply overrides (from CLI flags), and validate.
+# --- rules across settings: each reads the fields it names, and says what is wrong -------------
 
-    Raises ``SettingsError`` with one line naming the offending variable.
+
+def _redis_needs_a_shared_secret(settings: Settings) -> str | None:
+    if settings.redis_url is not None and settings.cache_key_secret is None:
+        return (
+            "GATEWAY_CACHE_KEY_SECRET: required when GATEWAY_REDIS_URL is set, so that "
+            "replicas derive the same cache keys"
+        )
+    return None
+
+
+def _one_metrics_listener_per_registry(settings: Settings) -> str | None:
+    if settings.metrics_port is not None and settings.workers > 1:
+        return (
+            "GATEWAY_METRICS_PORT: with GATEWAY_WORKERS > 1 each worker has its own "
+            "metrics and one port cannot serve them all; run one worker per container "
+            "(more replicas), or unset GATEWAY_METRICS_PORT"
+        )
+    return None
+
+
+def _production_needs_a_real_cache_key_secret(settings: Settings) -> str | None:
+    secret = settings.cache_key_secret
+    if not settings.production or secret is None:
+        return None
+    value = secret.get_secret_value()
+    if len(value.encode()) < MIN_CACHE_KEY_SECRET_BYTES:
+        return (
+            f"GATEWAY_CACHE_KEY_SECRET: production needs at least "
+            f"{MIN_CACHE_KEY_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)"
+        )
+    if _is_placeholder(value):
+        return (
+            "GATEWAY_CACHE_KEY_SECRET: this is a known example value, not a secret; "
+            "set at least 32 random bytes (e.g. openssl rand -base64 48)"
+        )
+    return None
+
+
+def _production_needs_a_long_router_secret(settings: Settings) -> str | None:
+    secret = settings.router_secret
+    too_short = secret is not None and (
+        len(secret.get_secret_value().encode()) < MIN_ROUTER_SECRET_BYTES
+    )
+    if settings.production and too_short:
+        return (
+            f"GATEWAY_ROUTER_SECRET: production needs at least "
+            f"{MIN_ROUTER_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)"
+        )
+    return None
+
+
+def _production_needs_a_real_upstream(settings: Settings) -> str | None:
+    if settings.production and settings.upstream_url is None:
+        return (
+            "GATEWAY_ENV=production needs GATEWAY_UPSTREAM_URL: production never serves "
+            "the embedded simulator's demo data (set GATEWAY_ENV=development to try it)"
+        )
+    return None
+
+
+# Each rule with the fields it reads: a rule is checked only when those fields are valid
+# themselves (a bad GATEWAY_UPSTREAM_URL is one line, not also "production needs one").
+RULES_ACROSS_SETTINGS: tuple[tuple[frozenset[str], Callable[[Settings], str | None]], ...] = (
+    (frozenset({"redis_url", "cache_key_secret"}), _redis_needs_a_shared_secret),
+    (frozenset({"metrics_port", "workers"}), _one_metrics_listener_per_registry),
+    (frozenset({"env", "cache_key_secret"}), _production_needs_a_real_cache_key_secret),
+    (frozenset({"env", "router_secret"}), _production_needs_a_long_router_secret),
+    (frozenset({"env", "upstream_url"}), _production_needs_a_real_upstream),
+)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment, apply overrides (from CLI flags), and validate: each setting,
+    then the rules across settings.
+
+    Raises ``SettingsError`` listing every problem, one line each, each naming its variable:
+    an operator fixes them in one round, not one start-up per mistake.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
+    problems: list[str] = []
+    invalid: set[str] = set()
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc)) from None
+        for field, line in describe_validation_errors(exc):
+            if field not in invalid:  # one line per variable: its first problem
+                invalid.add(field)
+                problems.append(line)
+        # The valid settings, with each invalid one at its default, for the rules across
+        # settings that read only valid ones.
+        defaults = {field: Settings.model_fields[field].default for field in invalid}
+        try:
+            valid = Settings(**(given | defaults))
+        except ValidationError:  # pragma: no cover - defaults are valid, the rest was
+            raise SettingsError(*problems) from None
+    else:
+        valid = settings
+    for fields, rule in RULES_ACROSS_SETTINGS:
+        if not fields & invalid and (problem := rule(valid)) is not None:
+            problems.append(problem)
+    if problems:
+        raise SettingsError(*problems)
+    return valid
 
 
 # A Redis URL may carry a password; a secret is a secret.
@@ -551,19 +593,29 @@ _VALUES_NEVER_ECHOED = frozenset(
 )
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    location = [str(part) for part in error["loc"]]
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if not location:
-        # A rule across settings names its variable first itself.
-        return message if message.startswith(ENV_PREFIX) else f"invalid settings: {message}"
-    # A field read through an alias is located by the variable's own name.
-    name = location[0].upper()
-    variable = name if name.startswith(ENV_PREFIX) else ENV_PREFIX + name
-    value = error.get("input")
-    hidden = isinstance(value, dict) or variable in _VALUES_NEVER_ECHOED
-    shown = "" if hidden else f" (got {value!r})"
-    former = DEPRECATED_VARIABLES.get(variable)
-    also = f"; also read from its deprecated name {former}" if former else ""
-    return f"{variable}: {message}{shown}{also}"
+def _field_named(location: str) -> str:
+    """The field an error's location names: its own name, or a variable it is read from."""
+    if location in Settings.model_fields:
+        return location
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        if location in choices:
+            return name
+    return location
+
+
+def describe_validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """Each field error as (field, one line naming its variable), in pydantic's order."""
+    described = []
+    for error in exc.errors(include_url=False):
+        field = _field_named(str(error["loc"][0])) if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        variable = ENV_PREFIX + field.upper()
+        value = error.get("input")
+        hidden = isinstance(value, dict) or variable in _VALUES_NEVER_ECHOED
+        shown = "" if hidden else f" (got {value!r})"
+        former = DEPRECATED_VARIABLES.get(variable)
+        also = f"; also read from its deprecated name {former}" if former else ""
+        described.append((field, f"{variable}: {message}{shown}{also}"))
+    return described

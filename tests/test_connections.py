@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -15,8 +16,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
-from gateway.server.connections import client_key, uvicorn_limits
+from gateway.server.connections import ConnectionGuard, client_key
 from tests.conftest import GatedTransport, eventually, live_settings, running_gateway
 
 
@@ -65,31 +67,39 @@ async def _hold(request: Request) -> PlainTextResponse:
 
 
 @asynccontextmanager
-async def guarded_server(**limits: float) -> AsyncIterator[int]:
-    app = Starlette(routes=[Route("/", _hello), Route("/hold", _hold)])
+async def served(app: ASGIApp, guard: ConnectionGuard, **options: Any) -> AsyncIterator[int]:
+    """``app`` behind ``guard`` on a real uvicorn server on a loopback port; its port."""
     config = uvicorn.Config(
-        app,
+        guard.wrap(app),
         host="127.0.0.1",
         port=0,
         log_level="error",
-        lifespan="off",
-        **uvicorn_limits(
-            max_connections=int(limits.get("max_connections", 100)),
-            max_connections_per_client=int(limits.get("max_connections_per_client", 100)),
-            header_timeout=limits.get("header_timeout", 10.0),
-            keep_alive_timeout=limits.get("keep_alive_timeout", 5.0),
-            trusted_proxies=("127.0.0.1",) if limits.get("behind_proxy") else None,
-        ),
+        lifespan=options.pop("lifespan", "off"),
+        **guard.uvicorn_options(),
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await eventually(lambda: server.started, "the server is listening")
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield port
+        yield server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def guarded_server(**limits: float) -> AsyncIterator[int]:
+    app = Starlette(routes=[Route("/", _hello), Route("/hold", _hold)])
+    guard = ConnectionGuard(
+        max_connections=int(limits.get("max_connections", 100)),
+        max_connections_per_client=int(limits.get("max_connections_per_client", 100)),
+        header_timeout=limits.get("header_timeout", 10.0),
+        keep_alive_timeout=limits.get("keep_alive_timeout", 5.0),
+        trusted_proxies=("127.0.0.1",) if limits.get("behind_proxy") else None,
+    )
+    async with served(app, guard) as port:
+        yield port
 
 
 async def _read_all(reader: asyncio.StreamReader) -> bytes:
@@ -240,6 +250,25 @@ async def test_a_request_head_over_64_kib_gets_431() -> None:
         writer.close()
 
 
+async def test_a_head_is_known_by_its_end_however_it_arrives() -> None:
+    """The guard reads a head only for its end: one whose empty line straddles two writes is
+    served; empty lines before a request line start no head, so a slowloris that sends
+    them first still meets the deadline."""
+    async with guarded_server(header_timeout=0.5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r")
+        await writer.drain()
+        await asyncio.sleep(0)  # two chunks, as far as the loop lets us
+        writer.write(b"\n")
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\r\n\r\nGET / HTTP/1.1\r\nX-Slow: ")
+        assert (await _read_all(reader)).startswith(b"HTTP/1.1 408")
+        writer.close()
+
+
 async def test_a_body_that_never_arrives_gets_408() -> None:
     from gateway.server.app import create_app
 
@@ -275,46 +304,27 @@ async def test_websocket_connections_keep_their_client_s_place_until_they_close(
             await socket.send_text(message)
 
     app = Starlette(routes=[WebSocketRoute("/ws", echo)])
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="error",
-        lifespan="off",
-        **uvicorn_limits(
-            max_connections=10,
-            header_timeout=5,
-            keep_alive_timeout=5,
-            max_connections_per_client=2,
-        ),
+    guard = ConnectionGuard(
+        max_connections=10, header_timeout=5, keep_alive_timeout=5, max_connections_per_client=2
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, "the server is listening")
-    url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/ws"
-    try:
+    async with served(app, guard) as port:
+        url = f"ws://127.0.0.1:{port}/ws"
         first = await websockets.connect(url)
         second = await websockets.connect(url)
         await first.send("ping")
         assert await first.recv() == "ping"
+        assert guard.held_by("127.0.0.1") == 2, "upgraded, both still counted"
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(url)
         assert refused.value.response.status_code == 503, "past the per-client bound"
         await first.close()
-        await eventually(lambda: not _upgraded_held(), "a closed WebSocket gives its place back")
+        await eventually(
+            lambda: guard.held_by("127.0.0.1") == 1, "a closed WebSocket gives its place back"
+        )
         third = await websockets.connect(url)
         await third.close()
         await second.close()
-    finally:
-        server.should_exit = True
-        await task
-
-
-def _upgraded_held() -> bool:
-    """Whether any client holds two connections (both places taken) in any server's table."""
-    from gateway.server.connections import _TABLES
-
-    return any(len(held) >= 2 for table in _TABLES.values() for held in table.by_client.values())
+        await eventually(lambda: guard.open == 0, "every closed connection is forgotten")
 
 
 async def test_at_the_bound_an_idle_websocket_makes_room_for_a_request() -> None:
@@ -327,41 +337,77 @@ async def test_at_the_bound_an_idle_websocket_makes_room_for_a_request() -> None
     from tests.conftest import RecordingTransport
 
     app = create_app(live_settings(), upstream_transport=RecordingTransport())
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="error",
-        lifespan="on",
-        **uvicorn_limits(max_connections=6, header_timeout=30, keep_alive_timeout=5.0),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, "the server is listening")
-    port = server.servers[0].sockets[0].getsockname()[1]
+    guard = ConnectionGuard(max_connections=6, header_timeout=30, keep_alive_timeout=5.0)
     held = []
-    try:
-        for n in range(6):  # three idle sockets from each of two addresses: the server is full
-            held.append(
-                await websockets.connect(
-                    f"ws://127.0.0.1:{port}/graphql",
-                    subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
-                    local_addr=(f"127.0.0.{2 + n % 2}", 0),
+    async with served(app, guard, lifespan="on") as port:
+        try:
+            for n in range(6):  # three idle sockets from each of two addresses: full
+                held.append(
+                    await websockets.connect(
+                        f"ws://127.0.0.1:{port}/graphql",
+                        subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
+                        local_addr=(f"127.0.0.{2 + n % 2}", 0),
+                    )
                 )
-            )
-            await held[-1].send('{"type": "connection_init"}')
-            assert "connection_ack" in str(await held[-1].recv())
-        async with httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(local_address="127.0.0.4")
-        ) as client:
-            answer = await client.get(f"http://127.0.0.1:{port}/healthz")
-        assert answer.status_code == 200
-        async with asyncio.timeout(10):
-            await held[0].wait_closed()
-        assert held[0].close_code == 1013, "the oldest idle socket of a heaviest client"
-        assert all(ws.close_code is None for ws in held[1:]), "the others stay open"
-    finally:
-        for ws in held:
-            await ws.close()
-        server.should_exit = True
-        await task
+                await held[-1].send('{"type": "connection_init"}')
+                assert "connection_ack" in str(await held[-1].recv())
+            async with httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(local_address="127.0.0.4")
+            ) as client:
+                answer = await client.get(f"http://127.0.0.1:{port}/healthz")
+            assert answer.status_code == 200
+            async with asyncio.timeout(10):
+                await held[0].wait_closed()
+            assert held[0].close_code == 1013, "the oldest idle socket of a heaviest client"
+            assert all(ws.close_code is None for ws in held[1:]), "the others stay open"
+        finally:
+            for ws in held:
+                await ws.close()
+
+
+async def test_the_guard_wraps_uvicorn_s_own_http_protocol() -> None:
+    """The one thing the guard takes from uvicorn besides its public options: the protocol
+    class its ``http="auto"`` names (``uvicorn.config.HTTP_PROTOCOLS``), built with the
+    keyword arguments uvicorn gives an ``http=`` class and driven through asyncio's
+    interfaces. If an upgrade changes which class that is or how it is built, this fails."""
+    from gateway.server.connections import uvicorn_http_protocol
+
+    config = uvicorn.Config(_hello, lifespan="off", log_config=None)
+    config.load()
+    assert config.http_protocol_class is uvicorn_http_protocol(), "uvicorn's own choice"
+    guard = ConnectionGuard(max_connections=10, header_timeout=10)
+    app = Starlette(routes=[Route("/", _hello)])
+    async with served(app, guard) as port, httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
+        [connection] = guard.by_address.values()
+        assert type(connection.serving) is uvicorn_http_protocol()
+        assert connection.idle, "its request is over: it holds a socket and nothing else"
+
+
+@pytest.mark.parametrize(
+    "peer", ["127.0.0.1", "127.0.0.9", "10.1.2.3", "10.2.0.1", "::1", "2001:db8::1", "unix"]
+)
+@pytest.mark.parametrize("entries", [("127.0.0.1",), ("10.1.0.0/16", "::1"), ("*",)])
+async def test_proxy_peers_are_the_peers_uvicorn_takes_forwarded_headers_from(
+    peer: str, entries: tuple[str, ...]
+) -> None:
+    """The guard must know a proxy as its connection opens (its connections are counted per
+    forwarded client, not against the proxy); which client a request is for is uvicorn's
+    ``ProxyHeadersMiddleware``'s answer. Both read the same setting the same way."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from gateway.server.connections import ProxyPeers
+
+    seen: list[Any] = []
+
+    async def record(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"])
+
+    middleware = ProxyHeadersMiddleware(record, trusted_hosts=list(entries))
+    scope = {
+        "type": "http",
+        "client": (peer, 1234),
+        "headers": [(b"x-forwarded-for", b"192.0.2.7")],
+    }
+    await middleware(scope, None, None)  # type: ignore[arg-type]
+    assert (peer in ProxyPeers(entries)) == (seen[0] == ("192.0.2.7", 0))

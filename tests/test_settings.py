@@ -204,3 +204,67 @@ def test_serve_refuses_to_start_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert variable in lines[0]
+
+
+def test_every_invalid_setting_is_reported_at_once_one_line_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Field problems and rules across settings together: an operator fixes them in one round."""
+    for name, value in {
+        "GATEWAY_ENV": "production",
+        "GATEWAY_MAX_PAGE_SIZE": "0",
+        "GATEWAY_CACHE_KEY_SECRET": "changeme",
+        "GATEWAY_CORS_ORIGINS": "admin.example.com",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    problems = caught.value.problems
+    assert str(caught.value).splitlines() == list(problems)
+    assert sorted(line.split(":")[0].split("=")[0] for line in problems) == [
+        "GATEWAY_CACHE_KEY_SECRET",
+        "GATEWAY_CORS_ORIGINS",
+        "GATEWAY_ENV",  # production needs GATEWAY_UPSTREAM_URL
+        "GATEWAY_MAX_PAGE_SIZE",
+    ]
+    assert "changeme" not in str(caught.value)
+
+
+def test_a_rule_across_settings_is_not_reported_over_an_invalid_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bad GATEWAY_UPSTREAM_URL is one line, not also "production needs one"."""
+    monkeypatch.setenv("GATEWAY_ENV", "production")
+    monkeypatch.setenv("GATEWAY_UPSTREAM_URL", "not a url")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith("GATEWAY_UPSTREAM_URL:")
+
+
+def test_a_production_start_with_three_bad_settings_names_all_three() -> None:
+    result = _serve_exit(
+        {
+            "GATEWAY_ENV": "production",
+            "GATEWAY_UPSTREAM_URL": "webexapis.com/v1",
+            "GATEWAY_CACHE_TTL": "soon",
+            "GATEWAY_ROUTER_SECRET": "short",
+        }
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    named = {line.removeprefix("numbers-gateway: ").split(":")[0] for line in lines}
+    assert named == {"GATEWAY_UPSTREAM_URL", "GATEWAY_CACHE_TTL", "GATEWAY_ROUTER_SECRET"}
+    assert all("(got" in line or "needs" in line for line in lines), lines
+    assert "short" not in result.stderr  # a secret is never echoed
+
+
+def test_settings_and_tracing_problems_are_reported_together() -> None:
+    result = _serve_exit({"GATEWAY_MAX_PAGE_SIZE": "lots", "OTEL_TRACES_EXPORTER": "zipkin"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "GATEWAY_MAX_PAGE_SIZE",
+        "OTEL_TRACES_EXPORTER",
+    ]

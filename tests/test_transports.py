@@ -62,6 +62,24 @@ class Gate(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
+class LaterPagesHeld(httpx.AsyncBaseTransport):
+    """Passes each walk's first upstream page, holds every later one until ``open``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("start", "0") != "0":
+            self.waiting += 1
+            try:
+                await self.open.wait()
+            finally:
+                self.waiting -= 1
+        return await self.inner.handle_async_request(request)
+
+
 class RawExchange:
     """One HTTP request run as raw ASGI: the body chunks as they are sent, and a way to
     disconnect."""
@@ -315,17 +333,44 @@ async def test_a_client_leaving_a_subscription_ends_it(recorder: RecordingTransp
 async def test_shutdown_ends_an_open_stream_with_a_final_payload(
     recorder: RecordingTransport,
 ) -> None:
+    later = LaterPagesHeld(recorder)
+    streamed = (
+        "{ phoneNumbers(page: {first: 30}) { nodes @stream(initialCount: 1) { phoneNumber } } }"
+    )
+    async with app_with(later, max_page_size=10) as (_, manager):
+        raw = exchange(manager, streamed, "text/event-stream")
+        running = asyncio.ensure_future(raw.run())
+        await raw.read_until(b"event: next")
+        await eventually(lambda: later.waiting == 1, "the stream waits on its next page")
+        streams: OpenStreams = manager._state["streams"]
+        await streams.close()
+        await asyncio.wait_for(running, 10)
+        later.open.set()
+    events = sse_events(raw.text)
+    assert events[-1][0] == "complete"
+    final = orjson.loads(events[-2][1])
+    assert final["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+
+
+async def test_shutdown_ends_an_sse_subscription_so_that_its_client_subscribes_again(
+    recorder: RecordingTransport,
+) -> None:
+    """graphql-sse's client takes ``complete`` as the subscription's end, and an error event
+    as its failure; a body that just ends while it waits for events it retries. So at
+    shutdown the stream of a subscription ends with neither, even when the change feeds
+    close (ending the subscription) right after the streams."""
     async with app_with(recorder, changes_poll_interval=1) as (_, manager):
         raw = exchange(manager, WATCH, "text/event-stream")
         running = asyncio.ensure_future(raw.run())
         await raw.read_until(b"SYNCED")
         streams: OpenStreams = manager._state["streams"]
-        await streams.close()
+        streams.closing.set()
+        await manager._state["changes"].close()
         await asyncio.wait_for(running, 10)
-    events = sse_events(raw.text)
-    assert events[-1][0] == "complete"
-    final = orjson.loads(events[-2][1])
-    assert final["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert [kind for kind, _ in sse_events(raw.text)] == ["next"]
+    assert orjson.loads(sse_events(raw.text)[0][1])["data"]["phoneNumberChanges"]["kind"] == (
+        "SYNCED"
+    )
 
 
 # --- graphql-transport-ws --------------------------------------------------------------------

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -21,6 +21,9 @@ from gateway.simulator.faults import FAULT_SPEC_HELP, FaultSpecError
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.types import ASGIApp
+
+    from gateway.server.connections import ConnectionGuard
+    from gateway.server.shutdown import ShutdownSequence
 
 DEMO_TOKENS_HELP = "demo tokens (send as 'Authorization: Bearer <token>'):\n" + "\n".join(
     f"  {token:<22} {description}" for token, description in DEMO_TOKEN_DESCRIPTIONS.items()
@@ -118,23 +121,32 @@ WORKER_APP = "gateway.server.cli:worker_app"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Check everything once, here (one line naming the variable, exit 2), then serve: in
-    this process, or with ``--workers N`` in N processes sharing one socket."""
+    """Check everything once, here (every problem, one line each naming its variable; exit
+    2), then serve: in this process, or with ``--workers N`` in N processes sharing one
+    socket."""
     from gateway.observability.tracing import Tracing, TracingConfig, TracingConfigError
 
     overrides = {name: getattr(args, name) for name in SERVE_OVERRIDES}
+    # Every problem at once, one line each: the GATEWAY_* settings, then the OTEL_* ones.
+    problems: list[str] = []
     try:
         settings = load_settings(**overrides)
+    except SettingsError as exc:
+        problems += exc.problems
+    try:
         tracing_config = TracingConfig.from_environment()
-    except (SettingsError, TracingConfigError) as exc:
-        print(f"numbers-gateway: {exc}", file=sys.stderr)
+    except TracingConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        _report(problems)
         return 2
 
     import uvicorn
 
     from gateway.observability.logs import configure_logging, uvicorn_log_config
     from gateway.server.app import create_app
-    from gateway.server.connections import uvicorn_limits
+    from gateway.server.connections import WorkerConnection
+    from gateway.server.shutdown import ShutdownSequence
 
     tracing = Tracing()
     try:
@@ -145,9 +157,10 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings, tracing=tracing)
     except SettingsError as exc:
         tracing.shutdown()
-        print(f"numbers-gateway: {exc}", file=sys.stderr)
+        _report(exc.problems)
         return 2
     configure_logging(settings.log_level)
+    guard = connection_guard(settings)
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -155,25 +168,19 @@ def _serve(args: argparse.Namespace) -> int:
         # uvicorn's loggers keep no formatter of their own: their lines are JSON like ours.
         "log_config": uvicorn_log_config(),
         "access_log": False,  # RequestLogMiddleware logs each request, with more in it
-        "proxy_headers": settings.forwarded_allow_ips is not None,
-        "forwarded_allow_ips": list(settings.forwarded_allow_ips or ()) or None,
         "root_path": settings.root_path,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "lifespan": "on",
-        # Connections past the bound, and clients slow to send a request head, are refused.
-        **uvicorn_limits(
-            max_connections=settings.max_connections,
-            header_timeout=settings.header_timeout,
-            keep_alive_timeout=settings.keep_alive_timeout,
-            max_connections_per_client=settings.max_connections_per_client,
-            trusted_proxies=settings.forwarded_allow_ips,
-        ),
+        # Connections past the bounds, and clients slow to send a request head, are refused;
+        # X-Forwarded-For is read (by uvicorn's ProxyHeadersMiddleware) in the guard's layer.
+        **guard.uvicorn_options(),
     }
     if settings.workers > 1:
         # Each worker is a new interpreter reading the environment: pass the flags on.
         for name, value in overrides.items():
             if value is not None:
                 os.environ[ENV_PREFIX + name.upper()] = str(value)
+        options["http"] = WorkerConnection  # each worker builds its own guard (worker_app)
         config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
         return _serve_workers(config, settings)
     try:
@@ -181,9 +188,33 @@ def _serve(args: argparse.Namespace) -> int:
             app, args.host, settings.metrics_port, header_timeout=settings.header_timeout
         )
         settle_heap()
-        return _serve_here(uvicorn.Config(app, **options), settings, metrics_config)
+        sequence = ShutdownSequence(guard, timeout=settings.shutdown_timeout)
+        # The shutdown sequence drains and cuts; what uvicorn's own shutdown finds after it
+        # (nothing, or a connection the cut just aborted) gets a moment, not the timeout.
+        options["timeout_graceful_shutdown"] = LEFTOVER_SECONDS
+        config = uvicorn.Config(sequence.wrap(guard.wrap(app)), **options)
+        return _serve_here(config, settings, sequence, metrics_config)
     finally:
         tracing.shutdown()
+
+
+def connection_guard(settings: Settings) -> ConnectionGuard:
+    """The serving port's connection bounds, from the settings."""
+    from gateway.server.connections import ConnectionGuard
+
+    return ConnectionGuard(
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
+        max_connections_per_client=settings.max_connections_per_client,
+        trusted_proxies=settings.forwarded_allow_ips,
+    )
+
+
+def _report(problems: Sequence[str]) -> None:
+    """Why start-up stopped: one line per problem, each naming its variable."""
+    for problem in problems:
+        print(f"numbers-gateway: {problem}", file=sys.stderr)
 
 
 def worker_app() -> ASGIApp:
@@ -192,19 +223,15 @@ def worker_app() -> ASGIApp:
     from gateway.observability.logs import configure_logging
     from gateway.observability.tracing import Tracing, TracingConfig
     from gateway.server.app import create_app
-    from gateway.server.connections import configure_connection_limits
+    from gateway.server.connections import guard_this_worker
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    configure_connection_limits(
-        max_connections=settings.max_connections,
-        header_timeout=settings.header_timeout,
-        max_connections_per_client=settings.max_connections_per_client,
-        trusted_proxies=settings.forwarded_allow_ips,
-    )
+    guard = connection_guard(settings)
+    guard_this_worker(guard)
     app = create_app(settings, tracing=Tracing.start(TracingConfig.from_environment()))
     settle_heap()
-    return app
+    return guard.wrap(app)
 
 
 # Container allocations between two collections of the young generation (CPython: 700).
@@ -236,34 +263,41 @@ def _metrics_config(app: Starlette, host: str, port: int | None, *, header_timeo
 
     from gateway.observability.logs import uvicorn_log_config
     from gateway.server.app import create_metrics_app
-    from gateway.server.connections import scrape_limits
+    from gateway.server.connections import scrape_guard
 
     if port is None:
         return None
+    # Scrapers, not callers: a few at once, behind the same guards as the main port (a
+    # head deadline, idle sockets closed first when full), so held sockets cannot starve a
+    # scrape.
+    guard = scrape_guard(header_timeout=header_timeout)
     return uvicorn.Config(
-        create_metrics_app(app),
+        guard.wrap(create_metrics_app(app)),
         host=host,
         port=port,
         log_level="warning",
         log_config=uvicorn_log_config(),
         access_log=False,
         lifespan="off",
-        # Scrapers, not callers: a few at once, behind the same guards as the main port (a
-        # head deadline, idle sockets closed first when full), so held sockets cannot
-        # starve a scrape.
-        **scrape_limits(header_timeout=header_timeout),
+        # It stops once the gateway has: a scrape still in flight then gets a moment.
+        timeout_graceful_shutdown=LEFTOVER_SECONDS,
+        **guard.uvicorn_options(),
     )
 
 
-def _serve_here(config: Any, settings: Settings, metrics_config: Any = None) -> int:
+def _serve_here(
+    config: Any, settings: Settings, sequence: ShutdownSequence, metrics_config: Any = None
+) -> int:
     """Serve on this process's loop: the gateway, and with GATEWAY_METRICS_PORT a second
     listener for ``/metrics`` on the same loop (so it shares the app's registry). The gateway's
-    server owns the signals: on SIGTERM it drains, then the metrics listener stops."""
+    server owns the signals: the first SIGTERM or SIGINT runs the shutdown sequence
+    (``gateway.server.shutdown``), a second one cuts its drain short; then the metrics
+    listener stops."""
     import asyncio
 
     import uvicorn
 
-    class AnnouncingServer(uvicorn.Server):
+    class GatewayServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
@@ -271,13 +305,21 @@ def _serve_here(config: Any, settings: Settings, metrics_config: Any = None) -> 
                 _announce(self.servers[0].sockets[0].getsockname(), settings, loop_name(loop))
 
         async def shutdown(self, sockets: Any = None) -> None:
-            # uvicorn runs the lifespan's end (which ends streams) only once every connection
-            # has closed, so open streams would hold SIGTERM until --shutdown-timeout. They
-            # end first, with their final payload, while new connections are refused.
-            for listener in self.servers:
-                listener.close()
-            await end_open_streams(getattr(self.lifespan, "state", {}))
-            await super().shutdown(sockets=sockets)
+            # The sequence first (uvicorn alone would wait for every connection, streams and
+            # WebSockets included, before it ran the lifespan's end); uvicorn's own shutdown
+            # is its last step, closing what is left and running the lifespan's end.
+            await sequence.run(self.servers, lambda: super(GatewayServer, self).shutdown(sockets))
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn's own handler escalates only a second SIGINT, and then skips the
+            # lifespan's end (Redis and the upstream client left open); a second SIGTERM did
+            # nothing. Here either cuts the drain short, and the sequence still closes.
+            # Not handed to uvicorn's, which would re-raise the signal after serving (for
+            # SIGTERM, death by signal): finished is finished, exit 0.
+            if self.should_exit:
+                sequence.interrupt(sig)
+            else:
+                self.should_exit = True
 
     class MetricsServer(uvicorn.Server):
         bound = asyncio.Event()
@@ -290,7 +332,7 @@ def _serve_here(config: Any, settings: Settings, metrics_config: Any = None) -> 
             await super().startup(sockets=sockets)
             self.bound.set()
 
-    server = AnnouncingServer(config)
+    server = GatewayServer(config)
     metrics_server = MetricsServer(metrics_config) if metrics_config is not None else None
 
     async def serve_both() -> None:
@@ -312,33 +354,49 @@ def _serve_here(config: Any, settings: Settings, metrics_config: Any = None) -> 
             metrics_server.should_exit = True
             await listening
 
-    # uvicorn re-raises a signal it handled once its graceful shutdown is over, for the
-    # default action; for SIGTERM that is death by signal. Finished is finished: exit 0.
+    # A signal after serving (uvicorn restores the handlers it found) must not kill the
+    # process mid-exit: what is left is bounded (``run_until_stopped``).
     signal.signal(signal.SIGTERM, _after_graceful_shutdown)
-    # On the loop uvicorn would choose (uvloop when installed), as ``uvicorn.run`` does;
-    # ``asyncio.run`` would always make asyncio's own, about a third slower per request.
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
-    ):
-        runner.run(serve_both())
+    with contextlib.suppress(KeyboardInterrupt):
+        run_until_stopped(serve_both(), config.get_loop_factory())
     return 0 if server.started else STARTUP_FAILURE
 
 
-async def end_open_streams(lifespan_state: Mapping[str, Any]) -> None:
-    """Shutdown has begun: every subscription completes and every change feed stops
-    (``ChangeFeeds.close``), then every streamed response writes its final payload
-    (``OpenStreams.close``, which waits a few seconds at most). Both are closed again, as no-ops,
-    by the lifespan's end."""
-    from gateway.changes.registry import ChangeFeeds
-    from gateway.transports.stream_limits import OpenStreams
+# How long tasks still running after the shutdown sequence (none, unless one is stuck) get to
+# end once cancelled, and what uvicorn's own shutdown waits for after the sequence's cut.
+LEFTOVER_SECONDS: Final = 1  # whole seconds: uvicorn types its shutdown timeout as int
 
-    changes = lifespan_state.get("changes")
-    if isinstance(changes, ChangeFeeds):
-        await changes.close()
-    streams = lifespan_state.get("streams")
-    if isinstance(streams, OpenStreams):
-        await streams.close()
+
+def run_until_stopped(main: Coroutine[Any, Any, None], loop_factory: Any) -> None:
+    """Run ``main`` on the loop uvicorn would choose (uvloop when installed), as
+    ``uvicorn.run`` does (``asyncio.run`` would always make asyncio's own, about a third
+    slower per request). Then, unlike ``asyncio.run``, which waits for every task left to end
+    once cancelled, however long that takes: tasks left get ``LEFTOVER_SECONDS``, and one
+    that will not end is named in a log line and left behind, so the process still exits
+    within its shutdown timeout."""
+    import asyncio
+
+    loop = (loop_factory or asyncio.new_event_loop)()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in left:
+                task.cancel()
+            if left:
+                _, stuck = loop.run_until_complete(asyncio.wait(left, timeout=LEFTOVER_SECONDS))
+                if stuck:
+                    _log().error(
+                        "gateway_tasks_abandoned",
+                        tasks=sorted(str(task.get_coro()) for task in stuck)[:20],
+                    )
+            ending = loop.create_task(loop.shutdown_asyncgens())
+            loop.run_until_complete(asyncio.wait({ending}, timeout=LEFTOVER_SECONDS))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _serve_workers(config: Any, settings: Settings) -> int:
@@ -361,7 +419,7 @@ def _serve_workers(config: Any, settings: Settings) -> int:
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
-    """Nothing left to do: uvicorn has drained the requests and run the lifespan's end."""
+    """Nothing left to do: the shutdown sequence has drained, cut and closed."""
 
 
 def _log() -> Any:

@@ -2,27 +2,49 @@
 
 ``InFlightLimit`` answers requests past ``max_in_flight`` with 503, ``Retry-After`` and a
 GraphQL-shaped body, before any work is done (probes pass, so an overloaded gateway still
-says it is alive). ``GuardedHttpToolsProtocol`` extends uvicorn's httptools protocol (uvicorn
-takes a protocol class for ``http``) with what uvicorn does not bound: a connection past
-``max_connections`` (or past ``max_connections_per_client`` from one client address) is
-answered 503 and closed at once instead of holding a descriptor; at the total bound the
-heaviest client's idle connections (and WebSockets running no operation) are closed first
-(silently: see ``shed``); IPv6 clients
-count by their /64; and a client that does not finish its
-request head within ``header_timeout`` (an idle socket, a slowloris) gets 408 and is
-closed. Slow bodies are bounded by ``BodySizeLimitMiddleware``; idle keep-alive connections
-by uvicorn's own ``timeout_keep_alive``.
+says it is alive).
+
+``ConnectionGuard`` bounds what uvicorn does not: a connection past ``max_connections`` (or
+past ``max_connections_per_client`` from one client address) is answered 503 and closed at
+once instead of holding a descriptor; at the total bound the heaviest client's idle
+connections (and WebSockets running no operation) are closed first (silently: see
+``GuardedConnection.shed``); IPv6 clients count by their /64; a client that does not finish
+its request head within ``header_timeout`` (an idle socket, a slowloris) gets 408 and is
+closed, and one whose head passes ``MAX_HEAD_BYTES`` gets 431. Slow bodies are bounded by
+``BodySizeLimitMiddleware``; idle keep-alive connections by uvicorn's own
+``timeout_keep_alive``; the forwarded client of a trusted proxy's request by uvicorn's own
+``ProxyHeadersMiddleware``. At shutdown the guard stops taking requests, tells in-flight
+ones to close their connection, and cuts what is left when the drain is over.
+
+How it sits in uvicorn, with nothing of uvicorn's internals: uvicorn takes a protocol class
+for ``http`` (``Config(http=...)``) and builds one per connection with its own keyword
+arguments. ``GuardedConnection`` is that class. It is an ``asyncio.Protocol`` that builds the
+protocol uvicorn itself would use for its default ``http="auto"`` (found by name in
+``uvicorn.config.HTTP_PROTOCOLS``, the table behind ``--http``) with those same arguments,
+and relays to it through asyncio's protocol and transport interfaces alone; the transport it
+hands over relays too, so a WebSocket upgrade (``transport.set_protocol``) stays in view. What
+a connection is doing comes from ASGI, not from uvicorn's parser: ``ConnectionGuard.wrap``
+puts an ASGI layer around the app that finds each request's connection by its addresses
+(``scope["client"]`` and ``scope["server"]``, the socket's own) and marks it busy until the
+request ends; the guard watches the bytes of a request head only for its end and its size.
+If an upgrade changes how uvicorn builds or hands over its protocols,
+``tests/test_connections.py`` fails (``test_the_guard_wraps_uvicorn_s_own_http_protocol``,
+and the WebSocket and idle-connection tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
-import weakref
-from typing import Any, Protocol
+from collections.abc import Callable
+from enum import Enum
+from functools import cache
+from typing import Any, Final, Protocol, cast
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.errors import ErrorCode
 from gateway.transports.asgi import app_path, send_refusal
@@ -33,6 +55,8 @@ from gateway.transports.websocket import WEBSOCKET_ACTIVITY
 RETRY_AFTER_SECONDS = 1
 # The scope key under which the WebSocket endpoint leaves its connection (a
 # ``WebSocketActivity``), so the connection table can shed an idle WebSocket under pressure.
+# The scope key under which the guard leaves a request's connection for its inner layer.
+_CONNECTION: Final = "gateway.connection"
 
 
 class WebSocketActivity(Protocol):
@@ -102,7 +126,7 @@ _TOO_SLOW = _raw_response(
     "The request head did not arrive in time.",
     ErrorCode.BAD_USER_INPUT,
 )
-
+_HEAD_END: Final = b"\r\n\r\n"
 
 _CLIENT_AT_CAPACITY = Refusal(
     503,
@@ -111,69 +135,6 @@ _CLIENT_AT_CAPACITY = Refusal(
     headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
     extensions={"retryAfter": RETRY_AFTER_SECONDS},
 )
-
-
-async def _refuse_forwarded_client(scope: Scope, receive: Receive, send: Send) -> None:
-    """The app a request runs instead when its forwarded client is past its connection bound."""
-    await send_refusal(send, _CLIENT_AT_CAPACITY)
-
-
-_LARGE_HEAD = Refusal(
-    431,
-    f"The request head is larger than {MAX_HEAD_BYTES} bytes.",
-    ErrorCode.BAD_USER_INPUT,
-    headers={"Connection": "close"},
-)
-
-
-async def _refuse_large_head(scope: Scope, receive: Receive, send: Send) -> None:
-    """The app a request runs instead when its head (URL and headers) is over the bound."""
-    await send_refusal(send, _LARGE_HEAD)
-
-
-class ClientConnections:
-    """One server's open connections grouped by client address (oldest first), so a bound can
-    hold per client and the pressure valve can pick its victim from the heaviest client."""
-
-    def __init__(self) -> None:
-        self.by_client: dict[str, dict[asyncio.BaseProtocol, None]] = {}
-
-    def add(self, client: str, connection: asyncio.BaseProtocol) -> int:
-        """Count ``connection`` for ``client``; returns how many that client now holds."""
-        held = self.by_client.setdefault(client, {})
-        held[connection] = None
-        return len(held)
-
-    def remove(self, client: str, connection: asyncio.BaseProtocol) -> None:
-        held = self.by_client.get(client)
-        if held is not None:
-            held.pop(connection, None)
-            if not held:
-                del self.by_client[client]
-
-    def idle_victim(self) -> GuardedHttpToolsProtocol | WebSocketActivity | None:
-        """The oldest connection holding nothing (waiting for a request head, or a WebSocket
-        running no operation), of the client holding the most connections: what is closed
-        first when the server is full."""
-        for _, held in sorted(self.by_client.items(), key=lambda item: -len(item[1])):
-            for connection in held:
-                if isinstance(connection, GuardedHttpToolsProtocol):
-                    if connection.awaiting_head:
-                        return connection
-                    continue
-                websocket = idle_websocket(connection)
-                if websocket is not None:
-                    return websocket
-        return None
-
-
-def idle_websocket(connection: asyncio.BaseProtocol) -> WebSocketActivity | None:
-    """The WebSocket endpoint of an upgraded connection, when it runs no operation."""
-    scope = getattr(connection, "scope", None)
-    activity = scope.get(WEBSOCKET_ACTIVITY) if isinstance(scope, dict) else None
-    if activity is None or not activity.idle:
-        return None
-    return activity  # type: ignore[no-any-return]
 
 
 def client_key(address: str) -> str:
@@ -191,14 +152,15 @@ def client_key(address: str) -> str:
     return address
 
 
-# One table per uvicorn server (its ServerState), so servers in one process do not mix.
-_TABLES: weakref.WeakKeyDictionary[object, ClientConnections] = weakref.WeakKeyDictionary()
-
-
-class TrustedProxies:
-    """The proxies whose ``X-Forwarded-For`` names the client (GATEWAY_FORWARDED_ALLOW_IPS)."""
+class ProxyPeers:
+    """Which peers are the trusted proxies of ``GATEWAY_FORWARDED_ALLOW_IPS`` (addresses or
+    networks, or ``*``), known as a connection opens, before any request names its client:
+    their connections carry many clients, so they are counted per forwarded client instead.
+    Which client a request is for is uvicorn's ``ProxyHeadersMiddleware``'s answer, given the
+    same entries (a test holds the two to the same peers)."""
 
     def __init__(self, entries: tuple[str, ...] | None) -> None:
+        self.entries = entries
         self.everyone = entries is not None and "*" in entries
         self.networks = [
             ipaddress.ip_network(entry, strict=False) for entry in entries or () if entry != "*"
@@ -215,93 +177,179 @@ class TrustedProxies:
             return False
         return any(address in network for network in self.networks)
 
-    def forwarded_client(self, forwarded_for: bytes) -> str | None:
-        """The nearest address in ``X-Forwarded-For`` that is not a trusted proxy (what
-        uvicorn's proxy middleware puts in the request's scope)."""
-        hops = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",")]
-        for hop in reversed(hops):
-            if hop and hop not in self:
-                return hop[:64]
-        return hops[0][:64] if hops and hops[0] else None
+
+@cache
+def uvicorn_http_protocol() -> Callable[..., asyncio.Protocol]:
+    """The HTTP protocol uvicorn serves with by default (``http="auto"``: httptools when it
+    is installed, else h11), by the name uvicorn's own table gives it."""
+    module, _, name = HTTP_PROTOCOLS["auto"].partition(":")
+    found: Callable[..., asyncio.Protocol] = getattr(importlib.import_module(module), name)
+    return found
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with connection bounds and a request-head deadline.
+Address = tuple[tuple[str, int] | None, tuple[str, int] | None]  # (client, server)
 
-    A module-level class (uvicorn pickles its config for ``--workers``), set up by
-    ``configure_connection_limits`` in each process before it serves.
 
-    Bounds, checked as a connection opens: at most ``max_connections_per_client`` from one
-    client address; at most ``max_connections`` in all, and at that bound the oldest
-    connection still waiting for a request head (a fresh socket, an idle keep-alive, a
-    slowloris) of the client holding the most is closed, without a response, to make room
-    (``shed``), so idle sockets cannot
-    lock out clients that send requests. Only when no connection is waiting is the new one
-    refused. A connection from a trusted proxy is counted under the forwarded client of the
-    request it carries (known once the head has arrived). A connection upgraded to a WebSocket
-    stays counted for its client (and in the total) until it closes; while it runs no
-    operation it may be the victim (closed by its endpoint with 1013, try again later).
-    """
+def _host_port(info: Any) -> tuple[str, int] | None:
+    """A socket address as uvicorn puts it in a scope (``client``, ``server``)."""
+    if isinstance(info, tuple | list) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
 
-    max_connections: int = 1024
-    max_connections_per_client: int = 64
-    header_timeout: float = 10.0
-    trusted_proxies: TrustedProxies = TrustedProxies(None)
-    _head_deadline: asyncio.TimerHandle | None = None
-    _counted_as: str | None = None
-    _behind_proxy: bool = False
-    _head_complete: bool = False
-    _head_bytes = 0  # bytes received since the current request head began
 
-    @property
-    def awaiting_head(self) -> bool:
-        """No request is being served: the connection holds a socket and nothing else."""
-        idle = self.cycle is None or self.cycle.response_complete
-        return idle and not self._head_complete and not self.transport.is_closing()
+class _State(Enum):
+    AWAITING_HEAD = "awaiting head"  # holds a socket and nothing else: idle
+    HEAD_RECEIVED = "head received"  # its request is about to start
+    BUSY = "busy"  # a request is being served
+    UPGRADED = "upgraded"  # a WebSocket
 
-    @property
-    def _table(self) -> ClientConnections:
-        table = _TABLES.get(self.server_state)
-        if table is None:
-            table = _TABLES[self.server_state] = ClientConnections()
-        return table
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        peer = self.client[0] if self.client else "unknown"
-        self._behind_proxy = peer in self.trusted_proxies
-        # A proxy's connections carry many clients: counted as the proxy's until a head names one.
-        if not self._count_as(client_key(peer) if not self._behind_proxy else f"proxy {peer}"):
+# What a relay hands straight to the socket's transport: everything but changing protocols.
+_RELAYED: Final = (
+    "get_extra_info",
+    "is_closing",
+    "close",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "set_write_buffer_limits",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "abort",
+)
+
+
+class _Relay(asyncio.Transport):
+    """The transport uvicorn's protocols are given: the socket's own, except that handing
+    the connection to another protocol (uvicorn's WebSocket upgrade) tells the guard.
+
+    The socket transport's own bound methods are set on each relay, so a write costs no
+    extra call (this sits under every response)."""
+
+    def __init__(self, transport: asyncio.Transport, connection: GuardedConnection) -> None:
+        super().__init__()
+        self._connection = connection
+        self.__dict__.update(
+            {name: getattr(transport, name) for name in _RELAYED if hasattr(transport, name)}
+        )
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._connection.hand_over(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._connection.serving
+
+
+class GuardedConnection(asyncio.Protocol):
+    """One client connection: uvicorn's protocol for it, behind the guard's bounds.
+
+    ``ConnectionGuard.protocol`` is a subclass of this per guard (``guard`` set), the class
+    uvicorn is given for ``http``; uvicorn builds one per connection with its keyword
+    arguments, passed on unread to the protocol uvicorn would otherwise have built."""
+
+    guard: ConnectionGuard
+
+    def __init__(self, **uvicorn_arguments: Any) -> None:
+        # uvicorn's protocols are stream protocols (``asyncio.Protocol``), WebSockets too.
+        self.serving: asyncio.Protocol = uvicorn_http_protocol()(**uvicorn_arguments)
+        self.transport: asyncio.Transport | None = None
+        self.address: Address = (None, None)
+        self.counted_as: str | None = None
+        self.behind_proxy = False
+        self.refused = False
+        self.state = _State.AWAITING_HEAD
+        self.task: asyncio.Task[Any] | None = None  # the ASGI call serving it, while one does
+        self.websocket: Scope | None = None  # the scope of its WebSocket, once upgraded
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # of the current head, received so far
+        self._tail = b""  # the last bytes of the head so far (its end may straddle chunks)
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is one without being registered as asyncio's).
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = _host_port(transport.get_extra_info("peername"))
+        self.address = (peer, _host_port(transport.get_extra_info("sockname")))
+        if not self.guard.admit(self, peer[0] if peer else "unknown"):
+            self.refused = True
+            transport.write(_AT_CAPACITY)
+            transport.close()
             return
-        if len(self.connections) > self.max_connections:
-            victim = self._table.idle_victim()
-            if victim is None or victim is self:
-                self._refuse()
-                return
-            victim.shed()
+        self.serving.connection_made(_Relay(transport, self))
         self._await_head()
 
-    def _count_as(self, client: str, *, refuse: bool = True) -> bool:
-        """Count this connection for ``client``; False past the per-client bound (and, with
-        ``refuse``, answered 503 and closed)."""
-        if self._counted_as == client:
-            return True
-        if self._counted_as is not None:
-            self._table.remove(self._counted_as, self)
-        self._counted_as = client
-        held = self._table.add(client, self)
-        if held > self.max_connections_per_client and not client.startswith("proxy "):
-            if refuse:
-                self._refuse()
-            return False
-        return True
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.state is _State.AWAITING_HEAD and not self._watch_head(data):
+            return
+        self.serving.data_received(data)
 
-    def _refuse(self) -> None:
-        """The connection just opened is past a bound: told so (503) and closed."""
+    def eof_received(self) -> bool | None:
+        return None if self.refused else self.serving.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
-        if not self.transport.is_closing():
-            self.transport.write(_AT_CAPACITY)
-            self.transport.close()
+        self.guard.forget(self)
+        if not self.refused:
+            self.serving.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if not self.refused:
+            self.serving.pause_writing()
+
+    def resume_writing(self) -> None:
+        if not self.refused:
+            self.serving.resume_writing()
+
+    # --- what the guard knows of it --------------------------------------------------------
+
+    def hand_over(self, protocol: asyncio.BaseProtocol) -> None:
+        """uvicorn upgraded the connection: ``protocol`` (its WebSocket) serves it now."""
+        self.serving = cast(asyncio.Protocol, protocol)
+        self.state = _State.UPGRADED
+        self._stop_waiting()
+
+    @property
+    def idle(self) -> bool:
+        """No request is being served: the connection holds a socket and nothing else."""
+        return self.state is _State.AWAITING_HEAD and not self._closing
+
+    @property
+    def idle_websocket(self) -> WebSocketActivity | None:
+        """Its WebSocket endpoint, when it is one running no operation."""
+        activity = self.websocket.get(WEBSOCKET_ACTIVITY) if self.websocket else None
+        if activity is None or not activity.idle:
+            return None
+        return activity  # type: ignore[no-any-return]
+
+    @property
+    def _closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def request_started(self, task: asyncio.Task[Any] | None) -> None:
+        self._stop_waiting()
+        self.task = task
+        if self.state is not _State.UPGRADED:
+            self.state = _State.BUSY
+
+    def request_ended(self) -> None:
+        self.task = None
+        if self.state is _State.UPGRADED:
+            return
+        self.state = _State.AWAITING_HEAD
+        self._head_bytes = 0
+        self._tail = b""
+        if self.guard.stopping:  # shutdown: no further request on this connection
+            self.close()
+        # Otherwise idle: uvicorn's keep-alive timeout closes it; the head deadline starts
+        # with the next request's first byte.
 
     def shed(self) -> None:
         """Closed to make room, without a word. The victim sent nothing we are answering, and
@@ -309,148 +357,333 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         would be read as that request's answer (and a POST is not retried), while a bare
         close before any response byte is what RFC 9112 §9.6 lets a server do to an idle
         connection and what clients retry on a fresh connection (§9.3.1)."""
+        self.close()
+
+    def close(self) -> None:
         self._stop_waiting()
-        if not self.transport.is_closing():
+        if not self._closing:
+            assert self.transport is not None
             self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # A head still incomplete after all that arrived: bound what it has sent so far.
-        if self.awaiting_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._stop_waiting()
-                self.transport.write(_HEAD_TOO_LARGE)
-                self.transport.close()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_complete = False
-        if self._head_deadline is None:
-            self._await_head()
-
-    def on_headers_complete(self) -> None:
+    def cut(self) -> None:
+        """The drain is over: closed at once whatever it is doing (what is still buffered
+        for a client that does not read is dropped), and its request cancelled."""
         self._stop_waiting()
-        self._head_complete = True
-        self._head_bytes = 0
-        head_size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-        if head_size > MAX_HEAD_BYTES:
-            self._answer_with(_refuse_large_head)
-            return
-        if self._behind_proxy:
-            forwarded = next(
-                (value for name, value in self.headers if name == b"x-forwarded-for"), None
-            )
-            client = self.trusted_proxies.forwarded_client(forwarded) if forwarded else None
-            if client is not None and not self._count_as(client_key(client), refuse=False):
-                self._answer_with(_refuse_forwarded_client)
-                return
-        super().on_headers_complete()
+        if self.transport is not None:
+            self.transport.abort()
+        if self.task is not None and not self.task.done():
+            self.guard.cut_tasks.add(self.task)
+            self.task.cancel()
 
-    def _answer_with(self, refusal: Any) -> None:
-        """Answer the request whose head just arrived with ``refusal`` (an ASGI app that
-        closes the connection) instead of the gateway, through uvicorn's own cycle."""
-        serving, self.app = self.app, refusal
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = serving
+    # --- the request head ------------------------------------------------------------------
 
-    def on_response_complete(self) -> None:
-        self._head_complete = False
-        super().on_response_complete()
-
-    def handle_websocket_upgrade(self) -> None:
-        super().handle_websocket_upgrade()
-        # uvicorn hands the transport to its WebSocket protocol and never calls this one's
-        # connection_lost: the upgraded connection keeps this one's place in the client table
-        # and gives it back when it closes.
-        upgraded = self.transport.get_protocol()
-        client = self._counted_as
-        if client is None:
-            return
-        self._table.remove(client, self)
-        self._table.add(client, upgraded)
-        table = self._table
-        closed = upgraded.connection_lost
-
-        def release(exc: Exception | None) -> None:
-            table.remove(client, upgraded)
-            closed(exc)
-
-        upgraded.connection_lost = release  # type: ignore[method-assign]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_waiting()
-        if self._counted_as is not None:
-            self._table.remove(self._counted_as, self)
-        super().connection_lost(exc)
+    def _watch_head(self, data: bytes) -> bool:
+        """Count a head's bytes until its end (the first empty line); False when it is over
+        ``MAX_HEAD_BYTES`` (answered 431 and closed)."""
+        if self._head_bytes == 0:
+            data = data.lstrip(b"\r\n")  # empty lines before a request line are no head
+            if not data:
+                return True
+            if self._deadline is None:  # the head of a request after a kept-alive one
+                self._await_head()
+        seen = self._tail + data if self._tail else data
+        end = seen.find(_HEAD_END)
+        if end >= 0:
+            size = self._head_bytes - len(self._tail) + end
+            self.state = _State.HEAD_RECEIVED
+            self._stop_waiting()
+        else:
+            size = self._head_bytes + len(data)
+            self._tail = seen[-(len(_HEAD_END) - 1) :]
+        self._head_bytes += len(data)
+        if size > MAX_HEAD_BYTES:
+            self._answer_and_close(_HEAD_TOO_LARGE)
+            return False
+        return True
 
     def _await_head(self) -> None:
-        self._head_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+        self._stop_waiting()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.guard.header_timeout, self._too_slow)
 
     def _stop_waiting(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _too_slow(self) -> None:
-        self._head_deadline = None
-        # No request is being served on this connection: it only sat there.
-        if self.awaiting_head:
-            self.transport.write(_TOO_SLOW)
+        self._deadline = None
+        if self.state is _State.AWAITING_HEAD:  # no request is being served: it only sat there
+            self._answer_and_close(_TOO_SLOW)
+
+    def _answer_and_close(self, response: bytes) -> None:
+        self._stop_waiting()
+        if not self._closing:
+            assert self.transport is not None
+            self.transport.write(response)
             self.transport.close()
 
 
-class ScrapeHttpToolsProtocol(GuardedHttpToolsProtocol):
-    """The metrics listener's protocol (GATEWAY_METRICS_PORT): the same guards with bounds of
+class ConnectionGuard:
+    """One listener's connections and their bounds (``serve``: the gateway's port, and the
+    metrics port with bounds of its own).
+
+    Bounds, checked as a connection opens: at most ``max_connections_per_client`` from one
+    client address; at most ``max_connections`` in all, and at that bound the oldest
+    connection still waiting for a request head (a fresh socket, an idle keep-alive, a
+    slowloris) of the client holding the most is closed, without a response, to make room,
+    so idle sockets cannot lock out clients that send requests. Only when no connection is
+    waiting is the new one refused. A connection from a trusted proxy (``trusted_proxies``)
+    is counted under the forwarded client of the request it carries (known once the head
+    has arrived). A connection upgraded to a WebSocket stays counted for its client (and in
+    the total) until it closes; while it runs no operation it may be the victim (closed by
+    its endpoint with 1013, try again later).
+
+    Use: ``uvicorn.Config(guard.wrap(app), **guard.uvicorn_options(), ...)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        keep_alive_timeout: float = 5.0,
+        max_connections_per_client: int | None = None,
+        trusted_proxies: tuple[str, ...] | None = None,
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client or max_connections
+        self.header_timeout = header_timeout
+        self.keep_alive_timeout = keep_alive_timeout
+        self.proxies = ProxyPeers(trusted_proxies)
+        self.by_client: dict[str, dict[GuardedConnection, None]] = {}  # oldest first
+        self.by_address: dict[Address, GuardedConnection] = {}
+        self.stopping = False
+        self.cut_tasks: set[asyncio.Task[Any]] = set()  # cancelled by ``cut``, not by a bug
+        # The class uvicorn is given: one per guard, so listeners keep their tables apart.
+        self.protocol = cast(
+            "type[GuardedConnection]",
+            type("GuardedConnection", (GuardedConnection,), {"guard": self}),
+        )
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The ``uvicorn.Config`` keywords that put this guard in front of each connection.
+        Forwarded headers are read by the guard's layer (``wrap``), not by uvicorn's."""
+        return {
+            "http": self.protocol,
+            "timeout_keep_alive": self.keep_alive_timeout,
+            "proxy_headers": False,
+        }
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """``app`` behind the guard's ASGI layer (and, with trusted proxies, uvicorn's
+        ``ProxyHeadersMiddleware`` inside it)."""
+        return GuardedApp(self, app)
+
+    # --- the table -------------------------------------------------------------------------
+
+    @property
+    def open(self) -> int:
+        return len(self.by_address)
+
+    def held_by(self, client: str) -> int:
+        """How many connections ``client`` (a ``client_key``) holds."""
+        return len(self.by_client.get(client, ()))
+
+    def admit(self, connection: GuardedConnection, peer: str) -> bool:
+        """Count a new connection; False when it is past a bound (to be refused)."""
+        if self.stopping:
+            return False
+        self.by_address[connection.address] = connection
+        connection.behind_proxy = peer in self.proxies
+        # A proxy's connections carry many clients: counted as the proxy's until a head names one.
+        counted = f"proxy {peer}" if connection.behind_proxy else client_key(peer)
+        if not self.count_as(connection, counted):
+            return False
+        if len(self.by_address) > self.max_connections:
+            victim = self._idle_victim(connection)
+            if victim is None:
+                return False
+            victim.shed()
+        return True
+
+    def count_as(self, connection: GuardedConnection, client: str) -> bool:
+        """Count ``connection`` for ``client``; False past the per-client bound (a proxy's
+        own count has none)."""
+        if connection.counted_as == client:
+            return True
+        self._uncount(connection)
+        connection.counted_as = client
+        held = self.by_client.setdefault(client, {})
+        held[connection] = None
+        return len(held) <= self.max_connections_per_client or client.startswith("proxy ")
+
+    def forget(self, connection: GuardedConnection) -> None:
+        if self.by_address.get(connection.address) is connection:
+            del self.by_address[connection.address]
+        self._uncount(connection)
+
+    def _uncount(self, connection: GuardedConnection) -> None:
+        client = connection.counted_as
+        held = self.by_client.get(client) if client is not None else None
+        if held is not None:
+            held.pop(connection, None)
+            if not held:
+                del self.by_client[client]  # type: ignore[arg-type]
+        connection.counted_as = None
+
+    def _idle_victim(
+        self, newcomer: GuardedConnection
+    ) -> GuardedConnection | WebSocketActivity | None:
+        """The oldest connection holding nothing (waiting for a request head, or a WebSocket
+        running no operation), of the client holding the most connections: what is closed
+        first when the listener is full."""
+        for _, held in sorted(self.by_client.items(), key=lambda item: -len(item[1])):
+            for connection in held:
+                if connection is newcomer:
+                    continue
+                if connection.idle:
+                    return connection
+                websocket = connection.idle_websocket
+                if websocket is not None:
+                    return websocket
+        return None
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests being served."""
+        return sum(
+            1
+            for connection in self.by_address.values()
+            if connection.task is not None and connection.state is not _State.UPGRADED
+        )
+
+    @property
+    def websockets(self) -> int:
+        """WebSockets still open."""
+        return sum(1 for c in self.by_address.values() if c.state is _State.UPGRADED)
+
+    @property
+    def busy(self) -> int:
+        """Connections serving a request, or a WebSocket still open."""
+        return self.requests + self.websockets
+
+    def stop_accepting(self) -> None:
+        """Shutdown begins: new connections are refused, idle ones closed; a request being
+        served finishes, and its connection closes after it (``Connection: close``)."""
+        self.stopping = True
+        for connection in list(self.by_address.values()):
+            if connection.idle:
+                connection.close()
+
+    def cut(self) -> int:
+        """The drain is over: every connection left is closed and its request cancelled;
+        how many were."""
+        left = list(self.by_address.values())
+        for connection in left:
+            connection.cut()
+        return len(left)
+
+
+class GuardedApp:
+    """The guard's ASGI layer: marks each request's connection busy while it is served,
+    counts a trusted proxy's connection under the client its request is forwarded for (503
+    past that client's bound), and during shutdown asks the client to close."""
+
+    def __init__(self, guard: ConnectionGuard, app: ASGIApp) -> None:
+        self.guard = guard
+        self.app = app
+        self.inner = app  # what a request goes on to: the app, or the proxy headers first
+        self.proxied = guard.proxies.entries is not None
+        if guard.proxies.entries is not None:
+            # uvicorn's own reading of X-Forwarded-For/-Proto, typed with uvicorn's scope types.
+            proxied = ProxyHeadersMiddleware(
+                self._count_forwarded,  # type: ignore[arg-type]
+                trusted_hosts=list(guard.proxies.entries),
+            )
+            self.inner = cast(ASGIApp, proxied)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        connection = self.guard.by_address.get((scope.get("client"), scope.get("server")))
+        if connection is None:  # not one of the guard's sockets (a test's transport)
+            await self.inner(scope, receive, send)
+            return
+        if kind == "websocket":
+            connection.websocket = scope
+        elif self.guard.stopping:
+            send = _asking_to_close(send)
+        if self.proxied:
+            scope[_CONNECTION] = connection
+        connection.request_started(asyncio.current_task())
+        try:
+            await self.inner(scope, receive, send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task not in self.guard.cut_tasks:
+                raise
+            # Cut by shutdown, its connection closed already: nothing to report to uvicorn.
+            self.guard.cut_tasks.discard(task)
+            task.uncancel()
+        finally:
+            connection.request_ended()
+
+    async def _count_forwarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connection: GuardedConnection | None = scope.get(_CONNECTION)
+        client = scope.get("client")
+        if (
+            connection is not None
+            and connection.behind_proxy
+            and client is not None
+            and client != connection.address[0]
+            and not self.guard.count_as(connection, client_key(client[0]))
+        ):
+            if scope["type"] == "http":
+                await send_refusal(send, _CLIENT_AT_CAPACITY)
+            else:
+                await send({"type": "websocket.close", "code": 1013})
+            return
+        await self.app(scope, receive, send)
+
+
+def _asking_to_close(send: Send) -> Send:
+    """``send`` with ``Connection: close`` on the response: the client opens its next
+    request elsewhere (uvicorn closes the connection after this response)."""
+
+    async def asking(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return asking
+
+
+def scrape_guard(*, header_timeout: float, keep_alive_timeout: float = 5.0) -> ConnectionGuard:
+    """The metrics listener's guard (GATEWAY_METRICS_PORT): the same guards with bounds of
     its own, sized for a few scrapers. Sockets that never send a head are closed after the
-    head deadline and, when the listener is full, make room for a new connection, so slow or
-    idle sockets cannot make every scrape fail (uvicorn's ``limit_concurrency`` would answer
-    every scrape 503 while they are held). Never behind the trusted proxies: scrapers connect
-    directly."""
-
-    max_connections = 64
-    max_connections_per_client = 16
-    header_timeout = 10.0
-    trusted_proxies = TrustedProxies(None)
-
-
-def scrape_limits(*, header_timeout: float, keep_alive_timeout: float = 5.0) -> dict[str, Any]:
-    """The ``uvicorn.Config`` keywords of the metrics listener (``ScrapeHttpToolsProtocol``)."""
-    ScrapeHttpToolsProtocol.header_timeout = header_timeout
-    return {"http": ScrapeHttpToolsProtocol, "timeout_keep_alive": keep_alive_timeout}
-
-
-def configure_connection_limits(
-    *,
-    max_connections: int,
-    header_timeout: float,
-    max_connections_per_client: int | None = None,
-    trusted_proxies: tuple[str, ...] | None = None,
-) -> None:
-    """Set the bounds ``GuardedHttpToolsProtocol`` applies in this process."""
-    GuardedHttpToolsProtocol.max_connections = max_connections
-    GuardedHttpToolsProtocol.max_connections_per_client = (
-        max_connections_per_client or max_connections
-    )
-    GuardedHttpToolsProtocol.header_timeout = header_timeout
-    GuardedHttpToolsProtocol.trusted_proxies = TrustedProxies(trusted_proxies)
-
-
-def uvicorn_limits(
-    *,
-    max_connections: int,
-    header_timeout: float,
-    keep_alive_timeout: float,
-    max_connections_per_client: int | None = None,
-    trusted_proxies: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
-    """The ``uvicorn.Config`` keywords that apply these bounds (after configuring them)."""
-    configure_connection_limits(
-        max_connections=max_connections,
+    head deadline and, when the listener is full, make room for a new connection, so slow
+    or idle sockets cannot make every scrape fail (uvicorn's ``limit_concurrency`` would
+    answer every scrape 503 while they are held). Never behind the trusted proxies:
+    scrapers connect directly."""
+    return ConnectionGuard(
+        max_connections=64,
+        max_connections_per_client=16,
         header_timeout=header_timeout,
-        max_connections_per_client=max_connections_per_client,
-        trusted_proxies=trusted_proxies,
+        keep_alive_timeout=keep_alive_timeout,
     )
-    return {"http": GuardedHttpToolsProtocol, "timeout_keep_alive": keep_alive_timeout}
+
+
+class WorkerConnection(GuardedConnection):
+    """The protocol class of ``serve --workers`` (uvicorn pickles its config for each worker
+    process, so the class is named by module): each worker sets its guard
+    (``guard_this_worker``) before it serves."""
+
+
+def guard_this_worker(guard: ConnectionGuard) -> None:
+    WorkerConnection.guard = guard

@@ -24,9 +24,12 @@ leaves alone), so each payload reaches the client when it is written, with
 ``StreamedResponse`` writes the headers and the first payload, then each payload as it
 comes, while watching the client (``http.disconnect``: the operation is closed at once, so
 its upstream walk stops) and shutdown (``OpenStreams.closing``, or a subscription that ends
-once the change feeds are closed: a final payload says so, then the end; a write waiting on a
-client that does not read is abandoned, and the final one waits at most
-``CLOSE_WRITE_SECONDS``, so shutdown keeps ``GATEWAY_SHUTDOWN_TIMEOUT``). A
+once the change feeds are closed): a final payload says so, then the end, so the client knows
+its answer is cut short (Apollo's multipart subscription: its transport-level error, which
+Apollo Client's RetryLink resubscribes on); an SSE subscription's body just ends, with
+neither, so that graphql-sse's client subscribes again (it takes ``complete`` as the end). A
+write waiting on a client that does not read is abandoned, and the final one waits at most
+``CLOSE_WRITE_SECONDS``, so shutdown keeps ``GATEWAY_SHUTDOWN_TIMEOUT``. A
 failure after the headers ends the stream with a final payload, never a cut-off body; the
 request's log line is written when it ends, with the payloads and items sent.
 """
@@ -291,12 +294,23 @@ class StreamedResponse:
                 continue
             # Shutdown: a final payload says so, written within CLOSE_WRITE_SECONDS (a
             # client that does not read is left with what it has: shutdown keeps its time).
+            # A subscription over SSE gets no final event at all, neither ``complete``
+            # (graphql-sse's client takes that as the subscription's end) nor an error: its
+            # body just ends, which that client retries, subscribing again elsewhere.
             self.ended = "shutdown"
-            final = _last({"errors": [SHUTDOWN_ERROR]}, framing, incremental=incremental)
+            last = b""
+            if not self._resumes_by_itself():
+                final = _last({"errors": [SHUTDOWN_ERROR]}, framing, incremental=incremental)
+                last = framing.payload(final) + framing.closing()
             with suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_WRITE_SECONDS):
-                    await _body(send, framing.payload(final) + framing.closing(), more=False)
+                    await _body(send, last, more=False)
             return
+
+    def _resumes_by_itself(self) -> bool:
+        """Whether this stream's client resumes on its own when the body ends at shutdown,
+        with nothing said: an SSE subscription (graphql-sse's client)."""
+        return self.payloads.subscription and self.framing.name == "sse"
 
     def _record(self, elapsed: float) -> None:
         facts = current_facts()

@@ -2,7 +2,7 @@
 //
 //   node stream-clients.mjs --client NAME --url URL (--query-file F | --query TEXT)
 //        [--variables JSON] [--token TOKEN] [--stop-at PHONE_NUMBER] [--until-nodes N]
-//        [--accept TYPE] [--fetch-policy no-cache|cache-first]
+//        [--accept TYPE] [--fetch-policy no-cache|cache-first] [--retry-attempts N]
 //
 // Queries (@defer/@stream over multipart/mixed), the run ends with the operation:
 //   apollo-defer   Apollo Client 3 (HttpLink, its @defer support: `deferSpec=20220824` in
@@ -33,6 +33,8 @@
 //                  150 times): an end the server imposes makes it subscribe again
 //   stdout: one JSON line {"event": <data>} per event, then {"done": true}; the multipart
 //           clients also print {"retry": <attempt>, "error": <message>} for each retry
+// --retry-attempts: how often a subscription client reconnects after losing its server (the
+// libraries' own retries, with their own backoff; default 0, none): a rolling deploy's test.
 // The token goes as `Authorization: Bearer <token>` (default demo-admin). Exit 0 when the
 // run ended as described; 1 with the reason on stderr otherwise; 2 for bad usage.
 import { readFileSync } from 'node:fs';
@@ -69,6 +71,7 @@ const { values } = cliArgs({
   variables: { type: 'string' },
   token: { type: 'string', default: 'demo-admin' },
   'stop-at': { type: 'string' },
+  'retry-attempts': { type: 'string', default: '0' },
   'until-nodes': { type: 'string' },
   accept: { type: 'string' },
   'fetch-policy': { type: 'string', default: 'no-cache' },
@@ -82,6 +85,8 @@ const wsUrl = url.replace(/^http/, 'ws');
 const variables = jsonOption(values.variables, 'variables', {});
 const authorization = `Bearer ${values.token}`;
 const stopAt = values['stop-at'] ?? null;
+const retryAttempts = Number(values['retry-attempts']);
+if (!Number.isInteger(retryAttempts) || retryAttempts < 0) fail('--retry-attempts: a count', 2);
 const fetchPolicy = values['fetch-policy'];
 const untilNodes = values['until-nodes'] === undefined ? null : Number(values['until-nodes']);
 // The Accept header of every request a client sends (what the client negotiates).
@@ -205,7 +210,7 @@ function graphqlWs() {
     url: wsUrl,
     webSocketImpl: WebSocket,
     connectionParams: { Authorization: authorization },
-    retryAttempts: 0,
+    retryAttempts,
   });
   return new Promise((resolve, reject) => {
     const onEvent = printer(resolve);
@@ -226,7 +231,7 @@ function graphqlSse() {
     singleConnection: false, // distinct connections mode
     headers: { Authorization: authorization },
     fetchFn: recordingFetch(),
-    retryAttempts: 0,
+    retryAttempts,
   });
   return new Promise((resolve, reject) => {
     const onEvent = printer(resolve);
@@ -246,7 +251,7 @@ function apolloWs() {
     url: wsUrl,
     webSocketImpl: WebSocket,
     connectionParams: { Authorization: authorization },
-    retryAttempts: 0,
+    retryAttempts,
   });
   const client = new ApolloClient({
     link: new GraphQLWsLink(ws), cache: new InMemoryCache({ addTypename: false }),
