@@ -18,9 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from pydantic import ValidationError
 
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError, load_settings
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate",
@@ -87,7 +86,7 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return Settings()
+    return load_settings()
 
 
 def _compose() -> dict[str, Any]:
@@ -217,7 +216,7 @@ def test_gateway_settings_come_from_the_configmap_and_the_secret(
 
     literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     # The example value is refused in production: a copy applied as it is does not start.
-    with pytest.raises(ValidationError, match="GATEWAY_CACHE_KEY_SECRET: this is a known example"):
+    with pytest.raises(SettingsError, match="GATEWAY_CACHE_KEY_SECRET: this is a known example"):
         _settings_from(
             {**config, **literal, "GATEWAY_CACHE_KEY_SECRET": secret[ref["key"]]}, monkeypatch
         )
