@@ -48,7 +48,7 @@ from gateway.schema.build import build_schema, graphql_schema
 from gateway.schema.context import RequestContext
 from gateway.simulator import build_demo_world
 from gateway.upstream.client import UpstreamClient
-from tests.conftest import InProcess, examples
+from tests.conftest import InProcess, examples, live_settings
 
 UPSTREAM = "http://webex.test/v1"
 
@@ -60,7 +60,12 @@ def gateway_schema(execution_context_class: type[Any]) -> InProcess:
     """The gateway's own stages over the production schema, run by
     ``execution_context_class``: the fast path's, or the connection-noting executor with
     graphql-core's normal completion."""
-    return InProcess(executor_class=execution_context_class)
+    # The limits wide open (random selections nest deep, alias freely, and cost many calls
+    # under a page): a refusal would compare nothing.
+    wide_open = live_settings(
+        max_cost=10_000_000, max_query_depth=100, max_aliases=1000, max_tokens=100_000
+    )
+    return InProcess(wide_open, executor_class=execution_context_class)
 
 
 @dataclass
