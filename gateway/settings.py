@@ -382,6 +382,14 @@ class Settings(BaseSettings):
         description="Random changes per second to the embedded simulator's data (to watch the "
         "change feed offline); ignored with GATEWAY_UPSTREAM_URL.",
     )
+    simulator_pace: float = Field(
+        default=0.001,
+        ge=0,
+        le=1,
+        description="Seconds per entry the embedded simulator waits before each answer, as a "
+        "real upstream takes its time (a 100-entry page 0.1 s); 0 answers at once; ignored "
+        "with GATEWAY_UPSTREAM_URL.",
+    )
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     workers: int = Field(
         default=1,

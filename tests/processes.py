@@ -154,8 +154,10 @@ def served(command: str, *flags: str, env: dict[str, str] | None = None) -> Iter
 def gateway_process(
     *flags: str, env: dict[str, str] | None = None
 ) -> AbstractContextManager[ServedProcess]:
-    """``numbers-gateway serve``: ``url`` is its ``/graphql`` endpoint (with any root path)."""
-    return served("serve", *flags, env=env)
+    """``numbers-gateway serve``: ``url`` is its ``/graphql`` endpoint (with any root path).
+    Its embedded simulator answers at once (``GATEWAY_SIMULATOR_PACE=0``) unless ``env`` says
+    otherwise: a test of long-lived parts should not wait on the demo's pacing."""
+    return served("serve", *flags, env={"GATEWAY_SIMULATOR_PACE": "0", **(env or {})})
 
 
 def simulator_process(

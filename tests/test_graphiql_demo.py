@@ -54,6 +54,9 @@ RESULT_TEXT = "() => document.querySelector('.result-window .CodeMirror').CodeMi
 # The tools section holds the variables and the headers editors; the one shown is the headers'.
 HEADERS_EDITOR = 'section[aria-label="Headers"] .graphiql-editor:not(.hidden) .CodeMirror'
 
+# ``make run``'s pacing (the test helper turns it off for every other test).
+AT_ITS_DEFAULTS = {"GATEWAY_SIMULATOR_PACE": str(EMBEDDED_SECONDS_PER_ENTRY)}
+
 
 def example(name: str) -> str:
     return (EXAMPLES / name).read_text(encoding="utf-8")
@@ -350,7 +353,7 @@ def chromium() -> Iterator[Chromium]:
 @pytest.fixture(scope="module")
 def demo() -> Iterator[ServedProcess]:
     """``numbers-gateway serve`` exactly as ``make run`` starts it: no GATEWAY_* at all."""
-    with gateway_process() as gateway:
+    with gateway_process(env=AT_ITS_DEFAULTS) as gateway:
         yield gateway
 
 
@@ -498,7 +501,7 @@ def test_the_streamed_example_visibly_streams_and_ends_merged(chromium: Chromium
     same way); everything else is the default demo."""
     size = 2500
     graphiql = chromium.graphiql()
-    with gateway_process(env={"GATEWAY_SIMULATOR_SIZE": str(size)}) as gateway:
+    with gateway_process(env={**AT_ITS_DEFAULTS, "GATEWAY_SIMULATOR_SIZE": str(size)}) as gateway:
         graphiql.open(gateway)
         graphiql.open_tab("EveryNumberStreamed")
         # At every painted frame, how many entries the pane shows (each time it changed).

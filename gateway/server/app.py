@@ -173,7 +173,9 @@ def create_app(
         upstream_url = EMBEDDED_UPSTREAM_URL
         if upstream_transport is None:
             world = build_demo_world(size=settings.simulator_size, seed=settings.simulator_seed)
-            simulator = create_embedded_simulator_app(world, churn=settings.simulator_churn)
+            simulator = create_embedded_simulator_app(
+                world, churn=settings.simulator_churn, seconds_per_entry=settings.simulator_pace
+            )
             upstream_transport = httpx.ASGITransport(app=simulator)
             # Its changes, faults and stats, so the change feed can be tried offline; only
             # the gateway's own simulator (never a real upstream, never production).

@@ -287,14 +287,17 @@ def create_simulator_app(
     return app
 
 
-def create_embedded_simulator_app(world: SimulatorWorld, *, churn: float = 0.0) -> Starlette:
+def create_embedded_simulator_app(
+    world: SimulatorWorld,
+    *,
+    churn: float = 0.0,
+    seconds_per_entry: float = EMBEDDED_SECONDS_PER_ENTRY,
+) -> Starlette:
     """The simulator the gateway serves when no upstream is configured: ``world`` in pages of
-    ``EMBEDDED_PAGE_CAP``, paced by ``EMBEDDED_SECONDS_PER_ENTRY``, with ``churn``."""
+    ``EMBEDDED_PAGE_CAP``, paced by ``seconds_per_entry`` (GATEWAY_SIMULATOR_PACE), with
+    ``churn``."""
     return create_simulator_app(
-        world,
-        page_cap=EMBEDDED_PAGE_CAP,
-        churn=churn,
-        seconds_per_entry=EMBEDDED_SECONDS_PER_ENTRY,
+        world, page_cap=EMBEDDED_PAGE_CAP, churn=churn, seconds_per_entry=seconds_per_entry
     )
 
 
