@@ -476,6 +476,29 @@ async def _people(world: SimulatorWorld) -> list[dict[str, Any]]:
     return await upstream_order(engine_over(world, page_cap=2000, max_page_size=2000), PEOPLE)
 
 
+async def test_a_streamed_empty_window_is_one_payload_from_the_counts(
+    world: SimulatorWorld,
+) -> None:
+    engine = engine_over(world, max_page_size=10)
+    every = await _people(world)
+    frames = await engine.collect(
+        f'{{ phoneNumbers({PEOPLE} before: "{every[0]["cursor"]}") {{ totalCount {PAGE_INFO} '
+        "nodes @stream(initialCount: 2) { phoneNumber } } }"
+    )
+    [frame] = frames
+    assert frame["data"]["phoneNumbers"] == {
+        "totalCount": 543,
+        "pageInfo": {
+            "hasNextPage": True,
+            "hasPreviousPage": False,
+            "startCursor": None,
+            "endCursor": None,
+        },
+        "nodes": [],
+    }
+    assert engine.upstream.calls == 1
+
+
 async def test_a_streamed_last_page_sends_its_first_rows_after_two_upstream_pages(
     world: SimulatorWorld,
 ) -> None:
