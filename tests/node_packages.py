@@ -4,13 +4,15 @@
 gateway, subgraph, server), The Guild's composer, Hive Gateway's runtime (with its HTTP
 transport), Apollo's usage-reporting protobuf (to decode ftv1), Apollo Client 3 and 4 (4 as
 the npm alias ``@apollo/client-4``, with its peer ``rxjs``), urql, graphql-ws
-(with ws), graphql-sse and graphql-http. They are installed with ``npm ci`` once per lockfile into a cache OUTSIDE the repo::
+(with ws), graphql-sse, graphql-http, and Relay (relay-compiler, whose npm package carries
+its prebuilt binary, and relay-runtime). They are installed with ``npm ci`` once per lockfile into a cache OUTSIDE the repo::
 
     ${NUMBERS_GATEWAY_NODE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/numbers-gateway/node}/<lock16>/
 
 where ``<lock16>`` is the first 16 hex digits of the lockfile's SHA-256. A marker file there
 records a finished install, so later runs skip it; an ``fcntl`` lock keeps two pytest processes
-from installing at once. Delete the folder to reclaim the space (about 170 MB per lockfile).
+from installing at once. Delete the folder to reclaim the space (about 320 MB per lockfile,
+over a third of it relay-compiler's binaries for four platforms).
 
 The scripts (``tests/js/*.mjs``) are copied next to that ``node_modules``, into
 ``<lock16>/scripts/<scripts16>/`` (content-addressed, so concurrent runs of different checkouts
@@ -64,6 +66,12 @@ The scripts, their arguments and their output (see each script's header comment)
            clients: and {"retry", "error"} per RetryLink retry), then {"done": true}
     graphql-http-audit.mjs --url URL [--headers JSON]
         -> {"results": [{"id", "name", "status", "reason"}], "ok", "notice", "warn", "error"}
+    apollo-pagination.mjs --url URL --page-size N [--direction forward|backward]
+        [--filter JSON] [--max-pages N]        (Apollo Client 3's relayStylePagination())
+    relay-pagination.mjs --url URL --schema SDL --page-size N [--direction forward|backward]
+        [--filter JSON] [--max-pages N]        (relay-compiler + relay-runtime)
+        -> {"edges": [{"cursor", "node"}], "pageInfo", "totalCount", "pages", "requests":
+            [variables sent]}: the client's own merged connection once paging ended
 
 Example::
 

@@ -21,9 +21,9 @@ from gateway.data.page_cache import PageCache
 from gateway.data.source import NumbersSource
 from gateway.schema.context import RequestContext
 from gateway.simulator.app import create_simulator_app
-from gateway.simulator.dataset import SimulatorWorld
+from gateway.simulator.dataset import SimulatorWorld, build_demo_world
 from gateway.upstream.client import UpstreamClient
-from tests.conftest import InProcess, RecordingTransport, live_settings
+from tests.conftest import InProcess, RecordingTransport, eventually, live_settings
 
 UPSTREAM = "http://webex.test/v1"
 PAGE_CAP = 5  # the simulator's own page size: every walk takes many upstream pages
@@ -114,10 +114,16 @@ def engine_over(
     max_page_size: int = MAX_PAGE_SIZE,
     cache_ttl: float = 0,
     relinked: str | None = None,
+    gate: PageGate | None = None,
 ) -> Engine:
     """``handler`` may answer a request itself (a fault) instead of the simulator;
-    ``relinked``: the simulator's ``next`` links point at this origin instead (unsafe)."""
-    simulator = httpx.ASGITransport(app=create_simulator_app(world, page_cap=page_cap))
+    ``relinked``: the simulator's ``next`` links point at this origin instead (unsafe);
+    ``gate``: every upstream request waits there until the test lets it through."""
+    simulator: httpx.AsyncBaseTransport = httpx.ASGITransport(
+        app=create_simulator_app(world, page_cap=page_cap)
+    )
+    if gate is not None:
+        gate.inner, simulator = simulator, gate
 
     class Faulty(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -147,6 +153,29 @@ def engine_over(
         max_cost=10_000_000, max_page_size=max_page_size, max_stream_items=100_000
     )
     return Engine(InProcess(settings), source, recorder)
+
+
+class PageGate(httpx.AsyncBaseTransport):
+    """Holds each upstream request (one upstream page) until the test lets it through with
+    ``release``, one page at a time: what a payload waited for is counted, never timed."""
+
+    def __init__(self) -> None:
+        self.inner: httpx.AsyncBaseTransport | None = None
+        self.asked = 0
+        self.answered = 0
+        self._let_through = asyncio.Semaphore(0)
+
+    def release(self, pages: int = 1) -> None:
+        for _ in range(pages):
+            self._let_through.release()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.asked += 1
+        await self._let_through.acquire()
+        assert self.inner is not None
+        response = await self.inner.handle_async_request(request)
+        self.answered += 1
+        return response
 
 
 @pytest.fixture
@@ -237,27 +266,72 @@ async def test_a_stream_on_an_entity_field_equals_the_cursor_walk(engine: Engine
 
 
 async def test_items_are_sent_as_each_upstream_page_arrives(engine: Engine) -> None:
-    """The first payload needs the first chunk only; each later one one upstream page, and
-    the walk is never more than one page ahead of what the consumer took."""
+    """The first payload needs the first upstream page only (not a GATEWAY_MAX_PAGE_SIZE
+    chunk of several); each later one one upstream page, and the walk is never more than one
+    page ahead of what the consumer took."""
     stats = engine.schema.engine.executor_class.projectors.stats
     streamed_before, chunks_before = stats.streamed, stats.chunks
     frames = await engine.frames(
         "{ phoneNumbers(page: {first: 60}) { nodes @stream(initialCount: 0) { phoneNumber } } }"
     )
     initial = formatted(await anext(frames))
-    first_chunk_calls = MAX_PAGE_SIZE // PAGE_CAP
-    assert engine.upstream.calls == first_chunk_calls, "the first payload waits for no walk"
+    assert engine.upstream.calls == 1, "the first payload waits for no walk"
     assert initial["data"]["phoneNumbers"]["nodes"] == []
     taken = 0
     async for frame in frames:
         taken += 1
-        # The rest of the first chunk, then a page per payload, and one page fetched ahead.
-        assert engine.upstream.calls <= first_chunk_calls + taken
+        # A page per payload, and one page fetched ahead.
+        assert engine.upstream.calls <= 1 + taken
         if not formatted(frame)["hasNext"]:
             break
     assert engine.upstream.calls == 60 // PAGE_CAP
     assert stats.streamed == streamed_before + 1, "the projection fast path streamed it"
     assert stats.chunks > chunks_before
+
+
+@pytest.mark.parametrize("first", [2000, 5000])
+async def test_the_first_rows_leave_after_the_first_upstream_page(first: int) -> None:
+    """Behind an upstream that caps its pages at 500, ``nodes @stream(initialCount: 10)``
+    sends its initial payload once the first upstream page is in, whatever the window
+    (within GATEWAY_MAX_PAGE_SIZE or past it), with ``pageInfo`` and ``totalCount`` exact
+    from that page's counts; the rest follows a page at a time."""
+    world = build_demo_world(size=2300, seed=7)
+    gate = PageGate()
+    engine = engine_over(world, page_cap=500, max_page_size=2000, gate=gate)
+    query = (
+        f"{{ phoneNumbers(page: {{first: {first}}}) {{ totalCount "
+        "pageInfo { hasNextPage hasPreviousPage startCursor endCursor } "
+        "nodes @stream(initialCount: 10) { phoneNumber extension } } }"
+    )
+    frames = await engine.frames(query)
+    initial_payload = asyncio.ensure_future(anext(frames))
+    await eventually(lambda: gate.asked == 1, "the first upstream page is asked for")
+    gate.release()
+    await eventually(
+        lambda: initial_payload.done() or gate.asked > 1, "the payload or a second page"
+    )
+    for _ in range(100):  # the walk may ask for its next page before the payload is handed on
+        await asyncio.sleep(0)
+    assert initial_payload.done(), "the initial payload waits for another upstream page"
+    initial = formatted(initial_payload.result())
+    assert gate.answered == 1, "the initial payload waited for one upstream page"
+    assert dict(engine.upstream.params(0))["details"] == "true"
+    connection = initial["data"]["phoneNumbers"]
+    assert len(connection["nodes"]) == 10
+    assert connection["totalCount"] == 2300
+    window = min(first, 2300)
+    # The whole window, as the held page of it would answer.
+    held = await engine_over(world, page_cap=2300, max_page_size=2300).execute(
+        query.replace(" @stream(initialCount: 10)", "").replace(str(first), str(window))
+    )
+    assert connection["pageInfo"] == held["phoneNumbers"]["pageInfo"]
+    assert connection["nodes"] == held["phoneNumbers"]["nodes"][:10]
+    rest = [initial]
+    gate.release(10)  # every page the walk may still ask for
+    async for frame in frames:
+        rest.append(formatted(frame))
+    assert reassemble(rest)["phoneNumbers"] == held["phoneNumbers"]
+    assert gate.answered == -(-window // 500), "then one upstream page at a time"
 
 
 async def test_a_consumer_that_goes_away_stops_the_walk(engine: Engine) -> None:

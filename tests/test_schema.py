@@ -109,7 +109,17 @@ def test_contract_surface() -> None:
     query = schema.query_type
     assert query is not None
     phone_numbers = query.fields["phoneNumbers"]
-    assert set(phone_numbers.args) == {"orgId", "filter", "order", "page"}
+    relay = {"first", "after", "last", "before"}
+    assert set(phone_numbers.args) == {"orgId", "filter", "order", "page"} | relay
+    for entity in ("Location", "Person", "Organization"):
+        entity_type = schema.get_type(entity)
+        assert isinstance(entity_type, GraphQLObjectType)
+        assert set(entity_type.fields["phoneNumbers"].args) == {"filter", "order", "page"} | relay
+        assert str(entity_type.fields["phoneNumbers"].type) == "PhoneNumberConnection"
+    for name in ("first", "last"):
+        assert str(phone_numbers.args[name].type) == "Int"
+    for name in ("after", "before"):
+        assert str(phone_numbers.args[name].type) == "String"
     assert str(phone_numbers.type) == "PhoneNumberConnection", "nullable on purpose"
     assert set(query.fields["numberCounts"].args) == {"orgId", "filter"}
     assert str(query.fields["numberCounts"].type) == "NumberCounts"

@@ -187,6 +187,14 @@ class PageCache:
         self._count("upstream", status)
         return entry.page, CacheEvent(status=status, tier="upstream")
 
+    async def lookup(self, key: str, *, owner: str = "") -> tuple[UpstreamPage, CacheEvent] | None:
+        """The fresh page under ``key`` from the nearest tier, counted as a hit; None when no
+        tier holds one (nothing is fetched and nothing counted: the caller goes elsewhere)."""
+        found = await self._find(key, owner, max_age=self.ttl)
+        if found is not None:
+            self._count(found[1].tier, "hit")
+        return found
+
     async def _find(
         self, key: str, owner: str, *, max_age: float
     ) -> tuple[UpstreamPage, CacheEvent] | None:

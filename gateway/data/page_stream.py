@@ -1,39 +1,59 @@
 """The lazy upstream walk behind a list delivered with ``@stream``.
 
 ``open_stream`` answers a streamed ``phoneNumbers`` window (up to ``GATEWAY_MAX_STREAM_ITEMS``)
-with a ``StreamedPageResult``: its first chunk (at most ``GATEWAY_MAX_PAGE_SIZE`` items) is
-loaded like any page, through the operation's loader, the page cache and single flight, so
-it is shared with the operation's other fields and with other requests; the rest is walked
-by ``UpstreamWalk``, one upstream page at a time, each page fetched only when the consumer
-asks for the next one (backpressure), and the walk ends when the consumer closes it.
+with a ``StreamedPageResult`` whose head is what the initial payload needs and no more: the
+first upstream response of the window's walk (asked with the counts when ``pageInfo`` or
+``totalCount`` is selected), so the first rows leave after one upstream page whatever the
+upstream caps its pages at, not after a ``GATEWAY_MAX_PAGE_SIZE`` window completed by
+following ``next`` links. The rest is walked by ``UpstreamWalk``, one upstream page at a time,
+each page fetched only when the consumer asks for the next one (backpressure), and the walk
+ends when the consumer closes it.
 
-Why the rest is not cached: a walk of 100,000 items stored whole would hold what streaming
+A window that fits in one page (``GATEWAY_MAX_PAGE_SIZE``) is a page like any other when the
+page cache holds it: the whole window is the head, and nothing is asked upstream. Otherwise
+nothing is read from the cache: the head is the walk's first page, fresh, so the total the
+window's ``pageInfo`` and ``totalCount`` come from is of the walk's moment (a cached first
+chunk, up to the TTL old, would answer a total of another moment than the items streamed).
+
+Why the walk is not cached: a walk of 100,000 items stored whole would hold what streaming
 exists to avoid holding, and per-page entries keyed by the upstream's own page boundaries
-would rarely be asked for again (another window starts elsewhere). Each page of the rest is
-one upstream exchange with its own deadline, breaker check, fair slot, retries and size
-bound (``UpstreamClient.pages``), under the caller's own credentials.
+would rarely be asked for again (another window starts elsewhere). Each page of the walk is
+one upstream exchange with its own deadline, breaker check, fair slot, retries and size bound
+(``UpstreamClient.pages``), under the caller's own credentials.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 
 from gateway.data.caller import Caller
-from gateway.domain.connection import StreamedPageResult
-from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.domain.connection import StreamedPageResult, placed_tail
+from gateway.domain.query import Fetch, NumbersQuery, PageWindow, TailWindow, UpstreamPage
 from gateway.upstream.client import UpstreamClient
+
+# The page cache's answer to a fetch, when it holds one (``CallerNumbers.cached``).
+CachedLookup = Callable[[Fetch], Awaitable[UpstreamPage | None]]
 
 
 class UpstreamWalk:
     """One caller's uncached walk of a window, page by page (a ``numbers.connection.PageWalk``)."""
 
-    __slots__ = ("_caller", "_page_size", "_upstream")
+    __slots__ = ("_caller", "_on_first_page", "_page_size", "_upstream")
 
-    def __init__(self, upstream: UpstreamClient, caller: Caller, *, page_size: int) -> None:
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        caller: Caller,
+        *,
+        page_size: int,
+        on_first_page: Callable[[], None] | None = None,
+    ) -> None:
         self._upstream = upstream
         self._caller = caller
         # Each upstream request of the walk asks for at most this many items.
         self._page_size = page_size
+        self._on_first_page = on_first_page
 
     def __call__(self, fetch: Fetch) -> AsyncGenerator[UpstreamPage, None]:
         caller = self._caller
@@ -41,31 +61,49 @@ class UpstreamWalk:
             fetch, caller.authorization, caller=caller.identity, page_size=self._page_size
         )
 
-
-def first_chunk(window: PageWindow, max_page_size: int) -> PageWindow:
-    """The part of a streamed window fetched like a page: what an unstreamed page may hold."""
-    return PageWindow(window.start, min(window.size, max_page_size))
+    async def first_page(self, fetch: Fetch) -> UpstreamPage:
+        """The first upstream response of ``fetch``'s walk, alone: one exchange."""
+        async with aclosing(self(fetch)) as pages:
+            page = await anext(pages)
+        if self._on_first_page is not None:
+            self._on_first_page()
+        return page
 
 
 async def open_stream(
     query: NumbersQuery,
-    window: PageWindow,
+    window: PageWindow | TailWindow,
     *,
     max_page_size: int,
     details: bool,
-    load: Callable[[Fetch], Awaitable[UpstreamPage]],
-    load_fresh: Callable[[Fetch], Awaitable[UpstreamPage]],
+    cached: CachedLookup,
     walk: UpstreamWalk,
 ) -> StreamedPageResult:
-    """A streamed window: its first chunk loaded (``details``: with the counts), the rest
-    left to ``walk`` until the client asks for it.
+    """A streamed window: its head fetched (``details``: with the counts), the rest left to
+    ``walk`` until the client asks for it. A ``TailWindow`` (``last`` without ``before``)
+    is placed first: its probe's head, with the counts, is the window's head when the list
+    ends within the probe; otherwise the placed window's head is a second upstream page."""
+    if isinstance(window, TailWindow):
+        probe = await _head(query, window.probe, True, max_page_size, cached, walk)
+        placed = placed_tail(window, probe)
+        if placed.start == window.lower:
+            return StreamedPageResult(query, placed, probe, walk)
+        window = placed
+    head = await _head(query, window, details, max_page_size, cached, walk)
+    return StreamedPageResult(query, window, head, walk)
 
-    A window longer than its first chunk takes that chunk fresh from the upstream
-    (``load_fresh``), not from the page cache: the window's ``pageInfo`` and ``totalCount``
-    come from the chunk's ``count.total``, and the walk after it is live, so a cached chunk
-    (up to the TTL old) would answer a total of another moment than the items streamed. A
-    window the chunk holds whole is a page like any other, cached."""
-    chunk = first_chunk(window, max_page_size)
-    ask = Fetch(query, chunk, details=details)
-    first = await (load_fresh(ask) if chunk.size < window.size else load(ask))
-    return StreamedPageResult(query, window, first, walk)
+
+async def _head(
+    query: NumbersQuery,
+    window: PageWindow,
+    details: bool,
+    max_page_size: int,
+    cached: CachedLookup,
+    walk: UpstreamWalk,
+) -> UpstreamPage:
+    ask = Fetch(query, window, details=details)
+    if window.size <= max_page_size:
+        page = await cached(ask)
+        if page is not None:
+            return page
+    return await walk.first_page(ask)

@@ -6,8 +6,14 @@ the credential and names the caller; a bad one fails each field before any upstr
 whether it asked for ``no-cache``, the record of what the cache did,
 and a fresh loader that merges the asks of one operation. Root fields, federation entity
 fields and persisted-query replays all read numbers through it; the HTTP view only says who
-is calling. A window under ``@stream`` is opened by ``page_stream`` instead: its first chunk
-through the same loader and cache, the rest walked as the client takes it.
+is calling. A window under ``@stream`` is opened by ``page_stream`` instead: its head the
+first upstream page of its walk (or the page cache's whole window), the rest walked as the
+client takes it.
+
+Windows are offset ranges of the list (``domain.arguments.page_window``), forward or backward
+alike; an empty one asks only for the counts, and Relay's ``last`` without ``before`` takes
+its probe's page with the counts, which is the answer when the list ends within it and
+places the one further page to ask for otherwise.
 """
 
 from __future__ import annotations
@@ -21,9 +27,16 @@ from gateway.data.loaders import NumbersLoader
 from gateway.data.page_cache import CacheEvent, PageCache, cache_key
 from gateway.data.page_stream import UpstreamWalk, open_stream
 from gateway.domain.arguments import numbers_query, page_window
-from gateway.domain.connection import PageResult, StreamedPageResult
-from gateway.domain.query import EntityKey, Fetch, UpstreamPage
-from gateway.domain.reader import to_number_counts
+from gateway.domain.connection import PageResult, StreamedPageResult, placed_tail
+from gateway.domain.query import (
+    EntityKey,
+    Fetch,
+    NumbersQuery,
+    PageWindow,
+    TailWindow,
+    UpstreamPage,
+)
+from gateway.domain.reader import read_total, to_number_counts
 from gateway.domain.records import NumberCounts, NumberFilter, NumberOrder, PageRequest
 from gateway.errors import Unauthenticated
 from gateway.upstream.client import UpstreamClient
@@ -180,7 +193,7 @@ class CallerNumbers:
         """One page of numbers; arguments are validated before any upstream call. ``total``
         asks for the counts too (``details=true``). ``streamed``: the items are delivered
         with ``@stream``, so the window may reach ``GATEWAY_MAX_STREAM_ITEMS`` and is walked
-        while the client takes it (``pipeline.page_stream``). ``held_stream``: the items
+        while the client takes it (``data.page_stream``). ``held_stream``: the items
         carry ``@stream`` but the response is one JSON body, so the window stays within
         ``GATEWAY_MAX_PAGE_SIZE`` (its refusal says how to stream instead)."""
         source = self._source
@@ -193,17 +206,47 @@ class CallerNumbers:
             max_stream_items=source.max_stream_items,
             held_stream=held_stream,
         )
+        if isinstance(window, PageWindow) and window.size == 0:
+            return await self._empty_page(query, window)
         if streamed:
+            walk = UpstreamWalk(
+                source.upstream,
+                self.caller,
+                page_size=source.max_page_size,
+                on_first_page=self._note_walked,
+            )
             return await open_stream(
                 query,
                 window,
                 max_page_size=source.max_page_size,
                 details=total,
-                load=self.load,
-                load_fresh=self._load_fresh,
-                walk=UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size),
+                cached=self._cached,
+                walk=walk,
             )
+        if isinstance(window, TailWindow):
+            return await self._tail_page(query, window)
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
+
+    async def _empty_page(self, query: NumbersQuery, window: PageWindow) -> PageResult:
+        """A window with no entries in it (``before`` at or before ``after``, or at the
+        list's start): only the counts are asked, which tell whether entries follow it."""
+        counted = await self.load(Fetch(query, None, details=True))
+        total = read_total(counted.count)
+        # Without a total, entries may follow: hasNextPage says so, totalCount cannot guess.
+        follows = True if total is None else window.start < total
+        return PageResult(query, window, UpstreamPage([], counted.count, has_more=follows))
+
+    async def _tail_page(self, query: NumbersQuery, window: TailWindow) -> PageResult:
+        """The last entries of the list: the probe, a page from ``window.lower`` with the
+        counts (the same call as the forward first page, so they share a cache entry), is the
+        answer when the list ends within it; otherwise one more page, where the total puts
+        it, whose answer takes the probe's counts."""
+        probe = await self.load(Fetch(query, window.probe, details=True))
+        placed = placed_tail(window, probe)
+        if placed.start == window.lower:
+            return PageResult(query, placed, probe)
+        page = await self.load(Fetch(query, placed, details=False))
+        return PageResult(query, placed, UpstreamPage(page.items, probe.count, page.has_more))
 
     async def number_counts(
         self,
@@ -216,14 +259,24 @@ class CallerNumbers:
         answer = await self.load(Fetch(query, None, details=True))
         return to_number_counts(answer.count)
 
-    async def _load_fresh(self, ask: Fetch) -> UpstreamPage:
-        """``ask`` answered by the upstream now (the cache refreshed, never read): a long
-        stream's first chunk, whose total must be of the walk's moment (``open_stream``)."""
-        page, event = await _fetch_through_cache(
-            self._source, self._caller, self.refresh, ask, True
+    async def _cached(self, ask: Fetch) -> UpstreamPage | None:
+        """The page cache's fresh answer to ``ask`` under this caller's key, if it holds
+        one; nothing is asked upstream (a streamed window's head, ``open_stream``)."""
+        if self.refresh or isinstance(self._caller, Unauthenticated):
+            return None
+        cache = self._source.cache
+        found = await cache.lookup(
+            cache_key(cache.secret, self._caller.identity, ask), owner=self._caller.identity
         )
+        if found is None:
+            return None
+        page, event = found
         self.cache_events.append(event)
         return page
+
+    def _note_walked(self) -> None:
+        # A walked page is answered by the upstream for this caller, past the cache.
+        self.cache_events.append(CacheEvent(status="bypass", tier="upstream"))
 
     def release(self) -> None:
         """The request is done reading numbers: its loader forgets the pages it loaded, so

@@ -1,10 +1,17 @@
 """GraphQL arguments to upstream queries: validation, normalisation, page windows, cursors.
 
 ``numbers_query`` validates a filter and order and normalises them into a ``NumbersQuery``;
-``page_window`` turns ``first``/``after``/``offset`` into a start position and size (a streamed
-list may ask for more: ``page_ceiling``); ``check_url_text`` is the one rule for every string
-that becomes part of an upstream URL (ids, filter strings, orgId, cursors). Every rule here
-runs before any upstream call and fails with ``BadUserInput``.
+``page_request`` takes a field's paging in either spelling (the ``page`` input, or Relay's
+``first``/``after``/``last``/``before`` arguments, never both); ``page_window`` turns it into
+an offset window of the list, from the cursors' positions (a streamed list may ask for more:
+``page_ceiling``), or, for ``last`` without ``before``, a ``TailWindow`` placed once the total
+is known; ``check_url_text`` is the one rule for every string that becomes part of an upstream
+URL (ids, filter strings, orgId, cursors). Every rule here runs before any upstream call and
+fails with ``BadUserInput``.
+
+A cursor names one position of one query's list (``cursor_at``/``decode_cursor``): versioned
+by its prefix, so a cursor of another shape (a position per value of a fanned-out filter) can
+be told apart from this one.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import dataclasses
 from enum import Enum
 
 from gateway.domain.enums import NumberType, PhoneNumberSortField, SortDirection, TelephonyType
-from gateway.domain.query import EntityKey, NumbersQuery, PageWindow
+from gateway.domain.query import EntityKey, NumbersQuery, PageWindow, TailWindow
 from gateway.domain.records import NumberFilter, NumberOrder, PageRequest
 from gateway.errors import BadUserInput
 
@@ -55,9 +62,10 @@ _SORT_KEYS = {
 }
 _ALL_TELEPHONY_TYPES = frozenset({TelephonyType.PSTN_NUMBER, TelephonyType.MOBILE_NUMBER})
 _NOT_OUR_CURSOR = (
-    "page.after is not a cursor this gateway issued; use pageInfo.endCursor or an edge's "
-    "cursor from a previous page."
+    "{name} is not a cursor this gateway issued; use pageInfo.endCursor (or startCursor) or "
+    "an edge's cursor from a previous page."
 )
+_RELAY_ARGUMENTS = ("first", "after", "last", "before")
 
 
 def _wire(value: object) -> str:
@@ -201,8 +209,9 @@ def cursor_at(fingerprint: str, position: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(query: NumbersQuery, cursor: str) -> int:
-    """The position a cursor points at; rejects malformed cursors and other queries' cursors."""
+def decode_cursor(query: NumbersQuery, cursor: str, name: str = "page.after") -> int:
+    """The position a cursor points at; rejects malformed cursors and other queries' cursors.
+    ``name`` is the argument as the caller wrote it, for the message."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         prefix, fingerprint, position = (
@@ -210,24 +219,46 @@ def decode_cursor(query: NumbersQuery, cursor: str) -> int:
         )
         index = int(position)
     except (ValueError, UnicodeError, binascii.Error):
-        raise BadUserInput(_NOT_OUR_CURSOR) from None
+        raise BadUserInput(_NOT_OUR_CURSOR.format(name=name)) from None
     if prefix != _CURSOR_PREFIX or index < 0 or not position.isdigit():
-        raise BadUserInput(_NOT_OUR_CURSOR)
+        raise BadUserInput(_NOT_OUR_CURSOR.format(name=name))
     if fingerprint != query.fingerprint:
         raise BadUserInput(
-            "page.after was issued for a different orgId, filter or order; a cursor only "
-            "continues the query that produced it. Start again without page.after."
+            f"{name} was issued for a different orgId, filter or order; a cursor only "
+            f"continues the query that produced it. Start again without {name}."
         )
     return index
 
 
 def page_ceiling(*, max_page_size: int, max_stream_items: int | None, streamed: bool) -> int:
-    """The largest ``first`` a list may ask for: ``GATEWAY_MAX_PAGE_SIZE``, or for a streamed
-    list (its items sent as the upstream pages arrive, never held whole)
+    """The largest ``first`` (or ``last``) a list may ask for: ``GATEWAY_MAX_PAGE_SIZE``, or
+    for a streamed list (its items sent as the upstream pages arrive, never held whole)
     ``GATEWAY_MAX_STREAM_ITEMS``. The cost estimate reads ``first`` against the same one."""
     if streamed and max_stream_items is not None:
         return max(max_page_size, max_stream_items)
     return max_page_size
+
+
+def page_request(
+    page: PageRequest | None,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+) -> PageRequest | None:
+    """A field's paging from its ``page`` input or its Relay arguments (null is absent, as
+    Relay sends the other direction's arguments when it pages); both at once is a mistake."""
+    relay = {"first": first, "after": after, "last": last, "before": before}
+    given = [name for name in _RELAY_ARGUMENTS if relay[name] is not None]
+    if not given:
+        return page
+    if page is not None:
+        raise BadUserInput(
+            f"page cannot be combined with {', '.join(given)}: use Relay's first/after/last/"
+            "before arguments or the page input, not both."
+        )
+    return PageRequest(first=first, after=after, last=last, before=before, relay=True)
 
 
 def page_window(
@@ -238,33 +269,69 @@ def page_window(
     streamed: bool = False,
     max_stream_items: int | None = None,
     held_stream: bool = False,
-) -> PageWindow:
-    """Validate ``first``/``after``/``offset`` and turn them into a start and a size.
-    ``streamed``: the list is delivered with ``@stream``, so ``first`` may reach
-    ``max_stream_items`` (see ``page_ceiling``). ``held_stream``: it carries ``@stream`` but
-    is answered in one JSON body (held whole), so the unstreamed ceiling applies."""
+) -> PageWindow | TailWindow:
+    """Validate the paging and turn it into a window of the list: entries from a position
+    (``offset``, or the one after ``after``'s cursor) on, forward; the ``last`` entries before
+    ``before``'s cursor (and after ``after``'s), backward, which is as exact as forward, an
+    offset window from the cursor's position; or, for ``last`` without ``before``, a
+    ``TailWindow``. ``streamed``: the list is delivered with ``@stream``, so ``first`` or
+    ``last`` may reach ``max_stream_items`` (see ``page_ceiling``). ``held_stream``: it
+    carries ``@stream`` but is answered in one JSON body (held whole), so the unstreamed
+    ceiling applies."""
     page = page or PageRequest()
     ceiling = page_ceiling(
         max_page_size=max_page_size, max_stream_items=max_stream_items, streamed=streamed
     )
-    size = min(DEFAULT_PAGE_SIZE, max_page_size) if page.first is None else page.first
-    if not 1 <= size <= ceiling:
-        hint = ""
-        if not streamed and max_stream_items is not None and 1 <= size <= max_stream_items:
-            hint = f" A list under @stream may ask for up to {max_stream_items}."
-            if held_stream:
-                hint = (
-                    f" A list under @stream may ask for up to {max_stream_items} only when "
-                    "the response streams: accept multipart/mixed or text/event-stream."
-                )
-        raise BadUserInput(f"page.first must be between 1 and {ceiling}, got {size}.{hint}")
+    prefix = "" if page.relay else "page."
+    default = min(DEFAULT_PAGE_SIZE, max_page_size)
+    if page.first is not None and page.last is not None:
+        raise BadUserInput(
+            "first and last cannot be combined: page forward with first/after or backward "
+            "with last/before."
+        )
+    for name, count in (("first", page.first), ("last", page.last)):
+        if count is not None:
+            _check_size(f"{prefix}{name}", count, ceiling, max_stream_items, streamed, held_stream)
     if page.after is not None and page.offset is not None:
         raise BadUserInput("page.after and page.offset cannot be combined; use one of them.")
     if page.offset is not None:
         if page.offset < 0:
             raise BadUserInput(f"page.offset must be zero or more, got {page.offset}.")
-        return PageWindow(start=page.offset, size=size)
-    if page.after is not None:
-        check_url_text("page.after", page.after)
-        return PageWindow(start=decode_cursor(query, page.after) + 1, size=size)
-    return PageWindow(start=0, size=size)
+        return PageWindow(start=page.offset, size=default if page.first is None else page.first)
+    lower = 0 if page.after is None else _position(query, page.after, f"{prefix}after") + 1
+    upper = None if page.before is None else _position(query, page.before, "before")
+    if upper is None and page.last is None:
+        return PageWindow(start=lower, size=default if page.first is None else page.first)
+    if upper is None:
+        assert page.last is not None
+        return TailWindow(lower=lower, size=page.last)
+    if page.first is not None:  # forward, but not past ``before``
+        return PageWindow(start=lower, size=max(0, min(page.first, upper - lower)))
+    start = max(lower, upper - (default if page.last is None else page.last))
+    return PageWindow(start=start, size=max(0, upper - start))
+
+
+def _position(query: NumbersQuery, cursor: str, name: str) -> int:
+    check_url_text(name, cursor)
+    return decode_cursor(query, cursor, name)
+
+
+def _check_size(
+    name: str,
+    size: int,
+    ceiling: int,
+    max_stream_items: int | None,
+    streamed: bool,
+    held_stream: bool,
+) -> None:
+    if 1 <= size <= ceiling:
+        return
+    hint = ""
+    if not streamed and max_stream_items is not None and 1 <= size <= max_stream_items:
+        hint = f" A list under @stream may ask for up to {max_stream_items}."
+        if held_stream:
+            hint = (
+                f" A list under @stream may ask for up to {max_stream_items} only when "
+                "the response streams: accept multipart/mixed or text/event-stream."
+            )
+    raise BadUserInput(f"{name} must be between 1 and {ceiling}, got {size}.{hint}")

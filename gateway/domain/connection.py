@@ -3,9 +3,13 @@ each built only when selected.
 
 ``PageResult`` is a window held whole (at most ``GATEWAY_MAX_PAGE_SIZE`` items).
 ``StreamedPageResult`` is a window delivered with ``@stream`` (up to
-``GATEWAY_MAX_STREAM_ITEMS``): its first chunk is fetched like any page, the rest is walked
-upstream page by page while the client takes them (``chunks``), so it is never held whole.
-Both answer ``pageInfo`` and ``totalCount`` exactly alike for the same window.
+``GATEWAY_MAX_STREAM_ITEMS``): its head is the first upstream response of its walk (or the
+whole window, when the page cache holds it as a page), so the initial payload waits for one
+upstream page whatever the upstream's page cap; the rest is walked upstream page by page while
+the client takes them (``chunks``), so it is never held whole. Both answer ``pageInfo`` and
+``totalCount`` exactly alike for the same window, forward or backward (a window is an offset
+range of the list, wherever its cursors put it; ``placed_tail`` places Relay's ``last``
+without ``before`` once its probe has told the total).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 
 from gateway.domain.arguments import cursor_at
-from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.domain.query import Fetch, NumbersQuery, PageWindow, TailWindow, UpstreamPage
 from gateway.domain.reader import read_total, to_phone_number
 from gateway.domain.records import PageInfo, PhoneNumber, PhoneNumberEdge
 from gateway.errors import UpstreamUnavailable
@@ -24,6 +28,18 @@ from gateway.errors import UpstreamUnavailable
 PageWalk = Callable[[Fetch], AsyncGenerator[UpstreamPage, None]]
 
 _NO_TOTAL = "The upstream did not report count.total for this query."
+
+
+def placed_tail(window: TailWindow, probe: UpstreamPage) -> PageWindow:
+    """Where a ``TailWindow`` lies, from the answer to its ``probe`` (asked with the counts).
+    Without ``count.total`` the tail can be placed only when the list visibly ended within the
+    probe (fewer entries than asked and nothing after them)."""
+    total = read_total(probe.count)
+    if total is None:
+        if probe.has_more or len(probe.items) >= window.size:
+            raise UpstreamUnavailable(_NO_TOTAL, upstream_status=200)
+        total = window.lower + len(probe.items)
+    return window.resolve(total)
 
 
 class PageResult:
@@ -85,14 +101,19 @@ def _page_info(cursor: Callable[[int], str], start: int, count: int, has_next: b
 
 
 class StreamedPageResult:
-    """A window delivered with ``@stream``: ``first`` is its first chunk (at most
-    ``GATEWAY_MAX_PAGE_SIZE`` items, with the counts when ``pageInfo`` or ``totalCount`` is
-    selected; fetched fresh from the upstream when the walk may go on past it, so its total
-    is of the walk's moment); ``walk`` fetches the rest one upstream page at a time.
+    """A window delivered with ``@stream``: ``first`` is its head, what the initial payload
+    is built from: the first upstream response of the window's walk (one upstream page,
+    whatever the upstream caps its pages at; with the counts when ``pageInfo`` or
+    ``totalCount`` is selected, so they are of the walk's moment), or the whole window when
+    the page cache holds it as a page; ``walk`` fetches the rest one upstream page at a time.
+
+    ``first.has_more`` says whether entries follow the head (``UpstreamClient.pages``: within
+    the window); so the walk goes on past the head while it holds less than the window, and
+    the list ended within the head when it holds less and nothing follows.
 
     ``pageInfo`` must be answered before the walk ends, so it is worked out from
     ``count.total``: the window holds ``min(size, total - start)`` entries, as the held page
-    would. Without a total it is known only when the first chunk already ended the walk."""
+    would. Without a total it is known only when the list ended within the head."""
 
     __slots__ = ("_fingerprint", "_walk", "first", "query", "window")
 
@@ -116,24 +137,22 @@ class StreamedPageResult:
     def _walk_goes_on(self) -> bool:
         return self.first.has_more and len(self.first.items) < self.window.size
 
-    def page_info(self) -> PageInfo:
-        start, size = self.window.start, self.window.size
-        total = self.total
-        if total is not None:
-            count = max(0, min(size, total - start))
-            return _page_info(self.cursor, start, count, start + count < total)
-        if self._walk_goes_on:
-            raise UpstreamUnavailable(_NO_TOTAL, upstream_status=200)
-        # The first chunk is the whole window: the held page's answer, exactly.
-        return PageResult(self.query, self.window, self.first).page_info()
-
-    def total_count(self) -> int:
+    def _known_total(self) -> int:
         total = self.total
         if total is not None:
             return total
-        if not self.first.has_more:
-            return self.window.start + len(self.first.items)
+        if not self.first.has_more and len(self.first.items) < self.window.size:
+            return self.window.start + len(self.first.items)  # the list ended in the head
         raise UpstreamUnavailable(_NO_TOTAL, upstream_status=200)
+
+    def page_info(self) -> PageInfo:
+        start, size = self.window.start, self.window.size
+        total = self._known_total()
+        count = max(0, min(size, total - start))
+        return _page_info(self.cursor, start, count, start + count < total)
+
+    def total_count(self) -> int:
+        return self._known_total()
 
     def head(self) -> PageResult:
         """The first chunk, already fetched. Its ``page.has_more``: a tail follows."""

@@ -1,7 +1,8 @@
 """The query vocabulary every layer speaks: what to ask the upstream, and what it answered.
 
 ``NumbersQuery`` is one filter set (the unit of batching, caching and cursor binding);
-``PageWindow`` a slice of it; ``Fetch`` what one field needs (a window, counts, or both);
+``PageWindow`` a slice of it (``TailWindow``: a slice at the list's end, placed once the
+total is known); ``Fetch`` what one field needs (a window, counts, or both);
 ``UpstreamPage`` the upstream's answer to one ``Fetch`` with its page walk completed. The
 lowest layer: it imports nothing from the rest of the gateway.
 """
@@ -38,8 +39,31 @@ class NumbersQuery:
 
 @dataclass(frozen=True, slots=True)
 class PageWindow:
+    """Entries ``start`` up to ``start + size`` (exclusive) of the list, in its order; a size
+    of 0 is an empty window (nothing to ask the upstream for but, when needed, the counts)."""
+
     start: int
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TailWindow:
+    """The last ``size`` entries of the list from ``lower`` on (Relay's ``last`` without
+    ``before``): where it starts is known only from the list's total, so it is asked for in
+    two steps. ``probe`` is the first: the window from ``lower`` as if it were the whole
+    tail, asked with the counts; when the list ends within it (``total - lower <= size``) it
+    is the answer, otherwise ``resolve(total)`` names the window to ask for next."""
+
+    lower: int
+    size: int
+
+    @property
+    def probe(self) -> PageWindow:
+        return PageWindow(self.lower, self.size)
+
+    def resolve(self, total: int) -> PageWindow:
+        start = max(self.lower, total - self.size)
+        return PageWindow(start, max(0, total - start))
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,11 +57,17 @@ class NumberOrder:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PageRequest:
-    """Which slice of the list: ``first`` with ``after`` or ``offset``."""
+    """Which slice of the list, in one of two spellings (``arguments.page_request`` refuses a
+    mix): the ``page`` input's ``first`` with ``after`` or ``offset``, or Relay's connection
+    arguments on the field itself (``relay``), ``first``/``after`` forward and
+    ``last``/``before`` backward."""
 
     first: int | None = None
     after: str | None = None
     offset: int | None = None
+    last: int | None = None
+    before: str | None = None
+    relay: bool = False  # spelled as the field's own arguments: messages name them so
 
 
 @dataclass(slots=True, kw_only=True)

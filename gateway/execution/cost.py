@@ -6,10 +6,12 @@ costs 2,050, ten aliased copies of it 20,500, and ``owner { person { phoneNumber
 page of 2,000 nodes costs 2,000 times a whole page. ``_entities`` multiplies by its
 representations. A page's items count only when its selection reaches ``nodes`` or ``edges``
 (through fragments too): ``phoneNumbers { totalCount pageInfo { hasNextPage } }`` builds and
-answers no item, so it costs the call alone. ``first`` comes from literals or variables, and a
-variable the request does not send takes the default its operation declares, as execution
-will; 100 when absent, the most when unreadable. ``@skip`` and ``@include`` are ignored, so the
-estimate never undercounts.
+answers no item, so it costs the call alone. A page's size is ``page.first``, or Relay's
+``first`` or ``last`` (the field's own arguments), from literals or variables, and a variable
+the request does not send takes the default its operation declares, as execution will; 100
+when absent, the most when unreadable. Relay's ``last`` without ``before`` costs one call more:
+its window is placed by a probe that reads the total first. ``@skip`` and ``@include`` are
+ignored, so the estimate never undercounts.
 
 Fields are priced as execution runs them: fields of one selection set with the same response
 key are one field (merged, as graphql-core's ``collect_fields`` merges them), so a field asked
@@ -163,6 +165,8 @@ class CostEstimate:
             and all(self._streams(field) for list_group in item_lists for field, _ in list_group)
         )
         first = max(self._first(field, streamed=streamed) for field, _ in group)
+        # A window at the list's end (``last`` without ``before``) is placed by a probe first.
+        calls = 1 + max(self._probes(field) for field, _ in group)
         if streamed:
             # Held a chunk at a time, never whole: the walk's calls are what it costs, and the
             # initial payload's items, which are held. The first chunk is one call shared by
@@ -174,12 +178,12 @@ class CostEstimate:
                 for field, _ in list_group
             )
             walks = len(item_lists)
-            self.total += multiplier * ((1 + walks * rest) * CALL_COST + initial)
+            self.total += multiplier * ((calls + walks * rest) * CALL_COST + initial)
         elif item_lists:
-            self.total += multiplier * (CALL_COST + first)
+            self.total += multiplier * (calls * CALL_COST + first)
         else:
-            # Only totalCount/pageInfo: no item is built or answered, the call is the cost.
-            self.total += multiplier * CALL_COST
+            # Only totalCount/pageInfo: no item is built or answered, the calls are the cost.
+            self.total += multiplier * calls * CALL_COST
         for child in self._groups(self._children(group)):
             if child[0][0].selection_set is None:
                 continue
@@ -211,29 +215,49 @@ class CostEstimate:
         return None if value is Undefined else value
 
     def _first(self, field: FieldNode, *, streamed: bool) -> int:
+        """The most entries the field's page may hold: ``page.first``, Relay's ``first`` or
+        ``last`` (the largest, should a refused mix of them be asked), 100 when none is."""
         ceiling = page_ceiling(
             max_page_size=self.max_page_size,
             max_stream_items=self.max_stream_items,
             streamed=streamed,
         )
+        sizes: list[Any] = []
         page = self._value(_argument(field.arguments, "page"))
-        if page is None:
-            return min(DEFAULT_PAGE_SIZE, ceiling)
-        if not isinstance(page, Mapping):
-            return ceiling
-        first = page.get("first", None)
-        if first is None or first is Undefined:
-            return min(DEFAULT_PAGE_SIZE, ceiling)
-        if isinstance(first, int) and not isinstance(first, bool):
-            # Over the ceiling is refused before any call; the estimate stays at it.
-            return max(1, min(first, ceiling))
-        return ceiling
+        if isinstance(page, Mapping):
+            first = page.get("first", None)
+            sizes.append(None if first is Undefined else first)  # a variable not sent: absent
+        elif page is not None:
+            sizes.append(ceiling)  # unreadable: the most
+        for name in ("first", "last"):
+            size = self._value(_argument(field.arguments, name))
+            if size is not None:
+                sizes.append(size)
+        return max(_page_size(size, ceiling) for size in sizes or [None])
+
+    def _probes(self, field: FieldNode) -> int:
+        """1 when the field asks for the list's last entries (``last`` without ``before``),
+        whose window a probe places before the page is asked for; else 0."""
+        last = self._value(_argument(field.arguments, "last"))
+        before = self._value(_argument(field.arguments, "before"))
+        return int(last is not None and before is None)
 
     def _representations(self, field: FieldNode) -> int:
         representations = self._value(_argument(field.arguments, "representations"))
         if isinstance(representations, list):
             return max(1, min(len(representations), self.limits.max_entities))
         return self.limits.max_entities
+
+
+def _page_size(size: Any, ceiling: int) -> int:
+    """One size argument as the estimate reads it: absent (None) is the default, an integer
+    is kept within 1..ceiling (over it is refused before any call; the estimate stays at
+    it), anything else (unreadable) is the most."""
+    if size is None:
+        return min(DEFAULT_PAGE_SIZE, ceiling)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return max(1, min(size, ceiling))
+    return ceiling
 
 
 def _directive(field: FieldNode, name: str) -> Any:

@@ -22,15 +22,17 @@ Streamed lists (``@stream``)
     A connection list under an active ``@stream`` is completed here too, a chunk at a time:
     the first ``initialCount`` items go in the initial payload, and the rest is registered
     with graphql-core's incremental executor as an ``ItemStream`` over ``ProjectedChunks``,
-    whose batches are whole projected chunks: the rest of the first chunk, then one per
-    upstream page of the walk (``StreamedPageResult.tail``). graphql-core asks a stream for
-    its next batch only once the consumer has taken the previous one, and the walk fetches a
-    page only when asked, so the gateway reads one upstream page ahead of the client at most;
-    when the stream is aborted (the client went away), the walk is closed and no further
-    upstream call is made. A chunk the projector hands back is completed item by item the
-    normal way (``complete_stream_item``); a selection that is not projectable, an
-    ``initialCount`` past the first chunk, or resolver middleware leave the whole list to
-    normal execution, which streams the resolver's async iterator item by item. An upstream
+    whose batches are whole projected chunks: the rest of the first chunk (the walk's first
+    upstream page, which is all the initial payload waits for, or the page cache's whole
+    window), then one per upstream page of the walk (``StreamedPageResult.tail``).
+    graphql-core asks a stream for its next batch only once the consumer has taken the
+    previous one, and the walk fetches a page only when asked, so the gateway reads one
+    upstream page ahead of the client at most; when the stream is aborted (the client went
+    away), the walk is closed and no further upstream call is made. A chunk the projector
+    hands back is completed item by item the normal way (``complete_stream_item``); a
+    selection that is not projectable, an ``initialCount`` past the first chunk, or resolver
+    middleware leave the whole list to normal execution, which streams the resolver's async
+    iterator item by item. An upstream
     failure mid-walk fails the stream: graphql-core ends it with a ``completed`` entry carrying
     the located error, and ``hasNext: false`` once nothing else is pending.
 

@@ -2,7 +2,10 @@
 
 Strawberry coerces a request's arguments into these input objects; ``to_filter``, ``to_order``
 and ``to_page`` turn them into ``domain.records`` (their enum members into the domain's), the
-only form the layers below the schema read.
+only form the layers below the schema read. Every ``phoneNumbers`` field takes the same
+arguments through the annotations here: ``page`` (the contract's input) and, beside it,
+Relay's connection arguments (``first``/``after``/``last``/``before``), so that Apollo
+Client's ``relayStylePagination()`` and Relay's ``@connection`` page it unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import strawberry
 
 from gateway.domain import enums as domain_enums
 from gateway.domain import records
+from gateway.domain.arguments import page_request
 from gateway.schema.enums import (
     NumberState,
     NumberType,
@@ -139,7 +143,42 @@ OrderArgument = Annotated[
 ]
 PageArgument = Annotated[
     PageInput | None,
-    strawberry.argument(description="Which slice: `first` with `after` or `offset`."),
+    strawberry.argument(
+        description="Which slice: `first` with `after` or `offset`. Cannot be combined with "
+        "the Relay arguments `first`, `after`, `last` and `before`."
+    ),
+]
+FirstArgument = Annotated[
+    int | None,
+    strawberry.argument(
+        description="Relay: return the first this many entries (after `after`, if given): 1 "
+        "up to the gateway's maximum page size (2000 unless configured); default 100. "
+        "Cannot be combined with `last` or `page`."
+    ),
+]
+AfterArgument = Annotated[
+    str | None,
+    strawberry.argument(
+        description="Relay: return entries after this opaque cursor (`pageInfo.endCursor` or "
+        "an edge's cursor). A cursor is only valid with the same org, filter and order. "
+        "Cannot be combined with `page`."
+    ),
+]
+LastArgument = Annotated[
+    int | None,
+    strawberry.argument(
+        description="Relay: return the last this many entries (before `before`, if given; "
+        "else the last of the whole list): 1 up to the gateway's maximum page size. Cannot "
+        "be combined with `first` or `page`."
+    ),
+]
+BeforeArgument = Annotated[
+    str | None,
+    strawberry.argument(
+        description="Relay: return entries before this opaque cursor (`pageInfo.startCursor` "
+        "or an edge's cursor): the `last` entries before it (100 when `last` is not given), "
+        "or with `first`, the first entries up to it. Cannot be combined with `page`."
+    ),
 ]
 
 
@@ -192,7 +231,17 @@ def to_order(order: PhoneNumberOrder | None) -> records.NumberOrder | None:
     )
 
 
-def to_page(page: PageInput | None) -> records.PageRequest | None:
-    if page is None:
-        return None
-    return records.PageRequest(first=page.first, after=page.after, offset=page.offset)
+def to_page(
+    page: PageInput | None,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+) -> records.PageRequest | None:
+    """The field's paging from ``page`` or Relay's arguments (``BadUserInput`` for both)."""
+    asked = (
+        None
+        if page is None
+        else records.PageRequest(first=page.first, after=page.after, offset=page.offset)
+    )
+    return page_request(asked, first=first, after=after, last=last, before=before)

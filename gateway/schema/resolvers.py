@@ -11,7 +11,17 @@ import strawberry
 
 from gateway.domain import records
 from gateway.schema.context import RequestContext
-from gateway.schema.inputs import FilterArgument, OrderArgument, PageArgument, to_filter
+from gateway.schema.inputs import (
+    AfterArgument,
+    BeforeArgument,
+    FilterArgument,
+    FirstArgument,
+    LastArgument,
+    OrderArgument,
+    PageArgument,
+    to_filter,
+    to_page,
+)
 from gateway.schema.types import (
     NumberCounts,
     PhoneNumberConnection,
@@ -41,8 +51,13 @@ class Query:
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
+        first: FirstArgument = None,
+        after: AfterArgument = None,
+        last: LastArgument = None,
+        before: BeforeArgument = None,
     ) -> PhoneNumberConnection | None:
-        return await numbers_connection(info, org_id, filter, order, page, None)
+        paging = to_page(page, first, after, last, before)
+        return await numbers_connection(info, org_id, filter, order, paging, None)
 
     @strawberry.field(
         description="Counts over every entry the filter matches: assigned, unassigned, "

@@ -30,10 +30,13 @@ from gateway.schema.enums import (
     TelephonyType,
 )
 from gateway.schema.inputs import (
+    AfterArgument,
+    BeforeArgument,
     FilterArgument,
+    FirstArgument,
+    LastArgument,
     OrderArgument,
     PageArgument,
-    PageInput,
     PhoneNumberFilter,
     PhoneNumberOrder,
     to_filter,
@@ -79,9 +82,14 @@ class Location:
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
+        first: FirstArgument = None,
+        after: AfterArgument = None,
+        last: LastArgument = None,
+        before: BeforeArgument = None,
     ) -> PhoneNumberConnection | None:
         key = EntityKey("location_id", self.id, "Location")
-        return await numbers_connection(info, None, filter, order, page, key)
+        paging = to_page(page, first, after, last, before)
+        return await numbers_connection(info, None, filter, order, paging, key)
 
     @strawberry.field(
         description="Counts over the location's numbers the filter matches.",
@@ -109,9 +117,14 @@ class Person:
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
+        first: FirstArgument = None,
+        after: AfterArgument = None,
+        last: LastArgument = None,
+        before: BeforeArgument = None,
     ) -> PhoneNumberConnection | None:
         key = EntityKey("owner_id", self.id, "Person")
-        return await numbers_connection(info, None, filter, order, page, key)
+        paging = to_page(page, first, after, last, before)
+        return await numbers_connection(info, None, filter, order, paging, key)
 
 
 @strawberry.federation.type(
@@ -129,8 +142,13 @@ class Organization:
         filter: FilterArgument = None,
         order: OrderArgument = None,
         page: PageArgument = None,
+        first: FirstArgument = None,
+        after: AfterArgument = None,
+        last: LastArgument = None,
+        before: BeforeArgument = None,
     ) -> PhoneNumberConnection | None:
-        return await numbers_connection(info, self.id, filter, order, page, None)
+        paging = to_page(page, first, after, last, before)
+        return await numbers_connection(info, self.id, filter, order, paging, None)
 
     @strawberry.field(
         description="Counts over the organization's numbers the filter matches.",
@@ -221,7 +239,10 @@ class PhoneNumber:
 
 @strawberry.type(description="A phone number with the cursor of its position.")
 class PhoneNumberEdge:
-    cursor: str = strawberry.field(description="Opaque cursor; pass it as `page.after`.")
+    cursor: str = strawberry.field(
+        description="Opaque cursor of this entry: pass it as `after` (or `page.after`) "
+        "to continue after it, or as `before` to page back from it."
+    )
     node: PhoneNumber = strawberry.field(description="The phone number.")
 
 
@@ -230,10 +251,12 @@ class PageInfo:
     has_next_page: bool = strawberry.field(description="More entries follow this page.")
     has_previous_page: bool = strawberry.field(description="Entries precede this page.")
     start_cursor: str | None = strawberry.field(
-        description="Cursor of the first entry; null on an empty page."
+        description="Cursor of the first entry; null on an empty page. Pass it as `before` "
+        "for the previous page."
     )
     end_cursor: str | None = strawberry.field(
-        description="Cursor of the last entry; pass it as `page.after` for the next page."
+        description="Cursor of the last entry; pass it as `after` (or `page.after`) for the "
+        "next page."
     )
 
 
@@ -290,12 +313,13 @@ async def numbers_connection(
     org_id: str | None,
     flt: PhoneNumberFilter | None,
     order: PhoneNumberOrder | None,
-    page: PageInput | None,
+    page: records.PageRequest | None,
     entity_key: EntityKey | None,
 ) -> PhoneNumberConnection:
     """What every ``phoneNumbers`` field answers, root or entity: one page of the query, or
     with ``@stream`` on its items a window walked while the client takes it. What the field
-    selects of its connection (``connection_asks``) decides how it is read."""
+    selects of its connection (``connection_asks``) decides how it is read; ``page`` (from
+    the ``page`` input or Relay's arguments: ``inputs.to_page``) which slice."""
     asks = info.context.connections.take(info.path)
     # Merged into one JSON body (``RequestContext.incremental_delivery`` False), a streamed
     # list would be held whole: bounded as unstreamed.
@@ -304,7 +328,7 @@ async def numbers_connection(
         org_id,
         to_filter(flt),
         to_order(order),
-        to_page(page),
+        page,
         entity_key=entity_key,
         # A streamed window answers pageInfo before its walk ends: from the upstream's total.
         total=asks.total_count or (streamed and asks.page_info),
