@@ -27,6 +27,7 @@ from gateway.data.answer_store import ResponseReuse
 from gateway.data.guarded_redis import REDIS_OPERATION_TIMEOUT, GuardedRedis
 from gateway.data.page_cache import PageCache
 from gateway.data.persisted_queries import PersistedQueries
+from gateway.data.simulator_marker import SimulatorMarker
 from gateway.data.source import NumbersSource
 from gateway.observability.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.observability.request_facts import REQUEST_ID_HEADER
@@ -176,6 +177,11 @@ def create_app(
             redis = build_redis(settings, metrics)
             if redis is not None:
                 resources.push_async_callback(redis.close)
+                if settings.embedded_simulator:
+                    # Replicas sharing this Redis must share one simulator too: say so if not.
+                    marker = SimulatorMarker(redis)
+                    await marker.start()
+                    resources.push_async_callback(marker.close)
             cache = build_cache(settings, metrics, clock, redis)
             metrics.watch_cache(cache.local)
             breaker = CircuitBreaker(
