@@ -354,6 +354,21 @@ class Settings(BaseSettings):
         description="Entries a change feed's filter may match at most; a larger one is "
         "refused (BAD_USER_INPUT) with a request for a narrower filter.",
     )
+    # Three feeds of a 20,000-entry org (about 9.7 MB of JSON each) per caller, a dozen in
+    # all; the process holds about 3.5 times as much as Python objects.
+    changes_max_bytes_per_caller: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Bytes (their JSON size) of the entries one caller's change feeds may "
+        "hold in one process; past it a new feed is RATE_LIMITED, and a feed whose entries "
+        "alone exceed it is refused (BAD_USER_INPUT) with a request for a narrower filter.",
+    )
+    changes_max_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024,
+        description="Bytes (their JSON size) of the entries every change feed of one process "
+        "may hold together; past it a new feed is RATE_LIMITED.",
+    )
     max_subscriptions_per_caller: int = Field(
         default=10,
         ge=1,

@@ -17,15 +17,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
-from gateway.changes.coordination import (
-    FeedMessage,
-    MalformedMessage,
-    Role,
-    channel_of,
-    lease_key,
-)
+from gateway.changes.codec import MalformedMessage, decode_message, open_lease
+from gateway.changes.coordination import Role, channel_of, lease_key
 from gateway.changes.feed import FeedEnded
 from gateway.changes.registry import ChangeFeeds, feed_name
+from gateway.data.guarded_redis import seal
 from gateway.observability.request_facts import client_field
 from gateway.schema.context import RequestContext
 from gateway.server.app import create_app
@@ -34,6 +30,7 @@ from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld
 from tests.conftest import InProcess, RecordingTransport, RedisServer, eventually, live_settings
 
+SECRET = "a-shared-secret-of-at-least-32-bytes!!"  # replicas sharing a Redis share it
 WATCH = """subscription Watch($orgId: ID, $filter: PhoneNumberFilter) {
   phoneNumberChanges(orgId: $orgId, filter: $filter) {
     kind observedAt
@@ -426,7 +423,7 @@ async def test_two_replicas_share_one_poller_through_redis_and_the_other_takes_o
     settings = live_settings(
         changes_poll_interval=1,
         redis_url=redis_server.url,
-        cache_key_secret="a-shared-secret-of-at-least-32-bytes!!",
+        cache_key_secret=SECRET,
     )
     first_app = create_app(settings, upstream_transport=recorder, clock=clock)
     second_app = create_app(settings, upstream_transport=recorder, clock=clock)
@@ -557,7 +554,7 @@ async def two_replicas(redis_url: str) -> AsyncIterator[tuple[Harness, Harness, 
     settings = live_settings(
         changes_poll_interval=1,
         redis_url=redis_url,
-        cache_key_secret="a-shared-secret-of-at-least-32-bytes!!",
+        cache_key_secret=SECRET,
     )
     first = LifespanManager(create_app(settings, upstream_transport=recorder, clock=clock))
     async with (
@@ -827,6 +824,8 @@ def raw_message(**fields: Any) -> bytes:
         "base": None,
         "id": None,
         "origin": "another-replica",
+        "epoch": "another-replica:lease",
+        "seq": 1,
     }
     message.update(fields)
     return orjson.dumps(message)
@@ -846,16 +845,19 @@ def raw_message(**fields: Any) -> bytes:
         raw_message(end="over"),
         raw_message(base=7),
         raw_message(origin=None),
+        raw_message(epoch=None),
+        raw_message(seq="2"),
+        raw_message(seq=True),
     ],
 )
 def test_a_message_that_is_not_whole_is_rejected_at_decode(raw: bytes) -> None:
     with pytest.raises(MalformedMessage):
-        FeedMessage.decode(raw)
+        decode_message(raw)
 
 
 def test_an_end_with_a_code_this_replica_does_not_know_is_internal_server_error() -> None:
     end = {"message": "A newer replica's error.", "extensions": {"code": "SOMETHING_NEW"}}
-    decoded = FeedMessage.decode(raw_message(end=end))
+    decoded = decode_message(raw_message(end=end))
     assert decoded.end is not None
     assert decoded.end["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
     error = FeedEnded("A newer replica's error.", {"code": "SOMETHING_NEW"})
@@ -877,6 +879,18 @@ def test_the_feed_name_is_an_hmac_under_the_secret() -> None:
     assert feed_name(b"a" * 32, "caller", filtered) != one
 
 
+def sealed(name: str, payload: bytes) -> bytes:
+    """A message as a replica holding the secret would publish it on ``name``'s channel."""
+    return seal(channel_of(name), payload, SECRET.encode())
+
+
+async def current_epoch(redis: Redis, name: str) -> str:
+    """The epoch of the lease held on ``name`` (what its holder's messages carry)."""
+    epoch = open_lease(lease_key(name), await redis.get(lease_key(name)), SECRET.encode())
+    assert epoch is not None
+    return epoch
+
+
 @pytest.mark.redis
 async def test_malformed_relayed_messages_never_stop_the_relay(redis_server: Any) -> None:
     from structlog.testing import capture_logs
@@ -894,27 +908,36 @@ async def test_malformed_relayed_messages_never_stop_the_relay(redis_server: Any
         publisher = Redis.from_url(redis_server.url)
         try:
             with capture_logs() as logs:
+                epoch = await current_epoch(publisher, watched)
                 for raw in (
                     b"\xff garbage",
                     b"\xff garbage",
-                    # Follows what the relay knows, so a feed that took it would apply it.
-                    raw_message(
-                        base=relay.seen_id,
-                        id="next",
-                        changes=[{"kind": "ADDED", "after": 5, "before": None}],
+                    # Sealed (a replica of a newer format), from the lease held, following
+                    # what the relay knows: a feed that took it would apply it.
+                    sealed(
+                        watched,
+                        raw_message(
+                            base=relay.seen_id,
+                            id="next",
+                            epoch=epoch,
+                            seq=10_000,
+                            changes=[{"kind": "ADDED", "after": 5, "before": None}],
+                        ),
                     ),
                 ):
                     await publisher.publish(channel_of(watched), raw)
                 # A newer replica's end, mid rolling deploy: its feed ends with a contract
                 # code; the relay lives on.
                 end = {"message": "Gone.", "extensions": {"code": "SOMETHING_NEW"}}
-                await publisher.publish(channel_of(ended), raw_message(end=end))
+                ending = raw_message(end=end, epoch=await current_epoch(publisher, ended))
+                await publisher.publish(channel_of(ended), sealed(ended, ending))
                 error = await next_error(other_feed)
                 assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
         finally:
             await publisher.aclose()
         rejected = [line for line in logs if line["event"] == "change_feed_message_rejected"]
-        # Each replica hears the channel: once per kind on each, not once per message.
+        # Each replica with the feed hears the channel: once per kind on each, not once per
+        # message (the other feed's channel is heard by the one replica that has it).
         assert len(rejected) == 4
         assert len({line["reason"] for line in rejected}) == 2
         number = an_owned_number(one.world)
@@ -932,8 +955,7 @@ async def test_malformed_relayed_messages_never_stop_the_relay(redis_server: Any
 async def test_a_stopping_feed_never_releases_the_lease_of_its_successor_on_the_same_replica(
     redis_server: Any,
 ) -> None:
-    secret = "a-shared-secret-of-at-least-32-bytes!!"
-    async with harness(redis_url=redis_server.url, cache_key_secret=secret) as h:
+    async with harness(redis_url=redis_server.url, cache_key_secret=SECRET) as h:
         coordination = h.feeds.coordination
         original_release = coordination.release
         let_go = asyncio.Event()

@@ -330,7 +330,6 @@ def test_the_dependency_tables_list_exactly_what_pyproject_declares() -> None:
 # --- architecture -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="architecture page finished by the lead")
 def test_the_architecture_table_names_every_module() -> None:
     """Every module of the package (and every maintenance script under tools/) has its row in
     the architecture page's layer table, every module the page names exists, and the simulator's

@@ -19,7 +19,11 @@ between two polls is never seen, and a replica that fell behind the relay catche
 next message (or its next interval) rather than at once.
 
 Each subscriber holds a bounded queue of polls' worth of changes: one that falls
-``SUBSCRIBER_BACKLOG`` polls behind is ended with a clear error rather than let grow.
+``SUBSCRIBER_BACKLOG`` polls behind is ended with a clear error rather than let grow. What
+``seen`` holds is charged to the feed's caller (``budget``); a feed whose entries do not fit
+ends here with an error that says why, and a stopped feed lets go of them and of its charge.
+
+A stopped feed's loop ends at its next step even if a library swallowed its cancellation.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from typing import Any
 
 import structlog
 
+from gateway.changes.budget import SnapshotBudget, entry_bytes, snapshot_bytes
+from gateway.changes.codec import FeedMessage, SharedSnapshot
 from gateway.changes.coordination import (
     CoordinationUnavailable,
     FeedCoordination,
-    FeedMessage,
     Role,
-    SharedSnapshot,
     new_snapshot_id,
 )
 from gateway.changes.polling import InconsistentPoll
@@ -161,9 +165,12 @@ class ChangeFeed:
         lease: float,
         clock: Clock,
         on_stopped: Callable[[ChangeFeed], None],
+        caller: str = "",
+        budget: SnapshotBudget | None = None,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self.name = name
+        self.caller = caller  # whom the bytes of its snapshot are charged to (an HMAC)
         # This object's name on the lease: its same-name successor here is another holder.
         self.instance = secrets.token_hex(8)
         self._poll = poll
@@ -172,11 +179,13 @@ class ChangeFeed:
         self._lease = lease
         self._clock = clock
         self._on_stopped = on_stopped
+        self._budget = budget
         self._metrics = metrics
         self.subscribers: set[Subscriber] = set()
         self.role: Role | None = None
         self.seen: Snapshot | None = None  # the entries as this replica's subscribers know them
         self.seen_id: str | None = None  # the shared snapshot ``seen`` is, if any
+        self.seen_bytes = 0  # the size of ``seen`` as the budget counts it
         self.synced_at: float | None = None
         self.ended = False
         self._stop_requested = False
@@ -210,11 +219,18 @@ class ChangeFeed:
         if self._stop_requested:
             return
         self._stop_requested = True
+        if self._budget is not None:
+            self._budget.release(self.instance)
         for task in (self._resync, self._task):
             # Not our own task: the feed ending from inside its loop returns on its own.
             if task is not None and not task.done() and task is not asyncio.current_task():
                 task.cancel()
         self._on_stopped(self)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The feed's loop (done once it stopped and let go of its lease)."""
+        return self._task
 
     @property
     def running(self) -> bool:
@@ -245,15 +261,39 @@ class ChangeFeed:
             self.subscribers.clear()
             self.stop()
 
+    def _end_here(self, error: GatewayError) -> None:
+        """End this replica's subscribers (not other replicas': the bound is this process's)."""
+        self._tell(
+            FeedMessage(
+                self._clock.wall(), end={"message": error.message, "extensions": error.extensions}
+            )
+        )
+
+    def _charged(self, size: int) -> bool:
+        """Charge the feed's caller ``size`` bytes for what ``seen`` is about to hold; False
+        (and the feed ends here) when they do not fit. A stopped feed holds nothing (a late
+        message or resync must not charge what its stop let go of)."""
+        if self._stop_requested:
+            return False
+        if self._budget is None:
+            return True
+        refused = self._budget.charge(self.instance, self.caller, size)
+        if refused is not None:
+            self._end_here(refused)
+            return False
+        return True
+
     def _catch_up(self, entries: Snapshot, snapshot_id: str | None, observed_at: float) -> None:
         """Tell subscribers what differs between ``seen`` and ``entries`` (the baseline when
         they were told nothing yet), and remember ``entries`` as what they know."""
+        size = snapshot_bytes(entries)
+        if not self._charged(size):
+            return
         if self.seen is None:
             message = FeedMessage(observed_at=observed_at, synced=True)
         else:
             message = FeedMessage(observed_at, changes=diff_snapshots(self.seen, entries))
-        self.seen = dict(entries)
-        self.seen_id = snapshot_id
+        self.seen, self.seen_id, self.seen_bytes = dict(entries), snapshot_id, size
         self._tell(message)
 
     def receive(self, message: FeedMessage | None) -> None:
@@ -277,12 +317,19 @@ class ChangeFeed:
             return True  # a resync caught up past it already
         if self.seen is None or message.base is None or message.base != self.seen_id:
             return False
+        size = self.seen_bytes
+        for change in message.changes:
+            for entry, sign in ((change.before, -1), (change.after, 1)):
+                if entry is not None:
+                    size += sign * entry_bytes(entry_identity(entry), entry)
+        if not self._charged(size):
+            return True  # ended: nothing more to apply
         for change in message.changes:
             if change.after is not None:
                 self.seen[entry_identity(change.after)] = change.after
             elif change.before is not None:
                 self.seen.pop(entry_identity(change.before), None)
-        self.seen_id = message.snapshot_id
+        self.seen_id, self.seen_bytes = message.snapshot_id, size
         self._tell(message)
         return True
 
@@ -316,13 +363,20 @@ class ChangeFeed:
             # Also when cancelled (the last subscriber left, shutdown): a cancelled task may
             # still await, and letting go of the lease now lets another replica take over at
             # its next attempt instead of after the lease expires. ``stop`` cancels only once,
-            # so nothing cancels this release half-way.
+            # so nothing cancels this release half-way (and the release is bounded).
+            self.seen = None  # the snapshot goes with the feed, whoever still holds the feed
+            self._held_back = []
             await self._coordination.release(self.name, self.instance)
 
     async def _poll_while_watched(self) -> None:
         while True:
             wait = self._interval
             role = await self._coordination.hold(self.name, self.instance, self._lease)
+            # Checked after each step as well as cancelled: a cancellation that a library
+            # swallowed (one landing as its own timeout fires) must not leave a stopped feed
+            # polling for ever (after the poll in ``_poll_once``).
+            if self._stop_requested:
+                return
             self._switch(role)
             if role is Role.RELAY:
                 if self.seen_id is None:
@@ -331,11 +385,9 @@ class ChangeFeed:
                 next_poll = await self._poll_once(shared=role is Role.POLL_SHARED)
                 if next_poll is None:
                     return
+                # Through a backoff too, the holder's heartbeat keeps its lease: another
+                # replica polling now would only meet the same rate limit.
                 wait = next_poll
-                if role is Role.POLL_SHARED and wait > self._interval:
-                    # Keep the feed through the backoff: another replica polling now would
-                    # only meet the same rate limit.
-                    await self._coordination.hold(self.name, self.instance, wait + self._lease)
             await self._clock.sleep(wait)
 
     def _switch(self, role: Role) -> None:
@@ -396,7 +448,10 @@ class ChangeFeed:
             return None
         self._failures = 0
         self._observe("ok")
+        if self._stop_requested:
+            return None  # stopped while the poll ran: nothing to commit for anyone
         snapshot = snapshot_of(entries)
+        del entries
         now = self._clock.wall()
         made: str | None = None
         if shared:
@@ -408,6 +463,7 @@ class ChangeFeed:
                 base=previous.snapshot_id if previous else None,
                 snapshot_id=made,
             )
+            previous = None  # the old snapshot need not outlive the diff
             try:
                 if not await self._coordination.commit(
                     self.name, self.instance, SharedSnapshot(made, snapshot), message
@@ -415,10 +471,15 @@ class ChangeFeed:
                     return self._interval  # the lease moved on: its new holder tells us
             except CoordinationUnavailable:
                 made = None  # polled, not shared: subscribers here still learn it
+        # Committed first even when this process has no room for it (the budget ends the
+        # feed here and lets go of the lease): other replicas may, and one takes it over.
         self._catch_up(snapshot, made, now)
-        return self._interval
+        return None if self.ended else self._interval
 
     async def _end(self, end: dict[str, Any], shared: bool) -> None:
+        """End the feed with the caller's own answer: for every replica's subscribers when
+        this one holds the lease (fenced: one that lost it cannot end the new holder's feed
+        or delete its snapshot), and for this replica's in any case: its poll learnt it."""
         message = FeedMessage(self._clock.wall(), end=end)
         if shared:
             with contextlib.suppress(CoordinationUnavailable):

@@ -5,9 +5,12 @@ A feed is named by the caller's identity (the HMAC ``Callers`` derives, never th
 org and the normalised filter: every subscription with the same three shares one poller, and
 one token's poller is never another's. The filter is validated before anything else (the
 query's rules, no upstream call); then the limits, per caller and per process, refuse a new
-subscription with ``RATE_LIMITED``. The last subscriber to leave stops its feed. ``close``
-(the app's shutdown) ends every subscription cleanly, and each subscription logs one line when
-it ends.
+subscription with ``RATE_LIMITED``: the number of subscriptions, and the bytes the caller's
+feeds (or all feeds) already hold (``budget``; joining a feed that runs costs nothing more).
+The last subscriber to leave stops its feed. ``close`` (the app's shutdown) ends every
+subscription cleanly and stops every feed, letting go of their leases, within a bound even
+when a poll is under way or Redis stopped answering; each subscription logs one line when it
+ends.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
+from gateway.changes.budget import SnapshotBudget
+from gateway.changes.codec import FeedMessage
 from gateway.changes.coordination import (
+    CLOSE_TIMEOUT,
     FeedCoordination,
-    FeedMessage,
     LocalCoordination,
     RedisCoordination,
     Role,
+    settle,
 )
 from gateway.changes.feed import ChangeFeed, Subscriber
 from gateway.changes.polling import poll_entries
@@ -69,6 +75,8 @@ class ChangeFeeds:
         page_size: int,
         max_per_caller: int,
         max_subscriptions: int,
+        max_bytes_per_caller: int,
+        max_bytes: int,
         lease: float | None = None,
         secret: bytes | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -86,12 +94,16 @@ class ChangeFeeds:
         # names live in this process only and a random secret serves.
         self._secret = secret or secrets.token_bytes(32)
         self.clock = clock
+        self.budget = SnapshotBudget(
+            per_caller=max_bytes_per_caller, total=max_bytes, retry_after=poll_interval
+        )
         self.feeds: dict[str, ChangeFeed] = {}
         self._by_caller: Counter[str] = Counter()
         self._subscribers: set[Subscriber] = set()
         # Feeds whose poller is still letting go (of its lease): shutdown waits for them.
         self._stopping: set[ChangeFeed] = set()
         self._closed = False
+        self.close_timeout = CLOSE_TIMEOUT  # how long shutdown waits for feeds to let go
         if metrics is not None:
             metrics.watch_changes(self)
 
@@ -121,16 +133,25 @@ class ChangeFeeds:
         """Shutdown has begun: a subscription that ends now was ended by the server."""
         return self._closed
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes every feed's snapshot holds (as the budget counts them)."""
+        return self.budget.held
+
     async def close(self) -> None:
-        """Shutdown: every subscription completes, every poller stops."""
+        """Shutdown: every subscription completes, every poller stops (a poll under way is
+        cancelled) and lets go of its lease, so another replica takes its feeds over at its
+        next interval. Every wait is bounded: a feed still letting go after ``close_timeout``
+        (Redis stalled, a poll that ignores its cancellation) is cut short, and its lease
+        expires on its own."""
         self._closed = True
         for subscriber in list(self._subscribers):
             subscriber.end()
         feeds = [*self.feeds.values(), *self._stopping]
         for feed in feeds:
             feed.stop()
-        for feed in feeds:
-            await feed.wait_stopped()
+        tasks = [task for feed in feeds if (task := feed.task) is not None]
+        await settle(tasks, self.close_timeout)
         await self.coordination.close()
 
     async def watch(
@@ -146,7 +167,7 @@ class ChangeFeeds:
         caller = numbers.caller.identity  # UNAUTHENTICATED before any upstream call
         self._admit(caller)
         subscriber = Subscriber()
-        feed = self._feed_for(caller, query, numbers, org_id, flt)
+        feed = self._feed_for(caller, query, numbers, org_id, flt)  # may refuse: no room
         self._subscribers.add(subscriber)
         self._by_caller[caller] += 1
         started = self.clock.monotonic()
@@ -211,7 +232,8 @@ class ChangeFeeds:
         name = feed_name(self._secret, caller, query)
         feed = self.feeds.get(name)
         if feed is not None and not feed.ended:
-            return feed
+            return feed  # its entries are held already: joining costs nothing more
+        self.budget.admit(caller)
 
         async def poll() -> list[Entry]:
             # A fresh view each poll: its loader and cache record belong to that poll alone.
@@ -231,6 +253,8 @@ class ChangeFeeds:
             lease=self.lease,
             clock=self.clock,
             on_stopped=self._forget,
+            caller=caller,
+            budget=self.budget,
             metrics=self.metrics,
         )
         self.feeds[name] = feed
@@ -270,6 +294,8 @@ def build_change_feeds(
         page_size=settings.max_page_size,
         max_per_caller=settings.max_subscriptions_per_caller,
         max_subscriptions=settings.max_subscriptions,
+        max_bytes_per_caller=settings.changes_max_bytes_per_caller,
+        max_bytes=settings.changes_max_bytes,
         secret=secret,
         clock=clock,
         metrics=metrics,

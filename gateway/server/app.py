@@ -27,6 +27,7 @@ from gateway.data.answer_store import AnswerStore
 from gateway.data.guarded_redis import REDIS_OPERATION_TIMEOUT, GuardedRedis
 from gateway.data.page_cache import PageCache
 from gateway.data.persisted_queries import PersistedQueries
+from gateway.data.simulator_marker import SimulatorMarker
 from gateway.data.source import NumbersSource
 from gateway.execution.cost import CostLimits
 from gateway.execution.document_limits import limit_rules
@@ -200,6 +201,11 @@ def create_app(
             redis = build_redis(settings, metrics)
             if redis is not None:
                 resources.push_async_callback(redis.close)
+                if settings.embedded_simulator:
+                    # Replicas sharing this Redis must share one simulator too: say so if not.
+                    marker = SimulatorMarker(redis)
+                    await marker.start()
+                    resources.push_async_callback(marker.close)
             cache = build_cache(settings, metrics, clock, redis)
             metrics.watch_cache(cache.local)
             numbers = NumbersSource(
