@@ -254,6 +254,15 @@ class Settings(BaseSettings):
         description="Largest estimated operation cost (50 per upstream call plus the items "
         "pages may return, times the lists around them); costlier operations are refused.",
     )
+    max_filter_values: int = Field(
+        default=50,  # the domain's DEFAULT_MAX_FILTER_VALUES, which a bare NumbersSource takes
+        ge=1,
+        # A fan-out's cursor holds a position per value: at 64 it stays well within the bytes
+        # a cursor may have (``arguments.URL_TEXT_MAX_BYTES``).
+        le=64,
+        description="Values of one fan-out list (`filter.locationIds`, `filter.ownerTypes`), "
+        "or combinations of both, at most: each is one upstream query per page.",
+    )
     max_entities: int = Field(
         default=1000,
         ge=1,

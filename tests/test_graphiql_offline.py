@@ -265,6 +265,7 @@ def test_example_titles_come_from_operation_names(tmp_path: Path) -> None:
         "AvailableNumbers",
         "PeopleNumbers",
         "EveryNumberStreamed",
+        "Features",
         "FirstNumbers",
         "WalkNumbers",
         "WatchAssignments",

@@ -12,11 +12,17 @@ first starts one entry early and must begin with the entry the previous page end
 entry moves exactly when the boundary shifted), and the whole walk must hold as many distinct
 entries as every page's total says. A walk that fails any check is ``InconsistentPoll``: the
 feed throws it away (no diff, no commit) and polls again next interval.
+
+A filter over several values (``locationIds``, ``ownerTypes``) is polled one value at a time,
+each value's list walked and checked as above, and the poll is their union, bounded as one by
+``GATEWAY_CHANGES_MAX_ITEMS``; the values partition the list, so an entry found under two of
+them moved between their walks: the poll is inconsistent too.
 """
 
 from __future__ import annotations
 
 from gateway.data.source import CallerNumbers
+from gateway.domain.arguments import part_filters
 from gateway.domain.changes import Entry, entry_identity
 from gateway.domain.records import NumberFilter, PageRequest
 from gateway.errors import BadUserInput, UpstreamUnavailable
@@ -43,10 +49,33 @@ async def poll_entries(
     page_size: int,
     max_items: int,
 ) -> list[Entry]:
-    """Every entry the filter matches now, in the upstream's order. ``numbers`` must be a
-    refreshing view (``CallerNumbers.refreshing``). Raises ``BadUserInput`` past
-    ``max_items`` (the first page's total tells, so a huge filter costs one call) and
-    ``InconsistentPoll`` when the entries moved under the walk."""
+    """Every entry the filter matches now, in the upstream's order (a fanned-out filter's:
+    each value's in turn). ``numbers`` must be a refreshing view
+    (``CallerNumbers.refreshing``). Raises ``BadUserInput`` past ``max_items`` (the first
+    page's total tells, so a huge filter costs one call) and ``InconsistentPoll`` when the
+    entries moved under the walk."""
+    entries: list[Entry] = []
+    for part in part_filters(flt, max_filter_values=numbers.max_filter_values):
+        entries.extend(
+            await _poll_list(
+                numbers, org_id, part, page_size=page_size, max_items=max_items, found=len(entries)
+            )
+        )
+    if len({entry_identity(entry) for entry in entries}) != len(entries):
+        raise InconsistentPoll("an entry was read under two values of the filter")
+    return entries
+
+
+async def _poll_list(
+    numbers: CallerNumbers,
+    org_id: str | None,
+    flt: NumberFilter | None,
+    *,
+    page_size: int,
+    max_items: int,
+    found: int,
+) -> list[Entry]:
+    """One single-valued filter's entries, ``found`` already counted against ``max_items``."""
     entries: list[Entry] = []
     totals: set[int] = set()
     # One entry of overlap per page (a page of one entry could not advance with it).
@@ -61,8 +90,8 @@ async def poll_entries(
                 "The upstream failed this poll (the cache's stale answer is no poll)."
             )
         if result.total is not None:
-            if result.total > max_items:
-                raise too_many_entries(result.total, max_items)
+            if found + result.total > max_items:
+                raise too_many_entries(found + result.total, max_items)
             totals.add(result.total)
         items = list(result.page.items)
         if start < len(entries):
@@ -70,8 +99,10 @@ async def poll_entries(
                 raise InconsistentPoll("the page boundary moved between two page fetches")
             items = items[1:]
         entries.extend(items)
-        if len(entries) > max_items:
-            raise too_many_entries(result.total, max_items)
+        if found + len(entries) > max_items:
+            raise too_many_entries(
+                None if result.total is None else found + result.total, max_items
+            )
         if not items or not result.page.has_more:
             break
     _check_whole(entries, totals)

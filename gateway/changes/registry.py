@@ -41,9 +41,8 @@ from gateway.changes.polling import poll_entries
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.data.page_cache import OWN_ORG
 from gateway.data.source import CallerNumbers
-from gateway.domain.arguments import numbers_query
 from gateway.domain.changes import Entry
-from gateway.domain.query import NumbersQuery
+from gateway.domain.query import FanOutQuery, NumbersQuery
 from gateway.domain.records import NumberFilter, PhoneNumberChange
 from gateway.errors import GatewayError, RateLimited
 from gateway.observability.metrics import GatewayMetrics
@@ -54,11 +53,13 @@ log = structlog.get_logger("gateway.changes")
 LEASE_POLLS = 1.5  # a feed's lease lasts this many poll intervals unless renewed
 
 
-def feed_name(secret: bytes, caller: str, query: NumbersQuery) -> str:
+def feed_name(secret: bytes, caller: str, query: NumbersQuery | FanOutQuery) -> str:
     """The feed's name in this process and in Redis: an HMAC under the cache-key secret, like
     every other key, so neither the token nor the org and filter can be recovered or tested
-    for from a key name. Replicas sharing a Redis share the secret, so they agree on it."""
-    material = orjson.dumps(["feed", caller, query.org_id or OWN_ORG, query.params])
+    for from a key name. Replicas sharing a Redis share the secret, so they agree on it. A
+    fanned-out filter's name is its parts' (the same values in any order: one feed)."""
+    params = query.params if isinstance(query, NumbersQuery) else [p.params for p in query.parts]
+    material = orjson.dumps(["feed", caller, query.org_id or OWN_ORG, params])
     return hmac.new(secret, material, hashlib.sha256).hexdigest()[:32]
 
 
@@ -162,7 +163,7 @@ class ChangeFeeds:
         client_name: str | None = None,
     ) -> AsyncGenerator[PhoneNumberChange, None]:
         """The subscription: ``SYNCED`` once the baseline is taken, then each change."""
-        query = numbers_query(org_id, flt, None)  # BAD_USER_INPUT before anything else
+        query = numbers.query(org_id, flt, None)  # BAD_USER_INPUT before anything else
         caller = numbers.caller.identity  # UNAUTHENTICATED before any upstream call
         self._admit(caller)
         subscriber = Subscriber()
@@ -223,7 +224,7 @@ class ChangeFeeds:
     def _feed_for(
         self,
         caller: str,
-        query: NumbersQuery,
+        query: NumbersQuery | FanOutQuery,
         numbers: CallerNumbers,
         org_id: str | None,
         flt: NumberFilter | None,

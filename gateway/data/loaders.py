@@ -7,12 +7,14 @@ one call, and folds counts-only asks into a page call of the same query (asking 
 ``details=true``), so ``phoneNumbers { totalCount }`` plus ``numberCounts`` with the same filter
 is a single upstream request. Page calls that differ only in an owner's or a location's id
 (a router's batch of ``Person`` or ``Location`` entities) may then be answered by one walk of
-the list they partition (``entity_batches``). Built per request by ``NumbersSource``; never
-shared.
+the list they partition (``entity_batches``); an ask made with ``own_entry`` (a root field's
+fan-out part: ``data.fan_out``) is never answered so, but by its own call and page cache entry,
+the one its single-valued query uses. Built per request by ``NumbersSource``; never shared.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Sequence
 
 from strawberry.dataloader import DataLoader
@@ -62,12 +64,18 @@ class NumbersLoader:
     def __init__(self, fetch_page: FetchPage) -> None:
         self._fetch_page = fetch_page
         self._loader: DataLoader[Fetch, Answered] = DataLoader(load_fn=self._load_batch)
+        # Asks that must be answered by their own call, not by an entity batch's walk.
+        self._own_entries: set[Fetch] = set()
 
     def view(self) -> LoaderView:
         """A new view: loads through this loader, cache events of its own."""
         return LoaderView(self)
 
-    def load(self, ask: Fetch) -> Awaitable[Answered]:
+    def load(self, ask: Fetch, *, own_entry: bool = False) -> Awaitable[Answered]:
+        """``own_entry``: answer ``ask`` by its own upstream call and page cache entry, never
+        by an entity batch's walk (whose entries are another list's)."""
+        if own_entry:
+            self._own_entries.add(ask)
         return self._loader.load(ask)
 
     def clear(self) -> None:
@@ -77,6 +85,7 @@ class NumbersLoader:
         collection frees it: that made every large page cyclic garbage for the collector to
         walk (issue 22). Cleared, the page goes when the answer is written."""
         self._loader.clear_all()
+        self._own_entries.clear()
         batch = self._loader.batch
         if batch is not None and batch.dispatched:  # the last batch holds its futures too
             self._loader.batch = None
@@ -86,7 +95,13 @@ class NumbersLoader:
         calls = list(dict.fromkeys(plan.values()))
         # A call that also answers a counts-only ask needs the upstream's whole count object.
         counted = {plan[ask] for ask in asks if ask.window is None}
-        answered = await answer_calls(calls, self._fetch_page, counted=counted)
+        own = {plan[ask] for ask in asks if ask in self._own_entries}
+        # A call alone is never walked: each own-entry call is answered as one.
+        parts = await asyncio.gather(
+            answer_calls([c for c in calls if c not in own], self._fetch_page, counted=counted),
+            *(answer_calls([call], self._fetch_page, counted=counted) for call in own),
+        )
+        answered = {call: found for part in parts for call, found in part.items()}
         results: list[Answered | BaseException] = []
         for ask in asks:
             found = answered[plan[ask]]
@@ -109,8 +124,8 @@ class LoaderView:
         self.events: list[CacheEvent] = []
         self._recorded: set[int] = set()  # ids of the events in ``events``, which keeps them
 
-    async def load(self, ask: Fetch) -> UpstreamPage:
-        answered = await self.loader.load(ask)
+    async def load(self, ask: Fetch, *, own_entry: bool = False) -> UpstreamPage:
+        answered = await self.loader.load(ask, own_entry=own_entry)
         for event in answered.events:
             if id(event) not in self._recorded:
                 self._recorded.add(id(event))

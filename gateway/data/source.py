@@ -13,7 +13,10 @@ client takes it.
 Windows are offset ranges of the list (``domain.arguments.page_window``), forward or backward
 alike; an empty one asks only for the counts, and Relay's ``last`` without ``before`` takes
 its probe's page with the counts, which is the answer when the list ends within it and
-places the one further page to ask for otherwise.
+places the one further page to ask for otherwise. A filter with several values of
+``locationIds`` or ``ownerTypes`` is a fan-out: one such query per value, merged into one
+exact connection (``data.fan_out``, ``domain.fan_out``), bounded by
+``GATEWAY_MAX_FILTER_VALUES``.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from collections.abc import Awaitable
 from functools import partial
 from typing import Literal, overload
 
+from gateway.data import fan_out
 from gateway.data.caller import Caller, Callers
 from gateway.data.loaders import NumbersLoader
 from gateway.data.page_cache import CacheEvent, PageCache, cache_key
 from gateway.data.page_stream import UpstreamWalk, open_stream
-from gateway.domain.arguments import numbers_query, page_window
-from gateway.domain.connection import PageResult, StreamedPageResult, placed_tail
+from gateway.domain.arguments import DEFAULT_MAX_FILTER_VALUES, list_query, page_window
+from gateway.domain.connection import PageResult, StreamedWindow, placed_tail
+from gateway.domain.fan_out import merged_window
 from gateway.domain.query import (
     EntityKey,
+    FanOutQuery,
     Fetch,
     NumbersQuery,
     PageWindow,
@@ -56,6 +62,7 @@ class NumbersSource:
         *,
         max_page_size: int,
         max_stream_items: int | None = None,
+        max_filter_values: int = DEFAULT_MAX_FILTER_VALUES,
         default_authorization: str | None = None,
     ) -> None:
         self.upstream = upstream
@@ -63,6 +70,8 @@ class NumbersSource:
         self.max_page_size = max_page_size
         # The ceiling of a window under @stream (None: GATEWAY_MAX_PAGE_SIZE, as unstreamed).
         self.max_stream_items = max_stream_items
+        # Values of one fan-out list (or combinations of both): GATEWAY_MAX_FILTER_VALUES.
+        self.max_filter_values = max_filter_values
         # Under the cache's secret, so a caller's identity and its cache keys agree.
         self.callers = Callers(cache.secret, default_authorization)
 
@@ -133,6 +142,11 @@ class CallerNumbers:
         return any(event.status in _ANSWERED for event in self.cache_events)
 
     @property
+    def max_filter_values(self) -> int:
+        """``GATEWAY_MAX_FILTER_VALUES``: values of one fan-out list (or combinations)."""
+        return self._source.max_filter_values
+
+    @property
     def ttl(self) -> float:
         """How long the cache keeps an answer fresh (0: caching is off)."""
         return self._source.cache.ttl
@@ -146,9 +160,28 @@ class CallerNumbers:
             return None
         return self.ttl - max(event.age for event in events)
 
-    def load(self, ask: Fetch) -> Awaitable[UpstreamPage]:
-        """The upstream's answer to ``ask``, merged with the operation's other asks."""
-        return self._loader.load(ask)
+    def load(self, ask: Fetch, *, own_entry: bool = False) -> Awaitable[UpstreamPage]:
+        """The upstream's answer to ``ask``, merged with the operation's other asks.
+        ``own_entry``: by its own call and cache entry, never an entity batch's walk."""
+        return self._loader.load(ask, own_entry=own_entry)
+
+    def query(
+        self,
+        org_id: str | None,
+        flt: NumberFilter | None,
+        order: NumberOrder | None,
+        *,
+        entity_key: EntityKey | None = None,
+    ) -> NumbersQuery | FanOutQuery:
+        """The arguments validated and normalised (``arguments.list_query``, bounded by
+        ``GATEWAY_MAX_FILTER_VALUES``): ``BadUserInput`` before any upstream call."""
+        return list_query(
+            org_id,
+            flt,
+            order,
+            entity_key=entity_key,
+            max_filter_values=self._source.max_filter_values,
+        )
 
     @overload
     async def phone_numbers(
@@ -176,7 +209,7 @@ class CallerNumbers:
         total: bool = False,
         streamed: bool = False,
         held_stream: bool = False,
-    ) -> PageResult | StreamedPageResult: ...
+    ) -> PageResult | StreamedWindow: ...
 
     async def phone_numbers(
         self,
@@ -189,15 +222,25 @@ class CallerNumbers:
         total: bool = False,
         streamed: bool = False,
         held_stream: bool = False,
-    ) -> PageResult | StreamedPageResult:
+    ) -> PageResult | StreamedWindow:
         """One page of numbers; arguments are validated before any upstream call. ``total``
         asks for the counts too (``details=true``). ``streamed``: the items are delivered
         with ``@stream``, so the window may reach ``GATEWAY_MAX_STREAM_ITEMS`` and is walked
         while the client takes it (``data.page_stream``). ``held_stream``: the items
         carry ``@stream`` but the response is one JSON body, so the window stays within
-        ``GATEWAY_MAX_PAGE_SIZE`` (its refusal says how to stream instead)."""
+        ``GATEWAY_MAX_PAGE_SIZE`` (its refusal says how to stream instead). A fanned-out
+        filter's page is its parts' merged (``data.fan_out``)."""
         source = self._source
-        query = numbers_query(org_id, flt, order, entity_key=entity_key)
+        query = self.query(org_id, flt, order, entity_key=entity_key)
+        if isinstance(query, FanOutQuery):
+            return await self._fanned_out(
+                query,
+                page,
+                total=total,
+                streamed=streamed,
+                held_stream=held_stream,
+                own_entries=entity_key is None,
+            )
         window = page_window(
             query,
             page,
@@ -227,6 +270,39 @@ class CallerNumbers:
             return await self._tail_page(query, window)
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
 
+    async def _fanned_out(
+        self,
+        query: FanOutQuery,
+        page: PageRequest | None,
+        *,
+        total: bool,
+        streamed: bool,
+        held_stream: bool,
+        own_entries: bool,
+    ) -> PageResult | StreamedWindow:
+        """A fan-out's page: its parts' shares of the window, merged. ``own_entries`` (a root
+        field's): each part by its own call and cache entry, the single-valued query's."""
+        source = self._source
+        window = merged_window(
+            query,
+            page,
+            source.max_page_size,
+            streamed=streamed,
+            max_stream_items=source.max_stream_items,
+            held_stream=held_stream,
+        )
+        load = partial(self.load, own_entry=own_entries)
+        if streamed:
+            walk = UpstreamWalk(
+                source.upstream,
+                self.caller,
+                page_size=source.max_page_size,
+                on_first_page=self._note_walked,
+            )
+            asks = fan_out.StreamAsks(self._cached, load, walk, source.max_page_size)
+            return await fan_out.open_merged_stream(query, window, asks, details=total)
+        return await fan_out.held_page(query, window, load, details=total)
+
     async def _empty_page(self, query: NumbersQuery, window: PageWindow) -> PageResult:
         """A window with no entries in it (``before`` at or before ``after``, or at the
         list's start): only the counts are asked, which tell whether entries follow it."""
@@ -255,7 +331,11 @@ class CallerNumbers:
         *,
         entity_key: EntityKey | None = None,
     ) -> NumberCounts:
-        query = numbers_query(org_id, flt, None, entity_key=entity_key)
+        """The counts over every entry the filter matches (a fan-out's: its parts' summed)."""
+        query = self.query(org_id, flt, None, entity_key=entity_key)
+        if isinstance(query, FanOutQuery):
+            load = partial(self.load, own_entry=entity_key is None)
+            return to_number_counts(await fan_out.counts(query, load))
         answer = await self.load(Fetch(query, None, details=True))
         return to_number_counts(answer.count)
 

@@ -1,8 +1,10 @@
 """One page of numbers as the connection type reads it: nodes, edges, page info and total,
 each built only when selected.
 
-``PageResult`` is a window held whole (at most ``GATEWAY_MAX_PAGE_SIZE`` items).
-``StreamedPageResult`` is a window delivered with ``@stream`` (up to
+``PageResult`` is a window held whole (at most ``GATEWAY_MAX_PAGE_SIZE`` items), of one list
+or merged from a fan-out's (``fan_out``, which brings its own cursors). ``StreamedWindow`` is
+what a window delivered with ``@stream`` answers (a head, then a lazy tail of chunks);
+``StreamedPageResult`` is one list's window delivered with ``@stream`` (up to
 ``GATEWAY_MAX_STREAM_ITEMS``): its head is the first upstream response of its walk (or the
 whole window, when the page cache holds it as a page), so the initial payload waits for one
 upstream page whatever the upstream's page cap; the rest is walked upstream page by page while
@@ -14,8 +16,10 @@ without ``before`` once its probe has told the total).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from functools import partial
 
 from gateway.domain.arguments import cursor_at
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, TailWindow, UpstreamPage
@@ -42,16 +46,34 @@ def placed_tail(window: TailWindow, probe: UpstreamPage) -> PageWindow:
     return window.resolve(total)
 
 
+# The cursor of a list position (``PageResult.cursor``).
+Cursors = Callable[[int], str]
+
+
 class PageResult:
-    """One page as the connection type reads it; nodes and cursors are built on demand."""
+    """One page as the connection type reads it; nodes and cursors are built on demand.
 
-    __slots__ = ("_fingerprint", "_nodes", "page", "window")
+    ``query``'s cursors name list positions (``arguments.cursor_at``); a merged page of a
+    fanned-out query (``fan_out``) brings its own ``cursors`` instead (``query`` None), which
+    hold a position per value. Either way ``window`` is the page's place in its list."""
 
-    def __init__(self, query: NumbersQuery, window: PageWindow, page: UpstreamPage) -> None:
+    __slots__ = ("_cursors", "_nodes", "page", "window")
+
+    def __init__(
+        self,
+        query: NumbersQuery | None,
+        window: PageWindow,
+        page: UpstreamPage,
+        *,
+        cursors: Cursors | None = None,
+    ) -> None:
         self.window = window
         self.page = page
-        # Hashed once per page, not once per cursor: a page may carry 2,000 of them.
-        self._fingerprint = query.fingerprint
+        if cursors is None:
+            assert query is not None
+            # Hashed once per page, not once per cursor: a page may carry 2,000 of them.
+            cursors = partial(cursor_at, query.fingerprint)
+        self._cursors = cursors
         self._nodes: list[PhoneNumber] | None = None
 
     @property
@@ -59,7 +81,7 @@ class PageResult:
         return read_total(self.page.count)
 
     def cursor(self, position: int) -> str:
-        return cursor_at(self._fingerprint, position)
+        return self._cursors(position)
 
     def nodes(self) -> list[PhoneNumber]:
         if self._nodes is None:
@@ -100,7 +122,52 @@ def _page_info(cursor: Callable[[int], str], start: int, count: int, has_next: b
     )
 
 
-class StreamedPageResult:
+class StreamedWindow(ABC):
+    """A window delivered with ``@stream``, as the connection type and the projecting
+    executor read it: ``head()``, the first chunk, already fetched (what the initial payload
+    is built from); ``tail()``, the rest, chunk by chunk as the consumer asks; ``page_info``
+    and ``total_count`` answered before the walk ends."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def head(self) -> PageResult:
+        """The first chunk, already fetched. Its ``page.has_more``: a tail follows."""
+
+    @abstractmethod
+    def tail(self) -> AsyncGenerator[PageResult, None]:
+        """The rest of the window, one chunk at a time, each fetched only when the consumer
+        asks for it (closing it ends the walk). A chunk's ``page.has_more``: another chunk
+        may follow."""
+
+    @abstractmethod
+    def page_info(self) -> PageInfo: ...
+
+    @abstractmethod
+    def total_count(self) -> int: ...
+
+    async def chunks(self) -> AsyncGenerator[PageResult, None]:
+        """The whole window, chunk by chunk: ``head()`` then ``tail()``."""
+        yield self.head()
+        async with aclosing(self.tail()) as tail:
+            async for chunk in tail:
+                yield chunk
+
+    async def nodes(self) -> AsyncIterator[PhoneNumber]:
+        """The window's numbers, read a chunk at a time (normal execution's path)."""
+        async with aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                for node in chunk.nodes():
+                    yield node
+
+    async def edges(self) -> AsyncIterator[PhoneNumberEdge]:
+        async with aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                for edge in chunk.edges():
+                    yield edge
+
+
+class StreamedPageResult(StreamedWindow):
     """A window delivered with ``@stream``: ``first`` is its head, what the initial payload
     is built from: the first upstream response of the window's walk (one upstream page,
     whatever the upstream caps its pages at; with the counts when ``pageInfo`` or
@@ -173,23 +240,3 @@ class StreamedPageResult:
             async for page in pages:
                 yield PageResult(self.query, PageWindow(position, len(page.items)), page)
                 position += len(page.items)
-
-    async def chunks(self) -> AsyncGenerator[PageResult, None]:
-        """The whole window, chunk by chunk: ``head()`` then ``tail()``."""
-        yield self.head()
-        async with aclosing(self.tail()) as tail:
-            async for chunk in tail:
-                yield chunk
-
-    async def nodes(self) -> AsyncIterator[PhoneNumber]:
-        """The window's numbers, read a chunk at a time (normal execution's path)."""
-        async with aclosing(self.chunks()) as chunks:
-            async for chunk in chunks:
-                for node in chunk.nodes():
-                    yield node
-
-    async def edges(self) -> AsyncIterator[PhoneNumberEdge]:
-        async with aclosing(self.chunks()) as chunks:
-            async for chunk in chunks:
-                for edge in chunk.edges():
-                    yield edge

@@ -1,10 +1,12 @@
 """The query vocabulary every layer speaks: what to ask the upstream, and what it answered.
 
 ``NumbersQuery`` is one filter set (the unit of batching, caching and cursor binding);
-``PageWindow`` a slice of it (``TailWindow``: a slice at the list's end, placed once the
-total is known); ``Fetch`` what one field needs (a window, counts, or both);
-``UpstreamPage`` the upstream's answer to one ``Fetch`` with its page walk completed. The
-lowest layer: it imports nothing from the rest of the gateway.
+``FanOutQuery`` several of them, one per value of a fanned-out filter (``filter.locationIds``,
+``filter.ownerTypes``), whose lists merged are its list (``domain.fan_out``); ``PageWindow``
+a slice of a list (``TailWindow``: a slice at the list's end, placed once the total is
+known); ``Fetch`` what one field needs (a window, counts, or both); ``UpstreamPage`` the
+upstream's answer to one ``Fetch`` with its page walk completed. The lowest layer: it imports
+nothing from the rest of the gateway.
 """
 
 from __future__ import annotations
@@ -35,6 +37,45 @@ class NumbersQuery:
         """A short stable digest, for binding cursors to the query that issued them."""
         canonical = repr((self.org_id, self.params)).encode()
         return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutQuery:
+    """A filter over several values of a parameter the upstream takes one value of: ``parts``
+    holds one ``NumbersQuery`` per value (per combination of values, when both ``locationIds``
+    and ``ownerTypes`` are given), each exactly the query the single-valued filter makes, in
+    a canonical order (the values sorted), so the same values in any order are one query,
+    and each part's pages are the single-valued query's cache entries. The values partition
+    the list (a number has one location and at most one owner), so its list is the parts'
+    lists merged (``domain.fan_out``), and its counts their sums."""
+
+    parts: tuple[NumbersQuery, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.parts) < 2:
+            raise ValueError("a fan-out has at least two parts; one is its NumbersQuery")
+
+    @property
+    def org_id(self) -> str | None:
+        return self.parts[0].org_id
+
+    @property
+    def order(self) -> str | None:
+        """The upstream's ``order`` value the parts ask with (``lastName-desc``), if any: the
+        merge follows it (``fan_out.merge_key``)."""
+        return next((value for name, value in self.parts[0].params if name == "order"), None)
+
+    @property
+    def unordered(self) -> FanOutQuery:
+        """The same parts without their order: counts do not depend on order."""
+        return FanOutQuery(tuple(part.unordered for part in self.parts))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short stable digest of every part, for binding cursors to the fan-out that issued
+        them (never equal to a single query's: the material differs in shape)."""
+        canonical = repr(("fan-out", self.org_id, [part.params for part in self.parts]))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

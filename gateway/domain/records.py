@@ -28,9 +28,14 @@ from gateway.domain.enums import (
 @dataclass(slots=True, kw_only=True)
 class NumberFilter:
     """What narrows the list; each field is the upstream query parameter of the same name
-    (``arguments.FILTER_PARAMETERS``), unset fields do not filter."""
+    (``arguments.FILTER_PARAMETERS``), unset fields do not filter. ``location_ids`` and
+    ``owner_types`` are the fan-out spellings of ``location_id`` and ``owner_type``: several
+    values of a parameter the upstream takes one of, answered by one query per value and
+    their lists merged (``domain.fan_out``)."""
 
     location_id: str | None = None
+    location_ids: list[str] | None = None
+    owner_types: list[OwnerType] | None = None
     phone_number: str | None = None
     available: bool | None = None
     owner_name: str | None = None

@@ -47,7 +47,7 @@ from graphql import (
 )
 from graphql.pyutils import Undefined
 
-from gateway.domain.arguments import DEFAULT_PAGE_SIZE, page_ceiling
+from gateway.domain.arguments import DEFAULT_MAX_FILTER_VALUES, DEFAULT_PAGE_SIZE, page_ceiling
 from gateway.errors import ErrorCode
 from gateway.execution.fragment_walk import Fragments, Spreading, selected_fields
 
@@ -56,6 +56,7 @@ PAGE_FIELDS = frozenset({"phoneNumbers"})
 COUNT_FIELDS = frozenset({"numberCounts"})
 FEED_FIELDS = frozenset({"phoneNumberChanges"})
 ITEM_LISTS = frozenset({"nodes", "edges"})
+FAN_OUT_LISTS = ("locationIds", "ownerTypes")
 STREAM = "stream"
 DEFAULT_FEED_ITEMS = 20_000  # GATEWAY_CHANGES_MAX_ITEMS' default
 
@@ -73,6 +74,7 @@ class CostLimits:
     max_entities: int
     max_stream_items: int | None = None
     max_feed_items: int = DEFAULT_FEED_ITEMS
+    max_filter_values: int = DEFAULT_MAX_FILTER_VALUES
 
 
 def upstream_pages(first: int, upstream_page_size: int) -> int:
@@ -144,10 +146,13 @@ class CostEstimate:
             if name in PAGE_FIELDS:
                 self._page(group, multiplier)
                 continue
+            width = max(self._fan_out(field) for field, _ in group)
             if name in COUNT_FIELDS:
-                self.total += multiplier * CALL_COST
+                self.total += multiplier * width * CALL_COST
             elif name in FEED_FIELDS:
-                poll = 1 + upstream_pages(self.limits.max_feed_items, self.max_page_size)
+                # Each part's walk is its own (a first page at least); together they hold at
+                # most GATEWAY_CHANGES_MAX_ITEMS entries.
+                poll = width + upstream_pages(self.limits.max_feed_items, self.max_page_size)
                 self.total += multiplier * poll * CALL_COST
             elif name == "_entities":
                 inner = multiplier * max(self._representations(f) for f, _ in group)
@@ -167,23 +172,27 @@ class CostEstimate:
         first = max(self._first(field, streamed=streamed) for field, _ in group)
         # A window at the list's end (``last`` without ``before``) is placed by a probe first.
         calls = 1 + max(self._probes(field) for field, _ in group)
+        # A fan-out asks each of its parts for its share: at most the page from where the part
+        # stands, or with ``page.offset`` everything from the part's start to the page's end.
+        width = max(self._fan_out(field) for field, _ in group)
+        share = first + (max(self._offset(field) for field, _ in group) if width > 1 else 0)
         if streamed:
             # Held a chunk at a time, never whole: the walk's calls are what it costs, and the
             # initial payload's items, which are held. The first chunk is one call shared by
             # the lists, but each streamed list walks the rest on its own.
-            rest = upstream_pages(first, self.max_page_size) - 1
+            rest = upstream_pages(share, self.max_page_size) - 1
             initial = max(
                 min(self._initial_count(field), first)
                 for list_group in item_lists
                 for field, _ in list_group
             )
             walks = len(item_lists)
-            self.total += multiplier * ((calls + walks * rest) * CALL_COST + initial)
+            self.total += multiplier * ((calls + walks * rest) * width * CALL_COST + initial)
         elif item_lists:
-            self.total += multiplier * (calls * CALL_COST + first)
+            self.total += multiplier * width * (calls * CALL_COST + share)
         else:
             # Only totalCount/pageInfo: no item is built or answered, the calls are the cost.
-            self.total += multiplier * calls * CALL_COST
+            self.total += multiplier * width * calls * CALL_COST
         for child in self._groups(self._children(group)):
             if child[0][0].selection_set is None:
                 continue
@@ -241,6 +250,34 @@ class CostEstimate:
         last = self._value(_argument(field.arguments, "last"))
         before = self._value(_argument(field.arguments, "before"))
         return int(last is not None and before is None)
+
+    def _fan_out(self, field: FieldNode) -> int:
+        """The upstream queries the field's filter fans out to: the product of its lists'
+        lengths (a list of one, a single value, or none: 1), within the bound execution
+        refuses past; an unreadable filter or list: the most."""
+        most = self.limits.max_filter_values
+        flt = self._value(_argument(field.arguments, "filter"))
+        if flt is None:
+            return 1
+        if not isinstance(flt, Mapping):
+            return most
+        width = 1
+        for name in FAN_OUT_LISTS:
+            values = flt.get(name)
+            if values is None or values is Undefined or isinstance(values, str):
+                continue  # absent, or one value (a list of one, as GraphQL coerces it)
+            width *= max(1, min(len(values), most)) if isinstance(values, list) else most
+        return min(width, most)
+
+    def _offset(self, field: FieldNode) -> int:
+        """``page.offset``, as far as it can be read (unreadable: the most a page may reach)."""
+        page = self._value(_argument(field.arguments, "page"))
+        offset = page.get("offset", None) if isinstance(page, Mapping) else None
+        if offset is None or offset is Undefined:
+            return 0
+        if isinstance(offset, int) and not isinstance(offset, bool):
+            return max(0, min(offset, self.max_stream_items))
+        return self.max_stream_items
 
     def _representations(self, field: FieldNode) -> int:
         representations = self._value(_argument(field.arguments, "representations"))

@@ -24,7 +24,8 @@ Streamed lists (``@stream``)
     with graphql-core's incremental executor as an ``ItemStream`` over ``ProjectedChunks``,
     whose batches are whole projected chunks: the rest of the first chunk (the walk's first
     upstream page, which is all the initial payload waits for, or the page cache's whole
-    window), then one per upstream page of the walk (``StreamedPageResult.tail``).
+    window), then one per upstream page of the walk (``StreamedWindow.tail``: a fanned-out
+    window's chunks are merged, one per page a part walks).
     graphql-core asks a stream for its next batch only once the consumer has taken the
     previous one, and the walk fetches a page only when asked, so the gateway reads one
     upstream page ahead of the client at most; when the stream is aborted (the client went
@@ -83,7 +84,7 @@ from graphql.execution.incremental.work_queue import WorkResult
 from graphql.pyutils import Path, Undefined, UndefinedType
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from gateway.domain.connection import PageResult, StreamedPageResult
+from gateway.domain.connection import PageResult, StreamedWindow
 from gateway.domain.reader import PHONE_NUMBER, ObjectTable
 from gateway.execution.projection_compiler import (
     INCLUSION_DIRECTIVES,
@@ -314,7 +315,7 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
         """The initial items of a connection list under an active ``@stream``, its rest
         registered as a stream of projected chunks; None: normal execution does it."""
         result = source.result
-        if not isinstance(result, PageResult | StreamedPageResult):
+        if not isinstance(result, PageResult | StreamedWindow):
             return None
         try:
             usage = self.get_stream_usage(field_details_list, path)
@@ -324,13 +325,13 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
             return None
         head = result if isinstance(result, PageResult) else result.head()
         initial_count = usage.initial_count
-        if initial_count > len(head.page.items) and isinstance(result, StreamedPageResult):
+        if initial_count > len(head.page.items) and isinstance(result, StreamedWindow):
             return None  # the initial payload would wait on the walk: normal execution
         done = self._run_projector(parent_type, field_details_list, path, head)
         if done is None:
             return None
         projector, projected = done
-        tail = result.tail() if isinstance(result, StreamedPageResult) else None
+        tail = result.tail() if isinstance(result, StreamedWindow) else None
         rest = [_stream_item(item) for item in projected[initial_count:]]
         if tail is not None and not head.page.has_more:
             tail = None  # the first chunk is the whole window

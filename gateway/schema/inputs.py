@@ -39,6 +39,20 @@ class PhoneNumberFilter:
     location_id: strawberry.ID | None = strawberry.field(
         default=None, description="Only numbers of this location."
     )
+    location_ids: list[strawberry.ID] | None = strawberry.field(
+        default=None,
+        description="Only numbers of these locations: one upstream query per location, "
+        "merged into one exact list in the order of one query over them all (counts summed). "
+        "At most the gateway's GATEWAY_MAX_FILTER_VALUES (50 unless configured); not empty, "
+        "no value twice; cannot be combined with `locationId`.",
+    )
+    owner_types: list[OwnerType] | None = strawberry.field(
+        default=None,
+        description="Only numbers whose owner is of one of these types: one upstream query "
+        "per type, merged as `locationIds` are. At most GATEWAY_MAX_FILTER_VALUES (with "
+        "`locationIds` too: that many combinations); not empty, no value twice; cannot be "
+        "combined with `ownerType`, nor with `available: true`.",
+    )
     phone_number: str | None = strawberry.field(
         default=None, description="Search for this phone number."
     )
@@ -197,6 +211,12 @@ def to_filter(flt: PhoneNumberFilter | None) -> records.NumberFilter | None:
         return None
     return records.NumberFilter(
         location_id=flt.location_id,
+        location_ids=None if flt.location_ids is None else list(flt.location_ids),
+        owner_types=(
+            None
+            if flt.owner_types is None
+            else [_required(kind, domain_enums.OwnerType) for kind in flt.owner_types]
+        ),
         phone_number=flt.phone_number,
         available=flt.available,
         owner_name=flt.owner_name,

@@ -19,7 +19,7 @@ import strawberry
 from gateway.data.source import CallerNumbers
 from gateway.domain import enums as domain_enums
 from gateway.domain import records
-from gateway.domain.connection import PageResult, StreamedPageResult
+from gateway.domain.connection import PageResult, StreamedWindow
 from gateway.domain.query import EntityKey
 from gateway.schema.context import RequestContext
 from gateway.schema.enums import (
@@ -262,7 +262,7 @@ class PageInfo:
 
 @strawberry.type(description="One page of phone numbers, Relay-style.")
 class PhoneNumberConnection:
-    result: strawberry.Private[PageResult | StreamedPageResult]
+    result: strawberry.Private[PageResult | StreamedWindow]
 
     # A list under @stream is an async iterator (the upstream walk), hence graphql_type; the
     # items are the reader's records (the projection fast path usually stands in for these).

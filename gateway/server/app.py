@@ -146,6 +146,7 @@ def build_execution(
             max_entities=settings.max_entities,
             max_stream_items=settings.max_stream_items,
             max_feed_items=settings.changes_max_items,
+            max_filter_values=settings.max_filter_values,
         ),
         production=settings.production,
         metrics=metrics,
@@ -212,6 +213,7 @@ def create_app(
                 cache,
                 max_page_size=settings.max_page_size,
                 max_stream_items=settings.max_stream_items,
+                max_filter_values=settings.max_filter_values,
                 default_authorization=(
                     EMBEDDED_DEFAULT_AUTHORIZATION if settings.embedded_simulator else None
                 ),

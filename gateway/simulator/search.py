@@ -211,16 +211,29 @@ def _maybe(single: dict[str, str], name: str, parse: Callable[[str, str], _T]) -
     return None if value is None else parse(name, value)
 
 
-def _natural(text: str | None) -> tuple[int, str]:
-    """Numeric strings sort by value (100 before 1000), others after them as text."""
+def _natural(text: str | None) -> tuple[int, int, str, str]:
+    """Extensions of ASCII digits by numeric value (compared as digit strings, so any length
+    is exact), equal values by their text; other text after every numeric one, by text;
+    none last."""
     if text is None:
-        return (1 << 62, "")
-    return (int(text), "") if text.isdigit() else (1 << 61, text)
+        return (2, 0, "", "")
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0")
+        return (0, len(digits), digits, text)
+    return (1, 0, "", text)
 
 
-def _default_key(entry: NumberEntry) -> tuple[bool, str, tuple[int, str]]:
-    # The upstream's default: by number, then extension, ascending; extension-only entries last.
-    return (entry.phone_number is None, entry.phone_number or "", _natural(entry.extension))
+def _default_key(entry: NumberEntry) -> tuple[bool, str, tuple[int, int, str, str], str]:
+    # The upstream's default: by number, then extension, ascending; extension-only entries
+    # last. What that leaves tied (extension-only entries of two locations with the same
+    # extension) goes by location id, so the order is total: the gateway's merge of several
+    # locations' or owner types' lists (gateway.domain.fan_out) orders by the same key.
+    return (
+        entry.phone_number is None,
+        entry.phone_number or "",
+        _natural(entry.extension),
+        entry.location_id,
+    )
 
 
 _ORDER_VALUE: dict[str, Callable[[NumberEntry], Any]] = {
