@@ -272,9 +272,9 @@ class Settings(BaseSettings):
         default=4,
         ge=1,
         le=1000,
-        description="Incremental responses (`@defer`/`@stream` over multipart or SSE) one "
-        "caller (token) may have in flight in one process; past it a new one is RATE_LIMITED "
-        "(429).",
+        description="Incremental responses (`@defer`/`@stream` over multipart or SSE) and "
+        "exports one caller (token) may have in flight in one process; past it a new one is "
+        "RATE_LIMITED (429).",
     )
     cors_origins: CommaList | None = Field(
         default=None,

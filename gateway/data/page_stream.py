@@ -12,16 +12,25 @@ exists to avoid holding, and per-page entries keyed by the upstream's own page b
 would rarely be asked for again (another window starts elsewhere). Each page of the rest is
 one upstream exchange with its own deadline, breaker check, fair slot, retries and size
 bound (``UpstreamClient.pages``), under the caller's own credentials.
+
+An inventory export (``transports.export``) walks a whole filtered list the same way, from its
+first entry, with ``whole_list``: nothing of it is cached either (a download is one moment of
+the list, and would otherwise hold what it streams).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from gateway.data.caller import Caller
 from gateway.domain.connection import StreamedPageResult
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 from gateway.upstream.client import UpstreamClient
+
+# A window with no end of its own: the walk ends where the upstream's list does (no ``next``
+# link, or an empty page). Only ever asked for page by page, ``GATEWAY_MAX_PAGE_SIZE`` at a time.
+WHOLE_LIST = PageWindow(0, sys.maxsize)
 
 
 class UpstreamWalk:
@@ -69,3 +78,9 @@ async def open_stream(
     ask = Fetch(query, chunk, details=details)
     first = await (load_fresh(ask) if chunk.size < window.size else load(ask))
     return StreamedPageResult(query, window, first, walk)
+
+
+def whole_list(query: NumbersQuery, walk: UpstreamWalk) -> AsyncGenerator[UpstreamPage, None]:
+    """Every entry ``query`` matches, one upstream page at a time as the consumer asks for the
+    next (backpressure), uncached and without counts; closing it ends the walk."""
+    return walk(Fetch(query, WHOLE_LIST, details=False))

@@ -7,19 +7,20 @@ whether it asked for ``no-cache``, the record of what the cache did,
 and a fresh loader that merges the asks of one operation. Root fields, federation entity
 fields and persisted-query replays all read numbers through it; the HTTP view only says who
 is calling. A window under ``@stream`` is opened by ``page_stream`` instead: its first chunk
-through the same loader and cache, the rest walked as the client takes it.
+through the same loader and cache, the rest walked as the client takes it; an export's whole
+list (``whole_list``) is walked that way from its first entry, never through the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from functools import partial
 from typing import Literal, overload
 
 from gateway.data.caller import Caller, Callers
 from gateway.data.loaders import NumbersLoader
 from gateway.data.page_cache import CacheEvent, PageCache, cache_key
-from gateway.data.page_stream import UpstreamWalk, open_stream
+from gateway.data.page_stream import UpstreamWalk, open_stream, whole_list
 from gateway.domain.arguments import numbers_query, page_window
 from gateway.domain.connection import PageResult, StreamedPageResult
 from gateway.domain.query import EntityKey, Fetch, UpstreamPage
@@ -204,6 +205,18 @@ class CallerNumbers:
                 walk=UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size),
             )
         return PageResult(query, window, await self.load(Fetch(query, window, details=total)))
+
+    def whole_list(
+        self, org_id: str | None, flt: NumberFilter | None, order: NumberOrder | None
+    ) -> AsyncGenerator[UpstreamPage, None]:
+        """Every entry the filter matches, in ``order``, one upstream page at a time as the
+        consumer asks for the next, each page its own uncached exchange under the caller's
+        fair slots (``page_stream.whole_list``). The arguments are checked and the caller
+        named here, before any upstream call (``BadUserInput``, ``Unauthenticated``)."""
+        source = self._source
+        query = numbers_query(org_id, flt, order)
+        walk = UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size)
+        return whole_list(query, walk)
 
     async def number_counts(
         self,
