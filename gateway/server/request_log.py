@@ -93,9 +93,6 @@ class RequestLogMiddleware:
         probe = route in PROBE_ROUTES
         head = request_head(scope)
         facts = facts_of(head, tracer=None if probe else self.tracer)
-        # An export is its operation from the start: refused before it runs (at capacity),
-        # it is still counted under its own name.
-        facts.operation_name = EXPORT_OPERATIONS.get(route)
         if facts.tracer is None:
             await self._serve(scope, receive, send, route, probe, facts, None, started)
             return
@@ -178,6 +175,9 @@ class RequestLogMiddleware:
         if facts.trace_id is not None:
             line["traceId"] = facts.trace_id
         if route in OPERATION_ROUTES:
+            if facts.attempted and facts.operation_name is None:
+                # An export refused before it ran (at capacity) is still its operation.
+                facts.operation_name = EXPORT_OPERATIONS.get(route)
             line.update(_graphql_fields(facts))
             if facts.attempted:
                 self.metrics.observe_operation(
