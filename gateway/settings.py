@@ -266,7 +266,7 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000_000,
         description="Largest `page.first` of a list delivered with `@stream` (without it, "
-        "`max_page_size` is the ceiling).",
+        "`max_page_size` is the ceiling), and the most entries an export holds.",
     )
     max_streams_per_caller: int = Field(
         default=4,

@@ -568,6 +568,61 @@ async def test_a_rate_limited_first_page_is_429_with_retry_after() -> None:
     assert error["extensions"]["retryAfter"] == 7
 
 
+class CountSays(httpx.AsyncBaseTransport):
+    """The upstream, its ``count.total`` replaced by ``total`` (an upstream whose count is
+    out of date, or a list that grows while it is walked)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, total: int) -> None:
+        self.inner = inner
+        self.total = total
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        body = orjson.loads(await response.aread())
+        if "count" in body:
+            body["count"]["total"] = self.total
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return httpx.Response(response.status_code, headers=headers, content=orjson.dumps(body))
+
+
+async def test_a_list_longer_than_an_export_holds_is_refused_before_any_row(
+    recorder: RecordingTransport,
+) -> None:
+    """GATEWAY_MAX_STREAM_ITEMS bounds an export as it bounds a streamed window."""
+    async with gateway_over(recorder, max_stream_items=999) as client:
+        response = await client.get(CSV_PATH)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert error["message"].startswith("The filter matches 1000 entries; an export holds at most")
+    assert "GATEWAY_MAX_STREAM_ITEMS" in error["message"]
+    assert "content-disposition" not in response.headers
+    assert recorder.calls == 1
+
+
+async def test_a_list_of_exactly_the_bound_is_exported_whole(recorder: RecordingTransport) -> None:
+    async with gateway_over(recorder, max_stream_items=1000) as client:
+        entries, trailer = ndjson_of((await client.get(NDJSON_PATH)).content)
+    assert trailer == {"__export": {"complete": True, "rows": 1000}}
+    assert len(entries) == 1000
+
+
+async def test_a_list_that_grows_past_the_bound_while_exported_ends_early(
+    recorder: RecordingTransport,
+) -> None:
+    """The count said the list fits; the walk finds more (or an upstream's next links would
+    never end): the export stops at the bound, saying so, and never writes past it."""
+    async with gateway_over(CountSays(recorder, total=10), max_stream_items=500) as client:
+        response = await client.get(NDJSON_PATH)
+        calls = recorder.calls
+    entries, trailer = ndjson_of(response.content)
+    assert len(entries) == 3 * PAGE  # the fourth page would pass the bound: not written
+    error = trailer["__export"]["error"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "grew past 500 entries" in error["message"]
+    assert calls == 4  # the walk asked for 501 entries at most, and stopped
+
+
 # --- failures after the first row -------------------------------------------------------------
 
 FAILURES = [(401, "UNAUTHENTICATED"), (503, "UPSTREAM_UNAVAILABLE"), (None, "UPSTREAM_TIMEOUT")]

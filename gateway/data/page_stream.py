@@ -15,22 +15,19 @@ bound (``UpstreamClient.pages``), under the caller's own credentials.
 
 An inventory export (``transports.export``) walks a whole filtered list the same way, from its
 first entry, with ``whole_list``: nothing of it is cached either (a download is one moment of
-the list, and would otherwise hold what it streams).
+the list, and would otherwise hold what it streams). It is bounded as a streamed window is
+(``GATEWAY_MAX_STREAM_ITEMS``), which also ends a walk an upstream's ``next`` links would never
+end.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from gateway.data.caller import Caller
 from gateway.domain.connection import StreamedPageResult
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 from gateway.upstream.client import UpstreamClient
-
-# A window with no end of its own: the walk ends where the upstream's list does (no ``next``
-# link, or an empty page). Only ever asked for page by page, ``GATEWAY_MAX_PAGE_SIZE`` at a time.
-WHOLE_LIST = PageWindow(0, sys.maxsize)
 
 
 class UpstreamWalk:
@@ -80,7 +77,12 @@ async def open_stream(
     return StreamedPageResult(query, window, first, walk)
 
 
-def whole_list(query: NumbersQuery, walk: UpstreamWalk) -> AsyncGenerator[UpstreamPage, None]:
-    """Every entry ``query`` matches, one upstream page at a time as the consumer asks for the
-    next (backpressure), uncached and without counts; closing it ends the walk."""
-    return walk(Fetch(query, WHOLE_LIST, details=False))
+def whole_list(
+    query: NumbersQuery, walk: UpstreamWalk, *, max_items: int
+) -> AsyncGenerator[UpstreamPage, None]:
+    """Every entry ``query`` matches, from the first, one upstream page at a time as the
+    consumer asks for the next (backpressure), uncached; closing it ends the walk. The first
+    page carries the counts (``details``), so that a list longer than ``max_items`` can be
+    refused before anything of it is used; the walk asks for at most ``max_items + 1``
+    entries, so that one that grows past the bound while it is walked is seen to."""
+    return walk(Fetch(query, PageWindow(0, max_items + 1), details=True))

@@ -21,7 +21,7 @@ from gateway.data.caller import Caller, Callers
 from gateway.data.loaders import NumbersLoader
 from gateway.data.page_cache import CacheEvent, PageCache, cache_key
 from gateway.data.page_stream import UpstreamWalk, open_stream, whole_list
-from gateway.domain.arguments import numbers_query, page_window
+from gateway.domain.arguments import numbers_query, page_ceiling, page_window
 from gateway.domain.connection import PageResult, StreamedPageResult
 from gateway.domain.query import EntityKey, Fetch, UpstreamPage
 from gateway.domain.reader import to_number_counts
@@ -53,6 +53,16 @@ class NumbersSource:
         self.max_stream_items = max_stream_items
         # Under the cache's secret, so a caller's identity and its cache keys agree.
         self.callers = Callers(cache.secret, default_authorization)
+
+    @property
+    def max_list_items(self) -> int:
+        """The most entries one walked list may hold: a window under ``@stream``, an export's
+        whole list (``GATEWAY_MAX_STREAM_ITEMS``; ``arguments.page_ceiling``)."""
+        return page_ceiling(
+            max_page_size=self.max_page_size,
+            max_stream_items=self.max_stream_items,
+            streamed=True,
+        )
 
     def for_caller(
         self,
@@ -211,12 +221,13 @@ class CallerNumbers:
     ) -> AsyncGenerator[UpstreamPage, None]:
         """Every entry the filter matches, in ``order``, one upstream page at a time as the
         consumer asks for the next, each page its own uncached exchange under the caller's
-        fair slots (``page_stream.whole_list``). The arguments are checked and the caller
+        fair slots, the first with the counts; at most ``NumbersSource.max_list_items`` entries
+        and one more (``page_stream.whole_list``). The arguments are checked and the caller
         named here, before any upstream call (``BadUserInput``, ``Unauthenticated``)."""
         source = self._source
         query = numbers_query(org_id, flt, order)
         walk = UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size)
-        return whole_list(query, walk)
+        return whole_list(query, walk, max_items=source.max_list_items)
 
     async def number_counts(
         self,

@@ -7,7 +7,9 @@ Before any row, in this order, each refusal a small JSON error body with its con
 ``UNAUTHENTICATED``); the filter's rules (``numbers_query``, 400); a stream slot
 (``OpenStreams``: ``GATEWAY_MAX_STREAMS_PER_CALLER`` per caller, 429); then the list's first
 upstream page, whose failure answers with its code's status (the upstream's 401 as 401, 403 as
-403, a rate limit as 429 with ``Retry-After``, a timeout 504, an unavailable upstream 502).
+403, a rate limit as 429 with ``Retry-After``, a timeout 504, an unavailable upstream 502), and
+whose count may say the list is longer than an export holds (``GATEWAY_MAX_STREAM_ITEMS``, as
+a streamed window: 400).
 
 Then ``200`` with ``Content-Disposition: attachment`` (a filename naming the location or the
 org, and the day), and each page's rows written as soon as the page arrives (``export_rows``:
@@ -58,7 +60,8 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.data.source import NumbersSource
 from gateway.domain.query import UpstreamPage
-from gateway.errors import INTERNAL_ERROR_MESSAGE, ErrorCode, GatewayError
+from gateway.domain.reader import read_total
+from gateway.errors import INTERNAL_ERROR_MESSAGE, BadUserInput, ErrorCode, GatewayError
 from gateway.execution.operation_facts import record_operation
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_facts import RequestFacts, current_facts
@@ -95,6 +98,9 @@ _SHUTTING_DOWN: Final = Refusal(
     extensions={"retryAfter": RETRY_AFTER_SECONDS},
 )
 _NOT_GET: Final = Refusal(405, "An export is read with GET.", headers={"Allow": "GET"})
+_NARROWER: Final = (
+    "Narrow the filter, for instance to one location (locationId) or one owner type (ownerType)."
+)
 
 log = structlog.get_logger("gateway.export")
 T = TypeVar("T")
@@ -188,6 +194,7 @@ class InventoryExport:
             walk = numbers.for_caller(None, caller=caller).whole_list(
                 ask.org_id, ask.filter, ask.order
             )
+            limit = numbers.max_list_items
         except GatewayError as refused:
             await self._refuse(send, facts, _refusal_of(refused), executed=False)
             return
@@ -201,7 +208,7 @@ class InventoryExport:
             async with aclosing(walk):
                 watch = _Watch(receive, streams.closing)
                 try:
-                    await self._download(send, watch, walk, ask, facts)
+                    await self._download(send, watch, walk, ask, limit, facts)
                 finally:
                     watch.close()
         finally:
@@ -213,9 +220,12 @@ class InventoryExport:
         watch: _Watch,
         walk: AsyncGenerator[UpstreamPage, None],
         ask: ExportAsk,
+        limit: int,
         facts: RequestFacts | None,
     ) -> None:
-        """The first page, on which the answer's status depends, then the rows. One method,
+        """The first page, on which the answer's status depends, then the rows, at most
+        ``limit`` of them (``GATEWAY_MAX_STREAM_ITEMS``: a longer list is refused before its
+        first row when its count says so, and ended when it grows past it). One method,
         so that one name holds the page being written (a page held by a second one, such as
         the first page passed on, would stay alive for the whole walk)."""
         page: UpstreamPage | None
@@ -233,6 +243,14 @@ class InventoryExport:
             refusal = Refusal(500, INTERNAL_ERROR_MESSAGE, ErrorCode.INTERNAL_SERVER_ERROR)
             await self._refuse(send, facts, refusal, executed=True)
             return
+        total = read_total(page.count)
+        if total is not None and total > limit:
+            too_long = BadUserInput(
+                f"The filter matches {total} entries; an export holds at most {limit} "
+                f"(GATEWAY_MAX_STREAM_ITEMS). {_NARROWER}"
+            )
+            await self._refuse(send, facts, _refusal_of(too_long), executed=True)
+            return
         fmt = self.format
         progress = _Progress()
         error: dict[str, Any] | None = None
@@ -241,6 +259,11 @@ class InventoryExport:
             await watch.until(send(self._start(ask, page)))
             written = fmt.opening()
             while page is not None:
+                if progress.rows + len(page.items) > limit:
+                    raise BadUserInput(
+                        f"The list grew past {limit} entries while it was exported, the most "
+                        f"an export holds (GATEWAY_MAX_STREAM_ITEMS). {_NARROWER}"
+                    )
                 written += fmt.page(page.items)
                 progress.rows += len(page.items)
                 progress.pages += 1
