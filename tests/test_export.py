@@ -448,6 +448,7 @@ BAD_PARAMETERS = [
     ("phoneNumber=", "filter.phoneNumber must not be empty"),
     ("ownerId=a%01b", "filter.ownerId contains characters that are not printable"),
     ("orgId=" + "O" * 2000, "orgId is too long"),
+    ("x" * 5000 + "=1", "'" + "x" * 64 + "' is not an export parameter"),  # not echoed whole
 ]  # fmt: skip
 
 
@@ -555,6 +556,19 @@ async def test_a_partner_exports_the_org_it_manages(world: SimulatorWorld) -> No
     assert trailer["__export"]["rows"] == len(entries) == len(world.orgs[customer].entries)
 
 
+@pytest.mark.parametrize("total", [-1, 2**40, "many"])
+async def test_an_impossible_upstream_count_is_the_upstreams_fault(
+    recorder: RecordingTransport, total: Any
+) -> None:
+    async with gateway_over(CountSays(recorder, total=total)) as client:
+        response = await client.get(CSV_PATH)
+    if total == "many":  # not a count at all: read as none, the walk decides
+        assert response.status_code == 200
+        return
+    assert response.status_code == 502
+    assert response.json()["errors"][0]["extensions"]["code"] == "UPSTREAM_UNAVAILABLE"
+
+
 async def test_a_rate_limited_first_page_is_429_with_retry_after() -> None:
     def limited(request: httpx.Request) -> httpx.Response:
         return httpx.Response(429, headers={"Retry-After": "7"}, json={"message": "slow down"})
@@ -572,7 +586,7 @@ class CountSays(httpx.AsyncBaseTransport):
     """The upstream, its ``count.total`` replaced by ``total`` (an upstream whose count is
     out of date, or a list that grows while it is walked)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, total: int) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, total: object) -> None:
         self.inner = inner
         self.total = total
 

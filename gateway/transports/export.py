@@ -231,6 +231,7 @@ class InventoryExport:
         page: UpstreamPage | None
         try:
             page = await watch.until(anext(walk))
+            total = read_total(page.count)  # an upstream's impossible count is its fault
         except _Ended as ended:
             if ended.how == "shutdown":
                 await self._refuse(send, facts, _SHUTTING_DOWN, executed=True)
@@ -243,7 +244,6 @@ class InventoryExport:
             refusal = Refusal(500, INTERNAL_ERROR_MESSAGE, ErrorCode.INTERNAL_SERVER_ERROR)
             await self._refuse(send, facts, refusal, executed=True)
             return
-        total = read_total(page.count)
         if total is not None and total > limit:
             too_long = BadUserInput(
                 f"The filter matches {total} entries; an export holds at most {limit} "

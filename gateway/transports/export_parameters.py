@@ -36,6 +36,7 @@ _DIRECTION_SEPARATOR: Final = ":"
 # Enum members that only describe upstream values the gateway does not know: not offered as
 # values (``numbers_query`` refuses them as a filter, with its reason, if sent anyway).
 _UNKNOWN: Final = "UNKNOWN"
+_TEXT_SHOWN: Final = 64  # characters of a refused name or value repeated in its message
 
 ValueReader = Callable[[str, str], object]  # (parameter name, its text) -> the value
 
@@ -65,7 +66,7 @@ def _text(name: str, text: str) -> str:
 
 def _flag(name: str, text: str) -> bool:
     if text not in ("true", "false"):
-        raise BadUserInput(f"{name} must be true or false, got {text!r}.")
+        raise BadUserInput(f"{name} must be true or false, got {text[:_TEXT_SHOWN]!r}.")
     return text == "true"
 
 
@@ -76,7 +77,8 @@ def _member_reader(enum: type[Enum]) -> ValueReader:
         found = enum.__members__.get(text)
         if found is None:
             raise BadUserInput(
-                f"{name}: {text!r} is not a value of {enum.__name__}; use one of {offered}."
+                f"{name}: {text[:_TEXT_SHOWN]!r} is not a value of {enum.__name__}; use one "
+                f"of {offered}."
             )
         return found
 
@@ -137,7 +139,7 @@ def _order(text: str) -> NumberOrder:
         raise BadUserInput(
             f"order must be a sort field ({_SORT_FIELDS}), optionally followed by "
             f"{_DIRECTION_SEPARATOR!r} and a direction ({_DIRECTIONS}): LAST_NAME or "
-            f"LAST_NAME:DESC; got {text!r}."
+            f"LAST_NAME:DESC; got {text[:_TEXT_SHOWN]!r}."
         )
     return NumberOrder(field, way)
 
@@ -148,8 +150,9 @@ def read_export_parameters(items: Iterable[tuple[str, str]]) -> ExportAsk:
     for name, value in items:
         if name not in _BY_NAME and name not in (ORG_PARAMETER, ORDER_PARAMETER):
             raise BadUserInput(
-                f"{name!r} is not an export parameter. The parameters are {ORG_PARAMETER}, "
-                f"the PhoneNumberFilter fields ({', '.join(_BY_NAME)}) and {ORDER_PARAMETER}."
+                f"{name[:_TEXT_SHOWN]!r} is not an export parameter. The parameters are "
+                f"{ORG_PARAMETER}, the PhoneNumberFilter fields ({', '.join(_BY_NAME)}) and "
+                f"{ORDER_PARAMETER}."
             )
         given.setdefault(name, []).append(value)
     fields: dict[str, Any] = {}
