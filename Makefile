@@ -65,25 +65,35 @@ docs: $(TESTING)
 # What the tests need from outside Python, installed when missing and when we can (root with
 # apt-get): Debian's redis-server (cache tests), nodejs and npm (federation composers, Apollo
 # Gateway, Apollo Client, urql, the graphql-http audit: their npm packages are installed by
-# the tests into a cache folder outside the repo, pinned by tests/js/package-lock.json), and
+# the tests into a cache folder outside the repo, pinned by tests/js/package-lock.json),
 # chromium (GraphiQL and CORS in a real browser, driven by Playwright with the system
-# browser). Where one cannot be had, the tests that need it are skipped with the reason.
+# browser), and Gnumeric's ssconvert (a real spreadsheet opening an export's CSV: no formula
+# may be evaluated), the last without its recommended packages (a PDF viewer, among others).
+# Where one cannot be had, the tests that need it are skipped with the reason.
 APT_PACKAGES := redis-server:redis-server node:nodejs npm:npm chromium:chromium
+APT_LEAN_PACKAGES := ssconvert:gnumeric
+
+# $(call apt_install,COMMAND:PACKAGE ...,apt-get flags): each package whose command is missing.
+define apt_install
+missing=""; for pair in $(1); do \
+  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "installing Debian packages for the tests:$$missing"; \
+    export DEBIAN_FRONTEND=noninteractive; \
+    apt-get install -y -qq $(2) $$missing >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(2) $$missing >/dev/null 2>&1; } \
+    || echo "could not install$$missing: the tests that need them will be skipped"; \
+  else \
+    echo "not installed:$$missing (the tests that need them will be skipped)"; \
+  fi; \
+fi
+endef
+
 test-services:
-	@missing=""; for pair in $(APT_PACKAGES); do \
-	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian packages for the tests:$$missing"; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq $$missing >/dev/null 2>&1 \
-	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1; } \
-	    || echo "could not install$$missing: the tests that need them will be skipped"; \
-	  else \
-	    echo "not installed:$$missing (the tests that need them will be skipped)"; \
-	  fi; \
-	fi
+	@$(call apt_install,$(APT_PACKAGES),)
+	@$(call apt_install,$(APT_LEAN_PACKAGES),--no-install-recommends)
 
 pytest: $(TESTING) test-services
 	$(BIN)/python -m pytest

@@ -274,15 +274,15 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000_000,
         description="Largest `page.first` of a list delivered with `@stream` (without it, "
-        "`max_page_size` is the ceiling).",
+        "`max_page_size` is the ceiling), and the most entries an export holds.",
     )
     max_streams_per_caller: int = Field(
         default=4,
         ge=1,
         le=1000,
-        description="Incremental responses (`@defer`/`@stream` over multipart or SSE) one "
-        "caller (token) may have in flight in one process; past it a new one is RATE_LIMITED "
-        "(429).",
+        description="Incremental responses (`@defer`/`@stream` over multipart or SSE) and "
+        "exports one caller (token) may have in flight in one process; past it a new one is "
+        "RATE_LIMITED (429).",
     )
     cors_origins: CommaList | None = Field(
         default=None,

@@ -271,12 +271,15 @@ async def simulator(simulator_app: Starlette) -> AsyncIterator[httpx.AsyncClient
 
 
 @contextmanager
-def serve_on_loopback(app: Starlette) -> Iterator[str]:
-    """uvicorn in a thread on a free 127.0.0.1 port (the socket is bound before it starts)."""
+def serve_on_loopback(app: Starlette, *, lifespan: str = "off") -> Iterator[str]:
+    """uvicorn in a thread on a free 127.0.0.1 port (the socket is bound before it starts);
+    ``lifespan="on"`` runs the app's lifespan in the server's own loop (a whole gateway)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", ws="none", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, lifespan=lifespan, ws="none", log_level="warning", access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -20,6 +20,12 @@ exists to avoid holding, and per-page entries keyed by the upstream's own page b
 would rarely be asked for again (another window starts elsewhere). Each page of the walk is
 one upstream exchange with its own deadline, breaker check, fair slot, retries and size bound
 (``UpstreamClient.pages``), under the caller's own credentials.
+
+An inventory export (``transports.export``) walks a whole filtered list the same way, from its
+first entry, with ``whole_list``: nothing of it is cached either (a download is one moment of
+the list, and would otherwise hold what it streams). It is bounded as a streamed window is
+(``GATEWAY_MAX_STREAM_ITEMS``), which also ends a walk an upstream's ``next`` links would never
+end.
 """
 
 from __future__ import annotations
@@ -107,3 +113,14 @@ async def _head(
         if page is not None:
             return page
     return await walk.first_page(ask)
+
+
+def whole_list(
+    query: NumbersQuery, walk: UpstreamWalk, *, max_items: int
+) -> AsyncGenerator[UpstreamPage, None]:
+    """Every entry ``query`` matches, from the first, one upstream page at a time as the
+    consumer asks for the next (backpressure), uncached; closing it ends the walk. The first
+    page carries the counts (``details``), so that a list longer than ``max_items`` can be
+    refused before anything of it is used; the walk asks for at most ``max_items + 1``
+    entries, so that one that grows past the bound while it is walked is seen to."""
+    return walk(Fetch(query, PageWindow(0, max_items + 1), details=True))

@@ -21,7 +21,7 @@ exact connection (``data.fan_out``, ``domain.fan_out``), bounded by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from functools import partial
 from typing import Literal, overload
 
@@ -29,8 +29,13 @@ from gateway.data import fan_out
 from gateway.data.caller import Caller, Callers
 from gateway.data.loaders import NumbersLoader
 from gateway.data.page_cache import CacheEvent, PageCache, cache_key
-from gateway.data.page_stream import UpstreamWalk, open_stream
-from gateway.domain.arguments import DEFAULT_MAX_FILTER_VALUES, list_query, page_window
+from gateway.data.page_stream import UpstreamWalk, open_stream, whole_list
+from gateway.domain.arguments import (
+    DEFAULT_MAX_FILTER_VALUES,
+    list_query,
+    page_ceiling,
+    page_window,
+)
 from gateway.domain.connection import PageResult, StreamedWindow, placed_tail
 from gateway.domain.fan_out import merged_window
 from gateway.domain.query import (
@@ -74,6 +79,16 @@ class NumbersSource:
         self.max_filter_values = max_filter_values
         # Under the cache's secret, so a caller's identity and its cache keys agree.
         self.callers = Callers(cache.secret, default_authorization)
+
+    @property
+    def max_list_items(self) -> int:
+        """The most entries one walked list may hold: a window under ``@stream``, an export's
+        whole list (``GATEWAY_MAX_STREAM_ITEMS``; ``arguments.page_ceiling``)."""
+        return page_ceiling(
+            max_page_size=self.max_page_size,
+            max_stream_items=self.max_stream_items,
+            streamed=True,
+        )
 
     def for_caller(
         self,
@@ -182,6 +197,25 @@ class CallerNumbers:
             entity_key=entity_key,
             max_filter_values=self._source.max_filter_values,
         )
+
+    def whole_list(
+        self, org_id: str | None, flt: NumberFilter | None, order: NumberOrder | None
+    ) -> AsyncGenerator[UpstreamPage, None]:
+        """Every entry the filter matches, in ``order``, one upstream page at a time as the
+        consumer asks for the next, each page its own uncached exchange under the caller's
+        fair slots, the first with the counts; at most ``NumbersSource.max_list_items`` entries
+        and one more (``page_stream.whole_list``); a fan-out's parts merged page by page
+        (``fan_out.merged_walk``: the counts summed on its first page). The arguments are
+        checked and the caller named here, before any upstream call (``BadUserInput``,
+        ``Unauthenticated``)."""
+        source = self._source
+        query = self.query(org_id, flt, order)
+        walk = UpstreamWalk(source.upstream, self.caller, page_size=source.max_page_size)
+        limit = source.max_list_items
+        if isinstance(query, FanOutQuery):
+            parts = [whole_list(part, walk, max_items=limit) for part in query.parts]
+            return fan_out.merged_walk(query, parts)
+        return whole_list(query, walk, max_items=limit)
 
     @overload
     async def phone_numbers(

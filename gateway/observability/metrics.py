@@ -247,6 +247,14 @@ class GatewayMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.exports = Counter(
+            "gateway_exports_total",
+            "Inventory exports that started (their first page answered), by format (csv, "
+            "ndjson) and how they ended: complete, failed (an error ended the walk: the body "
+            "says so or is cut off), disconnected, shutdown.",
+            ["format", "ended"],
+            registry=self.registry,
+        )
         self.operation_cost = Histogram(
             "gateway_operation_cost",
             "Estimated cost of executed operations (upstream calls x 50 + items they may return).",
@@ -275,13 +283,18 @@ class GatewayMetrics:
         client_name: str | None,
         seconds: float,
         may_take_label: bool = False,
+        named_by_gateway: bool = False,
     ) -> None:
         """One GraphQL request. A name gets a series of its own only once an operation by
         that name executed with ``may_take_label`` (``RequestFacts.may_take_label``: the
         upstream accepted the caller's credential, or the document is a trusted one); a
         document that failed validation or a caller the upstream never accepted cannot claim
-        one, and a name that has one keeps it for all."""
-        if operation_name is None:
+        one, and a name that has one keeps it for all. ``named_by_gateway``: the name is the
+        gateway's own (an export's ``export:csv``), one of a fixed few: always its own series,
+        taking none of the places callers' names share."""
+        if named_by_gateway and operation_name is not None:
+            operation = operation_name
+        elif operation_name is None:
             operation = ANONYMOUS
         elif _GRAPHQL_NAME.fullmatch(operation_name):
             operation = self.operation_label(operation_name, admit=executed and may_take_label)

@@ -46,6 +46,7 @@ from gateway.simulator import (
     create_simulator_control_app,
 )
 from gateway.transports.documents import DocumentPolicy
+from gateway.transports.export import export_routes
 from gateway.transports.graphiql import graphiql_routes, load_examples, render_graphiql_page
 from gateway.transports.operation import OperationRunner
 from gateway.transports.routes import (
@@ -303,6 +304,8 @@ def create_app(
         ),
         Route(HEALTH_PATH, healthz, methods=["GET"]),
         Route(READY_PATH, readyz, methods=["GET"]),
+        # The inventory exports: the whole filtered list as CSV or NDJSON, streamed.
+        *export_routes(metrics=metrics, clock=clock),
     ]
     if serves_metrics_on_main_port(settings):
         routes.append(metrics_route(metrics))

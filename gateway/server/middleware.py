@@ -45,7 +45,8 @@ def gateway_middleware(
             allow_methods=["GET", "POST"],
             # GATEWAY_CORS_ALLOW_HEADERS: Apollo Client's, OpenTelemetry web's and ours.
             allow_headers=list(settings.cors_allow_headers),
-            expose_headers=[REQUEST_ID_HEADER],
+            # Content-Disposition: a frontend's download button names the file as it says.
+            expose_headers=[REQUEST_ID_HEADER, "Content-Disposition"],
             allow_credentials=False,  # bearer tokens, never cookies: so '*' is safe
             max_age=CORS_MAX_AGE,
         ),

@@ -28,7 +28,13 @@ from gateway.observability.request_facts import (
 from gateway.observability.tracing import Tracing, server_span, trace_id_of
 from gateway.transports.asgi import app_path
 from gateway.transports.request_head import RequestHead, request_head
-from gateway.transports.routes import GRAPHQL_PATH, KNOWN_ROUTES, PROBE_ROUTES
+from gateway.transports.routes import (
+    EXPORT_OPERATIONS,
+    EXPORT_ROUTES,
+    KNOWN_ROUTES,
+    OPERATION_ROUTES,
+    PROBE_ROUTES,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -118,7 +124,7 @@ class RequestLogMiddleware:
     ) -> None:
         """The request, with its facts current and its ids bound for every log line; then
         its log line, metrics and span status."""
-        response = _ResponseWatch(facts, sniff_errors=route == GRAPHQL_PATH)
+        response = _ResponseWatch(facts, sniff_errors=route in OPERATION_ROUTES)
         bound = {"requestId": facts.request_id}
         if facts.trace_id is not None:
             bound["traceId"] = facts.trace_id
@@ -168,7 +174,10 @@ class RequestLogMiddleware:
         }
         if facts.trace_id is not None:
             line["traceId"] = facts.trace_id
-        if route == GRAPHQL_PATH:
+        if route in OPERATION_ROUTES:
+            if facts.attempted and facts.operation_name is None:
+                # An export refused before it ran (at capacity) is still its operation.
+                facts.operation_name = EXPORT_OPERATIONS.get(route)
             line.update(_graphql_fields(facts))
             if facts.attempted:
                 self.metrics.observe_operation(
@@ -178,6 +187,7 @@ class RequestLogMiddleware:
                     outcome=facts.outcome,
                     client_name=facts.client_name,
                     seconds=elapsed,
+                    named_by_gateway=route in EXPORT_ROUTES,
                 )
         if probe:
             log.debug("http_request", **line)

@@ -1,11 +1,12 @@
 """The streamed responses in flight: how many each caller holds, and ending them at shutdown.
 
-An incremental response (``@defer``/``@stream`` over multipart or SSE, and every WebSocket
-operation but a subscription) holds a connection,
-an upstream walk and its pages for as long as the client reads; ``OpenStreams`` bounds them
-per caller (``GATEWAY_MAX_STREAMS_PER_CALLER``: past it the request is refused with 429 and
-``RATE_LIMITED`` before anything runs) and, at shutdown, tells every open one to end with a
-final payload instead of being cut off. One per app, in lifespan state (``streams``).
+An incremental response (``@defer``/``@stream`` over multipart or SSE, every WebSocket
+operation but a subscription, and an inventory export: ``transports.export``) holds a
+connection, an upstream walk and its pages for as long as the client reads; ``OpenStreams``
+bounds them per caller (``GATEWAY_MAX_STREAMS_PER_CALLER``: past it the request is refused
+with 429 and ``RATE_LIMITED`` before anything runs) and, at shutdown, tells every open one to
+end with a final payload (a CSV export, which has none, is cut off). One per app, in lifespan
+state (``streams``).
 """
 
 from __future__ import annotations
