@@ -924,6 +924,10 @@ async def test_the_attachment_names_the_location_or_the_org_and_the_day(
         (world, "demo-admin", f"locationId={a_location(world, 0)}", CSV_PATH,
          f"phone-numbers-{world.demo_org.entries[0].payload['location']['name']}-{day}.csv"),
         (world, "demo-admin", "locationId=nowhere", CSV_PATH, f"phone-numbers-nowhere-{day}.csv"),
+        (world, "demo-admin", f"locationIds={a_location(world, 0)}&locationIds={a_location(world, 1)}",
+         CSV_PATH, f"phone-numbers-2-locations-{day}.csv"),
+        (world, "demo-admin", f"locationIds={a_location(world, 0)}", CSV_PATH,
+         f"phone-numbers-{world.demo_org.entries[0].payload['location']['name']}-{day}.csv"),
         # The first entry of L1 is at "+1+1": only its letters and digits are kept.
         (hostile, "demo-admin", "locationId=L1", CSV_PATH, f"phone-numbers-1-1-{day}.csv"),
     ]:  # fmt: skip

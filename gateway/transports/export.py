@@ -428,7 +428,10 @@ def attachment(extension: str, ask: ExportAsk, first: UpstreamPage, day: str) ->
 
 
 def _subject(ask: ExportAsk, first: UpstreamPage) -> str:
-    location_id = ask.filter.location_id if ask.filter is not None else None
+    flt = ask.filter
+    location_id = flt.location_id if flt is not None else None
+    if flt is not None and flt.location_ids is not None and len(flt.location_ids) == 1:
+        location_id = flt.location_ids[0]
     if location_id is not None:
         for item in first.items[:1]:
             location = item.get("location")
@@ -437,6 +440,9 @@ def _subject(ask: ExportAsk, first: UpstreamPage) -> str:
                 if named:
                     return named
         return _slug(location_id) or "location"
+    if flt is not None and flt.location_ids:
+        # Several locations' merged list: no one location names it.
+        return f"{len(flt.location_ids)}-locations"
     if ask.org_id is not None:
         return "org-" + (_slug(ask.org_id) or "unnamed")
     return OWN_ORG
