@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Sequence
 
 from strawberry.dataloader import DataLoader
 
-from gateway.data.entity_batches import Answered, FetchPage, answer_calls
+from gateway.data.entity_batches import Answered, FetchPage, ListLengths, answer_calls
 from gateway.data.page_cache import CacheEvent
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 
@@ -59,8 +59,9 @@ class NumbersLoader:
     so equal asks of several operations (a batch) make one call; each view keeps its own
     record of what the cache did."""
 
-    def __init__(self, fetch_page: FetchPage) -> None:
+    def __init__(self, fetch_page: FetchPage, lengths: ListLengths | None = None) -> None:
         self._fetch_page = fetch_page
+        self._lengths = lengths  # what the caller's earlier walks found (entity_batches)
         self._loader: DataLoader[Fetch, Answered] = DataLoader(load_fn=self._load_batch)
 
     def view(self) -> LoaderView:
@@ -86,7 +87,9 @@ class NumbersLoader:
         calls = list(dict.fromkeys(plan.values()))
         # A call that also answers a counts-only ask needs the upstream's whole count object.
         counted = {plan[ask] for ask in asks if ask.window is None}
-        answered = await answer_calls(calls, self._fetch_page, counted=counted)
+        answered = await answer_calls(
+            calls, self._fetch_page, counted=counted, lengths=self._lengths
+        )
         results: list[Answered | BaseException] = []
         for ask in asks:
             found = answered[plan[ask]]
