@@ -1,12 +1,17 @@
-"""Entity batches (issue 19): a router's batch of ``Person``/``Location`` representations is
-answered by one walk of the list they partition, with exactly the answers one call per entity
-gives; the walk's planned call count, the fallbacks, and the ``GATEWAY_MAX_ENTITIES`` bounds."""
+"""Entity batches (issues 19 and 29): a router's batch of ``Person``/``Location``
+representations is answered by one walk of the list they partition, with exactly the answers
+one call per entity gives; Webex ids the complete walk does not hold answered empty with no
+call; a walk planned only when it costs no more calls than the members alone (from the list's
+remembered length, or a probe for a large group); the fallbacks, and the
+``GATEWAY_MAX_ENTITIES`` bounds."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,25 +19,46 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.data import entity_batches
-from gateway.data.entity_batches import answer_calls
+from gateway.data.entity_batches import (
+    COLD_PROBE_MEMBERS,
+    WalkLengths,
+    answer_calls,
+    walk_pays,
+)
 from gateway.data.page_cache import CacheEvent
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.domain.webex_ids import WebexId, read_webex_id
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld, webex_id, world_from_items
-from tests.conftest import RecordingTransport, examples, graphql, live_settings, running_gateway
+from tests.conftest import (
+    FakeClock,
+    RecordingTransport,
+    examples,
+    graphql,
+    live_settings,
+    running_gateway,
+)
 
 PEOPLE_PAGE = """
 query ($r: [_Any!]!) { _entities(representations: $r) {
   ... on Person { id phoneNumbers { totalCount nodes { phoneNumber } } } } }
 """
+LOCATIONS_PAGE = """
+query ($r: [_Any!]!) { _entities(representations: $r) {
+  ... on Location { id phoneNumbers(page: {first: 3}) { totalCount nodes { phoneNumber } } } } }
+"""
 
 
 def people(keys: list[str]) -> dict[str, Any]:
     return {"r": [{"__typename": "Person", "id": key} for key in keys]}
+
+
+def locations(keys: list[str]) -> dict[str, Any]:
+    return {"r": [{"__typename": "Location", "id": key} for key in keys]}
 
 
 def people_ids(world: SimulatorWorld) -> list[str]:
@@ -45,6 +71,30 @@ def people_ids(world: SimulatorWorld) -> list[str]:
     )
 
 
+def spelt(kind: str, named: uuid.UUID | str, region: str = "us") -> str:
+    """A Webex id as Webex writes it, in any region: unpadded base64url."""
+    text = f"ciscospark://{region}/{kind}/{named}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def respelt(key: str, region: str) -> str:
+    """The same thing's id as another region writes it (the same UUID)."""
+    found = read_webex_id(key)
+    assert found is not None
+    return spelt(found.kind, found.uuid, region)
+
+
+def absent_people(count: int, seed: int = 29) -> list[str]:
+    """People of a directory without a calling number: Webex PEOPLE ids the org's numbers
+    never name, in the regions Webex's clusters write."""
+    rng = random.Random(seed)
+    regions = ["us", "urn:TEAM:eu-central-1_k", "urn:TEAM:us-east-2_a"]
+    return [
+        spelt("PEOPLE", uuid.UUID(int=rng.getrandbits(128), version=4), regions[index % 3])
+        for index in range(count)
+    ]
+
+
 @asynccontextmanager
 async def admin_gateway(
     world: SimulatorWorld, **overrides: Any
@@ -55,6 +105,59 @@ async def admin_gateway(
     async with running_gateway(live_settings(cache_ttl=0, **overrides), recorder) as client:
         client.headers["Authorization"] = "Bearer demo-admin"
         yield client, recorder
+
+
+async def alone_answers(
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Each representation's answer asked on its own."""
+    answers = []
+    for representation in variables["r"]:
+        body = await graphql(client, query, {"r": [representation]}, headers=headers or {})
+        assert "errors" not in body, body
+        answers.append(body["data"]["_entities"][0])
+    return answers
+
+
+# -- Webex ids ---------------------------------------------------------------------------------
+
+
+def test_webex_ids_are_read_in_their_canonical_form_only() -> None:
+    named = uuid.UUID("2217bead-dbc4-46cb-8e81-973e0becd7b0")
+    for region in ("us", "urn:TEAM:eu-central-1_k"):
+        assert read_webex_id(spelt("PEOPLE", named, region)) == WebexId(region, "PEOPLE", named)
+    assert read_webex_id(webex_id("LOCATION", named)) == WebexId("us", "LOCATION", named)
+    key = spelt("PEOPLE", named)
+    other_forms = [
+        key + ("=" * (-len(key) % 4) or "=="),  # padded (or padding where none belongs)
+        str(named),  # a bare UUID
+        "NOBODY",
+        "",
+        spelt("PEOPLE", "x"),  # no UUID
+        spelt("PEOPLE", str(named).replace("-", "")),  # a UUID without its hyphens
+        spelt("PEOPLE", str(named).upper()),  # not as Webex writes it
+        spelt("people", named),  # a kind is upper case
+        spelt("PEOPLE", f"{named}/extra"),
+        base64.urlsafe_b64encode(f"https://us/PEOPLE/{named}".encode()).decode().rstrip("="),
+        key[:10] + "+" + key[11:],  # standard base64, not base64url
+        "A" * 300,
+    ]
+    for text in other_forms:
+        assert read_webex_id(text) is None, text
+    # The same bytes with stray bits in the last character: another spelling, not read.
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for char in last:
+        variant = key[:-1] + char
+        if variant != key and base64.urlsafe_b64decode(variant + "==") == base64.urlsafe_b64decode(
+            key + "=="
+        ):
+            assert read_webex_id(variant) is None, variant
+
+
+# -- the router's batches ------------------------------------------------------------------------
 
 
 async def test_150_people_are_one_planned_walk_not_150_calls(world: SimulatorWorld) -> None:
@@ -84,7 +187,78 @@ async def test_150_people_are_one_planned_walk_not_150_calls(world: SimulatorWor
         assert all(dict(recorder.params(i))["ownerId"] for i in range(1, 6))
 
 
+async def test_a_directory_page_of_150_people_111_without_numbers_is_one_call(
+    world: SimulatorWorld,
+) -> None:
+    """Issue 29's router-scale batch: a people service's page of 150 Webex person ids, 111
+    of whom have no calling number (the org's numbers never name them). Before, each of the
+    111 made its own call (112 in all); the walk holds every PEOPLE number the caller may see,
+    so they are answered empty with none, exactly as each asked alone answers."""
+    with_numbers = people_ids(world)[:39]
+    batch = with_numbers + absent_people(111)
+    random.Random(4).shuffle(batch)
+    variables = people(batch)
+    async with admin_gateway(world) as (client, recorder):
+        body = await graphql(client, PEOPLE_PAGE, variables)
+        assert "errors" not in body, body
+        assert recorder.calls <= 10
+        assert recorder.calls == 1
+        batched_calls = recorder.calls
+        alone = await alone_answers(client, PEOPLE_PAGE, variables)
+        assert recorder.calls - batched_calls == 150, "alone: a call each"
+    assert body["data"]["_entities"] == alone
+    empty = [a for a in alone if a["phoneNumbers"]["totalCount"] == 0]
+    assert len(empty) == 111
+
+
+async def test_two_locations_cost_no_more_calls_than_alone(world: SimulatorWorld) -> None:
+    """Two locations asking ``first: 3``: a walk would need the org's whole list to fit six
+    entries to pay off, and its probe cost a third call when it did not. A list of unknown
+    length is probed only for a group of COLD_PROBE_MEMBERS or more."""
+    keys = list(world.demo_org.location_ids[:2])
+    async with admin_gateway(world) as (client, recorder):
+        body = await graphql(client, LOCATIONS_PAGE, locations(keys))
+        assert "errors" not in body, body
+        assert recorder.calls == 2
+        assert {dict(recorder.params(i))["locationId"] for i in range(2)} == set(keys)
+        assert body["data"]["_entities"] == await alone_answers(
+            client, LOCATIONS_PAGE, locations(keys)
+        )
+
+
+async def test_a_list_too_long_for_the_budget_is_probed_once_then_remembered(
+    world: SimulatorWorld,
+) -> None:
+    """Twelve locations asking ``first: 3`` (a budget of 36 entries, the org has 1,000): the
+    first batch spends a probe that cannot pay off (12 + 1 calls), and remembers the list's
+    length; from then on the same batch costs its 12 calls and no probe."""
+    keys = [*world.demo_org.location_ids, *(spelt("LOCATION", uuid.uuid4()) for _ in range(7))]
+    assert len(keys) == 12 >= COLD_PROBE_MEMBERS
+    async with admin_gateway(world) as (client, recorder):
+        first = await graphql(client, LOCATIONS_PAGE, locations(keys))
+        assert "errors" not in first, first
+        assert recorder.calls == 1 + 12
+        again = await graphql(client, LOCATIONS_PAGE, locations(keys))
+        assert recorder.calls == 13 + 12
+        assert again == first
+        # Another caller's lists are their own: the location admin's (its one location's
+        # numbers) has never been walked, and fits a budget of 12 x 100.
+        recorder.requests.clear()
+        headers = {"Authorization": "Bearer demo-location-admin"}
+        wider = LOCATIONS_PAGE.replace("first: 3", "first: 100")
+        mine = await graphql(client, wider, locations(keys), headers=headers)
+        assert "errors" not in mine, mine
+        assert recorder.calls == 1
+        assert "locationId" not in dict(recorder.params(0))
+        totals = [entity["phoneNumbers"]["totalCount"] for entity in mine["data"]["_entities"]]
+        assert totals.count(0) == 11
+        assert mine["data"]["_entities"] == await alone_answers(
+            client, wider, locations(keys), headers=headers
+        )
+
+
 WIDE_PAGE = PEOPLE_PAGE.replace("phoneNumbers {", "phoneNumbers(page: {first: 2000}) {")
+NARROW_PAGE = PEOPLE_PAGE.replace("phoneNumbers {", "phoneNumbers(page: {first: 300}) {")
 
 
 async def test_a_walk_of_several_pages_is_planned_from_the_first_pages_total() -> None:
@@ -93,24 +267,32 @@ async def test_a_walk_of_several_pages_is_planned_from_the_first_pages_total() -
     people_entries = sum(entry.owner_type == "PEOPLE" for entry in world.demo_org.entries)
     pages = -(-people_entries // 2000)
     assert pages >= 3
+    members = COLD_PROBE_MEMBERS
     async with admin_gateway(world) as (client, recorder):
-        body = await graphql(client, WIDE_PAGE, people(keys[: pages + 1]))
+        body = await graphql(client, WIDE_PAGE, people(keys[:members]))
         assert "errors" not in body, body
         assert recorder.calls == pages, "the walk: fewer calls than the entities"
         starts = sorted(int(dict(recorder.params(i)).get("start", "0")) for i in range(pages))
         assert starts == [2000 * index for index in range(pages)]
 
-        # Windows adding up to less than the list: the first page was the probe, then each
-        # entity makes its own call.
-        body = await graphql(client, WIDE_PAGE, people(keys[: pages - 1]))
+        # Windows adding up to less than the list (10 x 300 < 5,000): the list's length is
+        # remembered, so no probe is spent: each entity makes its own call.
+        body = await graphql(client, NARROW_PAGE, people(keys[:members]))
         assert "errors" not in body, body
-        assert recorder.calls == pages + 1 + (pages - 1)
+        assert recorder.calls == pages + members
+
+        # A walk of several pages that would cost as many calls as the entities is not made.
+        body = await graphql(client, WIDE_PAGE, people(keys[: pages - 1] + absent_people(1)))
+        assert "errors" not in body, body
+        assert recorder.calls == pages + members + pages
 
 
 async def test_a_walk_holds_no_more_entries_than_its_members_windows() -> None:
     """15 root aliases of one entry each (cost 765) may not pull in the org's ~5,000 PEOPLE
     numbers: the walk is bounded by the members' windows (15 entries), so under an upstream
-    page cap of 100 the request makes 1 + 15 upstream requests, not 50 for the walk."""
+    page cap of 100 the request makes 1 + 15 upstream requests (the probe of a list never
+    walked before, then each alias), not 50 for the walk; and once the list's length is
+    known, 15."""
     world = build_demo_world(size=10_000, seed=3)
     keys = people_ids(world)[:15]
     aliases = " ".join(
@@ -125,36 +307,74 @@ async def test_a_walk_holds_no_more_entries_than_its_members_windows() -> None:
     async with running_gateway(settings, recorder) as client:
         client.headers["Authorization"] = "Bearer demo-admin"
         body = await graphql(client, f"{{ {aliases} }}")
-    assert "errors" not in body, body
-    assert recorder.calls == 1 + 15
-    assert all(int(dict(recorder.params(i))["max"]) <= 15 for i in range(recorder.calls))
+        assert "errors" not in body, body
+        assert recorder.calls == 1 + 15
+        assert all(int(dict(recorder.params(i))["max"]) <= 15 for i in range(recorder.calls))
+        again = await graphql(client, f"{{ {aliases} }}")
+        assert recorder.calls == 16 + 15
+        assert again == body
     for index, key in enumerate(keys):
         expected = [e.phone_number for e in world.demo_org.entries if e.owner_id == key][:1]
         nodes = body["data"][f"p{index}"]["nodes"]
         assert [node["phoneNumber"] for node in nodes] == expected
 
 
+# -- the walk's rules, with a list of our own ----------------------------------------------------
+
+
+def owner(index: int) -> str:
+    return webex_id("PEOPLE", uuid.UUID(int=index + 1, version=4))
+
+
 def _owned(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
-    return [{"phoneNumber": number, "owner": {"id": owner}} for number, owner in pairs]
+    return [{"phoneNumber": number, "owner": {"id": who}} for number, who in pairs]
 
 
 def _members(*owners: str) -> list[Fetch]:
     return [
         Fetch(
-            NumbersQuery("org", (("ownerId", owner), ("ownerType", "PEOPLE"))),
+            NumbersQuery("org", (("ownerId", key), ("ownerType", "PEOPLE"))),
             PageWindow(0, 10),
             details=True,
         )
-        for owner in owners
+        for key in owners
     ]
+
+
+WALKED = NumbersQuery("org", (("ownerType", "PEOPLE"),))
+A, B, C, D = (owner(index) for index in range(4))
+
+
+def remembered(total: int, query: NumbersQuery = WALKED) -> Any:
+    """A caller's lengths that know ``query``'s list has ``total`` entries."""
+    lengths = WalkLengths(b"s" * 32).for_caller("caller")
+    lengths.learn(query, total)
+    return lengths
+
+
+class FakeList:
+    """The upstream over ``items``, counting what is asked of it."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.asked: list[Fetch] = []
+
+    async def fetch_page(self, fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
+        self.asked.append(fetch)
+        assert fetch.window is not None
+        key = dict(fetch.query.params).get("ownerId")
+        items = [i for i in self.items if key is None or i["owner"]["id"] == key]
+        start, end = fetch.window.start, fetch.window.start + fetch.window.size
+        page = UpstreamPage(items[start:end], {"total": len(items)}, end < len(items))
+        return page, CacheEvent("miss", "upstream")
 
 
 class TwoGenerations:
     """A list as the page cache holds it (page 1 stored before a change) and as it is now;
-    the change keeps the total: x1 (a) removed, x5 (c) added."""
+    the change keeps the total: x1 (A) removed, x5 (C) added."""
 
-    old = _owned(("x1", "a"), ("x2", "b"), ("x3", "b"), ("x4", "c"))
-    new = _owned(("x2", "b"), ("x3", "b"), ("x4", "c"), ("x5", "c"))
+    old = _owned(("x1", A), ("x2", B), ("x3", B), ("x4", C))
+    new = _owned(("x2", B), ("x3", B), ("x4", C), ("x5", C))
 
     def __init__(self) -> None:
         self.asked: list[tuple[Fetch, bool]] = []
@@ -162,9 +382,9 @@ class TwoGenerations:
     async def fetch_page(self, fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
         self.asked.append((fetch, refresh))
         assert fetch.window is not None
-        owner = dict(fetch.query.params).get("ownerId")
-        if owner is not None:  # a member on its own: the list as it is now
-            items = [item for item in self.new if item["owner"]["id"] == owner]
+        key = dict(fetch.query.params).get("ownerId")
+        if key is not None:  # a member on its own: the list as it is now
+            items = [item for item in self.new if item["owner"]["id"] == key]
             return UpstreamPage(items, {"total": len(items)}, False), CacheEvent("miss", "upstream")
         start, end = fetch.window.start, fetch.window.start + fetch.window.size
         if start == 0 and not refresh:  # page 1 from the cache, a minute old
@@ -176,67 +396,150 @@ class TwoGenerations:
         return page, CacheEvent("refresh" if refresh else "miss", "upstream")
 
 
-async def test_a_walk_joins_no_pages_of_different_moments(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(entity_batches, "WALK_PAGE_SIZE", 2)
-    lists = TwoGenerations()
-    members = _members("a", "b", "c")
-    answered = await answer_calls(members, lists.fetch_page)
-    got = {
+def items_by_owner(answered: dict[Fetch, Any]) -> dict[str, list[Any]]:
+    return {
         call.query.params[0][1]: [item["phoneNumber"] for item in found.outcome.items]
         for call, found in answered.items()
         if isinstance(found.outcome, UpstreamPage)
     }
-    # One generation, as one call per owner answers now: a has none, b x2 x3, c x4 x5.
-    assert got == {"a": [], "b": ["x2", "x3"], "c": ["x4", "x5"]}
+
+
+async def test_a_walk_joins_no_pages_of_different_moments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(entity_batches, "WALK_PAGE_SIZE", 2)
+    lists = TwoGenerations()
+    answered = await answer_calls(_members(A, B, C), lists.fetch_page, lengths=remembered(4))
+    # One generation, as one call per owner answers now: A has none, B x2 x3, C x4 x5.
+    assert items_by_owner(answered) == {A: [], B: ["x2", "x3"], C: ["x4", "x5"]}
     assert any(refresh for _, refresh in lists.asked), "the walk was fetched anew"
 
 
 async def test_a_walk_whose_entries_repeat_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(entity_batches, "WALK_PAGE_SIZE", 2)
-    shifted = _owned(("x1", "a"), ("x2", "b"), ("x2", "b"), ("x3", "b"))  # x2 on both pages
+    shifted = _owned(("x1", A), ("x2", B), ("x2", B), ("x3", B))  # x2 on both pages
+    now = FakeList(_owned(("x1", A), ("x2", B), ("x3", B)))
 
     async def fetch_page(fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
         assert fetch.window is not None
-        owner = dict(fetch.query.params).get("ownerId")
-        if owner is not None:
-            now = _owned(("x1", "a"), ("x2", "b"), ("x3", "b"))
-            items = [item for item in now if item["owner"]["id"] == owner]
-            return UpstreamPage(items, {"total": len(items)}, False), CacheEvent("miss", "upstream")
+        if dict(fetch.query.params).get("ownerId") is not None:
+            return await now.fetch_page(fetch, refresh)
         start, end = fetch.window.start, fetch.window.start + fetch.window.size
         return UpstreamPage(shifted[start:end], {"total": 4}, end < 4), CacheEvent(
             "miss", "upstream"
         )
 
-    answered = await answer_calls(_members("a", "b"), fetch_page)
-    b = next(found for call, found in answered.items() if call.query.params[0][1] == "b")
-    assert isinstance(b.outcome, UpstreamPage)
-    assert [item["phoneNumber"] for item in b.outcome.items] == ["x2", "x3"]
+    answered = await answer_calls(_members(A, B, C), fetch_page, lengths=remembered(4))
+    assert items_by_owner(answered) == {A: ["x1"], B: ["x2", "x3"], C: []}
+
+
+async def test_absent_ids_are_answered_empty_only_when_the_walk_proves_it() -> None:
+    """A Webex PEOPLE id whose UUID the walk does not hold has no entries: no call. Every
+    other key the walk does not hold goes upstream on its own: another form, another kind,
+    the walk's UUID spelt for another region, and any key when the walk has an owner id it
+    cannot read."""
+    listed = FakeList(_owned(("x1", A), ("x2", B), ("x3", respelt(D, "urn:TEAM:eu-central-1_k"))))
+    keys = {
+        "held": A,
+        "absent": C,
+        "absent elsewhere": respelt(owner(7), "urn:TEAM:us-east-2_a"),
+        "held elsewhere": D,
+        "bare uuid": str(uuid.UUID(int=9, version=4)),
+        "a location": webex_id("LOCATION", uuid.UUID(int=10, version=4)),
+        "padded": C + ("=" * (-len(C) % 4) or "=="),
+    }
+    members = _members(*keys.values())
+    answered = await answer_calls(members, listed.fetch_page, lengths=remembered(3))
+    alone = {dict(f.query.params).get("ownerId") for f in listed.asked} - {None}
+    assert alone == {keys[name] for name in ("held elsewhere", "bare uuid", "a location", "padded")}
+    assert len(listed.asked) == 1 + 4
+    got = items_by_owner(answered)
+    assert got[A] == ["x1"]
+    assert got[C] == []
+    assert got[keys["absent elsewhere"]] == []
+
+    # An owner whose id is no text: the walk proves nobody absent.
+    garbled = FakeList([*listed.items, {"phoneNumber": "x4", "owner": {"id": {"nested": 1}}}])
+    members = _members(A, C, owner(8))
+    answered = await answer_calls(members, garbled.fetch_page, lengths=remembered(4))
+    assert len(garbled.asked) == 1 + 2
+    assert items_by_owner(answered) == {A: ["x1"], C: [], owner(8): []}
+
+
+async def test_a_group_never_costs_more_calls_than_alone_once_its_list_is_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every group, sized every way against a list whose length is remembered: the calls
+    made are never more than the members', and fewer whenever a walk pays."""
+    monkeypatch.setattr(entity_batches, "WALK_PAGE_SIZE", 4)
+    rng = random.Random(29)
+    for _ in range(300):
+        owners = [owner(index) for index in range(rng.randrange(1, 8))]
+        items = _owned(*((f"x{i}", rng.choice(owners)) for i in range(rng.randrange(0, 30))))
+        members = [
+            Fetch(
+                NumbersQuery("org", (("ownerId", key), ("ownerType", "PEOPLE"))),
+                PageWindow(0, rng.randrange(1, 10)),
+                details=True,
+            )
+            for key in dict.fromkeys(
+                rng.choice([*owners, owner(99), "raw-" + str(rng.randrange(3))])
+                for _ in range(rng.randrange(2, 12))
+            )
+        ]
+        listed = FakeList(items)
+        answered = await answer_calls(members, listed.fetch_page, lengths=remembered(len(items)))
+        assert len(listed.asked) <= len(members)
+        alone = FakeList(items)
+        for member in members:
+            want = (await alone.fetch_page(member, False))[0]
+            got = answered[member].outcome
+            assert isinstance(got, UpstreamPage)
+            assert (got.items, got.count, got.has_more) == (want.items, want.count, want.has_more)
+
+
+def test_a_walk_pays_only_when_it_costs_no_more_and_can_cost_less() -> None:
+    assert walk_pays(1, 0, 2)
+    assert not walk_pays(2, 0, 2)  # as many calls as alone: nothing to gain
+    assert walk_pays(1, 1, 2)  # the unproven member may be held: then one call
+    assert not walk_pays(1, 2, 2)
+    assert walk_pays(0, 3, 3)  # after the first page: the rest costs nothing more
+
+
+def test_walk_lengths_are_per_caller_and_forgotten_in_time() -> None:
+    clock = FakeClock()
+    lengths = WalkLengths(b"s" * 32, clock=clock, ttl=60.0)
+    mine, theirs = lengths.for_caller("one"), lengths.for_caller("two")
+    mine.learn(WALKED, 12)
+    assert mine.known(WALKED) == 12
+    assert theirs.known(WALKED) is None
+    assert mine.known(NumbersQuery(None, WALKED.params)) is None  # another org
+    clock.now += 61.0
+    assert mine.known(WALKED) is None
 
 
 async def test_unknown_ids_and_counts_fields_keep_their_own_calls(world: SimulatorWorld) -> None:
-    keys = people_ids(world)[:4]
+    keys = people_ids(world)[:12]
     async with admin_gateway(world) as (client, recorder):
-        body = await graphql(client, PEOPLE_PAGE, people([*keys, "NOBODY-1", "NOBODY-2"]))
+        others = ["NOBODY-1", "NOBODY-2", respelt(keys[0], "urn:TEAM:eu-central-1_k")]
+        body = await graphql(client, PEOPLE_PAGE, people([*keys, *others, *absent_people(2)]))
         assert "errors" not in body, body
-        # One walk; the ids it does not contain are asked for on their own (not guessed at).
-        assert recorder.calls == 1 + 2
-        assert {dict(recorder.params(i)).get("ownerId") for i in (1, 2)} == {
-            "NOBODY-1",
-            "NOBODY-2",
-        }
-        assert [a["phoneNumbers"]["totalCount"] for a in body["data"]["_entities"][4:]] == [0, 0]
+        # One walk; the ids it cannot prove absent are asked for on their own (not guessed
+        # at); the Webex ids it does not hold cost nothing.
+        assert recorder.calls == 1 + 3
+        assert {dict(recorder.params(i)).get("ownerId") for i in (1, 2, 3)} == set(others)
+        totals = [a["phoneNumbers"]["totalCount"] for a in body["data"]["_entities"][12:]]
+        assert totals == [0] * 5
 
         # Locations asking numberCounts too: the page call carries the counts, so no walk.
         calls = recorder.calls
-        locations = world.demo_org.location_ids[:3]
+        many = [*world.demo_org.location_ids, *(spelt("LOCATION", uuid.uuid4()) for _ in range(9))]
         body = await graphql(
             client,
             """query ($r: [_Any!]!) { _entities(representations: $r) { ... on Location {
                  phoneNumbers(page: {first: 2}) { totalCount } numberCounts { total } } } }""",
-            {"r": [{"__typename": "Location", "id": key} for key in locations]},
+            locations(many),
         )
         assert "errors" not in body, body
-        assert recorder.calls == calls + 3
+        assert recorder.calls == calls + len(many)
 
 
 async def test_entity_ids_too_long_for_a_url_are_refused_before_any_call(
@@ -305,6 +608,27 @@ OTHER_OWNER_KEYS = list(
     )
 )[:3]
 LOCATION_KEYS = list(SHARED.demo_org.location_ids)
+# Every form an id comes in: the org's ids; Webex ids of the kind it does not hold (any
+# region); its ids spelt for another region; ids of another kind; other forms entirely.
+PERSON_POOL = [
+    *PERSON_KEYS,
+    *OTHER_OWNER_KEYS,
+    *absent_people(4),
+    respelt(PERSON_KEYS[0], "urn:TEAM:eu-central-1_k"),
+    LOCATION_KEYS[0],
+    PERSON_KEYS[1] + "==",
+    str(uuid.UUID(int=5, version=4)),
+    "NOBODY",
+    "Y2lzY29zcGFyazovL3VzL1BFT1BMRS94",
+]
+LOCATION_POOL = [
+    *LOCATION_KEYS,
+    *(spelt("LOCATION", uuid.UUID(int=index, version=4), "us") for index in range(1, 5)),
+    spelt("LOCATION", uuid.UUID(int=6, version=4), "urn:TEAM:eu-central-1_k"),
+    respelt(LOCATION_KEYS[0], "urn:TEAM:us-east-2_a"),
+    PERSON_KEYS[0],
+    "NOWHERE",
+]
 FILTERS = [
     "",
     "numberType: NUMBER",
@@ -365,11 +689,9 @@ class Batch:
 @st.composite
 def batches(draw: st.DrawFn) -> Batch:
     typename = draw(st.sampled_from(["Person", "Location"]))
-    if typename == "Person":
-        pool = [*PERSON_KEYS, *OTHER_OWNER_KEYS, "NOBODY", "Y2lzY29zcGFyazovL3VzL1BFT1BMRS94"]
-    else:
-        pool = [*LOCATION_KEYS, "NOWHERE"]
-    keys = draw(st.lists(st.sampled_from(pool), min_size=2, max_size=8))
+    pool = PERSON_POOL if typename == "Person" else LOCATION_POOL
+    # Up to 14 representations: past COLD_PROBE_MEMBERS, a list never walked is probed.
+    keys = draw(st.lists(st.sampled_from(pool), min_size=2, max_size=14))
     has_after = draw(st.booleans()) and draw(st.booleans())
     return Batch(
         typename=typename,
@@ -383,6 +705,21 @@ def batches(draw: st.DrawFn) -> Batch:
         total=draw(st.booleans()),
         counts=typename == "Location" and draw(st.booleans()),
     )
+
+
+# A batch a walk answers, whatever the draws: twelve people in all their forms, a page each.
+WALKED_BATCH = Batch(
+    typename="Person",
+    keys=PERSON_POOL[:12] + PERSON_POOL[-7:],
+    token="demo-admin",
+    filter="",
+    order=None,
+    first=None,
+    offset=None,
+    after_at=None,
+    total=True,
+    counts=False,
+)
 
 
 @dataclass
@@ -415,7 +752,17 @@ class Pair:
         batched_calls = self.recorder.calls - before
         before = self.recorder.calls
         alone = [await self.post(batch, document, batch.variables([key])) for key in batch.keys]
-        self.walked.append(self.recorder.calls - before - batched_calls)
+        alone_calls = self.recorder.calls - before
+        self.walked.append(alone_calls - batched_calls)
+        if batched_calls > alone_calls:
+            # Only a probe of a list never walked before, found too long, costs a call more;
+            # its length is remembered, so the same batch again costs no more than alone.
+            assert batched_calls == alone_calls + 1, (batch, batched_calls, alone_calls)
+            assert len(set(batch.keys)) >= COLD_PROBE_MEMBERS, batch
+            before = self.recorder.calls
+            again = await self.post(batch, document, batch.variables(batch.keys))
+            assert self.recorder.calls - before <= alone_calls, batch
+            assert again == together
         for index, single in enumerate(alone):
             got = together["data"]["_entities"][index]
             want = single["data"]["_entities"][0]
@@ -452,6 +799,7 @@ def test_a_batch_answers_byte_for_byte_as_one_entity_at_a_time() -> None:
                 database=None,
                 suppress_health_check=[HealthCheck.too_slow],
             )
+            @example(batch=WALKED_BATCH)
             @given(batch=batches())
             def same_answers(batch: Batch) -> None:
                 runner.run(pair.compare(batch))

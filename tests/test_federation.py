@@ -61,7 +61,11 @@ async def test_service_sdl_is_the_committed_subgraph_sdl_in_every_environment(
                 denied = await graphql(client, "{ __schema { types { name } } }", status=400)
                 assert denied["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     sdl = export_sdl()
-    assert '@link(url: "https://specs.apollo.dev/federation/v2.7"' in sdl
+    # v2.9: the first federation version that defines the cost directives the SDL carries.
+    assert (
+        '@link(url: "https://specs.apollo.dev/federation/v2.9", '
+        'import: ["@cost", "@key", "@listSize", "@shareable"])'
+    ) in sdl
     for entity in ("Location", "Person", "Organization"):
         assert f'type {entity} @key(fields: "id")' in sdl
     assert "name: String @shareable" in sdl

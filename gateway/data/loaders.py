@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Sequence
 
 from strawberry.dataloader import DataLoader
 
-from gateway.data.entity_batches import Answered, FetchPage, answer_calls
+from gateway.data.entity_batches import Answered, FetchPage, ListLengths, answer_calls
 from gateway.data.page_cache import CacheEvent
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 
@@ -61,8 +61,9 @@ class NumbersLoader:
     so equal asks of several operations (a batch) make one call; each view keeps its own
     record of what the cache did."""
 
-    def __init__(self, fetch_page: FetchPage) -> None:
+    def __init__(self, fetch_page: FetchPage, lengths: ListLengths | None = None) -> None:
         self._fetch_page = fetch_page
+        self._lengths = lengths  # what the caller's earlier walks found (entity_batches)
         self._loader: DataLoader[Fetch, Answered] = DataLoader(load_fn=self._load_batch)
         # Asks that must be answered by their own call, not by an entity batch's walk.
         self._own_entries: set[Fetch] = set()
@@ -98,8 +99,16 @@ class NumbersLoader:
         own = {plan[ask] for ask in asks if ask in self._own_entries}
         # A call alone is never walked: each own-entry call is answered as one.
         parts = await asyncio.gather(
-            answer_calls([c for c in calls if c not in own], self._fetch_page, counted=counted),
-            *(answer_calls([call], self._fetch_page, counted=counted) for call in own),
+            answer_calls(
+                [c for c in calls if c not in own],
+                self._fetch_page,
+                counted=counted,
+                lengths=self._lengths,
+            ),
+            *(
+                answer_calls([call], self._fetch_page, counted=counted, lengths=self._lengths)
+                for call in own
+            ),
         )
         answered = {call: found for part in parts for call, found in part.items()}
         results: list[Answered | BaseException] = []

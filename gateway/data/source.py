@@ -27,6 +27,7 @@ from typing import Literal, overload
 
 from gateway.data import fan_out
 from gateway.data.caller import Caller, Callers
+from gateway.data.entity_batches import WalkLengths
 from gateway.data.loaders import NumbersLoader
 from gateway.data.page_cache import CacheEvent, PageCache, cache_key
 from gateway.data.page_stream import UpstreamWalk, open_stream, whole_list
@@ -79,6 +80,8 @@ class NumbersSource:
         self.max_filter_values = max_filter_values
         # Under the cache's secret, so a caller's identity and its cache keys agree.
         self.callers = Callers(cache.secret, default_authorization)
+        # What walks of entity batches found of their lists' lengths, to plan the next ones.
+        self.walk_lengths = WalkLengths(cache.secret, clock=cache.clock)
 
     @property
     def max_list_items(self) -> int:
@@ -126,7 +129,12 @@ class CallerNumbers:
         # The loader fetches through a function of the source, caller and refresh, not a
         # method of this object: it would make the two a reference cycle.
         fetch_page = partial(_fetch_through_cache, source, caller, refresh)
-        self._loader = (loader or NumbersLoader(fetch_page)).view()
+        lengths = (
+            None
+            if isinstance(caller, Unauthenticated)
+            else source.walk_lengths.for_caller(caller.identity)
+        )
+        self._loader = (loader or NumbersLoader(fetch_page, lengths)).view()
         self.cache_events: list[CacheEvent] = self._loader.events
 
     @property

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+# What one upstream call weighs against the items a page holds (1 each), in every cost
+# estimate: the gateway's own (``execution.cost``) and the one it publishes to routers
+# (``schema.cost_directives``).
+CALL_COST: Final = 50
 
 
 @dataclass(frozen=True, slots=True)

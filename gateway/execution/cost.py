@@ -48,10 +48,10 @@ from graphql import (
 from graphql.pyutils import Undefined
 
 from gateway.domain.arguments import DEFAULT_MAX_FILTER_VALUES, DEFAULT_PAGE_SIZE, page_ceiling
+from gateway.domain.query import CALL_COST as CALL_COST  # the weight routers are told too
 from gateway.errors import ErrorCode
 from gateway.execution.fragment_walk import Fragments, Spreading, selected_fields
 
-CALL_COST = 50
 PAGE_FIELDS = frozenset({"phoneNumbers"})
 COUNT_FIELDS = frozenset({"numberCounts"})
 FEED_FIELDS = frozenset({"phoneNumberChanges"})

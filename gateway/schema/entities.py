@@ -13,11 +13,13 @@ from strawberry.federation.schema import FederationAny
 from gateway.domain.arguments import check_url_text
 from gateway.errors import BadUserInput
 from gateway.schema.context import RequestContext
+from gateway.schema.cost_directives import COST_FEDERATION_VERSION
 from gateway.schema.types import Location, Organization, Person
 
-# The federation version in the SDL's @link: one that @apollo/composition 2.x and
-# @theguild/federation-composition both accept (tests compose with both).
-FEDERATION_VERSION: Final = "2.7"
+# The federation version in the SDL's @link: the first to define the cost directives
+# (``cost_directives``), which @apollo/composition 2.9+ and @theguild/federation-composition
+# both accept (tests compose with both).
+FEDERATION_VERSION: Final = COST_FEDERATION_VERSION
 DEFAULT_MAX_ENTITIES: Final = 1000
 
 # Entity references this subgraph resolves: __typename -> the object for a key.

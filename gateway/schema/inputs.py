@@ -18,6 +18,7 @@ import strawberry
 from gateway.domain import enums as domain_enums
 from gateway.domain import records
 from gateway.domain.arguments import page_request
+from gateway.schema.cost_directives import tail_probe_directives
 from gateway.schema.enums import (
     NumberState,
     NumberType,
@@ -183,7 +184,8 @@ LastArgument = Annotated[
     strawberry.argument(
         description="Relay: return the last this many entries (before `before`, if given; "
         "else the last of the whole list): 1 up to the gateway's maximum page size. Cannot "
-        "be combined with `first` or `page`."
+        "be combined with `first` or `page`.",
+        directives=tail_probe_directives(),
     ),
 ]
 BeforeArgument = Annotated[

@@ -11,6 +11,7 @@ import strawberry
 
 from gateway.domain import records
 from gateway.schema.context import RequestContext
+from gateway.schema.cost_directives import counts_directives, page_directives
 from gateway.schema.inputs import (
     AfterArgument,
     BeforeArgument,
@@ -42,7 +43,8 @@ OrgIdArgument = Annotated[
 class Query:
     @strawberry.field(
         description="A page of the organization's phone numbers and extensions, with their "
-        "status and owner. Null (with an error) when the upstream call fails."
+        "status and owner. Null (with an error) when the upstream call fails.",
+        directives=page_directives(),
     )
     async def phone_numbers(
         self,
@@ -63,6 +65,7 @@ class Query:
         description="Counts over every entry the filter matches: assigned, unassigned, "
         "inactive, extension-only, toll-free, mobile, service and reserved numbers.",
         graphql_type=NumberCounts | None,
+        directives=counts_directives(),
     )
     async def number_counts(
         self,

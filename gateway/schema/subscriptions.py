@@ -12,6 +12,7 @@ import strawberry
 from gateway.domain import records
 from gateway.errors import GatewayError
 from gateway.schema.context import RequestContext
+from gateway.schema.cost_directives import feed_directives
 from gateway.schema.inputs import FilterArgument, to_filter
 from gateway.schema.resolvers import OrgIdArgument
 from gateway.schema.types import PhoneNumberChange
@@ -24,6 +25,7 @@ class Subscription:
         "baseline is taken, then one event per changed entry per poll. One poll serves every "
         "subscriber with the same token, org and filter.",
         graphql_type=PhoneNumberChange,
+        directives=feed_directives(),
     )
     async def phone_number_changes(
         self,

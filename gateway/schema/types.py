@@ -22,6 +22,7 @@ from gateway.domain import records
 from gateway.domain.connection import PageResult, StreamedWindow
 from gateway.domain.query import EntityKey
 from gateway.schema.context import RequestContext
+from gateway.schema.cost_directives import counts_directives, page_directives
 from gateway.schema.enums import (
     NumberState,
     OwnerType,
@@ -75,7 +76,10 @@ class Location:
         "location reached only by reference (the locations service answers it there).",
     )
 
-    @strawberry.field(description="The location's phone numbers (`filter.locationId` is the id).")
+    @strawberry.field(
+        description="The location's phone numbers (`filter.locationId` is the id).",
+        directives=page_directives(),
+    )
     async def phone_numbers(
         self,
         info: strawberry.Info[RequestContext, None],
@@ -94,6 +98,7 @@ class Location:
     @strawberry.field(
         description="Counts over the location's numbers the filter matches.",
         graphql_type=NumberCounts | None,
+        directives=counts_directives(),
     )
     async def number_counts(
         self, info: strawberry.Info[RequestContext, None], filter: FilterArgument = None
@@ -110,7 +115,10 @@ class Location:
 class Person:
     id: strawberry.ID = strawberry.field(description="The person's id.")
 
-    @strawberry.field(description="The person's phone numbers (`filter.ownerId` is the id).")
+    @strawberry.field(
+        description="The person's phone numbers (`filter.ownerId` is the id).",
+        directives=page_directives(),
+    )
     async def phone_numbers(
         self,
         info: strawberry.Info[RequestContext, None],
@@ -135,7 +143,10 @@ class Person:
 class Organization:
     id: strawberry.ID = strawberry.field(description="The organization's id.")
 
-    @strawberry.field(description="The organization's phone numbers (`orgId` is the id).")
+    @strawberry.field(
+        description="The organization's phone numbers (`orgId` is the id).",
+        directives=page_directives(),
+    )
     async def phone_numbers(
         self,
         info: strawberry.Info[RequestContext, None],
@@ -153,6 +164,7 @@ class Organization:
     @strawberry.field(
         description="Counts over the organization's numbers the filter matches.",
         graphql_type=NumberCounts | None,
+        directives=counts_directives(),
     )
     async def number_counts(
         self, info: strawberry.Info[RequestContext, None], filter: FilterArgument = None

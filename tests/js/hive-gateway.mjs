@@ -3,13 +3,16 @@
 //
 //   node hive-gateway.mjs --supergraph supergraph.graphql [--port 0] \
 //        [--subgraph numbers=http://127.0.0.1:8000/graphql ...] \
-//        [--subgraph-header Gateway-Router-Secret=xyz ...]
+//        [--subgraph-header Gateway-Router-Secret=xyz ...] [--max-cost 10000]
 //
 // --supergraph: a supergraph SDL file (compose.mjs's supergraphSdl).
 // --subgraph name=url: where subgraph `name` (as composed) really listens; compose.mjs writes
 //   placeholder URLs into join__graph, so each subgraph the plan calls needs one. Loopback only.
 // --subgraph-header name=value: a static header on every subgraph request (how a router sends
 //   GATEWAY_ROUTER_SECRET as Gateway-Router-Secret), repeatable.
+// --max-cost n: Hive Gateway's demand control, pricing each subgraph request from the
+//   supergraph's @cost/@listSize and refusing a plan over n (COST_ESTIMATED_TOO_EXPENSIVE)
+//   before the subgraph is called; the estimate is reported in extensions.cost.
 // The caller's Authorization is forwarded to every subgraph (header propagation); no other
 // caller header is.
 //
@@ -33,6 +36,7 @@ const { values } = cliArgs({
   supergraph: { type: 'string' },
   subgraph: { type: 'string', multiple: true, default: [] },
   'subgraph-header': { type: 'string', multiple: true, default: [] },
+  'max-cost': { type: 'string' },
 });
 if (!values.supergraph) fail('usage: hive-gateway.mjs --supergraph file [--subgraph name=url]', 2);
 let supergraphSdl;
@@ -45,6 +49,12 @@ const transportEntries = {};
 for (const spec of values.subgraph) {
   const [name, url] = splitPair(spec, '--subgraph');
   transportEntries[name] = { location: loopbackOption(url, '--subgraph') };
+}
+let demandControl;
+if (values['max-cost'] !== undefined) {
+  const maxCost = Number(values['max-cost']);
+  if (!Number.isInteger(maxCost) || maxCost < 1) fail('--max-cost must be a positive integer', 2);
+  demandControl = { maxCost, includeExtensionMetadata: true };
 }
 const staticHeaders = Object.fromEntries(
   values['subgraph-header'].map((spec) => splitPair(spec, '--subgraph-header')),
@@ -71,6 +81,7 @@ const gateway = createGatewayRuntime({
     },
   },
   plugins: () => [useCustomFetch(guardedFetch)],
+  ...(demandControl ? { demandControl } : {}),
 });
 
 const server = createServer(gateway);
