@@ -52,7 +52,7 @@ package is an optional dependency, installed on Linux x64 with glibc only, and p
 later builds need glibc 2.38) are installed with `npm ci` into
 `${XDG_CACHE_HOME:-~/.cache}/numbers-gateway/peer-<sha16 of the lock>/`, never into the repo.
 Every process it starts listens on 127.0.0.1, and every one is stopped on the way out (error
-and Ctrl-C included). Load loops are bounded in time and in requests.
+and Ctrl-C included). Every load is bounded in time (the httpx loop in requests too).
 
     .venv/bin/python benchmarks/peer_gateway.py [--duration 10] [--concurrency 4] [--warmup 3]
     .venv/bin/python benchmarks/peer_gateway.py --duration 3 --warmup 1 --passes 2

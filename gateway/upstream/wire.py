@@ -6,8 +6,9 @@ only the HTTP/1.1 exchange on the socket changes hands. Why: aiohttp parses answ
 (``aiohttp._http_parser``) and pools connections without anyio's cancel scopes and
 httpcore's pool bookkeeping, which took most of the upstream exchange's CPU. Measured side
 by side (``benchmarks/upstream_transport.py``), against httpx's own transport: one exchange
-of a 50-item page costs about 0.7x the CPU, four at once about 0.5x, and the served gateway
-answers uncached 50-item pages at about 1.3x the rate.
+of a 50-item page costs about 0.6x the CPU, four at once about 0.5x, and the served gateway
+answers uncached 50-item pages at about 1.35x the rate (2,000-item ones at about the same
+rate: decoding and projecting the page dominate there).
 
 Why not the ``httpx-aiohttp`` package, which does the same: measured as fast, but its 0.2.0
 re-quotes the URL on the way out (``yarl``: ``%2F`` becomes ``/``, ``%40`` ``@``, so the
