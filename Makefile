@@ -115,10 +115,12 @@ bench: $(TESTING)
 	$(BIN)/python benchmarks/repeat_query.py
 	$(BIN)/python benchmarks/cache_memory.py
 
-# Side by side with Hive Gateway (GraphQL Mesh over schema/openapi.yaml), the hand-written proxy
-# (benchmarks/hand_proxy.py) and bare Starlette: every ratio of issue 22 from one run, with one
-# request's time by phase where a target is missed. Installs the pinned npm packages into a
-# cache folder outside the repo on first use.
+# Side by side with Tailcall 1.0 (benchmarks/peer/tailcall.graphql), Hive Gateway (GraphQL Mesh
+# over schema/openapi.yaml), the hand-written proxy (benchmarks/hand_proxy.py) and bare
+# Starlette: every ratio of issue 31 from one run, ours at 1 and 2 workers, a token per client
+# and one shared token, with one request's time by phase where a target is missed. Installs the
+# pinned npm packages into a cache folder outside the repo on first use; loads with wrk when
+# installed (Debian: apt-get install wrk).
 bench-peer: $(TESTING)
 	$(BIN)/python benchmarks/peer_gateway.py
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -28,6 +29,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 NUMBERS_ENDPOINT = "/telephony/config/numbers"
+
+
+def instant(value: Any) -> str | None:
+    """An ISO 8601 time as the gateway's ``DateTime`` writes it (UTC, ``+00:00``)."""
+    if not isinstance(value, str):
+        return None
+    moment = datetime.fromisoformat(value)
+    return (
+        moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    ).isoformat()
 
 
 def project_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +61,7 @@ def project_item(item: dict[str, Any]) -> dict[str, Any]:
         "tollFreeNumber": get("tollFreeNumber", False),
         "isServiceNumber": get("isServiceNumber", False),
         "isReservedNumber": get("isReservedNumber"),
+        "elinEnabled": get("elinEnabled"),
         "location": {"id": location.get("id", ""), "name": location.get("name")},
         "owner": (
             {
@@ -57,6 +69,8 @@ def project_item(item: dict[str, Any]) -> dict[str, Any]:
                 "type": owner.get("type"),
                 "firstName": owner.get("firstName"),
                 "lastName": owner.get("lastName"),
+                "displayName": owner.get("displayName"),
+                "elinExpiryTime": instant(owner.get("elinExpiryTime")),
             }
             if owner and owner.get("id")
             else None

@@ -9,9 +9,9 @@ slows them alike), each the median of its rounds:
     decode    ``orjson.loads`` of that body
     project   the compiled projector over the decoded page (the fast path's list)
     encode    ``orjson.dumps`` of the response
-    execute   the production schema's ``execute`` (every extension, plan caches warm) plus
-              the encode: what ``OperationRunner`` does; GraphQL overhead is
-              execute − read − decode − project − encode
+    execute   the production pipeline (``build_execution``'s prepared operations, warm, and
+              the engine's admission and execution) plus the encode: what ``OperationRunner``
+              does; GraphQL overhead is execute − read − decode − project − encode
     app       the whole ASGI app (``create_app``: view, runner, middleware) in process;
               middleware and view = app − execute
 
@@ -36,14 +36,18 @@ from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
 from gateway.data.source import NumbersSource
-from gateway.execution.projecting_executor import ProjectingExecutionContext
+from gateway.execution.projecting_executor import (
+    ProjectingExecutionContext,
+    projecting_execution_context,
+)
+from gateway.execution.run import RunOptions
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
-from gateway.schema.build import build_schema
 from gateway.schema.context import RequestContext
-from gateway.server.app import create_app
+from gateway.server.app import build_execution, create_app
 from gateway.server.cli import settle_heap
 from gateway.settings import load_settings
+from gateway.transports.operation import result_payload
 from gateway.upstream.factory import build_upstream
 
 PHASES = ("read", "decode", "project", "encode", "graphql", "middleware")
@@ -90,11 +94,12 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
     transport = fixed_transport(body)
     settings = load_settings(upstream_url=UPSTREAM, cache_ttl=0)
     app = create_app(settings, upstream_transport=transport)
-    schema = build_schema(settings)
-    # A second production schema, recording: run once, to find what the projector is given.
-    recording_schema = build_schema(settings)
-    executor = recording(recording_schema.execution_context_class)
-    recording_schema.execution_context_class = executor
+    operations, engine = build_execution(settings, GatewayMetrics())
+    # A second production pipeline, recording: run once, to find what the projector is given.
+    executor = recording(projecting_execution_context())
+    recording_operations, recording_engine = build_execution(
+        settings, GatewayMetrics(), executor_class=executor
+    )
     document = query(size)
     payload = orjson.dumps({"query": document})
     # Uncompressed, as the peer benchmark asks every server (compression is its own cost).
@@ -132,24 +137,18 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
             PageCache(ttl=0),
             max_page_size=settings.max_page_size,
         )
-        metrics = GatewayMetrics()
 
-        async def execute(schema: Any = schema) -> bytes:
-            context = RequestContext(
-                request=None,  # type: ignore[arg-type]  # no resolver of this query reads it
-                settings=settings,
-                metrics=metrics,
-                numbers=source.for_caller("Bearer b"),
-            )
-            result = await schema.execute(document, context_value=context)
+        async def execute(pipeline: Any = (operations, engine)) -> bytes:
+            prepared_operations, operation_engine = pipeline
+            prepared = prepared_operations.prepare(document, None)
+            admission = operation_engine.admit(prepared, None, RunOptions())
+            context = RequestContext(numbers=source.for_caller("Bearer b"))
+            result = await operation_engine.execute(admission, context)
             context.numbers.release()  # as the runner does once the operation is done
             assert not result.errors, result.errors
-            out: dict[str, Any] = {"data": result.data}
-            if result.extensions:
-                out["extensions"] = result.extensions
-            return orjson.dumps(out)
+            return orjson.dumps(result_payload(result))
 
-        answer = await execute(recording_schema)
+        answer = await execute((recording_operations, recording_engine))
         page, projector = executor.last.pop("page"), executor.last.pop("projector")
         settle_heap()  # as `numbers-gateway serve` does once the app is built
         assert projector is not None, "the selection was not projected"
@@ -165,7 +164,7 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
             orjson.loads(body)
 
         async def project() -> None:
-            projector(page)
+            projector.project(page)
 
         async def encode() -> None:
             orjson.dumps(response_document)

@@ -1,13 +1,16 @@
-"""Target (c): over HTTP, caching on, a repeated 50-item query, against a bare Starlette app
-returning the same bytes. Prints both servers' requests per second and their CPU time per
-request (read from /proc: what a loaded, shared machine disturbs least), each the median of
-``--rounds`` rounds run alternately, and the ratios beside the target (>= 0.5x).
+"""Target (c): over HTTP, caching on, a repeated 50-item query, as a GET and as a POST (what
+frontends send; the answer store serves both), against a bare Starlette app returning the
+same bytes. Prints both servers' requests per second and their CPU time per request (read
+from /proc: what a loaded, shared machine disturbs least), each the median of ``--rounds``
+rounds run alternately, and the ratios beside the target (>= 0.5x).
 
 Both servers run as their own processes on loopback ports; the load comes from `wrk` (Debian's
-package) when it is installed, else from an httpx loop (which then caps both figures, so the
-ratio is flattered: install wrk). ``--previous PATH`` adds a gateway served from another
-source tree (``git archive HEAD gateway | tar -x -C PATH``), measured in the same rounds:
-before and after, side by side. Run by hand: `python benchmarks/repeat_query.py`.
+package; a POST's method, body and content type from a small Lua script) when it is
+installed, else from an httpx loop (which then caps both figures, so the ratio is flattered:
+install wrk). The bare app answers a POST without reading its body: the least any server can
+do. ``--previous PATH`` adds a gateway served from another source tree (``git archive HEAD
+gateway | tar -x -C PATH``), measured in the same rounds: before and after, side by side. Run
+by hand: `python benchmarks/repeat_query.py [--method both|GET|POST]`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = (
@@ -34,7 +38,11 @@ QUERY = (
     "location { id name } owner { id type firstName lastName } } totalCount } }"
 )
 HEADERS = {"Authorization": "Bearer demo-admin", "Apollo-Require-Preflight": "1"}
-TARGET = 0.5
+# What Apollo Client POSTs for the same operation.
+POST_BODY = orjson.dumps({"operationName": "Fifty", "variables": {}, "query": QUERY})
+POST_HEADERS = HEADERS | {"Content-Type": "application/json"}
+METHODS = ("GET", "POST")
+TARGET = 0.5  # both: issue 22 set it for the GET, issue 31 for the POST
 FLOOR = "bare Starlette (floor)"
 
 BARE_APP = """
@@ -50,7 +58,7 @@ body = Path(sys.argv[2]).read_bytes()
 async def answer(request):
     return Response(body, media_type="application/json")
 
-app = Starlette(routes=[Route("/graphql", answer)])
+app = Starlette(routes=[Route("/graphql", answer, methods=["GET", "POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
 
@@ -75,11 +83,28 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url} did not start")
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
+def wrk_post_script(body: bytes) -> str:
+    """A wrk script that sends ``body`` as a JSON POST (wrk's flags cannot)."""
+    text = body.decode()
+    assert "]==]" not in text, "the body would end the Lua long string"
+    return (
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{text}]==]\n"
+    )
+
+
+def wrk(url: str, seconds: int, connections: int, body: bytes | None) -> tuple[float, int]:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     for name, value in HEADERS.items():
         args += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if body is not None:
+            script.write(wrk_post_script(body))
+            script.flush()
+            args += ["-s", script.name]
+        done = subprocess.run([*args, url], capture_output=True, text=True, check=True)
+    output = done.stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     count = re.search(r"(\d+) requests in", output)
     if rate is None or count is None:
@@ -87,15 +112,18 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
     return float(rate.group(1)), int(count.group(1))
 
 
-async def python_load(url: str, seconds: int, connections: int) -> float:
+async def python_load(url: str, seconds: int, connections: int, body: bytes | None) -> float:
     done = 0
     stop = time.monotonic() + seconds
-    async with httpx.AsyncClient(headers=HEADERS) as client:
+    async with httpx.AsyncClient(headers=POST_HEADERS) as client:
 
         async def loop() -> None:
             nonlocal done
             while time.monotonic() < stop:
-                await client.get(url)
+                if body is None:
+                    await client.get(url)
+                else:
+                    await client.post(url, content=body)
                 done += 1
 
         started = time.monotonic()
@@ -103,18 +131,24 @@ async def python_load(url: str, seconds: int, connections: int) -> float:
         return done / (time.monotonic() - started)
 
 
-def measure(url: str, seconds: int, connections: int) -> float:
-    """Requests per second after a warm-up (``peer_gateway`` measures with this too)."""
-    load(url, 2, connections)
-    return load(url, seconds, connections)[0]
+def measure(url: str, seconds: int, connections: int, body: bytes | None = None) -> float:
+    """Requests per second after a warm-up (``peer_gateway`` measures with this too): GETs
+    of ``url``, or with ``body`` POSTs of it."""
+    load(url, 2, connections, body)
+    return load(url, seconds, connections, body)[0]
 
 
-def load(url: str, seconds: int, connections: int) -> tuple[float, int]:
-    """Requests per second, and how many were answered."""
+def load(url: str, seconds: int, connections: int, body: bytes | None) -> tuple[float, int]:
+    """Requests per second, and how many were answered (``body``: POSTs, else GETs)."""
     if shutil.which("wrk"):
-        return wrk(url, seconds, connections)
-    rate = asyncio.run(python_load(url, seconds, connections))
+        return wrk(url, seconds, connections, body)
+    rate = asyncio.run(python_load(url, seconds, connections, body))
     return rate, int(rate * seconds)
+
+
+def post_url(get_url: str) -> str:
+    """The ``/graphql`` URL a POST goes to: the GET's without its query string."""
+    return str(httpx.URL(get_url).copy_with(query=None))
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -142,8 +176,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--method", choices=["both", *METHODS], default="both")
     parser.add_argument("--previous", type=Path, help="a source tree to measure beside this one")
     args = parser.parse_args()
+    methods = METHODS if args.method == "both" else (args.method,)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env |= {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_MAX_IN_FLIGHT": "100000"}
     trees = {"numbers-gateway": REPO} | ({"previous tree": args.previous} if args.previous else {})
@@ -168,6 +204,8 @@ def main() -> None:
             assert b'"errors"' not in body, body[:300]
             for url, _ in urls.values():
                 assert httpx.get(url, headers=HEADERS, timeout=30).content == body
+                posted = httpx.post(post_url(url), content=POST_BODY, headers=POST_HEADERS)
+                assert posted.content == body, posted.text[:300]
             body_file = Path(scratch) / "answer.json"
             body_file.write_bytes(body)
             bare_port = free_port()
@@ -180,18 +218,23 @@ def main() -> None:
             bare_url = f"http://127.0.0.1:{bare_port}/graphql"
             wait_ready(bare_url, bare)
             assert httpx.get(bare_url).content == body
+            assert httpx.post(bare_url, content=POST_BODY).content == body
             urls[FLOOR] = (bare_url, bare)
-            rates: dict[str, list[float]] = {name: [] for name in urls}
-            costs: dict[str, list[float]] = {name: [] for name in urls}
+            rates: dict[tuple[str, str], list[float]] = {}
+            costs: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):  # alternately, so a busy moment slows all alike
-                for name, (url, process) in urls.items():
-                    load(url, 2, args.connections)  # warm-up
-                    before = cpu_seconds(process.pid)
-                    rate, answered = load(url, args.duration, args.connections)
-                    after = cpu_seconds(process.pid)
-                    rates[name].append(rate)
-                    if before is not None and after is not None and answered:
-                        costs[name].append((after - before) / answered * 1e6)
+                for method in methods:
+                    for name, (url, process) in urls.items():
+                        target = url if method == "GET" else post_url(url)
+                        content = None if method == "GET" else POST_BODY
+                        load(target, 2, args.connections, content)  # warm-up
+                        before = cpu_seconds(process.pid)
+                        rate, answered = load(target, args.duration, args.connections, content)
+                        after = cpu_seconds(process.pid)
+                        rates.setdefault((name, method), []).append(rate)
+                        if before is not None and after is not None and answered:
+                            cost = (after - before) / answered * 1e6
+                            costs.setdefault((name, method), []).append(cost)
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -202,18 +245,24 @@ def main() -> None:
         f"{args.connections} connections, {args.rounds} rounds of {args.duration} s, "
         f"{os.cpu_count()} cores; medians (ranges)"
     )
-    for name in urls:
-        print(
-            f"  {name:24s} {shown(rates[name], 'req/s'):34s} {shown(costs[name], 'us CPU/req', 1)}"
-        )
-    floor_rate, floor_cost = median(rates[FLOOR]), costs[FLOOR] and median(costs[FLOOR])
-    for name in trees:
-        ratio = median(rates[name]) / floor_rate
-        verdict = "met" if ratio >= TARGET else "NOT met"
-        line = f"  {name}: ratio {ratio:.2f}x by req/s"
-        if costs[name] and floor_cost:
-            line += f", {floor_cost / median(costs[name]):.2f}x by CPU per request"
-        print(f"{line}   target >= {TARGET}x   {verdict}")
+    for method in methods:
+        for name in urls:
+            key = (name, method)
+            print(
+                f"  {method:4s} {name:24s} {shown(rates[key], 'req/s'):34s} "
+                f"{shown(costs.get(key, []), 'us CPU/req', 1)}"
+            )
+    for method in methods:
+        floor_rate = median(rates[FLOOR, method])
+        floor_costs = costs.get((FLOOR, method), [])
+        for name in trees:
+            ratio = median(rates[name, method]) / floor_rate
+            verdict = "met" if ratio >= TARGET else "NOT met"
+            line = f"  {method:4s} {name}: ratio {ratio:.2f}x by req/s"
+            own_costs = costs.get((name, method), [])
+            if own_costs and floor_costs:
+                line += f", {median(floor_costs) / median(own_costs):.2f}x by CPU per request"
+            print(f"{line}   target >= {TARGET}x   {verdict}")
 
 
 if __name__ == "__main__":

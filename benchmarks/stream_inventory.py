@@ -1,25 +1,26 @@
 """A whole inventory in one request: 100,000 simulator entries streamed with ``@stream``,
 beside the same entries fetched by cursor walking (pages of ``GATEWAY_MAX_PAGE_SIZE``).
 
-In process, through the schema (``schema.stream``, as the HTTP transports drive it), over the
-embedded simulator behind an ``httpx.ASGITransport`` (its default page cap: 2,000 entries per
+In process, through the production pipeline (``build_execution``'s prepared operations and
+the engine's ``frames``, as the HTTP transports drive it), over the embedded simulator behind an ``httpx.ASGITransport`` (its default page cap: 2,000 entries per
 upstream page). Each payload is serialised with orjson, as a transport would write it, and
 dropped. Prints items/s for both and the peak RSS growth over idle (sampled from
 ``/proc/self/statm`` at every payload; idle is the process with the simulator's data built and
 one warm-up query run). The simulator runs in this process, so its own per-page work counts
 too: the figure is an upper bound for the gateway. Target: under 96 MiB.
-Run by hand: ``.venv/bin/python benchmarks/stream_inventory.py [entries]``.
+Run by hand: ``.venv/bin/python benchmarks/stream_inventory.py [entries] [--json]``
+(``--json``: the figures as one JSON line at the end, which ``peer_gateway.py`` reads).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import json
 import os
-import sys
 import time
-from dataclasses import dataclass
-from typing import Any
+from contextlib import aclosing
 
 import httpx
 import orjson
@@ -27,10 +28,13 @@ from graphql import SubsequentIncrementalExecutionResult
 
 from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
-from gateway.data.source import CallerNumbers, NumbersSource
-from gateway.execution.contract_errors import contract_payload
+from gateway.data.source import NumbersSource
+from gateway.execution.prepare import PreparedOperations
+from gateway.execution.run import OperationEngine, RunOptions
+from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
-from gateway.schema.build import build_schema
+from gateway.schema.context import RequestContext
+from gateway.server.app import build_execution
 from gateway.settings import load_settings
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.upstream.factory import build_upstream
@@ -52,9 +56,7 @@ PAGED = (
 )
 
 
-@dataclass(slots=True)
-class Context:
-    numbers: CallerNumbers
+Pipeline = tuple[PreparedOperations, OperationEngine]
 
 
 class PeakRss:
@@ -72,33 +74,36 @@ class PeakRss:
         return rss
 
 
-async def streamed(schema: Any, source: NumbersSource, entries: int, rss: PeakRss) -> int:
-    stream = await schema.stream(
-        STREAMED % SELECTION,
-        variable_values={"n": entries},
-        context_value=Context(source.for_caller(None)),
-    )
+async def streamed(pipeline: Pipeline, source: NumbersSource, entries: int, rss: PeakRss) -> int:
+    operations, engine = pipeline
+    prepared = operations.prepare(STREAMED % SELECTION, None)
+    admission = engine.admit(prepared, {"n": entries}, RunOptions(held=False))
+    context = RequestContext(source.for_caller(None), incremental_delivery=True)
     items = 0
-    async for frame in stream:
-        if isinstance(frame, SubsequentIncrementalExecutionResult):
-            payload = contract_payload(frame).formatted
-            items += sum(len(entry.get("items", ())) for entry in payload.get("incremental", ()))
-        else:
-            payload = {"data": frame.data, "hasNext": True}
-            items += len(frame.data["phoneNumbers"]["edges"])
-        orjson.dumps(payload)
-        rss.sample()
+    async with aclosing(engine.frames(admission, context)) as frames:
+        async for frame in frames:
+            payload = frame.formatted
+            if isinstance(frame, SubsequentIncrementalExecutionResult):
+                incremental = payload.get("incremental", ())
+                items += sum(len(entry.get("items", ())) for entry in incremental)
+            else:
+                assert not payload.get("errors"), payload["errors"]
+                items += len(payload["data"]["phoneNumbers"]["edges"])
+            orjson.dumps(payload)
+            rss.sample()
+    context.numbers.release()
     return items
 
 
-async def paged(schema: Any, source: NumbersSource, entries: int, rss: PeakRss) -> int:
+async def paged(pipeline: Pipeline, source: NumbersSource, entries: int, rss: PeakRss) -> int:
+    operations, engine = pipeline
+    prepared = operations.prepare(PAGED % (MAX_PAGE_SIZE, SELECTION), None)
     items, after = 0, None
     while items < entries:
-        result = await schema.execute(
-            PAGED % (MAX_PAGE_SIZE, SELECTION),
-            variable_values={"after": after},
-            context_value=Context(source.for_caller(None)),
-        )
+        admission = engine.admit(prepared, {"after": after}, RunOptions())
+        context = RequestContext(source.for_caller(None))
+        result = await engine.execute(admission, context)
+        context.numbers.release()
         assert not result.errors, result.errors
         connection = result.data["phoneNumbers"]
         orjson.dumps(result.data)
@@ -110,18 +115,27 @@ async def paged(schema: Any, source: NumbersSource, entries: int, rss: PeakRss) 
     return items
 
 
-async def main(entries: int) -> None:
+async def measure(entries: int) -> dict[str, dict[str, float]]:
+    """Items/s and peak RSS growth over idle (MiB) of each way, printed as it goes."""
     world = build_demo_world(size=entries, seed=7)
     transport = httpx.ASGITransport(app=create_simulator_app(world))
     # The upstream as the app builds it: the resilient transport over the simulator.
+    # A stream of the whole inventory is priced by its upstream pages: allowed here.
+    settings = load_settings(
+        upstream_url=BASE,
+        upstream_timeout=120,
+        max_stream_items=max(entries, 100_000),
+        max_cost=10_000_000,
+    )
     upstream = build_upstream(
-        load_settings(upstream_url=BASE, upstream_timeout=120),
+        settings,
         base_url=BASE,
         transport=transport,
         metrics=None,
         clock=SYSTEM_CLOCK,
         tracing=Tracing(),
     )
+    figures: dict[str, dict[str, float]] = {}
     async with upstream.http:
         source = NumbersSource(
             upstream.client,
@@ -130,24 +144,40 @@ async def main(entries: int) -> None:
             max_stream_items=max(entries, 100_000),
             default_authorization="Bearer demo-admin",
         )
-        schema = build_schema()
+        pipeline = build_execution(settings, GatewayMetrics())
         warm = PeakRss()
-        await paged(schema, source, MAX_PAGE_SIZE, warm)  # compile, connect, touch the code
-        for label, run in (("streamed (@stream)", streamed), ("cursor walk", paged)):
+        await paged(pipeline, source, MAX_PAGE_SIZE, warm)  # compile, connect, touch the code
+        for label, key, run in (
+            ("streamed (@stream)", "streamed", streamed),
+            ("cursor walk", "paged", paged),
+        ):
             gc.collect()
             rss = PeakRss()
             idle = rss.sample()
             started = time.perf_counter()
-            items = await run(schema, source, entries, rss)
+            items = await run(pipeline, source, entries, rss)
             elapsed = time.perf_counter() - started
+            growth = (rss.peak - idle) / MiB
+            figures[key] = {"items": items, "items_per_second": items / elapsed, "rss_mib": growth}
             print(
                 f"{label:20} {items:>7} items  {items / elapsed:>9,.0f} items/s  "
-                f"peak RSS growth over idle {(rss.peak - idle) / MiB:6.1f} MiB "
-                f"(idle {idle / MiB:.0f} MiB)"
+                f"peak RSS growth over idle {growth:6.1f} MiB (idle {idle / MiB:.0f} MiB)",
+                flush=True,
             )
-        stats = schema.execution_context_class.projectors.stats
+        stats = pipeline[1].executor_class.projectors.stats
         print(f"projection: {stats.streamed} lists streamed, {stats.chunks} chunks projected")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("entries", type=int, nargs="?", default=100_000)
+    parser.add_argument("--json", action="store_true", help="end with the figures as JSON")
+    args = parser.parse_args()
+    figures = asyncio.run(measure(args.entries))
+    if args.json:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    main()

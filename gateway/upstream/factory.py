@@ -8,7 +8,8 @@ From the caller's side down::
     ResilientTransport          breaker, deadline, fair slots, retries, bounds  transport.py
     UpstreamCallsObserved       request facts: each attempt, for the log line   observability
     AsyncOpenTelemetryTransport a CLIENT span per attempt (tracing on)          observability
-    the wire                    network, the embedded simulator, a test's transport
+    the wire                    the network (aiohttp), the embedded simulator,     wire.py
+                                a test's transport
 
 The observers sit under the retries, so each attempt is a call of its own in the log line and
 the trace; the breaker sits above them, so a call it refuses is never made.
@@ -30,6 +31,7 @@ from gateway.settings import Settings
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.transport import ResilientTransport
+from gateway.upstream.wire import AiohttpWire
 
 USER_AGENT = "numbers-gateway/0.1"
 
@@ -75,13 +77,12 @@ def environment_proxy(url: httpx.URL) -> str | None:
     return proxies.get(url.scheme) or proxies.get("all")
 
 
-def network_transport(settings: Settings, base_url: str) -> httpx.AsyncHTTPTransport:
-    """The transport that talks to a real upstream: a connection pool sized to the slots."""
-    return httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(
-            max_connections=settings.upstream_concurrency * 2,
-            max_keepalive_connections=settings.upstream_concurrency,
-        ),
+def network_transport(settings: Settings, base_url: str) -> httpx.AsyncBaseTransport:
+    """The transport that talks to a real upstream: aiohttp's HTTP client behind httpx's
+    transport interface (``wire``: why, and what it keeps of httpx's own), its connection
+    pool sized to the slots."""
+    return AiohttpWire(
+        limits=httpx.Limits(max_connections=settings.upstream_concurrency * 2),
         proxy=environment_proxy(httpx.URL(base_url)),
     )
 
