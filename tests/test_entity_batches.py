@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -31,9 +32,11 @@ from gateway.data.entity_batches import (
 )
 from gateway.data.page_cache import CacheEvent
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
+from gateway.domain.upstream_items import UpstreamItems
 from gateway.domain.webex_ids import WebexId, read_webex_id
 from gateway.simulator import build_demo_world, create_simulator_app
 from gateway.simulator.dataset import SimulatorWorld, webex_id, world_from_items
+from gateway.upstream.body import read_numbers_page
 from tests.conftest import (
     FakeClock,
     RecordingTransport,
@@ -402,6 +405,28 @@ def items_by_owner(answered: dict[Fetch, Any]) -> dict[str, list[Any]]:
         for call, found in answered.items()
         if isinstance(found.outcome, UpstreamPage)
     }
+
+
+class BytesList(FakeList):
+    """``FakeList`` answering as the upstream client does: its pages the bytes of a body."""
+
+    async def fetch_page(self, fetch: Fetch, refresh: bool) -> tuple[UpstreamPage, CacheEvent]:
+        page, event = await super().fetch_page(fetch, refresh)
+        items, _ = read_numbers_page(orjson.dumps({"phoneNumbers": list(page.items)}))
+        return UpstreamPage(items, page.count, page.has_more), event
+
+
+async def test_each_members_share_of_a_walk_is_the_walked_bytes() -> None:
+    """The walk's body is picked from, not decoded into lists: each member's page is still
+    upstream bytes the projection encodes in C (``struct_projection``), all in one body."""
+    listed = BytesList(_owned(("x1", A), ("x2", B), ("x3", A), ("x4", C), ("x5", B)))
+    answered = await answer_calls(_members(A, B, C, D), listed.fetch_page, lengths=remembered(5))
+    assert len(listed.asked) == 1  # the walk, and nothing alone
+    assert items_by_owner(answered) == {A: ["x1", "x3"], B: ["x2", "x5"], C: ["x4"], D: []}
+    pages = [found.outcome for found in answered.values()]
+    shared = [page.items for page in pages if page.items]
+    assert all(isinstance(items, UpstreamItems) for items in shared)
+    assert len({id(body) for items in shared for body in items.bodies}) == 1
 
 
 async def test_a_walk_joins_no_pages_of_different_moments(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from gateway.data.guarded_redis import ENTRY_VERSION, GuardedRedis, seal, unseal
+from gateway.data.page_cache import KEY_PREFIX
 from gateway.observability.metrics import GatewayMetrics
 from tests.conftest import RecordingTransport, RedisServer, live_settings, metric, running_gateway
 
@@ -63,7 +64,7 @@ async def test_a_counter_holding_no_integer_is_a_miss_not_an_outage(
 
 
 async def _keys(redis: Redis) -> set[bytes]:
-    return set(await redis.keys("numbers-gateway:v2:*"))
+    return set(await redis.keys(KEY_PREFIX + "*"))
 
 
 async def _counts(token: str, settings: Any, recorder: RecordingTransport) -> dict[str, Any]:

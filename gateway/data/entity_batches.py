@@ -83,6 +83,7 @@ from gateway.domain.arguments import FILTER_PARAMETERS
 from gateway.domain.changes import entry_identity
 from gateway.domain.query import Fetch, NumbersQuery, PageWindow, UpstreamPage
 from gateway.domain.reader import read_total
+from gateway.domain.upstream_items import PickedItems, join
 from gateway.domain.webex_ids import read_webex_id
 
 # A page through the cache: (the ask, refresh) -> the page and what the cache did for it.
@@ -229,7 +230,7 @@ def window_of(entries: Sequence[dict[str, Any]], window: PageWindow, details: bo
     """What the upstream answers a per-entity call whose whole matched list is ``entries``."""
     end = window.start + window.size
     return UpstreamPage(
-        items=list(entries[window.start : end]),
+        items=entries[window.start : end],
         count={"total": len(entries)} if details else None,
         has_more=end < len(entries),
     )
@@ -352,11 +353,11 @@ async def _by_walk(
 
 @dataclass(frozen=True, slots=True)
 class _Walked:
-    partition: dict[str, list[dict[str, Any]]]  # the walk's entries by key, in walk order
+    partition: dict[str, Sequence[dict[str, Any]]]  # the walk's entries by key, in walk order
     uuids: frozenset[UUID] | None  # the UUIDs its keys name; None: a key it cannot read
     events: tuple[CacheEvent, ...]  # what the cache did for its pages
 
-    def entries_of(self, walk: Walk, key: str) -> list[dict[str, Any]] | None:
+    def entries_of(self, walk: Walk, key: str) -> Sequence[dict[str, Any]] | None:
         """The key's entries: those the walk holds, none when the walk proves it has none,
         None when the walk cannot tell (its call goes upstream on its own)."""
         entries = self.partition.get(key)
@@ -421,18 +422,21 @@ async def _pages(
                 raise outcome  # cancellation is not a failed walk
             return None
         walked.append(outcome)
-    items = [item for page, _ in walked for item in page.items]
+    items = join([page.items for page, _ in walked])
     totals = {read_total(page.count) for page, _ in walked}
     if len(totals) != 1 or len(items) not in totals or _repeats(items):
         return None  # the list changed under the walk: no exact partition from it
-    partition: dict[str, list[dict[str, Any]]] = {}
+    # Each key's entries picked from the walked pages: still their upstream bytes, so the
+    # projection reads an entity's share as it reads any page (each body decoded once).
+    shares: dict[str, PickedItems] = {}
     readable = True
-    for item in items:
+    for index, item in enumerate(items):
         key = walk.key_of(item)
         if key is not None:
-            partition.setdefault(key, []).append(item)
+            shares.setdefault(key, PickedItems()).add(items, index)
         elif walk.holder_of(item) is not None:
             readable = False  # an owner or location whose id is no text: it could be anyone
+    partition = {key: share.items() for key, share in shares.items()}
     named = [read_webex_id(key) for key in partition]
     uuids = None
     if readable and all(found is not None for found in named):

@@ -17,21 +17,28 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Final, Literal
 
+import msgspec
 import orjson
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.data.guarded_redis import GuardedRedis
 from gateway.data.local_tier import LocalTier
 from gateway.domain.query import Fetch, UpstreamPage
+from gateway.domain.upstream_items import (
+    DECODE_FAILURES,
+    Buffer,
+    UpstreamBody,
+    UpstreamItems,
+)
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import SpanContext, annotate, span_context, traced
 
-KEY_PREFIX = "numbers-gateway:v2:"
+KEY_PREFIX = "numbers-gateway:v3:"
 OWN_ORG = "\x00own-org"
 
 CacheStatus = Literal["hit", "miss", "refresh", "bypass", "stale"]
@@ -54,23 +61,50 @@ class CachedPage:
 
     @staticmethod
     def encode(page: UpstreamPage, stored_at_wall: float) -> bytes:
-        """The entry as both tiers store it. Replicas share no monotonic clock, so the entry
-        carries the wall time it was stored at; a reader from Redis turns that into an age."""
-        return orjson.dumps(
-            {
-                "items": page.items,
-                "count": page.count,
-                "has_more": page.has_more,
-                "stored_at": stored_at_wall,
-            }
+        """The entry as both tiers store it: a header, then the page's upstream bodies as they
+        came (``domain.upstream_items``), so a hit is read as a fresh answer is, by the fast
+        path, with nothing decoded to store it or to read it back. Replicas share no
+        monotonic clock, so the entry carries the wall time it was stored at; a reader from
+        Redis turns that into an age."""
+        items = page.items
+        if not isinstance(items, UpstreamItems):  # a page made of other data: one body of it
+            body = UpstreamBody(msgspec.json.encode({"phoneNumbers": list(items)}))
+            items = UpstreamItems.of_body(body, range(len(page.items)))
+        bodies = items.bodies
+        index = {id(body): at for at, body in enumerate(bodies)}
+        header = msgspec.json.encode(
+            _EntryHeader(
+                count=page.count,
+                has_more=page.has_more,
+                stored_at=stored_at_wall,
+                bodies=[len(body.content) for body in bodies],
+                runs=[_EntryRun.of(index[id(body)], at) for body, at in items.runs],
+            )
         )
+        parts: list[Buffer] = [_ENTRY_MAGIC, len(header).to_bytes(4, "big"), header]
+        parts.extend(body.content for body in bodies)
+        return b"".join(parts)
 
     @staticmethod
     def decode_page(raw: bytes) -> tuple[UpstreamPage, float]:
-        """The page, and the wall time it was stored at."""
-        data = orjson.loads(raw)
-        page = UpstreamPage(items=data["items"], count=data["count"], has_more=data["has_more"])
-        return page, float(data["stored_at"])
+        """The page, and the wall time it was stored at; ``ValueError`` (or a decode error)
+        when ``raw`` is not an entry."""
+        if not raw.startswith(_ENTRY_MAGIC):
+            raise ValueError("not a page cache entry")
+        view = memoryview(raw)
+        start = len(_ENTRY_MAGIC) + 4
+        end = start + int.from_bytes(view[len(_ENTRY_MAGIC) : start], "big")
+        header = _HEADER.decode(view[start:end])
+        bodies: list[UpstreamBody] = []
+        for size in header.bodies:
+            bodies.append(UpstreamBody(view[end : end + size]))
+            end += size
+        if end != len(raw):
+            raise ValueError("a page cache entry of another length")
+        runs = [(bodies[run.body], run.positions) for run in header.runs]
+        count = header.count if isinstance(header.count, dict) else None
+        page = UpstreamPage(items=UpstreamItems(runs), count=count, has_more=header.has_more)
+        return page, header.stored_at
 
     @classmethod
     def from_local(cls, found: tuple[bytes, float] | None) -> CachedPage | None:
@@ -85,6 +119,40 @@ class CachedPage:
         page, stored_at_wall = cls.decode_page(raw)
         age = max(0.0, clock.wall() - stored_at_wall)
         return cls(page=page, stored_at=clock.monotonic() - age)
+
+
+_ENTRY_MAGIC: Final = b"numbers-gateway page 3\n"
+
+
+class _EntryRun(msgspec.Struct, gc=False, omit_defaults=True):
+    """A run of an entry's items: positions ``start`` to ``stop`` of one of its bodies, or
+    the positions ``at``."""
+
+    body: int
+    start: int = 0
+    stop: int = 0
+    at: list[int] | None = None
+
+    @classmethod
+    def of(cls, body: int, positions: Sequence[int]) -> _EntryRun:
+        if isinstance(positions, range) and positions.step == 1:
+            return cls(body, positions.start, positions.stop)
+        return cls(body, at=list(positions))
+
+    @property
+    def positions(self) -> Sequence[int]:
+        return range(self.start, self.stop) if self.at is None else tuple(self.at)
+
+
+class _EntryHeader(msgspec.Struct, gc=False):
+    count: Any
+    has_more: bool
+    stored_at: float
+    bodies: list[int]  # their sizes, in the order they follow the header
+    runs: list[_EntryRun]
+
+
+_HEADER: Final = msgspec.json.Decoder(_EntryHeader, float_hook=float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +178,7 @@ class RedisTier:
             return None
         try:
             return CachedPage.decode(raw, self.clock), raw
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (*DECODE_FAILURES, IndexError, ValueError):
             return None  # an entry we cannot read is a miss, not an error
 
     async def set(self, key: str, encoded: bytes) -> None:

@@ -70,6 +70,7 @@ from gateway.domain.connection import PageResult, StreamedWindow, placed_tail
 from gateway.domain.query import FanOutQuery, PageWindow, TailWindow, UpstreamPage
 from gateway.domain.reader import TEXT, read_total
 from gateway.domain.records import PageInfo, PageRequest
+from gateway.domain.upstream_items import PickedItems
 from gateway.errors import BadUserInput, UpstreamUnavailable
 
 CURSOR_PREFIX: Final = "pn2"
@@ -477,7 +478,7 @@ class _Chunk:
     """Merged entries in a row, from merged position ``start``, with their cursors."""
 
     start: int
-    items: list[Item]
+    items: Sequence[Item]  # the parts' upstream bytes still, when theirs were (``PickedItems``)
     cursors: _MergedCursors
 
 
@@ -527,12 +528,12 @@ class _Merge:
         a part must fetch its next upstream page before the merge may go on."""
         start = self.start + self.taken
         state = tuple(self.positions)
-        items: list[Item] = []
+        items = PickedItems()
         origins: list[int] = []
         while self.take > 0 and self._heap and not self.blocked:
             _, index, _ = heapq.heappop(self._heap)
             part = self.parts[index]
-            item = part.buffer[part.at]
+            at = part.at
             part.at += 1
             self.positions[index] += 1
             self._push(index)
@@ -540,11 +541,12 @@ class _Merge:
                 self.skip -= 1
                 state = tuple(self.positions)
                 continue
-            items.append(item)
+            items.add(part.buffer, at)
             origins.append(index)
             self.take -= 1
-        self.taken += len(items)
-        return _Chunk(start, items, _MergedCursors(self.fingerprint, start, state, origins, self))
+        self.taken += len(origins)
+        merged = items.items()
+        return _Chunk(start, merged, _MergedCursors(self.fingerprint, start, state, origins, self))
 
     def entries_after(self) -> bool:
         """Whether any part has entries after the point the merge has reached."""

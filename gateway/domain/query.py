@@ -12,6 +12,7 @@ nothing from the rest of the gateway.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -139,9 +140,11 @@ class Fetch:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamPage:
-    """What the upstream answered for one ``Fetch``, its page walk already completed."""
+    """What the upstream answered for one ``Fetch``, its page walk already completed. Its
+    items are ``domain.upstream_items.UpstreamItems`` (the bodies' bytes) when they came from
+    the upstream or the page cache, and dicts when a page is made of other data."""
 
-    items: list[dict[str, Any]]
+    items: Sequence[dict[str, Any]]
     count: dict[str, Any] | None
     has_more: bool
 

@@ -28,6 +28,7 @@ import structlog
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.domain.query import Fetch, PageWindow, UpstreamPage
+from gateway.domain.upstream_items import UpstreamItems
 from gateway.errors import (
     RateLimited,
     UpstreamError,
@@ -38,7 +39,7 @@ from gateway.errors import (
 )
 from gateway.http_syntax import decimal_value
 from gateway.observability.request_facts import tracking_id_of
-from gateway.upstream.body import read_numbers_body
+from gateway.upstream.body import NotJSON, read_numbers_page
 from gateway.upstream.transport import (
     RATE_LIMIT_STATUSES,
     CircuitOpen,
@@ -183,18 +184,20 @@ class UpstreamClient:
         # The first URL with its query, built once: what is sent (httpx would merge the
         # parameters into a new URL again) and how the page is known among those visited.
         url = self.upstream_url(fetch)
-        items: list[dict[str, Any]] = []
+        parts: list[UpstreamItems] = []
+        collected = 0
         count: dict[str, Any] | None = None
         visited = {str(url)}
         while True:
-            body, next_url = await self._get(url, authorization, exchange)
-            page_items, page_count = read_numbers_body(body)
+            (page_items, page_count), next_url = await self._get(url, authorization, exchange)
             count = count if count is not None else page_count
-            items.extend(page_items)
-            if fetch.window is None or len(items) >= wanted or not page_items or not next_url:
+            parts.append(page_items)
+            collected += len(page_items)
+            if fetch.window is None or collected >= wanted or not page_items or not next_url:
                 break
-            url = self._next_request(next_url, fetch, len(items), visited)
-        has_more = len(items) > wanted or (bool(next_url) and bool(page_items))
+            url = self._next_request(next_url, fetch, collected, visited)
+        has_more = collected > wanted or (bool(next_url) and bool(page_items))
+        items = parts[0] if len(parts) == 1 else UpstreamItems.concat(parts)
         return UpstreamPage(items=items[:wanted], count=count, has_more=has_more)
 
     async def pages(
@@ -221,8 +224,7 @@ class UpstreamClient:
         visited = {str(url)}
         collected = 0
         while True:
-            body, next_url = await self._get(url, authorization, Exchange(caller))
-            page_items, count = read_numbers_body(body)
+            (page_items, count), next_url = await self._get(url, authorization, Exchange(caller))
             page_items = page_items[: wanted - collected]
             collected += len(page_items)
             more = bool(next_url) and bool(page_items) and collected < wanted
@@ -284,22 +286,24 @@ class UpstreamClient:
 
     async def _get(
         self, url: httpx.URL, authorization: str, exchange: Exchange
-    ) -> tuple[Any, str | None]:
-        """One page of the exchange: its JSON body and its next link, or an ``UpstreamError``."""
+    ) -> tuple[tuple[UpstreamItems, dict[str, Any] | None], str | None]:
+        """One page of the exchange: its items and count (``body.read_numbers_page``) and its
+        next link, or an ``UpstreamError``."""
         try:
             answer = await self._request(url, authorization, exchange)
         except httpx.RequestError as failure:
             raise error_for_failure(failure) from None
         if answer.status != 200:
             raise error_for_response(answer, self.clock.wall())
-        body = answer.json()
-        if body is None:
+        try:
+            page = read_numbers_page(answer.content)
+        except NotJSON:
             raise UpstreamUnavailable(
                 "The upstream answered 200 with a body that is not JSON.",
                 upstream_status=200,
                 tracking_id=tracking_id_of(answer.headers),
-            )
-        return body, answer.next_link
+            ) from None
+        return page, answer.next_link
 
     async def _request(
         self, url: httpx.URL, authorization: str, exchange: Exchange
