@@ -34,10 +34,13 @@ UPSTREAM_BASE = "http://webex.test/v1"
 GATEWAY_BASE = "http://gateway.test"
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE: `ci` (the default) runs each property test
-# at its full depth; `dev` (`make test-fast`) runs a tenth of it, for a quick inner loop.
+# at its full depth; `dev` (`make test-fast`) runs a tenth of it, for a quick inner loop; `deep`
+# ten times it, to hunt by hand after a change to a fast path (with `-o timeout=0`: it runs past
+# the per-test bound, whose alarm would land inside a running event loop).
 CI_EXAMPLES = 100
 hypothesis_settings.register_profile("ci", max_examples=CI_EXAMPLES)
 hypothesis_settings.register_profile("dev", max_examples=CI_EXAMPLES // 10)
+hypothesis_settings.register_profile("deep", max_examples=CI_EXAMPLES * 10)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -37,9 +37,15 @@ class Engine:
     schema: Any
     source: NumbersSource
     upstream: RecordingTransport
+    # As the transports run it: projected lists encoded in C from the upstream's bytes.
+    encoded_lists: bool = False
 
     def context(self, *, incremental: bool = True) -> RequestContext:
-        return RequestContext(self.source.for_caller(None), incremental_delivery=incremental)
+        return RequestContext(
+            self.source.for_caller(None),
+            incremental_delivery=incremental,
+            encoded_lists=self.encoded_lists,
+        )
 
     async def frames(
         self, query: str, variables: dict[str, Any] | None = None
@@ -485,3 +491,27 @@ async def test_defer_of_counts_total_and_owner_person(engine: Engine) -> None:
     assert frames[-1]["hasNext"] is False
     assert "numberCounts" not in frames[0]["data"]
     assert orjson.dumps(reassemble(frames)) == orjson.dumps(whole)
+
+
+async def test_each_upstream_pages_chunk_is_encoded_in_c_as_the_python_projector_renders_it() -> (
+    None
+):
+    """The transports' path (lists encoded from the upstream's bytes, ``struct_projection``)
+    streams the same payloads, chunk by chunk, as the Python projector's dicts."""
+    world = build_demo_world(size=60, seed=5)
+    query = (
+        "{ phoneNumbers(page: {first: 40}) { nodes @stream(initialCount: 3) { "
+        "__typename phoneNumber extension state owner { id firstName elinExpiryTime } "
+        "location { id name } } } }"
+    )
+    plain = engine_over(world)
+    in_c = engine_over(world)
+    in_c.encoded_lists = True
+    as_dicts = [orjson.dumps(frame) for frame in await plain.collect(query)]
+    encoded = [orjson.dumps(frame) for frame in await in_c.collect(query)]
+    assert encoded == as_dicts
+    stats = in_c.schema.engine.executor_class.projectors.stats
+    assert stats.streamed == 1
+    # The head and every later upstream page of the walk (pages of PAGE_CAP entries).
+    assert stats.chunks >= 40 // PAGE_CAP - 2
+    assert stats.encoded == stats.chunks + 1

@@ -61,6 +61,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, cast
 
+import orjson
 import structlog
 from cachetools import LRUCache
 from graphql import (
@@ -91,8 +92,10 @@ from gateway.execution.projection_compiler import (
     CannotProject,
     Projection,
     Projector,
+    SelectionWalker,
     compile_projector,
 )
+from gateway.execution.struct_projection import compile_struct_projector
 from gateway.schema.connection_asks import connection_asks
 from gateway.schema.context import RequestContext
 from gateway.schema.types import PhoneNumberConnection
@@ -123,6 +126,8 @@ class ProjectionStats:
     chunks: int = 0  # chunks of streamed lists projected after the initial payload
     guarded_items: int = 0  # items built straight from values the well-formed guard passed
     per_value_items: int = 0  # items read value by value (failed the guard, or none emitted)
+    encoded: int = 0  # lists (and streamed chunks) encoded in C from the upstream's bytes
+    encoded_items: int = 0  # the items of those
 
     def count_items(self, projection: Projection) -> None:
         """Count a projected page's items by the path they took (once per page)."""
@@ -267,32 +272,66 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
         source: PhoneNumberConnection,
         field_details_list: FieldDetailsList,
         path: Path,
-    ) -> list[dict[str, Any]] | None:
+    ) -> list[Any] | orjson.Fragment | None:
         result = source.result
         if result.__class__ is not PageResult:
             return None
         assert isinstance(result, PageResult)
-        done = self._run_projector(parent_type, field_details_list, path, result)
-        if done is None:
+        projector = self._usable_projector(parent_type, field_details_list, path)
+        if projector is None:
             return None
-        self.projectors.stats.projected += 1
-        return done[1]
+        stats = self.projectors.stats
+        if self._encoded_lists:
+            encoded = self._encoded(projector, result, path, each=False)
+            if encoded is not None:
+                stats.projected += 1
+                return orjson.Fragment(encoded)
+        projected = self._run_projector(projector, path, result)
+        if projected is None:
+            return None
+        stats.projected += 1
+        return projected
+
+    @property
+    def _encoded_lists(self) -> bool:
+        context = self.context_value
+        return isinstance(context, RequestContext) and context.encoded_lists
+
+    def _encoded(self, projector: Projector, page: PageResult, path: Path, *, each: bool) -> Any:
+        """The page's list as JSON encoded in C (``struct_projection``; ``each``: one JSON
+        per item), or None when its items are not bytes it reads."""
+        structs = projector.structs
+        if structs is None:
+            return None
+        items = page.page.items
+        try:
+            encoded = structs.encoded_each(items) if each else structs.encoded(items)
+        except Exception:
+            # A bug in this module must not change an answer: the Python projector takes over.
+            self.projectors.stats.failures += 1
+            log.exception("projection_failed", path=path.as_list())
+            return None
+        if encoded is not None:
+            self.projectors.stats.encoded += 1
+            self.projectors.stats.encoded_items += len(items)
+        return encoded
+
+    def _usable_projector(
+        self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList, path: Path
+    ) -> Projector | None:
+        """The list's projector; None (counted) when its selection is not projectable."""
+        projector = self._projector(parent_type, field_details_list, path)
+        if projector is None:
+            self.projectors.stats.declined += 1
+        return projector
 
     def _run_projector(
-        self,
-        parent_type: GraphQLObjectType,
-        field_details_list: FieldDetailsList,
-        path: Path,
-        page: PageResult,
-    ) -> tuple[Projector, list[dict[str, Any]]] | None:
-        """The list's projector and its projection of ``page``; None (counted) when the
-        selection is not projectable, the projector hands the page back, or it fails."""
+        self, projector: Projector, path: Path, page: PageResult
+    ) -> list[dict[str, Any]] | None:
+        """The Python projector's projection of ``page``; None (counted) when it hands the
+        page back or fails."""
         stats = self.projectors.stats
         try:
-            projector = self._projector(parent_type, field_details_list, path)
-            if projector is None:
-                stats.declined += 1
-                return None
             projection = projector.project(page)
         except CannotProject:
             stats.fallbacks += 1
@@ -303,7 +342,7 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
             log.exception("projection_failed", path=path.as_list())
             return None
         stats.count_items(projection)
-        return projector, projection.items
+        return projection.items
 
     def _stream(
         self,
@@ -327,10 +366,12 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
         initial_count = usage.initial_count
         if initial_count > len(head.page.items) and isinstance(result, StreamedWindow):
             return None  # the initial payload would wait on the walk: normal execution
-        done = self._run_projector(parent_type, field_details_list, path, head)
-        if done is None:
+        projector = self._usable_projector(parent_type, field_details_list, path)
+        if projector is None:
             return None
-        projector, projected = done
+        projected = self._chunk_items(projector, head, path)
+        if projected is None:
+            return None
         tail = result.tail() if isinstance(result, StreamedWindow) else None
         rest = [_stream_item(item) for item in projected[initial_count:]]
         if tail is not None and not head.page.has_more:
@@ -355,17 +396,10 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
         field_def = parent_type.fields[field_name]
 
         async def complete(chunk: PageResult, index: int) -> list[WorkResult]:
-            try:
-                projection = projector.project(chunk)
-            except Exception as failure:
-                if not isinstance(failure, CannotProject):
-                    stats.failures += 1
-                    log.exception("projection_failed", path=path.as_list())
-                stats.fallbacks += 1
-            else:
+            projected = self._chunk_items(projector, chunk, path)
+            if projected is not None:
                 stats.chunks += 1
-                stats.count_items(projection)
-                return [_stream_item(item) for item in projection.items]
+                return [_stream_item(item) for item in projected]
             info = self.build_resolve_info(
                 field_def, [d.node for d in field_details_list], parent_type, path
             )
@@ -376,6 +410,16 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
             ]
 
         return complete
+
+    def _chunk_items(self, projector: Projector, chunk: PageResult, path: Path) -> list[Any] | None:
+        """A streamed chunk's items: each its JSON encoded in C when the answer is encoded with
+        orjson and the chunk is the upstream's bytes, else the Python projector's dicts; None
+        when neither projects it."""
+        if self._encoded_lists:
+            each = self._encoded(projector, chunk, path, each=True)
+            if each is not None:
+                return [orjson.Fragment(item) for item in each]
+        return self._run_projector(projector, path, chunk)
 
     async def _complete_item(
         self,
@@ -403,9 +447,11 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
         key = self._projector_key(path)
         projector = cache.projector(key) if key is not None else Undefined
         if isinstance(projector, UndefinedType):
-            projector = compile_projector(
-                self, self.root_table, parent_type, _without_stream(field_details_list)
-            )
+            selection = _without_stream(field_details_list)
+            projector = compile_projector(self, self.root_table, parent_type, selection)
+            if projector is not None:
+                walker = SelectionWalker(self, self.root_table)
+                projector.structs = compile_struct_projector(walker, parent_type, selection)
             cache.stats.compiled += 1
             if key is not None:
                 cache.store(key, projector)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
-from typing import Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from graphql import (
     GraphQLBoolean,
@@ -77,6 +77,9 @@ from gateway.domain.reader import (
 )
 from gateway.domain.records import PhoneNumberEdge
 
+if TYPE_CHECKING:
+    from gateway.execution.struct_projection import StructProjector
+
 
 class Projection(NamedTuple):
     """A projected page: the list's response dicts, and how many of them the per-value code
@@ -91,12 +94,14 @@ class Projection(NamedTuple):
 
 class Projector:
     """A compiled selection: called on a page, its response dicts; ``project`` also says how
-    many items took the per-value path."""
+    many items took the per-value path. ``structs`` is the same selection compiled for pages
+    still in the upstream's bytes (``struct_projection``), when it reads them."""
 
-    __slots__ = ("project",)
+    __slots__ = ("project", "structs")
 
     def __init__(self, project: Callable[[PageResult], Projection]) -> None:
         self.project = project
+        self.structs: StructProjector | None = None
 
     def __call__(self, result: PageResult) -> list[dict[str, Any]]:
         return self.project(result).items
@@ -150,7 +155,7 @@ def compile_projector(
         return None
 
 
-def _describes(graphql_type: GraphQLObjectType, record: type[Any]) -> bool:
+def describes(graphql_type: GraphQLObjectType, record: type[Any]) -> bool:
     """Whether ``graphql_type`` is the schema's description of the domain ``record`` (the
     schema types are named as the records they describe, ``schema.types``)."""
     return graphql_type.name == record.__name__
@@ -175,7 +180,7 @@ def _may_read_null(reading: Reading) -> bool:
     return True
 
 
-def _list_item_type(field_type: GraphQLOutputType) -> GraphQLObjectType:
+def list_item_type(field_type: GraphQLOutputType) -> GraphQLObjectType:
     inner = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
     if not isinstance(inner, GraphQLList):
         raise NotProjectable
@@ -186,12 +191,86 @@ def _list_item_type(field_type: GraphQLOutputType) -> GraphQLObjectType:
     return item
 
 
-class ProjectorCompiler:
-    """Generates one projector's Python source from a collected selection and the tables."""
+class Selected(NamedTuple):
+    """One response key of a collected selection: ``field`` None for ``__typename``."""
+
+    response_key: str
+    name: str
+    field: GraphQLField | None
+    attribute: str  # the field's Python attribute ("" for ``__typename``)
+    details: FieldDetailsList
+
+
+class SelectionWalker:
+    """A collected selection read the way a compiler needs it: the response keys in
+    graphql-core's order, each a plain field of the tables' types (a field with its own
+    resolver, extensions, ``@defer``/``@stream``, or an unknown directive: ``NotProjectable``).
+    Shared by the two compilers (``ProjectorCompiler`` here, ``struct_projection``)."""
 
     def __init__(self, collector: SubfieldCollector, root_table: ObjectTable) -> None:
         self.collector = collector
         self.root_table = root_table
+
+    @staticmethod
+    def _check_details(details: FieldDetails) -> None:
+        """@defer, @stream, fragment arguments and unknown directives: normal execution."""
+        if details.defer_usage is not None or details.fragment_variable_values is not None:
+            raise NotProjectable
+        for directive in details.node.directives or ():
+            if directive.name.value not in INCLUSION_DIRECTIVES:
+                raise NotProjectable
+
+    def check_list(self, field: GraphQLField, field_details_list: FieldDetailsList) -> None:
+        """The list field itself: its details and its own resolver's extensions."""
+        for details in field_details_list:
+            self._check_details(details)
+        _field_definition(field)
+
+    def _subfields(
+        self, graphql_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> dict[str, FieldDetailsList]:
+        if graphql_type.is_type_of is not None:
+            raise NotProjectable
+        grouped, new_defer_usages, _ = self.collector.collect_subfields(
+            graphql_type, field_details_list
+        )
+        if new_defer_usages:
+            raise NotProjectable
+        for details_list in grouped.values():
+            for details in details_list:
+                self._check_details(details)
+        return grouped
+
+    def selected(
+        self, graphql_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> list[Selected]:
+        """The selected fields of ``graphql_type`` in collected order."""
+        found: list[Selected] = []
+        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
+            name = details_list[0].node.name.value
+            if name == "__typename":
+                found.append(Selected(response_key, name, None, "", details_list))
+                continue
+            field, attribute = self._plain_field(graphql_type, name)
+            found.append(Selected(response_key, name, field, attribute, details_list))
+        return found
+
+    def _plain_field(self, graphql_type: GraphQLObjectType, name: str) -> tuple[GraphQLField, str]:
+        """The field and its Python attribute; only fields without their own resolver."""
+        field = graphql_type.fields.get(name)
+        if field is None:
+            raise NotProjectable
+        definition = _field_definition(field)
+        if getattr(definition, "base_resolver", None) is not None:
+            raise NotProjectable
+        return field, str(definition.python_name)
+
+
+class ProjectorCompiler(SelectionWalker):
+    """Generates one projector's Python source from a collected selection and the tables."""
+
+    def __init__(self, collector: SubfieldCollector, root_table: ObjectTable) -> None:
+        super().__init__(collector, root_table)
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {"Mapping": Mapping, "CannotProject": CannotProject}
         self._counter = itertools.count()
@@ -199,10 +278,8 @@ class ProjectorCompiler:
     def compile(
         self, field_name: str, field: GraphQLField, field_details_list: FieldDetailsList
     ) -> Projector:
-        for details in field_details_list:
-            self._check_details(details)
-        _field_definition(field)  # the list's own resolver may have extensions too
-        item_type = _list_item_type(field.type)
+        self.check_list(field, field_details_list)  # its resolver may have extensions too
+        item_type = list_item_type(field.type)
         projection = self._bind(Projection, "projection")
         self._line(0, "def project(result):")
         self._line(1, "out = []")
@@ -373,30 +450,6 @@ class ProjectorCompiler:
         self.namespace[name] = value
         return name
 
-    @staticmethod
-    def _check_details(details: FieldDetails) -> None:
-        """@defer, @stream, fragment arguments and unknown directives: normal execution."""
-        if details.defer_usage is not None or details.fragment_variable_values is not None:
-            raise NotProjectable
-        for directive in details.node.directives or ():
-            if directive.name.value not in INCLUSION_DIRECTIVES:
-                raise NotProjectable
-
-    def _subfields(
-        self, graphql_type: GraphQLObjectType, field_details_list: FieldDetailsList
-    ) -> dict[str, FieldDetailsList]:
-        if graphql_type.is_type_of is not None:
-            raise NotProjectable
-        grouped, new_defer_usages, _ = self.collector.collect_subfields(
-            graphql_type, field_details_list
-        )
-        if new_defer_usages:
-            raise NotProjectable
-        for details_list in grouped.values():
-            for details in details_list:
-                self._check_details(details)
-        return grouped
-
     def _plain_fields(
         self,
         graphql_type: GraphQLObjectType,
@@ -406,23 +459,13 @@ class ProjectorCompiler:
         """The selected fields of ``graphql_type`` in collected order, as (response key, name,
         field, Python attribute, details); a ``__typename`` is appended to ``entries`` as its
         constant in its place instead."""
-        for response_key, details_list in self._subfields(graphql_type, field_details_list).items():
-            name = details_list[0].node.name.value
-            if name == "__typename":
+        for response_key, name, field, attribute, details_list in self.selected(
+            graphql_type, field_details_list
+        ):
+            if field is None:
                 entries.append(f"{response_key!r}: {graphql_type.name!r}")
                 continue
-            field, attribute = self._plain_field(graphql_type, name)
             yield response_key, name, field, attribute, details_list
-
-    def _plain_field(self, graphql_type: GraphQLObjectType, name: str) -> tuple[GraphQLField, str]:
-        """The field and its Python attribute; only fields without their own resolver."""
-        field = graphql_type.fields.get(name)
-        if field is None:
-            raise NotProjectable
-        definition = _field_definition(field)
-        if getattr(definition, "base_resolver", None) is not None:
-            raise NotProjectable
-        return field, str(definition.python_name)
 
     def _object(
         self,
@@ -434,7 +477,7 @@ class ProjectorCompiler:
     ) -> str:
         """Emit statements reading ``graphql_type`` from the mapping in ``source``; returns the
         expression of its response dict (keys in the collected order)."""
-        if not _describes(graphql_type, table.type):
+        if not describes(graphql_type, table.type):
             raise NotProjectable
         rules = {rule.attribute: rule for rule in table.fields}
         getter = f"{source}.get"  # called as a method: faster than a stored bound method
@@ -600,7 +643,7 @@ class ProjectorCompiler:
     ) -> str:
         """An edge: its ``cursor`` from ``PageResult.cursor(position)``, its ``node`` from the
         item (as ``PageResult.edges()`` builds it)."""
-        if not _describes(edge_type, PhoneNumberEdge):
+        if not describes(edge_type, PhoneNumberEdge):
             raise NotProjectable
         cursor: str | None = None
         entries: list[str] = []

@@ -21,3 +21,6 @@ class RequestContext:
     # it is priced and bounded as unstreamed (execution.cost, schema.types).
     incremental_delivery: bool = False
     connections: SelectedConnections = field(default_factory=SelectedConnections)
+    # The answer is encoded with orjson (every transport): a projected list may then be put
+    # in the result as its encoded JSON (an ``orjson.Fragment``) rather than as dicts.
+    encoded_lists: bool = False

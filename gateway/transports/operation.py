@@ -320,6 +320,7 @@ class OperationRunner:
             changes=self.changes,
             client_name=call.client_name,
             incremental_delivery=incremental,
+            encoded_lists=True,  # every answer is encoded with orjson
         )
 
 
