@@ -4,11 +4,13 @@ A cProfile of a request inflates every Python call and hides allocation and GC c
 phases are timed as variants of the same work, interleaved round by round (a busy machine
 slows them alike), each the median of its rounds:
 
-    floor     ``orjson.loads`` + ``orjson.dumps`` of the upstream body (target (a)'s floor)
+    floor     ``orjson.loads`` + ``orjson.dumps`` of the upstream body (the target's floor)
     read      an ``httpx`` GET of the upstream body over a transport returning fixed bytes
-    decode    ``orjson.loads`` of that body
-    project   the compiled projector over the decoded page (the fast path's list)
-    encode    ``orjson.dumps`` of the response
+    shape     the body's shape checked and its items counted (``upstream.body``: one msgspec
+              pass, nothing decoded into Python)
+    project   the selection's compiled Structs over the body: the typed decode of the
+              selected fields and the list's encoding, in C (``execution.struct_projection``)
+    encode    ``orjson.dumps`` of the response (the encoded list copied in as a fragment)
     execute   the production pipeline (``build_execution``'s prepared operations, warm, and
               the engine's admission and execution) plus the encode: what ``OperationRunner``
               does; GraphQL overhead is execute − read − decode − project − encode
@@ -36,6 +38,7 @@ from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
 from gateway.data.source import NumbersSource
+from gateway.domain.upstream_items import UpstreamBody, UpstreamItems
 from gateway.execution.projecting_executor import (
     ProjectingExecutionContext,
     projecting_execution_context,
@@ -48,9 +51,10 @@ from gateway.server.app import build_execution, create_app
 from gateway.server.cli import settle_heap
 from gateway.settings import load_settings
 from gateway.transports.operation import result_payload
+from gateway.upstream.body import read_numbers_page
 from gateway.upstream.factory import build_upstream
 
-PHASES = ("read", "decode", "project", "encode", "graphql", "middleware")
+PHASES = ("read", "shape", "project", "encode", "graphql", "middleware")
 
 
 def query(size: int) -> str:
@@ -138,21 +142,27 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
             max_page_size=settings.max_page_size,
         )
 
+        payloads: list[dict[str, Any]] = []
+
         async def execute(pipeline: Any = (operations, engine)) -> bytes:
             prepared_operations, operation_engine = pipeline
             prepared = prepared_operations.prepare(document, None)
             admission = operation_engine.admit(prepared, None, RunOptions())
-            context = RequestContext(numbers=source.for_caller("Bearer b"))
+            context = RequestContext(numbers=source.for_caller("Bearer b"), encoded_lists=True)
             result = await operation_engine.execute(admission, context)
             context.numbers.release()  # as the runner does once the operation is done
             assert not result.errors, result.errors
-            return orjson.dumps(result_payload(result))
+            payload = result_payload(result)
+            if not payloads:
+                payloads.append(payload)
+            return orjson.dumps(payload)
 
-        answer = await execute((recording_operations, recording_engine))
+        await execute((recording_operations, recording_engine))
         page, projector = executor.last.pop("page"), executor.last.pop("projector")
         settle_heap()  # as `numbers-gateway serve` does once the app is built
         assert projector is not None, "the selection was not projected"
-        response_document = orjson.loads(answer)
+        # The response as the runner encodes it: the list in it already JSON (a fragment).
+        response_document = payloads[0]
 
         async def floor() -> None:
             orjson.dumps(orjson.loads(body))
@@ -160,11 +170,17 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
         async def read() -> None:
             (await upstream.http.get(UPSTREAM + "/telephony/config/numbers")).read()
 
-        async def decode() -> None:
-            orjson.loads(body)
+        async def shape() -> None:
+            read_numbers_page(body)
+
+        structs = projector.structs
+        assert structs is not None, "the selection is not read in C"
+        assert isinstance(page.page.items, UpstreamItems)
 
         async def project() -> None:
-            projector.project(page)
+            # A fresh body each round: a body keeps its typed decode for the request.
+            fresh = UpstreamItems.of_body(UpstreamBody(body), range(len(page.page.items)))
+            assert structs.encoded(fresh) is not None
 
         async def encode() -> None:
             orjson.dumps(response_document)
@@ -173,7 +189,7 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
             {
                 "floor": floor,
                 "read": read,
-                "decode": decode,
+                "shape": shape,
                 "project": project,
                 "encode": encode,
                 "execute": execute,
@@ -181,7 +197,7 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
             },
             rounds,
         )
-    own = medians["read"] + medians["decode"] + medians["project"] + medians["encode"]
+    own = medians["read"] + medians["shape"] + medians["project"] + medians["encode"]
     medians["graphql"] = max(0.0, medians["execute"] - own)
     medians["middleware"] = max(0.0, medians["app"] - medians["execute"])
     return medians
@@ -194,9 +210,9 @@ def print_breakdown(size: int, medians: dict[str, float], http_ms: float | None 
     print(f"  one {size:,}-item request by phase (ms; × the orjson floor, {floor:.2f} ms)")
     labels = {
         "read": "read (httpx GET of the upstream body)",
-        "decode": "decode (orjson.loads)",
-        "project": "project (compiled projector)",
-        "encode": "encode (orjson.dumps)",
+        "shape": "shape (one msgspec pass: valid, items counted)",
+        "project": "project (typed decode + encode, in C)",
+        "encode": "encode (orjson.dumps, the list a fragment)",
         "graphql": "GraphQL overhead (execution, resolver, plan)",
         "middleware": "middleware + view (ASGI, in process)",
     }

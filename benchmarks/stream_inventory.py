@@ -78,7 +78,7 @@ async def streamed(pipeline: Pipeline, source: NumbersSource, entries: int, rss:
     operations, engine = pipeline
     prepared = operations.prepare(STREAMED % SELECTION, None)
     admission = engine.admit(prepared, {"n": entries}, RunOptions(held=False))
-    context = RequestContext(source.for_caller(None), incremental_delivery=True)
+    context = RequestContext(source.for_caller(None), incremental_delivery=True, encoded_lists=True)
     items = 0
     async with aclosing(engine.frames(admission, context)) as frames:
         async for frame in frames:
@@ -101,7 +101,7 @@ async def paged(pipeline: Pipeline, source: NumbersSource, entries: int, rss: Pe
     items, after = 0, None
     while items < entries:
         admission = engine.admit(prepared, {"after": after}, RunOptions())
-        context = RequestContext(source.for_caller(None))
+        context = RequestContext(source.for_caller(None), encoded_lists=True)
         result = await engine.execute(admission, context)
         context.numbers.release()
         assert not result.errors, result.errors
