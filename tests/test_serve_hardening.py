@@ -4,6 +4,7 @@ shape, every log line JSON (uvicorn's too), and ``/metrics`` on its own listener
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import websockets
 
 from tests.processes import ServedProcess, gateway_process
 
@@ -314,3 +316,44 @@ def test_production_without_a_metrics_port_serves_no_metrics_and_says_so() -> No
         assert server.events("metrics_not_served")
         assert httpx.get(f"{server.origin}/metrics", timeout=PROMPT).status_code == 404
         assert httpx.get(f"{server.origin}/healthz", timeout=PROMPT).status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_websocket_message_is_bounded_as_a_body_is_before_it_is_buffered() -> None:
+    """``serve`` tells uvicorn the body bound for WebSocket messages too: a message past it is
+    refused with 1009 by the protocol layer (never buffered whole up to uvicorn's 16 MiB), and
+    one under it is served."""
+    with gateway_process(env={"GATEWAY_MAX_BODY_BYTES": "65536"}) as server:
+        address = server.origin.replace("http://", "ws://") + "/graphql"
+
+        async def send(size: int) -> tuple[int | None, str, dict[str, object] | None]:
+            async with websockets.connect(
+                address,
+                subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+                max_size=None,
+            ) as client:
+                init = {
+                    "type": "connection_init",
+                    "payload": {"Authorization": "Bearer demo-admin"},
+                }
+                await client.send(json.dumps(init))
+                assert json.loads(await client.recv())["type"] == "connection_ack"
+                query = "{ numberCounts { total } }" + " " * size
+                message = {"type": "subscribe", "id": "1", "payload": {"query": query}}
+                await client.send(json.dumps(message))
+                try:
+                    return None, "", json.loads(await client.recv())
+                except websockets.ConnectionClosed as closed:
+                    received = closed.rcvd
+                    return (received.code, received.reason, None) if received else (None, "", None)
+
+        code, reason, answer = asyncio.run(send(200_000))
+        assert code == 1009
+        # uvicorn's protocol layer names the frame limit; the endpoint's own check (the second
+        # line of defence, after the whole message is buffered) would say "Message larger".
+        assert "frame exceeds limit of 65536 bytes" in reason
+        code, reason, answer = asyncio.run(send(1_000))
+        assert code is None
+        assert answer is not None
+        assert answer["type"] == "next"
+    assert server.process.returncode == 0

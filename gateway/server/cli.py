@@ -171,6 +171,11 @@ def _serve(args: argparse.Namespace) -> int:
         "root_path": settings.root_path,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "lifespan": "on",
+        # WebSocket messages are bounded as HTTP bodies are (GATEWAY_MAX_BODY_BYTES): uvicorn
+        # refuses a larger one (1009) before it is buffered whole, not at its 16 MiB default.
+        # The sans-I/O implementation: websockets' legacy protocol is deprecated.
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_body_bytes,
         # Connections past the bounds, and clients slow to send a request head, are refused;
         # X-Forwarded-For is read (by uvicorn's ProxyHeadersMiddleware) in the guard's layer.
         **guard.uvicorn_options(),
