@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from gateway.data.page_cache import PageCache
 from gateway.data.source import NumbersSource
+from gateway.domain.arguments import cursor_fields
 from gateway.domain.reader import FLAG, PHONE_NUMBER, FieldRule, Text
 from gateway.execution.projecting_executor import (
     ConnectionNotingExecutionContext,
@@ -937,3 +938,61 @@ async def test_streamed_chunks_are_encoded_in_c_one_item_at_a_time() -> None:
         assert pair.encoded_stats.encoded >= 1
         initial = orjson.loads(in_c[0])
         assert len(initial["data"]["phoneNumbers"]["nodes"]) == 7
+
+
+async def test_edges_are_laid_around_nodes_encoded_in_c() -> None:
+    """An edge's JSON is its template (keys in response order, a constant ``__typename``, the
+    position's cursor) around the node's C-encoded JSON: the bytes of the other two paths,
+    at an offset too, and with the cursors that page on from where they stand."""
+    async with side_by_side() as pair:
+        pair.upstream.items = simulator_items(300)
+        await pair.both(
+            "{ phoneNumbers(page: {first: 120, offset: 33}) { edges { "
+            f"cursor node {{ {EVERY_FIELD} }} }} }} }}"
+        )
+        assert (pair.encoded_stats.encoded, pair.encoded_stats.encoded_items) == (1, 120)
+        await pair.both(
+            "{ phoneNumbers(page: {first: 50}) { e: edges { kind: __typename c: cursor "
+            "n: node { phoneNumber owner { __typename id } } cursor } } }"
+        )
+        assert pair.encoded_stats.encoded == 2
+        # Two node aliases with their own selections: the Python projector's (unchanged).
+        await pair.both(
+            "{ phoneNumbers(page: {first: 50}) { edges { node { esn } n: node { phoneNumber } } } }"
+        )
+        assert pair.encoded_stats.encoded == 2
+        # Each encoded cursor names its own position in the window (at the offset).
+        answer = await pair.answer(
+            pair.encoded,
+            "{ phoneNumbers(page: {first: 20, offset: 5}) { edges { cursor node { esn } } } }",
+            None,
+            encoded_lists=True,
+        )
+        edges = orjson.loads(answer)["data"]["phoneNumbers"]["edges"]
+        positions = [int(cursor_fields(edge["cursor"], "after")[1][-1]) for edge in edges]
+        assert positions == list(range(5, 25))
+
+
+async def test_streamed_edges_are_encoded_in_c_one_edge_at_a_time() -> None:
+    async with side_by_side() as pair:
+        pair.upstream.items = simulator_items(120)
+        query = (
+            "{ phoneNumbers(page: {first: 120}) { totalCount "
+            f"edges @stream(initialCount: 5) {{ cursor node {{ {EVERY_FIELD} }} }} }} }}"
+        )
+
+        async def payloads(schema: Any, *, encoded_lists: bool) -> list[bytes]:
+            context = RequestContext(
+                pair.source.for_caller(None),
+                incremental_delivery=True,
+                encoded_lists=encoded_lists,
+            )
+            frames = await schema.frames(query, context_value=context)
+            return [orjson.dumps(frame.formatted) async for frame in frames]
+
+        in_c = await payloads(pair.encoded, encoded_lists=True)
+        as_dicts = await payloads(pair.fast, encoded_lists=False)
+        assert in_c == as_dicts
+        assert len(in_c) >= 2
+        assert pair.encoded_stats.encoded >= 1
+        assert pair.encoded_stats.encoded_items >= 115

@@ -303,9 +303,8 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
         structs = projector.structs
         if structs is None:
             return None
-        items = page.page.items
         try:
-            encoded = structs.encoded_each(items) if each else structs.encoded(items)
+            encoded = structs.encoded_each(page) if each else structs.encoded(page)
         except Exception:
             # A bug in this module must not change an answer: the Python projector takes over.
             self.projectors.stats.failures += 1
@@ -313,7 +312,7 @@ class ProjectingExecutionContext(ConnectionNotingExecutionContext):
             return None
         if encoded is not None:
             self.projectors.stats.encoded += 1
-            self.projectors.stats.encoded_items += len(items)
+            self.projectors.stats.encoded_items += len(page.page.items)
         return encoded
 
     def _usable_projector(

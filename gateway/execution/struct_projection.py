@@ -37,22 +37,28 @@ Why the answer is the same
     selections over random, malformed and hostile upstream bodies.
 
 What it serves
-    ``nodes`` lists (``edges`` carry cursors made in Python: the Python projector), in whole
-    answers and in ``@stream`` chunks (one encoded item each), for root fields and entities,
-    fresh or from the page cache: every page whose items are still the upstream's bytes
-    (``UpstreamItems``). A merged fan-out list and an entity's share of a walk are too: they
-    pick items from the walked bodies. A body decoded once is kept with its body for the
-    request (``UpstreamBody.typed``), so pages sharing it decode it once per selection.
+    ``nodes`` lists, and ``edges`` lists whose edges select one ``node`` beside any ``cursor``
+    and ``__typename`` keys: the nodes are encoded as above, and each edge's JSON is laid
+    around its node's from a template of the edge's keys in response order, with the cursor
+    ``PageResult.cursor`` makes for its position (base64url text, which JSON needs no escape
+    for). In whole answers and in ``@stream`` chunks (one encoded item each), for root fields
+    and entities, fresh or from the page cache: every page whose items are still the
+    upstream's bytes (``UpstreamItems``). A merged fan-out list and an entity's share of a
+    walk are too: they pick items from the walked bodies. A body decoded once is kept with its
+    body for the request (``UpstreamBody.typed``), so pages sharing it decode it once per
+    selection.
 """
 
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
+import orjson
 from graphql import (
     GraphQLBoolean,
     GraphQLEnumType,
@@ -67,6 +73,7 @@ from graphql import (
 )
 from graphql.execution.collect_fields import FieldDetailsList
 
+from gateway.domain.connection import PageResult
 from gateway.domain.reader import (
     EnumOrUnknown,
     Flag,
@@ -76,6 +83,7 @@ from gateway.domain.reader import (
     Reading,
     Text,
 )
+from gateway.domain.records import PhoneNumberEdge
 from gateway.domain.upstream_items import DECODE_FAILURES, UpstreamBody, UpstreamItems
 from gateway.execution.projection_compiler import (
     NotProjectable,
@@ -144,27 +152,43 @@ _ENCODER: Final = msgspec.json.Encoder(enc_hook=_encode_hook)
 
 
 class StructProjector:
-    """A compiled selection: encodes a page's ``nodes`` from its upstream bodies, or answers
-    None for a page it does not read (the Python projector's)."""
+    """A compiled selection: encodes a page's ``nodes`` (or ``edges``) from its upstream
+    bodies, or answers None for a page it does not read (the Python projector's)."""
 
-    __slots__ = ("_convert_to", "_decoder")
+    __slots__ = ("_convert_to", "_decoder", "_edge")
 
-    def __init__(self, decoder: msgspec.json.Decoder[Any], convert_to: Any) -> None:
+    def __init__(
+        self,
+        decoder: msgspec.json.Decoder[Any],
+        convert_to: Any,
+        edge: EdgeTemplate | None = None,
+    ) -> None:
         self._decoder = decoder
         self._convert_to = convert_to  # list[output Struct], or None: the decoded are
+        self._edge = edge  # the list is of edges around these nodes
 
-    def encoded(self, items: Sequence[Any]) -> bytes | None:
+    def as_edges(self, edge: EdgeTemplate) -> StructProjector:
+        """The same nodes, each laid into an edge."""
+        return StructProjector(self._decoder, self._convert_to, edge)
+
+    def encoded(self, result: PageResult) -> bytes | None:
         """The list's JSON, or None when the items are not all typed-readable bytes."""
-        selected = self._selected(items)
+        if self._edge is not None:
+            each = self.encoded_each(result)
+            return None if each is None else b"[" + b",".join(each) + b"]"
+        selected = self._selected(result.page.items)
         return None if selected is None else _ENCODER.encode(selected)
 
-    def encoded_each(self, items: Sequence[Any]) -> list[bytes] | None:
+    def encoded_each(self, result: PageResult) -> list[bytes] | None:
         """Each item's JSON (a streamed chunk's items), or None as ``encoded``."""
-        selected = self._selected(items)
+        selected = self._selected(result.page.items)
         if selected is None:
             return None
         # One encoding pass; JSON text has no raw line break, so the lines are the items.
-        return _ENCODER.encode_lines(selected).split(b"\n")[:-1]
+        nodes = _ENCODER.encode_lines(selected).split(b"\n")[:-1]
+        if self._edge is None:
+            return nodes
+        return self._edge.around(nodes, result.cursor, result.window.start)
 
     def _selected(self, items: Sequence[Any]) -> list[Any] | None:
         if not isinstance(items, UpstreamItems):
@@ -193,6 +217,53 @@ class StructProjector:
         return decoded
 
 
+_CURSOR: Final = 0
+_NODE: Final = 1
+
+
+class EdgeTemplate:
+    """An edge's JSON with holes for its cursor and its node's JSON: the edge's response keys
+    in order, each a ``cursor`` (the position's), the ``node`` or a constant ``__typename``."""
+
+    __slots__ = ("_format", "_holes")
+
+    def __init__(self, parts: Sequence[tuple[str, int | str]]) -> None:
+        pieces: list[bytes] = []
+        holes: list[int] = []
+        for response_key, part in parts:
+            # orjson escapes the names as JSON does (a GraphQL name needs none; % is doubled
+            # for the format below, as a name cannot hold one either).
+            key = orjson.dumps(response_key).replace(b"%", b"%%")
+            if isinstance(part, str):
+                pieces.append(key + b":" + orjson.dumps(part).replace(b"%", b"%%"))
+            elif part == _CURSOR:
+                pieces.append(key + b':"%b"')
+                holes.append(_CURSOR)
+            else:
+                pieces.append(key + b":%b")
+                holes.append(_NODE)
+        self._format = b"{" + b",".join(pieces) + b"}"
+        self._holes = tuple(holes)
+
+    def around(self, nodes: list[bytes], cursor: Callable[[int], str], start: int) -> list[bytes]:
+        template = self._format
+        if self._holes == (_CURSOR, _NODE):  # the usual ``edges { cursor node { … } }``
+            return [
+                template % (cursor(position).encode(), node)
+                for position, node in enumerate(nodes, start)
+            ]
+        pick = operator.itemgetter(*self._holes)
+        if len(self._holes) == 1:
+            return [
+                template % (pick((cursor(position).encode(), node)),)
+                for position, node in enumerate(nodes, start)
+            ]
+        return [
+            template % pick((cursor(position).encode(), node))
+            for position, node in enumerate(nodes, start)
+        ]
+
+
 def _at(decoded: list[Any], at: Sequence[int]) -> Sequence[Any]:
     if isinstance(at, range) and at.step == 1:
         whole = at.start == 0 and at.stop == len(decoded)
@@ -205,18 +276,53 @@ def compile_struct_projector(
     parent_type: GraphQLObjectType,
     field_details_list: FieldDetailsList,
 ) -> StructProjector | None:
-    """The struct projector of the ``nodes`` list ``field_details_list`` selects, or None
-    when the selection is not one it reads (the Python projector's, or normal execution's)."""
+    """The struct projector of the ``nodes`` or ``edges`` list ``field_details_list``
+    selects, or None when the selection is not one it reads (the Python projector's, or
+    normal execution's)."""
     field_name = field_details_list[0].node.name.value
     list_field = parent_type.fields.get(field_name)
-    if field_name != "nodes" or list_field is None:
+    if field_name not in ("nodes", "edges") or list_field is None:
         return None
     try:
         walker.check_list(list_field, field_details_list)
         item_type = list_item_type(list_field.type)
-        return _StructCompiler(walker).compile(item_type, field_details_list)
+        if field_name == "nodes":
+            return _StructCompiler(walker).compile(item_type, field_details_list)
+        return _compile_edges(walker, item_type, field_details_list)
     except (NotProjectable, TypeError, ValueError):
         return None
+
+
+def _compile_edges(
+    walker: SelectionWalker, edge_type: GraphQLObjectType, field_details_list: FieldDetailsList
+) -> StructProjector:
+    """Edges selecting one ``node`` (its selection compiled as a ``nodes`` list's) beside
+    ``cursor`` and ``__typename`` keys; anything else is the Python projector's."""
+    if not describes(edge_type, PhoneNumberEdge):
+        raise NotProjectable
+    parts: list[tuple[str, int | str]] = []
+    nodes: StructProjector | None = None
+    for selected in walker.selected(edge_type, field_details_list):
+        if selected.field is None:
+            parts.append((selected.response_key, edge_type.name))
+        elif selected.attribute == "cursor":
+            if get_named_type(selected.field.type) is not GraphQLString:
+                raise NotProjectable
+            parts.append((selected.response_key, _CURSOR))
+        elif selected.attribute == "node" and nodes is None:
+            node_type = selected.field.type
+            if not isinstance(node_type, GraphQLNonNull):
+                raise NotProjectable  # a null node is normal execution's to render
+            named = get_named_type(node_type)
+            if not isinstance(named, GraphQLObjectType):
+                raise NotProjectable
+            nodes = _StructCompiler(walker).compile(named, selected.details)
+            parts.append((selected.response_key, _NODE))
+        else:
+            raise NotProjectable  # a second node alias, or a field the edge does not have
+    if nodes is None:
+        raise NotProjectable
+    return nodes.as_edges(EdgeTemplate(parts))
 
 
 class _StructCompiler:
