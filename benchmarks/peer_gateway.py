@@ -41,7 +41,9 @@ in-process 2,000-item page against `orjson.loads` + `dumps` of its upstream body
     50 items uncached        >= 0.5x Tailcall
     a repeated 50-item POST  >= 0.5x bare Starlette returning the bytes
     in process, 2,000 items  <= 1.0x the orjson round trip of the upstream body
-    100,000 items streamed   items/s, and a peak RSS growth <= 96 MiB
+    100,000 items streamed   >= 2x the items/s of the tree before issue 31 (with
+                             --stream-before PATH: that tree's stream_inventory.py run in turn
+                             with ours), and a peak RSS growth <= 96 MiB
 
 Where one is missed, one request's time by phase follows (`benchmarks/phases.py`: read,
 decode, project, encode, GraphQL overhead, middleware in process; the server's share is a
@@ -75,7 +77,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +122,7 @@ TARGETS = {
 REPEAT_TARGET = 0.5  # a repeated 50-item query, ours (caching on) / bare Starlette
 IN_PROCESS_TARGET = 1.0  # the 2,000-item page in process / orjson.loads + dumps
 STREAM_RSS_LIMIT_MIB = 96.0  # 100,000 items streamed: peak RSS growth over idle
+STREAM_SPEED_TARGET = 2.0  # ... at twice the items/s of the tree before issue 31
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
 REQUEST_TIMEOUT = 60.0
 START_TIMEOUT = 90.0
@@ -724,22 +727,50 @@ def print_ratios(found: list[Ratio], passes: int) -> None:
         )
 
 
-def print_stream(figures: Mapping[str, Mapping[str, float]], entries: int) -> bool:
-    """The streamed inventory's figures beside its target; whether the target is met."""
-    streamed, paged = figures["streamed"], figures["paged"]
-    growth = streamed["rss_mib"]
+def print_stream(
+    figures: Sequence[Mapping[str, Mapping[str, float]]],
+    before: Sequence[Mapping[str, Mapping[str, float]]],
+    entries: int,
+) -> bool:
+    """The streamed inventory's figures (medians of the rounds) beside its targets, and beside
+    the earlier tree's when measured; whether the targets are met."""
+
+    def median_of(runs: Sequence[Mapping[str, Mapping[str, float]]], way: str, key: str) -> float:
+        return statistics.median(run[way][key] for run in runs)
+
+    rate = median_of(figures, "streamed", "items_per_second")
+    growth = max(run["streamed"]["rss_mib"] for run in figures)
     met = growth <= STREAM_RSS_LIMIT_MIB
     verdict = "met" if met else f"missed by {growth / STREAM_RSS_LIMIT_MIB:.2f}x"
     print()
-    print(f"{entries:,} items streamed in process (benchmarks/stream_inventory.py, @stream):")
     print(
-        f"  {streamed['items_per_second']:,.0f} items/s (a cursor walk of 2,000-item pages: "
-        f"{paged['items_per_second']:,.0f} items/s; issue 31 asks 2x the streamed rate before "
-        "its work, from the earlier tree)"
+        f"{entries:,} items streamed in process (benchmarks/stream_inventory.py, edges @stream, "
+        f"{len(figures)} round(s)):"
     )
     print(
-        f"  peak RSS growth over idle {growth:.1f} MiB (cursor walk {paged['rss_mib']:.1f} "
-        f"MiB)   target <= {STREAM_RSS_LIMIT_MIB:g} MiB  {verdict}"
+        f"  {rate:,.0f} items/s (a cursor walk of 2,000-item pages: "
+        f"{median_of(figures, 'paged', 'items_per_second'):,.0f} items/s)"
+    )
+    if before:
+        ratios = [
+            ours["streamed"]["items_per_second"] / theirs["streamed"]["items_per_second"]
+            for ours, theirs in zip(figures, before, strict=True)
+        ]
+        ratio = statistics.median(ratios)
+        speed_met = ratio >= STREAM_SPEED_TARGET
+        met = met and speed_met
+        print(
+            f"  the tree before: {median_of(before, 'streamed', 'items_per_second'):,.0f} "
+            f"items/s; ours / before {ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x, "
+            f"interleaved)   target >= {STREAM_SPEED_TARGET:g}x  "
+            + ("met" if speed_met else f"missed by {STREAM_SPEED_TARGET / ratio:.2f}x")
+        )
+    else:
+        print("  (--stream-before PATH measures the tree before issue 31 beside it: the 2x target)")
+    print(
+        f"  peak RSS growth over idle {growth:.1f} MiB (cursor walk "
+        f"{max(run['paged']['rss_mib'] for run in figures):.1f} MiB)   "
+        f"target <= {STREAM_RSS_LIMIT_MIB:g} MiB  {verdict}"
     )
     return met
 
@@ -875,12 +906,16 @@ def run(args: argparse.Namespace) -> None:
             )
         )
         stream_met = True
-        stream_figures = None
+        stream_figures: list[dict[str, dict[str, float]]] = []
+        before_figures: list[dict[str, dict[str, float]]] = []
         if not args.skip_stream:
-            stream_figures = measure_stream(args.stream_entries)
+            for _ in range(args.passes if args.stream_before else 1):
+                if args.stream_before:
+                    before_figures.append(measure_stream(args.stream_entries, args.stream_before))
+                stream_figures.append(measure_stream(args.stream_entries))
         print_ratios(found, args.passes)
-        if stream_figures is not None:
-            stream_met = print_stream(stream_figures, args.stream_entries)
+        if stream_figures:
+            stream_met = print_stream(stream_figures, before_figures, args.stream_entries)
         if not all(ratio.met for ratio in found) or not stream_met:
             print_breakdowns(sequential, in_process, args)
     finally:
@@ -1011,12 +1046,18 @@ def measure_repeat(
     ]
 
 
-def measure_stream(entries: int) -> dict[str, dict[str, float]]:
-    """``stream_inventory.py`` in a process of its own (its RSS is what is measured)."""
-    print(f"  in process: {entries:,} items streamed", flush=True)
+def measure_stream(entries: int, tree: Path | None = None) -> dict[str, dict[str, float]]:
+    """``stream_inventory.py`` in a process of its own (its RSS is what is measured); with
+    ``tree``, that source tree's script over that tree's package."""
+    env = base_env()
+    script = STREAM_INVENTORY
+    if tree is not None:
+        script = tree / "benchmarks" / "stream_inventory.py"
+        env["PYTHONPATH"] = str(tree)  # ahead of the editable install's finder
+    print(f"  in process: {entries:,} items streamed ({tree or 'this tree'})", flush=True)
     done = subprocess.run(
-        [sys.executable, str(STREAM_INVENTORY), str(entries), "--json"],
-        env=base_env(),
+        [sys.executable, str(script), str(entries), "--json"],
+        env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -1086,6 +1127,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--stream-entries", type=int, default=100_000, help="entries the streamed inventory has"
+    )
+    parser.add_argument(
+        "--stream-before",
+        type=Path,
+        help="a source tree from before issue 31 (a git worktree) whose stream_inventory.py "
+        "runs in turn with ours, once per pass: the streaming target's 2x",
     )
     parser.add_argument(
         "--accept-encoding",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 from typing import Any, ClassVar
 
@@ -38,6 +39,7 @@ from large_page import FIELDS, UPSTREAM, fixed_transport, interleaved
 from gateway.clock import SYSTEM_CLOCK
 from gateway.data.page_cache import PageCache
 from gateway.data.source import NumbersSource
+from gateway.domain.connection import PageResult
 from gateway.domain.upstream_items import UpstreamBody, UpstreamItems
 from gateway.execution.projecting_executor import (
     ProjectingExecutionContext,
@@ -180,7 +182,13 @@ async def measure(size: int, rounds: int) -> dict[str, float]:
         async def project() -> None:
             # A fresh body each round: a body keeps its typed decode for the request.
             fresh = UpstreamItems.of_body(UpstreamBody(body), range(len(page.page.items)))
-            assert structs.encoded(fresh) is not None
+            result = PageResult(
+                None,
+                page.window,
+                dataclasses.replace(page.page, items=fresh),
+                cursors=page.cursor,
+            )
+            assert structs.encoded(result) is not None
 
         async def encode() -> None:
             orjson.dumps(response_document)
