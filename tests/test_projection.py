@@ -913,6 +913,17 @@ async def test_a_fanned_out_list_is_merged_from_the_bytes_and_encoded_in_c() -> 
         assert pair.encoded_stats.encoded == 1
 
 
+async def streamed_payloads(
+    pair: Any, schema: Any, query: str, *, encoded_lists: bool
+) -> list[bytes]:
+    """Every payload of a streamed answer, serialised as a transport writes it."""
+    context = RequestContext(
+        pair.source.for_caller(None), incremental_delivery=True, encoded_lists=encoded_lists
+    )
+    frames = await schema.frames(query, context_value=context)
+    return [orjson.dumps(frame.formatted) async for frame in frames]
+
+
 async def test_streamed_chunks_are_encoded_in_c_one_item_at_a_time() -> None:
     async with side_by_side() as pair:
         pair.upstream.items = simulator_items(120)
@@ -921,17 +932,8 @@ async def test_streamed_chunks_are_encoded_in_c_one_item_at_a_time() -> None:
             f"nodes @stream(initialCount: 7) {{ {EVERY_FIELD} }} }} }}"
         )
 
-        async def payloads(schema: Any, *, encoded_lists: bool) -> list[bytes]:
-            context = RequestContext(
-                pair.source.for_caller(None),
-                incremental_delivery=True,
-                encoded_lists=encoded_lists,
-            )
-            frames = await schema.frames(query, context_value=context)
-            return [orjson.dumps(frame.formatted) async for frame in frames]
-
-        in_c = await payloads(pair.encoded, encoded_lists=True)
-        as_dicts = await payloads(pair.fast, encoded_lists=False)
+        in_c = await streamed_payloads(pair, pair.encoded, query, encoded_lists=True)
+        as_dicts = await streamed_payloads(pair, pair.fast, query, encoded_lists=False)
         assert in_c == as_dicts
         assert len(in_c) >= 2
         assert pair.encoded_stats.streamed == 1
@@ -981,17 +983,8 @@ async def test_streamed_edges_are_encoded_in_c_one_edge_at_a_time() -> None:
             f"edges @stream(initialCount: 5) {{ cursor node {{ {EVERY_FIELD} }} }} }} }}"
         )
 
-        async def payloads(schema: Any, *, encoded_lists: bool) -> list[bytes]:
-            context = RequestContext(
-                pair.source.for_caller(None),
-                incremental_delivery=True,
-                encoded_lists=encoded_lists,
-            )
-            frames = await schema.frames(query, context_value=context)
-            return [orjson.dumps(frame.formatted) async for frame in frames]
-
-        in_c = await payloads(pair.encoded, encoded_lists=True)
-        as_dicts = await payloads(pair.fast, encoded_lists=False)
+        in_c = await streamed_payloads(pair, pair.encoded, query, encoded_lists=True)
+        as_dicts = await streamed_payloads(pair, pair.fast, query, encoded_lists=False)
         assert in_c == as_dicts
         assert len(in_c) >= 2
         assert pair.encoded_stats.encoded >= 1
