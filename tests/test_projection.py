@@ -963,6 +963,13 @@ async def test_edges_are_laid_around_nodes_encoded_in_c() -> None:
             "{ phoneNumbers(page: {first: 50}) { edges { node { esn } n: node { phoneNumber } } } }"
         )
         assert pair.encoded_stats.encoded == 2
+        # A fanned-out list's edges carry its merged cursors.
+        locations = sorted({item["location"]["id"] for item in pair.upstream.items})[:2]
+        await pair.both(
+            f"{{ phoneNumbers(filter: {{locationIds: {orjson.dumps(locations).decode()}}}, "
+            "page: {first: 30}) { edges { cursor node { phoneNumber esn } } } }"
+        )
+        assert pair.encoded_stats.encoded == 3
         # Each encoded cursor names its own position in the window (at the offset).
         answer = await pair.answer(
             pair.encoded,

@@ -40,8 +40,8 @@ What it serves
     ``nodes`` lists, and ``edges`` lists whose edges select one ``node`` beside any ``cursor``
     and ``__typename`` keys: the nodes are encoded as above, and each edge's JSON is laid
     around its node's from a template of the edge's keys in response order, with the cursor
-    ``PageResult.cursor`` makes for its position (base64url text, which JSON needs no escape
-    for). In whole answers and in ``@stream`` chunks (one encoded item each), for root fields
+    ``PageResult.cursor`` makes for its position (a fan-out's merged cursor too), written by
+    orjson. In whole answers and in ``@stream`` chunks (one encoded item each), for root fields
     and entities, fresh or from the page cache: every page whose items are still the
     upstream's bytes (``UpstreamItems``). A merged fan-out list and an entity's share of a
     walk are too: they pick items from the walked bodies. A body decoded once is kept with its
@@ -237,7 +237,7 @@ class EdgeTemplate:
             if isinstance(part, str):
                 pieces.append(key + b":" + orjson.dumps(part).replace(b"%", b"%%"))
             elif part == _CURSOR:
-                pieces.append(key + b':"%b"')
+                pieces.append(key + b":%b")
                 holes.append(_CURSOR)
             else:
                 pieces.append(key + b":%b")
@@ -247,19 +247,20 @@ class EdgeTemplate:
 
     def around(self, nodes: list[bytes], cursor: Callable[[int], str], start: int) -> list[bytes]:
         template = self._format
+        dumps = orjson.dumps  # a cursor is base64url text, but its JSON is orjson's to write
         if self._holes == (_CURSOR, _NODE):  # the usual ``edges { cursor node { … } }``
             return [
-                template % (cursor(position).encode(), node)
+                template % (dumps(cursor(position)), node)
                 for position, node in enumerate(nodes, start)
             ]
         pick = operator.itemgetter(*self._holes)
         if len(self._holes) == 1:
             return [
-                template % (pick((cursor(position).encode(), node)),)
+                template % (pick((dumps(cursor(position)), node)),)
                 for position, node in enumerate(nodes, start)
             ]
         return [
-            template % pick((cursor(position).encode(), node))
+            template % pick((dumps(cursor(position)), node))
             for position, node in enumerate(nodes, start)
         ]
 
