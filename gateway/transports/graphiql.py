@@ -46,6 +46,7 @@ from gateway.transports.routes import ASSET_BASE, GRAPHQL_PATH
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GRAPHIQL_DIR = STATIC_DIR / "graphiql"
 EXAMPLES_DIR = STATIC_DIR / "examples"
+EXAMPLE_MAX_TOKENS = 100_000  # an example's parse is bounded too, at GATEWAY_MAX_TOKENS' ceiling
 # Our own page files (not vendored, so not in MANIFEST.json): in load order, each with its role.
 PAGE_DIR = STATIC_DIR / "page"
 PAGE_FILES: tuple[tuple[str, str], ...] = (
@@ -210,7 +211,8 @@ def _embed_json(value: object) -> str:
 def operation_title(document: str, fallback: str) -> str:
     """The name of the first named operation in ``document``, else ``fallback``."""
     try:
-        parsed = parse(document, no_location=True)
+        # The examples are this repository's files, but no document is parsed unbounded.
+        parsed = parse(document, no_location=True, max_tokens=EXAMPLE_MAX_TOKENS)
     except GraphQLError:
         return fallback
     for definition in parsed.definitions:
