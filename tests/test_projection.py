@@ -924,22 +924,30 @@ async def streamed_payloads(
     return [orjson.dumps(frame.formatted) async for frame in frames]
 
 
-async def test_streamed_chunks_are_encoded_in_c_one_item_at_a_time() -> None:
+@pytest.mark.parametrize(
+    ("list_field", "selection"),
+    [("nodes", EVERY_FIELD), ("edges", f"cursor node {{ {EVERY_FIELD} }}")],
+)
+async def test_streamed_chunks_are_encoded_in_c_one_item_at_a_time(
+    list_field: str, selection: str
+) -> None:
+    """A streamed list's chunk is its items encoded in C, one JSON each (edges laid around
+    their nodes), the bytes of the Python projector's payloads."""
     async with side_by_side() as pair:
         pair.upstream.items = simulator_items(120)
         query = (
             "{ phoneNumbers(page: {first: 120}) { totalCount "
-            f"nodes @stream(initialCount: 7) {{ {EVERY_FIELD} }} }} }}"
+            f"{list_field} @stream(initialCount: 7) {{ {selection} }} }} }}"
         )
-
         in_c = await streamed_payloads(pair, pair.encoded, query, encoded_lists=True)
         as_dicts = await streamed_payloads(pair, pair.fast, query, encoded_lists=False)
         assert in_c == as_dicts
         assert len(in_c) >= 2
         assert pair.encoded_stats.streamed == 1
-        assert pair.encoded_stats.encoded >= 1
+        # The upstream page is one chunk: all 120 items encoded in C, the head's 7 included.
+        assert (pair.encoded_stats.encoded, pair.encoded_stats.encoded_items) == (1, 120)
         initial = orjson.loads(in_c[0])
-        assert len(initial["data"]["phoneNumbers"]["nodes"]) == 7
+        assert len(initial["data"]["phoneNumbers"][list_field]) == 7
 
 
 async def test_edges_are_laid_around_nodes_encoded_in_c() -> None:
@@ -963,13 +971,16 @@ async def test_edges_are_laid_around_nodes_encoded_in_c() -> None:
             "{ phoneNumbers(page: {first: 50}) { edges { node { esn } n: node { phoneNumber } } } }"
         )
         assert pair.encoded_stats.encoded == 2
+        # Edges of a node alone: no cursor made.
+        await pair.both("{ phoneNumbers(page: {first: 50}) { edges { node { esn } } } }")
+        assert pair.encoded_stats.encoded == 3
         # A fanned-out list's edges carry its merged cursors.
         locations = sorted({item["location"]["id"] for item in pair.upstream.items})[:2]
         await pair.both(
             f"{{ phoneNumbers(filter: {{locationIds: {orjson.dumps(locations).decode()}}}, "
             "page: {first: 30}) { edges { cursor node { phoneNumber esn } } } }"
         )
-        assert pair.encoded_stats.encoded == 3
+        assert pair.encoded_stats.encoded == 4
         # Each encoded cursor names its own position in the window (at the offset).
         answer = await pair.answer(
             pair.encoded,
@@ -980,19 +991,3 @@ async def test_edges_are_laid_around_nodes_encoded_in_c() -> None:
         edges = orjson.loads(answer)["data"]["phoneNumbers"]["edges"]
         positions = [int(cursor_fields(edge["cursor"], "after")[1][-1]) for edge in edges]
         assert positions == list(range(5, 25))
-
-
-async def test_streamed_edges_are_encoded_in_c_one_edge_at_a_time() -> None:
-    async with side_by_side() as pair:
-        pair.upstream.items = simulator_items(120)
-        query = (
-            "{ phoneNumbers(page: {first: 120}) { totalCount "
-            f"edges @stream(initialCount: 5) {{ cursor node {{ {EVERY_FIELD} }} }} }} }}"
-        )
-
-        in_c = await streamed_payloads(pair, pair.encoded, query, encoded_lists=True)
-        as_dicts = await streamed_payloads(pair, pair.fast, query, encoded_lists=False)
-        assert in_c == as_dicts
-        assert len(in_c) >= 2
-        assert pair.encoded_stats.encoded >= 1
-        assert pair.encoded_stats.encoded_items >= 115

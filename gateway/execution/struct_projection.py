@@ -144,7 +144,8 @@ class RenderedInstant(str):
 def _encode_hook(value: object) -> str:
     if isinstance(value, RenderedInstant):
         return str(value)
-    raise NotImplementedError(type(value).__name__)
+    # Unreachable: the compiled Structs hold nothing else msgspec cannot encode itself.
+    raise TypeError(f"no JSON for a {type(value).__name__} in a compiled Struct")
 
 
 # Everything a compiled Struct holds is JSON msgspec encodes itself, but a rendered time.
@@ -225,7 +226,7 @@ class EdgeTemplate:
     """An edge's JSON with holes for its cursor and its node's JSON: the edge's response keys
     in order, each a ``cursor`` (the position's), the ``node`` or a constant ``__typename``."""
 
-    __slots__ = ("_format", "_holes")
+    __slots__ = ("_format", "_holes", "_needs_cursor")
 
     def __init__(self, parts: Sequence[tuple[str, int | str]]) -> None:
         pieces: list[bytes] = []
@@ -236,31 +237,24 @@ class EdgeTemplate:
             key = orjson.dumps(response_key).replace(b"%", b"%%")
             if isinstance(part, str):
                 pieces.append(key + b":" + orjson.dumps(part).replace(b"%", b"%%"))
-            elif part == _CURSOR:
-                pieces.append(key + b":%b")
-                holes.append(_CURSOR)
             else:
                 pieces.append(key + b":%b")
-                holes.append(_NODE)
+                holes.append(part)
         self._format = b"{" + b",".join(pieces) + b"}"
-        self._holes = tuple(holes)
+        # The format's arguments, in its holes' order, from (cursor JSON, node JSON).
+        pick = operator.itemgetter(*holes)
+        self._holes: Callable[[tuple[bytes, bytes]], tuple[bytes, ...]] = (
+            pick if len(holes) > 1 else lambda pair: (pick(pair),)
+        )
+        self._needs_cursor = _CURSOR in holes
 
     def around(self, nodes: list[bytes], cursor: Callable[[int], str], start: int) -> list[bytes]:
-        template = self._format
+        template, holes = self._format, self._holes
+        if not self._needs_cursor:
+            return [template % holes((b"", node)) for node in nodes]
         dumps = orjson.dumps  # a cursor is base64url text, but its JSON is orjson's to write
-        if self._holes == (_CURSOR, _NODE):  # the usual ``edges { cursor node { … } }``
-            return [
-                template % (dumps(cursor(position)), node)
-                for position, node in enumerate(nodes, start)
-            ]
-        pick = operator.itemgetter(*self._holes)
-        if len(self._holes) == 1:
-            return [
-                template % (pick((dumps(cursor(position)), node)),)
-                for position, node in enumerate(nodes, start)
-            ]
         return [
-            template % pick((dumps(cursor(position)), node))
+            template % holes((dumps(cursor(position)), node))
             for position, node in enumerate(nodes, start)
         ]
 
@@ -345,7 +339,9 @@ class _StructCompiler:
         def read_instant(kind: type, value: Any) -> Any:
             render = renders.get(kind)
             if render is None:
-                raise NotImplementedError(kind)
+                # Unreachable (every custom type here is a field's RenderedInstant); msgspec
+                # turns a TypeError into a ValidationError: the Python projector's page.
+                raise TypeError(f"no reading for {kind.__name__}")
             rendered = render(value)
             if rendered is None:
                 raise ValueError("not a time the rule reads")  # the Python projector's null

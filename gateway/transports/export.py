@@ -298,9 +298,9 @@ class InventoryExport:
     ) -> None:
         """NDJSON: the trailer says why (at shutdown, within ``CLOSE_WRITE_SECONDS``). CSV, or
         a trailer that cannot be written: the body is cut off."""
-        fmt = self.format
-        if fmt.says_why_it_ended:
-            ending = _body(send, fmt.ended_early(progress.rows, error), more=False)
+        trailer = self.format.ended_early(progress.rows, error)
+        if trailer is not None:
+            ending = _body(send, trailer, more=False)
             try:
                 if progress.ended == "shutdown":
                     async with asyncio.timeout(CLOSE_WRITE_SECONDS):

@@ -136,14 +136,16 @@ class ExportFormat(Protocol):
 
     name: str  # ``csv`` or ``ndjson``: the path's extension and the log's transport
     media_type: str
-    # Whether an export that ends early can say so in its body (a trailer); if not, the body
-    # is cut off instead, so that no client takes what it got for the whole list.
-    says_why_it_ended: bool
 
     def opening(self) -> bytes: ...
     def page(self, items: Iterable[Mapping[str, Any]]) -> bytes: ...
     def complete(self, rows: int) -> bytes: ...
-    def ended_early(self, rows: int, error: Mapping[str, Any]) -> bytes: ...
+
+    def ended_early(self, rows: int, error: Mapping[str, Any]) -> bytes | None:
+        """The body's last bytes saying the export ended early (a trailer), or None when the
+        format cannot say so: the body is then cut off instead, so that no client takes what
+        it got for the whole list."""
+        ...
 
 
 @dataclass(slots=True)
@@ -153,7 +155,6 @@ class CsvFormat:
     name: str = "csv"
     # RFC 4180's media type with its ``header`` parameter (the first row names the columns).
     media_type: str = "text/csv; charset=utf-8; header=present"
-    says_why_it_ended: bool = False
 
     def _lines(self, rows: Iterable[Iterable[str]]) -> bytes:
         buffer = io.StringIO()
@@ -169,8 +170,8 @@ class CsvFormat:
     def complete(self, rows: int) -> bytes:
         return b""
 
-    def ended_early(self, rows: int, error: Mapping[str, Any]) -> bytes:
-        raise NotImplementedError("a CSV export that ends early is cut off, not ended")
+    def ended_early(self, rows: int, error: Mapping[str, Any]) -> None:
+        return None  # CSV has no place for a trailer a spreadsheet would not read as a row
 
 
 @dataclass(slots=True)
@@ -179,7 +180,6 @@ class NdjsonFormat:
 
     name: str = "ndjson"
     media_type: str = "application/x-ndjson"
-    says_why_it_ended: bool = True
 
     def opening(self) -> bytes:
         return b""
