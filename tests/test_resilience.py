@@ -557,3 +557,41 @@ async def test_wall_clock_jumps_do_not_expire_cached_entries(recorder: Recording
         clock.now += 31
         await ask(client, COUNTS, "demo-admin")
     assert recorder.calls == 2
+
+
+class _Chunks(httpx.AsyncByteStream):
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> Any:
+        for chunk in self.chunks:
+            yield chunk
+
+
+@pytest.mark.parametrize("extra", [b"", b" "])
+async def test_a_body_handed_over_whole_is_kept_as_it_came(extra: bytes) -> None:
+    """A wire that holds the body in memory hands it over as one chunk of its declared length:
+    the bounded read keeps that chunk itself (no megabyte copied). More than was declared is
+    gathered as any body is, every byte kept."""
+    body = b'{"phoneNumbers": [], "count": {"total": 7}}'
+    length = str(len(body)).encode()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers=[(b"Content-Length", length)], stream=_Chunks(body, extra)
+        )
+
+    upstream = build_upstream(
+        live_settings(cache_ttl=0),
+        base_url="http://upstream.test/v1",
+        transport=httpx.MockTransport(answer),
+        metrics=None,
+        clock=FakeClock(),
+        tracing=Tracing(),
+    )
+    async with upstream.http:
+        response = await upstream.http.get("http://upstream.test/v1/telephony/config/numbers")
+        content = response.read()
+    assert content == body + extra
+    if not extra:
+        assert content is body

@@ -30,7 +30,7 @@ from gateway.domain.reader import (
 from gateway.domain.records import NumberFilter, NumberOrder, PageRequest
 from gateway.errors import BadUserInput, UpstreamUnavailable
 from gateway.schema import types as schema_types
-from gateway.upstream.body import read_numbers_body
+from gateway.upstream.body import read_numbers_page
 
 
 def test_unset_filter_fields_send_nothing() -> None:
@@ -230,11 +230,20 @@ def test_owner_display_name_and_elin_expiry_time(sent: object, read: datetime | 
 
 
 def test_reader_of_page_bodies() -> None:
-    assert read_numbers_body({}) == ([], None)
-    assert read_numbers_body({"phoneNumbers": None, "count": "x"}) == ([], None)
-    assert read_numbers_body({"phoneNumbers": [1, {"a": 1}, "s"]}) == ([{"a": 1}], None)
-    with pytest.raises(UpstreamUnavailable):
-        read_numbers_body([{"phoneNumber": "+1"}])
+    def read(content: bytes) -> tuple[list[Any], Any]:
+        items, count = read_numbers_page(content)
+        return list(items), count
+
+    assert read(b"{}") == ([], None)
+    assert read(b'{"phoneNumbers": null, "count": "x"}') == ([], None)
+    assert read(b'{"phoneNumbers": [1, {"a": 1}, "s"], "count": {"total": 1}}') == (
+        [{"a": 1}],
+        {"total": 1},
+    )
+    with pytest.raises(UpstreamUnavailable, match="a JSON list, not an object"):
+        read_numbers_page(b'[{"phoneNumber": "+1"}]')
+    with pytest.raises(UpstreamUnavailable, match="phoneNumbers is a JSON str, not a list"):
+        read_numbers_page(b'{"phoneNumbers": "x"}')
 
 
 def test_counts_ignore_non_integers() -> None:

@@ -22,7 +22,7 @@ from gateway.domain.upstream_items import (
     join,
 )
 from gateway.errors import UpstreamUnavailable
-from gateway.upstream.body import NotJSON, read_numbers_body, read_numbers_page
+from gateway.upstream.body import NotJSON, read_numbers_page
 from tests.conftest import FakeClock, examples
 
 # -- one rule for every body ------------------------------------------------------------------
@@ -75,10 +75,15 @@ def reference(content: bytes) -> tuple[str, Any]:
         body = decode_json(content)
     except (msgspec.DecodeError, RecursionError):
         return ("not json", None)
-    try:
-        return ("page", read_numbers_body(body))
-    except UpstreamUnavailable as fault:
-        return ("fault", str(fault))
+    # Written here again, not taken from the module, so the two readings are independent.
+    if not isinstance(body, dict):
+        return ("fault", None)
+    entries = body.get("phoneNumbers")
+    if entries is not None and not isinstance(entries, list):
+        return ("fault", None)
+    count = body.get("count")
+    items = [entry for entry in entries or () if isinstance(entry, dict)]
+    return ("page", (items, count if isinstance(count, dict) else None))
 
 
 def read(content: bytes) -> tuple[str, Any]:
@@ -86,8 +91,8 @@ def read(content: bytes) -> tuple[str, Any]:
         items, count = read_numbers_page(content)
     except NotJSON:
         return ("not json", None)
-    except UpstreamUnavailable as fault:
-        return ("fault", str(fault))
+    except UpstreamUnavailable:
+        return ("fault", None)
     return ("page", (list(items), count))
 
 

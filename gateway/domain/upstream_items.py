@@ -103,7 +103,8 @@ class UpstreamItems(Sequence[Item]):
     def decoded(self) -> list[Item]:
         """The items as dicts, decoded on first read."""
         if self._decoded is None:
-            self._decoded = [item for body, at in self.runs for item in _entries_at(body, at)]
+            runs = self.runs
+            self._decoded = [item for body, at in runs for item in at_positions(body.entries, at)]
         return self._decoded
 
     def __len__(self) -> int:
@@ -169,9 +170,12 @@ class UpstreamItems(Sequence[Item]):
         return f"UpstreamItems({len(self)} items in {len(self.runs)} runs)"
 
 
-def _entries_at(body: UpstreamBody, positions: Sequence[int]) -> list[Item]:
-    entries = body.entries
+def at_positions(entries: list[Any], positions: Sequence[int]) -> Sequence[Any]:
+    """``entries`` at ``positions`` (of a run): a slice for a range of them, the list itself
+    when the range is all of it."""
     if isinstance(positions, range) and positions.step == 1:
+        if positions.start == 0 and positions.stop == len(entries):
+            return entries
         return entries[positions.start : positions.stop]
     return [entries[position] for position in positions]
 

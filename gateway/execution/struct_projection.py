@@ -84,7 +84,12 @@ from gateway.domain.reader import (
     Text,
 )
 from gateway.domain.records import PhoneNumberEdge
-from gateway.domain.upstream_items import DECODE_FAILURES, UpstreamBody, UpstreamItems
+from gateway.domain.upstream_items import (
+    DECODE_FAILURES,
+    UpstreamBody,
+    UpstreamItems,
+    at_positions,
+)
 from gateway.execution.projection_compiler import (
     NotProjectable,
     SelectionWalker,
@@ -195,7 +200,9 @@ class StructProjector:
         if not isinstance(items, UpstreamItems):
             return None
         try:
-            picked = [value for body, at in items.runs for value in _at(self._typed(body), at)]
+            picked = [
+                value for body, at in items.runs for value in at_positions(self._typed(body), at)
+            ]
         except _Unreadable:
             return None
         if self._convert_to is not None:
@@ -257,13 +264,6 @@ class EdgeTemplate:
             template % holes((dumps(cursor(position)), node))
             for position, node in enumerate(nodes, start)
         ]
-
-
-def _at(decoded: list[Any], at: Sequence[int]) -> Sequence[Any]:
-    if isinstance(at, range) and at.step == 1:
-        whole = at.start == 0 and at.stop == len(decoded)
-        return decoded if whole else decoded[at.start : at.stop]
-    return [decoded[position] for position in at]
 
 
 def compile_struct_projector(

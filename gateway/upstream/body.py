@@ -71,13 +71,6 @@ def _read_whole(content: bytes | bytearray) -> tuple[UpstreamItems, dict[str, An
     return UpstreamItems.of_body(UpstreamBody(content, entries), positions), count
 
 
-def read_numbers_body(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The items (the entries that are objects) and the optional ``count`` of a decoded page
-    body, or ``UpstreamUnavailable`` when it is not the shape of one."""
-    entries, count = _entries_of(body)
-    return [entry for entry in entries if isinstance(entry, dict)], count
-
-
 def _entries_of(body: Any) -> tuple[list[Any], dict[str, Any] | None]:
     """The ``phoneNumbers`` entries (objects or not) and the optional ``count``."""
     if not isinstance(body, dict):
