@@ -35,6 +35,7 @@
 //           clients also print {"retry": <attempt>, "error": <message>} for each retry
 // --retry-attempts: how often a subscription client reconnects after losing its server (the
 // libraries' own retries, with their own backoff; default 0, none): a rolling deploy's test.
+// The graphql-ws clients retry a refused connection too (shouldRetry, their documented recipe).
 // The token goes as `Authorization: Bearer <token>` (default demo-admin). Exit 0 when the
 // run ended as described; 1 with the reason on stderr otherwise; 2 for bad usage.
 import { readFileSync } from 'node:fs';
@@ -193,6 +194,22 @@ function urql() {
   });
 }
 
+// What a subscription client's error callback got, as an Error: a CloseEvent or an ErrorEvent
+// (whose fields are getters, so JSON.stringify shows {}) by its code and reason, or its message.
+function asError(err) {
+  if (err instanceof Error) return err;
+  if (typeof err?.code === 'number') return new Error(`closed ${err.code}: ${err.reason ?? ''}`);
+  if (err?.error instanceof Error || typeof err?.message === 'string') {
+    return new Error(`socket error: ${err.error?.message ?? err.message}`);
+  }
+  return new Error(JSON.stringify(err));
+}
+
+// graphql-ws retries only a close by default: a reconnect refused because the restarted
+// server is not listening yet is an error event, which it would throw. Its own recipe for
+// "retry on any connection problem" is this; graphql-sse retries network errors by default.
+const retryEverything = () => true;
+
 // Prints each event; resolves after the one naming --stop-at.
 function printer(resolve) {
   return (data) => {
@@ -211,6 +228,7 @@ function graphqlWs() {
     webSocketImpl: WebSocket,
     connectionParams: { Authorization: authorization },
     retryAttempts,
+    shouldRetry: retryEverything,
   });
   return new Promise((resolve, reject) => {
     const onEvent = printer(resolve);
@@ -219,7 +237,7 @@ function graphqlWs() {
         if (result.errors) reject(new Error(JSON.stringify(result.errors)));
         else if (onEvent(result.data)) stop();
       },
-      error: (err) => reject(err instanceof Error ? err : new Error(JSON.stringify(err))),
+      error: (err) => reject(asError(err)),
       complete: () => reject(new Error('the subscription completed early')),
     });
   }).finally(() => client.dispose());
@@ -240,7 +258,7 @@ function graphqlSse() {
         if (result.errors) reject(new Error(JSON.stringify(result.errors)));
         else if (onEvent(result.data)) stop();
       },
-      error: (err) => reject(err instanceof Error ? err : new Error(JSON.stringify(err))),
+      error: (err) => reject(asError(err)),
       complete: () => reject(new Error('the subscription completed early')),
     });
   }).finally(() => client.dispose());
@@ -252,6 +270,7 @@ function apolloWs() {
     webSocketImpl: WebSocket,
     connectionParams: { Authorization: authorization },
     retryAttempts,
+    shouldRetry: retryEverything,
   });
   const client = new ApolloClient({
     link: new GraphQLWsLink(ws), cache: new InMemoryCache({ addTypename: false }),
