@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.data import fan_out
@@ -412,9 +412,17 @@ TYPE_SETS = st.lists(
     ),
     types=st.one_of(st.none(), TYPE_SETS),
     order=st.sampled_from(ORDERS),
-    size=st.integers(1, 150),
+    # Pages of an item or two walk a list an item at a time: each way once, over a small
+    # list (below); drawn pages are larger, so forty examples take seconds, not a minute.
+    size=st.integers(8, 150),
     mode=st.sampled_from(["forward", "offset", "backward"]),
 )
+@example(locations=[1, 2], types=["AUTO_ATTENDANT", "CALL_QUEUE"], order=None, size=1,
+         mode="forward")  # fmt: skip
+@example(locations=[3, 4], types=["HUNT_GROUP", "PLACE"], order=ORDERS[2], size=1,
+         mode="backward")  # fmt: skip
+@example(locations=None, types=["CALL_QUEUE", "AUTO_ATTENDANT"], order=ORDERS[1], size=2,
+         mode="offset")  # fmt: skip
 async def test_any_fan_out_walks_as_the_sorted_union_and_the_org_wide_list_filtered(
     world: SimulatorWorld,
     wide: Engine,

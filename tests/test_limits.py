@@ -656,14 +656,18 @@ class ConnectionSelection:
     holds_items: bool
 
     def document(self, *more: str) -> str:
+        """The operation; its representations (a router's way) are ``variables()``."""
         arguments = "" if self.first is None else f"(page: {{first: {self.first}}})"
         page = f"phoneNumbers{arguments} {{ {' '.join([*self.selection, *more])} }}"
-        if self.entities:
-            representations = ", ".join(['{__typename: "Person", id: "p"}'] * self.entities)
-            page = (
-                f"_entities(representations: [{representations}]) {{ ... on Person {{ {page} }} }}"
-            )
-        return f"{{ {page} }} {' '.join(self.fragments)}"
+        if not self.entities:
+            return f"{{ {page} }} {' '.join(self.fragments)}"
+        entities = f"_entities(representations: $r) {{ ... on Person {{ {page} }} }}"
+        return f"query($r: [_Any!]!) {{ {entities} }} {' '.join(self.fragments)}"
+
+    def variables(self) -> dict[str, Any] | None:
+        if not self.entities:
+            return None
+        return {"r": [{"__typename": "Person", "id": "p"}] * self.entities}
 
 
 @st.composite
@@ -699,12 +703,14 @@ def test_a_page_counts_its_items_exactly_when_its_selection_reaches_them(
     page: ConnectionSelection,
 ) -> None:
     limits = {"max_page_size": 2000, "max_entities": 1000}
-    cost = estimated_cost(parse(page.document()), None, None, **limits)
+    cost = estimated_cost(parse(page.document()), None, page.variables(), **limits)
     first = 100 if page.first is None else page.first
     per_page = CALL_COST + first if page.holds_items else CALL_COST
     assert cost == max(1, page.entities) * per_page, page.document()
     # The same page with an item list added counts every item: nothing undercounts.
-    with_items = estimated_cost(parse(page.document("nodes { phoneNumber }")), None, None, **limits)
+    with_items = estimated_cost(
+        parse(page.document("nodes { phoneNumber }")), None, page.variables(), **limits
+    )
     assert with_items == max(1, page.entities) * (CALL_COST + first), page.document()
 
 
@@ -723,6 +729,13 @@ def test_items_count_through_fragments_and_call_only_fields_do_not() -> None:
     assert cost(spread) == 2050
     # The page's own sub-selections never count as item lists: only nodes/edges do.
     assert cost("{ phoneNumbers { pageInfo { endCursor } totalCount __typename } }") == 50
+    # Representations written in the document count as the router's variables do.
+    two = ", ".join(['{__typename: "Person", id: "p"}'] * 2)
+    assert (
+        cost(f"""{{ _entities(representations: [{two}]) {{ ... on Person {{
+        phoneNumbers(page: {{first: 7}}) {{ nodes {{ phoneNumber }} }} }} }} }}""")
+        == 2 * 57
+    )
 
 
 async def test_a_routers_150_person_totals_plan_fits_the_default_cost(

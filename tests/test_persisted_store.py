@@ -51,7 +51,7 @@ async def test_tokenless_megabyte_registrations_store_nothing(
     redis_server: RedisServer, recorder: RecordingTransport
 ) -> None:
     settings = live_settings(redis_url=redis_server.url, cache_key_secret="s" * 32)
-    documents = [f"# {n} {'x' * 1_000_000}\n{COUNTS}" for n in range(80)]
+    documents = [f"# {n} {'x' * 1_000_000}\n{COUNTS}" for n in range(20)]
     async with running_gateway(settings, recorder) as client:
         for document in documents:
             answer = await register(client, document)

@@ -35,6 +35,24 @@ async def numbers(client: httpx.AsyncClient, **params: str) -> list[dict[str, An
     return items
 
 
+async def test_a_kept_filtered_list_and_its_counts_follow_a_change() -> None:
+    """The index keeps what a filter matched (a walk's pages slice one list): a change
+    between two pages is in the next one and in its counts, not the list kept before."""
+    client, _app = client_of()
+    async with client:
+        params = {"available": "true", "details": "true", "max": "3"}
+        before = (await client.get("/v1/telephony/config/numbers", params=params)).json()
+        free = before["phoneNumbers"][0]["phoneNumber"]
+        answer = await client.post(
+            "/_simulator/changes", json={"action": "assign", "phoneNumber": free}
+        )
+        assert answer.status_code == 200
+        after = (await client.get("/v1/telephony/config/numbers", params=params)).json()
+        assert free not in [n["phoneNumber"] for n in after["phoneNumbers"]]
+        assert after["phoneNumbers"][0] == before["phoneNumbers"][1]
+        assert after["count"]["available"] == before["count"]["available"] - 1
+
+
 async def test_assign_unassign_state_add_and_remove_are_served_at_once() -> None:
     client, _app = client_of()
     async with client:

@@ -31,7 +31,6 @@ from gateway.simulator.search import (
     DEFAULT_MAX,
     OrgIndex,
     WebexBadRequest,
-    count_details,
     parse_search,
 )
 
@@ -209,15 +208,14 @@ class Simulator:
             return webex_error(403, f"Not authorized to read numbers of organization {org_id}.")
 
         page_size = min(search.max, self.page_cap)
-        # Without counts, one entry past the page is enough to know whether more remain.
-        limit = None if search.details else search.start + page_size + 1
-        matched = self.indexes[org_id].matching(search, grant.location_ids, limit)
+        index = self.indexes[org_id]
+        matched = index.matching(search, grant.location_ids)
         page = matched[search.start : search.start + page_size]
         if self.seconds_per_entry and page:
             await self.sleep(self.seconds_per_entry * len(page))
         body: dict[str, Any] = {"phoneNumbers": [entry.payload for entry in page]}
         if search.details:
-            body["count"] = count_details(matched)
+            body["count"] = index.counts(search, grant.location_ids)
         headers = {"TrackingID": _tracking_id()}
         following = search.start + len(page)
         if page and following < len(matched):

@@ -4,10 +4,11 @@ ordering and the ``details=true`` counts. Pure functions over a ``SimulatorWorld
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, TypeVar
+
+from cachetools import LRUCache
 
 from gateway.simulator.dataset import OWNER_TYPES, NumberEntry, SimulatedOrg
 
@@ -19,12 +20,15 @@ PHONE_NUMBER_TYPES = frozenset({"PRIMARY", "ALTERNATE", "FAX", "DNIS"})
 STATES = frozenset({"ACTIVE", "INACTIVE"})
 TELEPHONY_TYPES = frozenset({"PSTN_NUMBER", "MOBILE_NUMBER"})
 ORDER_KEYS = ("lastName", "dn", "extension")
+_PAGING = frozenset({"start", "max", "details"})  # parameters that choose no entries
 
 # Webex puts a numeric code beside each description; these are the simulator's own.
 ERROR_CODE_INVALID_VALUE = 25008
 ERROR_CODE_CONFLICT = 25009
 
 EntryFilter = Callable[[NumberEntry], bool]
+Counts = dict[str, int]
+MatchKey = tuple[Any, ...]
 _T = TypeVar("_T")
 
 
@@ -46,6 +50,9 @@ class NumbersSearch:
     order_key: str | None
     descending: bool
     filters: tuple[EntryFilter, ...]
+    # What the filters were built from (every parameter but paging and counts): equal keys,
+    # equal filters, so an index may keep what a key matched.
+    filter_key: tuple[tuple[str, str], ...]
 
 
 def _boolean(name: str, value: str) -> bool:
@@ -195,6 +202,9 @@ def parse_search(params: Sequence[tuple[str, str]]) -> NumbersSearch:
     maximum = _maybe(single, "max", _non_negative_int)
     if maximum == 0:
         raise WebexBadRequest("Invalid value '0' for max: must be at least 1.")
+    unpaged = sorted((name, value) for name, value in single.items() if name not in _PAGING)
+    if telephony_types:
+        unpaged.append(("includedTelephonyTypes", ",".join(sorted(set(telephony_types)))))
     return NumbersSearch(
         org_id=single.get("orgId"),
         start=start,
@@ -203,6 +213,7 @@ def parse_search(params: Sequence[tuple[str, str]]) -> NumbersSearch:
         order_key=order_key,
         descending=descending,
         filters=tuple(filters),
+        filter_key=tuple(unpaged),
     )
 
 
@@ -261,29 +272,51 @@ class OrgIndex:
                 # entries lacking the key come last either way.
                 ranked = sorted(present, key=value_of, reverse=descending)
                 self.orderings[(key, descending)] = ranked + missing
+        # Matched lists, bounded by the entries they hold: a few times the org's, so a walk
+        # of each order and a handful of filters stay while a stream of distinct filters
+        # (every ownerName a user types) pushes the oldest out.
+        self._matched: LRUCache[MatchKey, list[NumberEntry]] = LRUCache(
+            maxsize=max(4096, 4 * len(org.entries)), getsizeof=lambda matched: len(matched) + 1
+        )
+        self._counts: LRUCache[MatchKey, Counts] = LRUCache(maxsize=256)
 
     def matching(
         self,
         search: NumbersSearch,
         visible_locations: frozenset[str] | None,
-        limit: int | None = None,
     ) -> list[NumberEntry]:
-        """Matched entries in order; with ``limit``, only the first ``limit`` of them, so a
-        page without counts stops scanning once it has what it needs."""
+        """Every matched entry, in the search's order (the caller slices its page).
+
+        A filtered list is scanned once and kept (the index is rebuilt on every change, so
+        what it keeps is never stale): a walk's pages, each asking ``start`` further on,
+        slice one list instead of scanning the org again (a page near the end of a long
+        filtered list scanned nearly all of it)."""
         ordered = self.orderings[(search.order_key, search.descending)]
-        filters = list(search.filters)
-        if visible_locations is not None:
-            filters.insert(0, lambda entry: entry.location_id in visible_locations)
-        if not filters:
-            return ordered if limit is None else ordered[:limit]
-        if len(filters) == 1:
-            matches: Iterable[NumberEntry] = filter(filters[0], ordered)
-        else:
-            matches = (entry for entry in ordered if all(check(entry) for check in filters))
-        return list(islice(matches, limit))
+        if not search.filters and visible_locations is None:
+            return ordered
+        key = (search.filter_key, search.order_key, search.descending, visible_locations)
+        matched = self._matched.get(key)
+        if matched is None:
+            filters = list(search.filters)
+            if visible_locations is not None:
+                filters.insert(0, lambda entry: entry.location_id in visible_locations)
+            if len(filters) == 1:
+                matched = list(filter(filters[0], ordered))
+            else:
+                matched = [entry for entry in ordered if all(check(entry) for check in filters)]
+            self._matched[key] = matched
+        return matched
+
+    def counts(self, search: NumbersSearch, visible_locations: frozenset[str] | None) -> Counts:
+        """``count_details`` of what ``search`` matches, kept beside the matched list."""
+        key = (search.filter_key, visible_locations)
+        found = self._counts.get(key)
+        if found is None:
+            found = self._counts[key] = count_details(self.matching(search, visible_locations))
+        return found
 
 
-def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:
+def count_details(entries: Sequence[NumberEntry]) -> Counts:
     """The ``count`` object over every matched entry, not only the page."""
     assigned = unassigned = inactive = extension_only = toll_free = mobile = 0
     service = reserved = available = elin = 0
