@@ -3,11 +3,15 @@ real sockets."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.simulator.app import STOP_GRACE_SECONDS
 from tests.processes import gateway_process, simulator_process
 
 pytestmark = pytest.mark.e2e
@@ -68,3 +72,39 @@ def test_gateway_against_a_standalone_simulator() -> None:
 
         anonymous = post(url, EXAMPLE)
         assert {e["extensions"]["code"] for e in anonymous["errors"]} == {"UNAUTHENTICATED"}
+
+
+def test_a_stopping_simulator_does_not_wait_out_a_latency_fault() -> None:
+    """A request held by a latency fault (here ten minutes) is answered 503 when SIGTERM
+    comes, and the simulator exits at once (by the signal, as uvicorn ends), logging no error."""
+    with simulator_process("--fault", "latency=600") as simulator:
+        held: dict[str, Any] = {}
+
+        def ask() -> None:
+            try:
+                held["response"] = httpx.get(
+                    f"{simulator.url}/telephony/config/numbers",
+                    headers={"Authorization": "Bearer demo-admin"},
+                    timeout=60,
+                )
+            except httpx.HTTPError as exc:
+                held["error"] = exc
+
+        caller = threading.Thread(target=ask, daemon=True)
+        caller.start()
+        simulator.wait_for(
+            lambda: (
+                httpx.get(f"{simulator.origin}/_simulator/stats", timeout=5).json().get("requests")
+            ),
+            "the request is held",
+        )
+        sent = time.monotonic()
+        simulator.process.send_signal(signal.SIGTERM)
+        code = simulator.process.wait(timeout=30)
+        took = time.monotonic() - sent
+        caller.join(timeout=10)
+    assert code == -signal.SIGTERM, simulator.tail(10)
+    assert took < STOP_GRACE_SECONDS, took  # not the fault's ten minutes, nor the grace
+    assert held["response"].status_code == 503, held
+    assert held["response"].json()["message"] == "The simulator is stopping."
+    assert '"level": "error"' not in simulator.tail(20), simulator.tail(20)

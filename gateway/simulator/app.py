@@ -36,6 +36,7 @@ from gateway.simulator.search import (
 
 NUMBERS_PATH = "/v1/telephony/config/numbers"
 CONTROL_PREFIX = "/_simulator"  # faults, stats and changes: the test bed's controls
+STOP_GRACE_SECONDS = 2  # how long a stopping simulator lets requests it holds finish
 
 # The embedded simulator (the gateway's own, `make run`): pages of at most 100 entries, each
 # answer taking 1 ms per entry it carries, as a real upstream takes longer the more it sends.
@@ -133,6 +134,9 @@ class Simulator:
         self.request_count = 0
         self.change_count = 0
         self.sleep = asyncio.sleep  # replaceable, so tests can see latency without waiting
+        # Set when the serving process begins to stop: a request a latency fault holds is let
+        # go at once (a 503), not waited out by the drain.
+        self.stopping = asyncio.Event()
         self.churn = Churn(churn)
         self._rng = random.Random(0)  # owners and numbers of changes made on demand
 
@@ -183,12 +187,23 @@ class Simulator:
             return None
         return self.world.tokens.get(token.strip())
 
+    async def _held_for(self, seconds: float) -> bool:
+        """Waits ``seconds``; False, at once, if the simulator stops meanwhile."""
+        if self.stopping.is_set():
+            return False
+        held = asyncio.ensure_future(self.sleep(seconds))
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        done, pending = await asyncio.wait({held, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return held in done
+
     async def list_numbers(self, request: Request) -> Response:
         self.request_count += 1
         self._catch_up_churn()
         outcome = self.faults.next_outcome()
-        if outcome.latency:
-            await self.sleep(outcome.latency)
+        if outcome.latency and not await self._held_for(outcome.latency):
+            return webex_error(503, "The simulator is stopping.")
         if outcome.status is not None and not (outcome.status == 200 and outcome.body == "webex"):
             return _fault_response(outcome)
 
@@ -333,7 +348,13 @@ def serve_simulator(
     import structlog
     import uvicorn
 
+    simulator: Simulator = app.state.simulator
+
     class AnnouncingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            simulator.stopping.set()  # what latency faults hold is answered, not waited for
+            await super().shutdown(sockets=sockets)
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if not self.started:
@@ -349,7 +370,16 @@ def serve_simulator(
 
     options: dict[str, Any] = {"log_config": log_config} if log_config is not None else {}
     server = AnnouncingServer(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", **options)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            # Held requests are let go at the stop (``Simulator.stopping``); anything else
+            # still running after this is cancelled rather than waited for.
+            timeout_graceful_shutdown=STOP_GRACE_SECONDS,
+            **options,
+        )
     )
     server.run()
     return 0 if server.started else 1
