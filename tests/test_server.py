@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.simulator.app import STOP_GRACE_SECONDS
 from tests.processes import gateway_process, simulator_process
 
 pytestmark = pytest.mark.e2e
@@ -104,7 +103,10 @@ def test_a_stopping_simulator_does_not_wait_out_a_latency_fault() -> None:
         took = time.monotonic() - sent
         caller.join(timeout=10)
     assert code == -signal.SIGTERM, simulator.tail(10)
-    assert took < STOP_GRACE_SECONDS, took  # not the fault's ten minutes, nor the grace
-    assert held["response"].status_code == 503, held
-    assert held["response"].json()["message"] == "The simulator is stopping."
+    assert took < 10, took  # not the fault's ten minutes
+    response = held.get("response")
+    assert response is not None, held
+    assert response.status_code == 503, held
+    assert response.json()["message"] == "The simulator is stopping."
+    # Not cancelled by the grace's end either: uvicorn logs that as an error.
     assert '"level": "error"' not in simulator.tail(20), simulator.tail(20)

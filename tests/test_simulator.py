@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -556,6 +557,41 @@ async def test_latency_delays_the_answer(world: SimulatorWorld) -> None:
         assert (await client.get(NUMBERS)).status_code == 200
         assert (await client.get(NUMBERS)).status_code == 200
     assert slept == [0.2], "the next request only, by the given seconds"
+
+
+async def test_a_held_request_given_up_on_leaves_nothing_waiting(world: SimulatorWorld) -> None:
+    """A caller's timeout through the in-process transport cancels a request a latency fault
+    holds: no sleep and no stop-waiter outlive it. After ``stop`` a held request is a 503."""
+    app = create_simulator_app(world, faults=FaultPlan([FaultRule.parse("latency=600")]))
+    simulator = app.state.simulator
+    holding = asyncio.Event()
+
+    async def hold(seconds: float) -> None:
+        holding.set()
+        await asyncio.sleep(seconds)
+
+    simulator.sleep = hold
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://webex.test/v1",
+        headers={"Authorization": "Bearer demo-admin"},
+    ) as client:
+        before = asyncio.all_tasks()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await client.get(NUMBERS)
+        await asyncio.sleep(0)  # let what the cancellation cancelled end
+        assert {t for t in asyncio.all_tasks() - before if not t.done()} == set()
+        assert simulator._holds == set()
+
+        holding.clear()
+        held = asyncio.ensure_future(client.get(NUMBERS))
+        await holding.wait()
+        simulator.stop()
+        answer = await held
+        assert answer.status_code == 503
+        assert answer.json()["message"] == "The simulator is stopping."
+        assert (await client.get(NUMBERS)).status_code == 503  # no hold after the stop
 
 
 def test_fault_specs_are_validated() -> None:

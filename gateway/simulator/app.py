@@ -134,9 +134,11 @@ class Simulator:
         self.request_count = 0
         self.change_count = 0
         self.sleep = asyncio.sleep  # replaceable, so tests can see latency without waiting
-        # Set when the serving process begins to stop: a request a latency fault holds is let
-        # go at once (a 503), not waited out by the drain.
-        self.stopping = asyncio.Event()
+        # When the serving process begins to stop (``stop``), a request a latency fault holds
+        # is let go at once (a 503), not waited out by the drain. One future per held request,
+        # made on its own loop: nothing here is bound to a loop (tests run many).
+        self.stopped = False
+        self._holds: set[asyncio.Future[None]] = set()
         self.churn = Churn(churn)
         self._rng = random.Random(0)  # owners and numbers of changes made on demand
 
@@ -188,15 +190,26 @@ class Simulator:
         return self.world.tokens.get(token.strip())
 
     async def _held_for(self, seconds: float) -> bool:
-        """Waits ``seconds``; False, at once, if the simulator stops meanwhile."""
-        if self.stopping.is_set():
+        """Waits ``seconds``; False, at once, if the simulator stops meanwhile. Cancelled (a
+        caller's timeout through an in-process transport), it leaves nothing waiting."""
+        if self.stopped:
             return False
-        held = asyncio.ensure_future(self.sleep(seconds))
-        stopped = asyncio.ensure_future(self.stopping.wait())
-        done, pending = await asyncio.wait({held, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        return held in done
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._holds.add(released)
+        sleeping = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait({sleeping, released}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            self._holds.discard(released)
+        return not released.done()
+
+    def stop(self) -> None:
+        """Answers every request a latency fault holds, and each one that comes after."""
+        self.stopped = True
+        for released in self._holds:
+            if not released.done():
+                released.set_result(None)
 
     async def list_numbers(self, request: Request) -> Response:
         self.request_count += 1
@@ -352,7 +365,7 @@ def serve_simulator(
 
     class AnnouncingServer(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
-            simulator.stopping.set()  # what latency faults hold is answered, not waited for
+            simulator.stop()  # what latency faults hold is answered, not waited for
             await super().shutdown(sockets=sockets)
 
         async def startup(self, sockets: Any = None) -> None:
@@ -375,7 +388,7 @@ def serve_simulator(
             host=host,
             port=port,
             log_level="warning",
-            # Held requests are let go at the stop (``Simulator.stopping``); anything else
+            # Held requests are let go at the stop (``Simulator.stop``); anything else
             # still running after this is cancelled rather than waited for.
             timeout_graceful_shutdown=STOP_GRACE_SECONDS,
             **options,

@@ -313,7 +313,7 @@ class OrgIndex:
         found = self._counts.get(key)
         if found is None:
             found = self._counts[key] = count_details(self.matching(search, visible_locations))
-        return found
+        return dict(found)  # the caller's own: the kept one stays as counted
 
 
 def count_details(entries: Sequence[NumberEntry]) -> Counts:
