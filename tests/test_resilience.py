@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -559,15 +559,6 @@ async def test_wall_clock_jumps_do_not_expire_cached_entries(recorder: Recording
     assert recorder.calls == 2
 
 
-class _Chunks(httpx.AsyncByteStream):
-    def __init__(self, *chunks: bytes) -> None:
-        self.chunks = chunks
-
-    async def __aiter__(self) -> Any:
-        for chunk in self.chunks:
-            yield chunk
-
-
 @pytest.mark.parametrize("extra", [b"", b" "])
 async def test_a_body_handed_over_whole_is_kept_as_it_came(extra: bytes) -> None:
     """A wire that holds the body in memory hands it over as one chunk of its declared length:
@@ -576,10 +567,12 @@ async def test_a_body_handed_over_whole_is_kept_as_it_came(extra: bytes) -> None
     body = b'{"phoneNumbers": [], "count": {"total": 7}}'
     length = str(len(body)).encode()
 
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+        yield extra
+
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, headers=[(b"Content-Length", length)], stream=_Chunks(body, extra)
-        )
+        return httpx.Response(200, headers=[(b"Content-Length", length)], content=chunks())
 
     upstream = build_upstream(
         live_settings(cache_ttl=0),

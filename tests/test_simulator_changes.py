@@ -108,11 +108,16 @@ async def test_churn_makes_changes_at_its_rate_when_requests_arrive() -> None:
     app.state.simulator.churn._last = 0.0
     async with client:
         before = await numbers(client, max="2000")
+        active_before = await numbers(client, max="2000", state="ACTIVE")  # a kept match
         now[0] = 3.0  # three seconds at ten a second
         after = await numbers(client, max="2000")
         # Thirty due; a few random picks may not apply, and none beyond the rate happen.
         assert 25 <= app.state.simulator.change_count <= 30
         assert before != after
+        # The filtered list follows the churn too: the whole list filtered, not the one kept.
+        active = [n for n in after if n.get("phoneNumber") and n.get("state") == "ACTIVE"]
+        assert active != active_before
+        assert await numbers(client, max="2000", state="ACTIVE") == active
 
 
 async def test_the_gateway_serving_its_embedded_simulator_exposes_its_controls() -> None:

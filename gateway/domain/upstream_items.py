@@ -103,8 +103,9 @@ class UpstreamItems(Sequence[Item]):
     def decoded(self) -> list[Item]:
         """The items as dicts, decoded on first read."""
         if self._decoded is None:
-            runs = self.runs
-            self._decoded = [item for body, at in runs for item in at_positions(body.entries, at)]
+            self._decoded = [
+                item for body, at in self.runs for item in at_positions(body.entries, at)
+            ]
         return self._decoded
 
     def __len__(self) -> int:

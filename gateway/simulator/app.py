@@ -31,12 +31,15 @@ from gateway.simulator.search import (
     DEFAULT_MAX,
     OrgIndex,
     WebexBadRequest,
+    count_details,
     parse_search,
 )
 
 NUMBERS_PATH = "/v1/telephony/config/numbers"
 CONTROL_PREFIX = "/_simulator"  # faults, stats and changes: the test bed's controls
-STOP_GRACE_SECONDS = 2  # how long a stopping simulator lets requests it holds finish
+# A stopping simulator answers what latency faults hold at once (``Simulator.stop``); any
+# other request still running after this many seconds is cancelled, not waited for.
+STOP_GRACE_SECONDS = 2
 
 # The embedded simulator (the gateway's own, `make run`): pages of at most 100 entries, each
 # answer taking 1 ms per entry it carries, as a real upstream takes longer the more it sends.
@@ -236,14 +239,13 @@ class Simulator:
             return webex_error(403, f"Not authorized to read numbers of organization {org_id}.")
 
         page_size = min(search.max, self.page_cap)
-        index = self.indexes[org_id]
-        matched = index.matching(search, grant.location_ids)
+        matched = self.indexes[org_id].matching(search, grant.location_ids)
         page = matched[search.start : search.start + page_size]
         if self.seconds_per_entry and page:
             await self.sleep(self.seconds_per_entry * len(page))
         body: dict[str, Any] = {"phoneNumbers": [entry.payload for entry in page]}
         if search.details:
-            body["count"] = index.counts(search, grant.location_ids)
+            body["count"] = count_details(matched)
         headers = {"TrackingID": _tracking_id()}
         following = search.start + len(page)
         if page and following < len(matched):
@@ -388,8 +390,6 @@ def serve_simulator(
             host=host,
             port=port,
             log_level="warning",
-            # Held requests are let go at the stop (``Simulator.stop``); anything else
-            # still running after this is cancelled rather than waited for.
             timeout_graceful_shutdown=STOP_GRACE_SECONDS,
             **options,
         )

@@ -27,7 +27,6 @@ ERROR_CODE_INVALID_VALUE = 25008
 ERROR_CODE_CONFLICT = 25009
 
 EntryFilter = Callable[[NumberEntry], bool]
-Counts = dict[str, int]
 MatchKey = tuple[Any, ...]
 _T = TypeVar("_T")
 
@@ -278,7 +277,6 @@ class OrgIndex:
         self._matched: LRUCache[MatchKey, list[NumberEntry]] = LRUCache(
             maxsize=max(4096, 4 * len(org.entries)), getsizeof=lambda matched: len(matched) + 1
         )
-        self._counts: LRUCache[MatchKey, Counts] = LRUCache(maxsize=256)
 
     def matching(
         self,
@@ -307,16 +305,8 @@ class OrgIndex:
             self._matched[key] = matched
         return matched
 
-    def counts(self, search: NumbersSearch, visible_locations: frozenset[str] | None) -> Counts:
-        """``count_details`` of what ``search`` matches, kept beside the matched list."""
-        key = (search.filter_key, visible_locations)
-        found = self._counts.get(key)
-        if found is None:
-            found = self._counts[key] = count_details(self.matching(search, visible_locations))
-        return dict(found)  # the caller's own: the kept one stays as counted
 
-
-def count_details(entries: Sequence[NumberEntry]) -> Counts:
+def count_details(entries: Sequence[NumberEntry]) -> dict[str, int]:
     """The ``count`` object over every matched entry, not only the page."""
     assigned = unassigned = inactive = extension_only = toll_free = mobile = 0
     service = reserved = available = elin = 0
